@@ -1,0 +1,169 @@
+"""One exception tree and one code enum for the whole of hpod.
+
+Stdlib only: the trial reporter imports this module, and it must import in milliseconds.
+Every error that crosses the wire carries an :class:`ErrorCode`; every code maps to one
+`hpodctl` exit status, so scripts can tell a bad spec from a missing daemon.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ErrorCode(enum.IntEnum):
+    # JSON-RPC 2.0's own codes first, so a generic client understands them.
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL = -32603
+    # hpod's codes live in the implementation-defined server range.
+    LINE_TOO_LONG = -32001
+    HELLO_REQUIRED = -32002
+    BAD_TOKEN = -32003
+    NOT_FOUND = -32004
+    PERMISSION_DENIED = -32005
+    INVALID_SPEC = -32006
+    BAD_STATE = -32007
+    PROTOCOL_VERSION = -32008
+    SHUTTING_DOWN = -32009
+    # Never sent by the daemon: raised by a client that could not reach one.
+    UNAVAILABLE = -32099
+
+    @property
+    def exit_status(self) -> int:
+        return _EXIT_STATUS[self]
+
+
+# 0 is success and 2 is argparse's usage error; the rest are ours, one per code.
+_EXIT_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.PARSE_ERROR: 10,
+    ErrorCode.INVALID_REQUEST: 10,
+    ErrorCode.METHOD_NOT_FOUND: 10,
+    ErrorCode.INVALID_PARAMS: 11,
+    ErrorCode.INTERNAL: 12,
+    ErrorCode.LINE_TOO_LONG: 10,
+    ErrorCode.HELLO_REQUIRED: 10,
+    ErrorCode.BAD_TOKEN: 13,
+    ErrorCode.NOT_FOUND: 4,
+    ErrorCode.PERMISSION_DENIED: 5,
+    ErrorCode.INVALID_SPEC: 6,
+    ErrorCode.BAD_STATE: 7,
+    ErrorCode.PROTOCOL_VERSION: 14,
+    ErrorCode.SHUTTING_DOWN: 8,
+    ErrorCode.UNAVAILABLE: 3,
+}
+
+# `hpodctl wait` and `submit --wait` exit with this when the study ended but not completed.
+EXIT_STUDY_NOT_COMPLETED = 9
+
+
+class HpodError(Exception):
+    """The root of every error hpod raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = dict(data or {})
+
+    def to_wire(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": int(self.code), "message": self.message}
+        if self.data:
+            err["data"] = self.data
+        return err
+
+    @staticmethod
+    def from_wire(err: Mapping[str, Any]) -> HpodError:
+        """Rebuild the most specific exception for an error object received off the wire."""
+        try:
+            code = ErrorCode(int(err.get("code", ErrorCode.INTERNAL)))
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        message = str(err.get("message", "unknown error"))
+        raw = err.get("data")
+        data = dict(raw) if isinstance(raw, Mapping) else {}
+        if code is ErrorCode.INVALID_SPEC:
+            problems = data.get("problems")
+            if isinstance(problems, list):
+                return SpecError([str(p) for p in problems])
+        cls = _BY_CODE.get(code, HpodError)
+        exc = cls(message, data=data)
+        exc.code = code
+        return exc
+
+
+class ProtocolError(HpodError):
+    """A peer broke the wire contract: bad JSON, bad envelope, line too long, no hello."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class InvalidParams(HpodError):
+    code = ErrorCode.INVALID_PARAMS
+
+
+class MethodNotFound(HpodError):
+    code = ErrorCode.METHOD_NOT_FOUND
+
+
+class TokenRejected(HpodError):
+    code = ErrorCode.BAD_TOKEN
+
+
+class NotFound(HpodError):
+    code = ErrorCode.NOT_FOUND
+
+
+class PermissionDenied(HpodError):
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class BadState(HpodError):
+    """An operation that the current state does not allow (a transition not written down)."""
+
+    code = ErrorCode.BAD_STATE
+
+
+class ShuttingDown(HpodError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class DaemonUnavailable(HpodError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class SpecError(HpodError):
+    """A study spec with one or more problems, each naming its key path."""
+
+    code = ErrorCode.INVALID_SPEC
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(
+            f"the study spec has {count} {noun}:\n{lines}",
+            data={"problems": list(self.problems)},
+        )
+
+
+_BY_CODE: dict[ErrorCode, type[HpodError]] = {
+    ErrorCode.PARSE_ERROR: ProtocolError,
+    ErrorCode.INVALID_REQUEST: ProtocolError,
+    ErrorCode.LINE_TOO_LONG: ProtocolError,
+    ErrorCode.HELLO_REQUIRED: ProtocolError,
+    ErrorCode.PROTOCOL_VERSION: ProtocolError,
+    ErrorCode.INVALID_PARAMS: InvalidParams,
+    ErrorCode.METHOD_NOT_FOUND: MethodNotFound,
+    ErrorCode.BAD_TOKEN: TokenRejected,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
+    ErrorCode.BAD_STATE: BadState,
+    ErrorCode.SHUTTING_DOWN: ShuttingDown,
+    ErrorCode.UNAVAILABLE: DaemonUnavailable,
+}
