@@ -45,9 +45,12 @@ def _untag_hook(obj: dict[str, Any]) -> Any:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ProtocolError(
-        f"bare {name} is not JSON: send a non-finite number as {{\"{_TAG}\": \"nan\"}}"
-    )
+    raise ProtocolError(f'bare {name} is not JSON: send a non-finite number as {{"{_TAG}": "nan"}}')
+
+
+def loads_json(text: str) -> Any:
+    """Parse JSON written with :func:`tag` (the store's columns), restoring non-finite floats."""
+    return json.loads(text, object_hook=_untag_hook, parse_constant=_reject_constant)
 
 
 def dumps(obj: Any) -> bytes:

@@ -1,0 +1,484 @@
+"""``hpodctl``: the command line for the daemon (and for trials that are not Python).
+
+Every read command takes ``--json`` and prints the daemon's raw result; without it the output is
+a compact table for people. Exit status: 0 on success, 2 on a usage error, and one status per
+:class:`~hpod.errors.ErrorCode` otherwise (``wait`` and ``submit --wait`` exit with
+:data:`~hpod.errors.EXIT_STUDY_NOT_COMPLETED` when the study ended in another state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hpod import wire
+from hpod.client import Client
+from hpod.errors import EXIT_STUDY_NOT_COMPLETED, HpodError
+
+_FINAL_TRIAL_STATES = ("completed", "stopped", "failed")
+_STATE_ORDER = ("running", "pending", "paused", "interrupted", "completed", "stopped", "failed")
+_INT_LITERAL = re.compile(r"[+-]?\d+")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command: Command | None = getattr(args, "func", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return command(args)
+    except HpodError as err:
+        print(f"hpodctl: {err.message}", file=sys.stderr)
+        return err.code.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --socket lives on the top parser and on every subparser; SUPPRESS keeps a subparser that
+    # did not see it from overwriting the value given before the subcommand.
+    socket_opt = argparse.ArgumentParser(add_help=False)
+    socket_opt.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the daemon's socket (default: $HPOD_SOCKET, else the per-user or system socket)",
+    )
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument("--json", action="store_true", help="print the raw JSON result")
+
+    parser = argparse.ArgumentParser(
+        prog="hpodctl", description="Control the hpod hyperparameter-optimization daemon."
+    )
+    parser.add_argument(
+        "--socket", metavar="PATH", default=None, help="the daemon's socket (default: $HPOD_SOCKET)"
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str, *, reads: bool = True) -> Any:
+        parents = [socket_opt, json_opt] if reads else [socket_opt]
+        p = sub.add_parser(name, parents=parents, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("submit", _cmd_submit, "validate a study spec and submit it")
+    p.add_argument("spec", metavar="SPEC", type=Path, help="the study spec (TOML)")
+    p.add_argument("--wait", action="store_true", help="wait for the study to end")
+    add("ls", _cmd_ls, "list the studies")
+    add("show", _cmd_show, "a study's detail, failures included").add_argument(
+        "study", metavar="STUDY"
+    )
+    add("trials", _cmd_trials, "a study's trials").add_argument("study", metavar="STUDY")
+    add("best", _cmd_best, "the best configuration found so far").add_argument(
+        "study", metavar="STUDY"
+    )
+    add("stop", _cmd_stop, "stop a study (its owner or root)", reads=False).add_argument(
+        "study", metavar="STUDY"
+    )
+    p = add("wait", _cmd_wait, "wait for a study to end; exit 0 if it completed")
+    p.add_argument("study", metavar="STUDY")
+    p.add_argument("--timeout", metavar="S", type=float, default=None, help="give up after S s")
+    p = add("logs", _cmd_logs, "the tail of a trial's stderr (or stdout) log")
+    p.add_argument("study", metavar="STUDY")
+    p.add_argument("trial", metavar="TRIAL", type=int)
+    stream = p.add_mutually_exclusive_group()
+    stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout")
+    stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr")
+    p.set_defaults(stream="stderr")
+    p.add_argument("--tail", metavar="N", type=int, default=50, help="lines (default 50)")
+    add("ping", _cmd_ping, "check that the daemon answers")
+    p = add(
+        "report",
+        _cmd_report,
+        "`report STUDY`: the study's objective report; "
+        "`report key=value ...` inside a trial: report metrics and print the decision",
+    )
+    p.add_argument("args", nargs="+", metavar="STUDY | key=value")
+    add("gpus", _cmd_gpus, "the GPUs and the trials holding them")
+    return parser
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.socket)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    spec_path: Path = args.spec
+    _validate_locally(spec_path)
+    with _client(args) as client:
+        result = client.submit(spec_path)
+        study = str(result["study"])
+        if not args.wait:
+            if args.json:
+                _print_json(result)
+            else:
+                name = result.get("name")
+                print(f"submitted study {study}" + (f" ({name})" if name else ""))
+            return 0
+        if not args.json:
+            print(f"submitted study {study}; waiting for it to end", file=sys.stderr)
+        return _finish_wait(client.wait(study), as_json=args.json)
+
+
+def _validate_locally(spec_path: Path) -> None:
+    # Every problem is listed before the daemon is asked anything (the daemon checks again).
+    # Imported here: the spec pulls in the search space, which `hpodctl ls` has no use for.
+    from hpod.core.spec import StudySpec
+
+    StudySpec.from_file(spec_path)
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        studies = client.studies()
+    if args.json:
+        _print_json(studies)
+        return 0
+    rows = [
+        [
+            str(s.get("study", "")),
+            str(s.get("name", "")),
+            str(s.get("state", "")),
+            _done_total(s),
+            _fmt_best(s.get("best")),
+            _fmt(s.get("owner")),
+        ]
+        for s in studies
+    ]
+    if not rows:
+        print("no studies")
+        return 0
+    _print_table(["STUDY", "NAME", "STATE", "TRIALS", "BEST", "OWNER"], rows)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        detail = client.study(args.study)
+    if args.json:
+        _print_json(detail)
+        return 0
+    print(_render_summary(detail))
+    limits = detail.get("limits")
+    if isinstance(limits, Mapping) and limits:
+        print("limits:")
+        _print_pairs(limits, indent="  ")
+    failures = detail.get("failures") or []
+    if failures:
+        print(f"failures ({len(failures)}):")
+        for failure in failures:
+            _print_failure(failure)
+    return 0
+
+
+def _cmd_trials(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        trials = client.trials(args.study)
+    if args.json:
+        _print_json(trials)
+        return 0
+    if not trials:
+        print("no trials yet")
+        return 0
+    rows = [
+        [
+            _fmt(t.get("trial")),
+            _fmt(t.get("state")),
+            _fmt(t.get("resource")),
+            _fmt(t.get("objective")),
+            _fmt(t.get("runs")),
+            _fmt_config(t.get("config")),
+        ]
+        for t in trials
+    ]
+    _print_table(["TRIAL", "STATE", "RESOURCE", "OBJECTIVE", "RUNS", "CONFIG"], rows)
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        best = client.best(args.study)
+    if args.json:
+        _print_json(best)
+        return 0
+    print(f"study      {_fmt(best.get('study'))}")
+    print(f"trial      {_fmt(best.get('trial'))}")
+    print(f"objective  {_fmt(best.get('objective'))}")
+    print(f"resource   {_fmt(best.get('resource'))}")
+    config = best.get("config")
+    if isinstance(config, Mapping) and config:
+        print("config")
+        _print_pairs(config, indent="  ")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.stop(args.study)
+    print(f"study {_fmt(result.get('study', args.study))}: {_fmt(result.get('state'))}")
+    return 0
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        summary = client.wait(args.study, timeout=args.timeout)
+    return _finish_wait(summary, as_json=args.json)
+
+
+def _finish_wait(summary: dict[str, Any], *, as_json: bool) -> int:
+    if as_json:
+        _print_json(summary)
+    else:
+        print(_render_summary(summary))
+    return 0 if summary.get("state") == "completed" else EXIT_STUDY_NOT_COMPLETED
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        text = client.logs(args.study, args.trial, stream=args.stream, tail=args.tail)
+    if args.json:
+        _print_json({"text": text})
+    else:
+        sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.ping()
+        path = client.socket_path
+    if args.json:
+        _print_json(result)
+        return 0
+    version = result.get("version", "?")
+    uptime = result.get("uptime")
+    up = f", up {_fmt_duration(uptime)}" if isinstance(uptime, (int, float)) else ""
+    print(f"pong from hpod {version} on {path}{up}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    words: list[str] = args.args
+    with_eq = [w for w in words if "=" in w]
+    if with_eq and len(with_eq) == len(words):
+        return _report_metrics(words)
+    if with_eq or len(words) != 1:
+        print(
+            "hpodctl: usage: `hpodctl report STUDY` (the objective report) or "
+            "`hpodctl report key=value ...` (inside a trial)",
+            file=sys.stderr,
+        )
+        return 2
+    with _client(args) as client:
+        report = client.report(words[0])
+    if args.json:
+        _print_json(report)
+    else:
+        _print_generic(report)
+    return 0
+
+
+def _report_metrics(words: Sequence[str]) -> int:
+    from hpod import trial
+
+    metrics: dict[str, int | float] = {}
+    for word in words:
+        key, _, raw = word.partition("=")
+        value = _parse_number(raw)
+        if not key or value is None:
+            print(
+                f"hpodctl: {word!r} is not key=NUMBER (an integer, a float, nan or inf)",
+                file=sys.stderr,
+            )
+            return 2
+        metrics[key] = value
+    print(trial.report(**metrics).value)
+    return 0
+
+
+def _parse_number(raw: str) -> int | float | None:
+    text = raw.strip()
+    if _INT_LITERAL.fullmatch(text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _cmd_gpus(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        gpus = client.gpus()
+    if args.json:
+        _print_json(gpus)
+    else:
+        _print_generic(gpus)
+    return 0
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _print_json(obj: Any) -> None:
+    # Tagged floats keep the output valid JSON when an objective is NaN.
+    print(json.dumps(wire.tag(obj), indent=2, allow_nan=False))
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        # The last column (a config) is left unpadded so lines carry no trailing blanks.
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _print_pairs(pairs: Mapping[str, Any], *, indent: str = "") -> None:
+    width = max((len(str(k)) for k in pairs), default=0)
+    for key, value in pairs.items():
+        print(f"{indent}{str(key).ljust(width)}  {_fmt(value)}")
+
+
+def _render_summary(s: Mapping[str, Any]) -> str:
+    lines = [
+        f"study     {_fmt(s.get('study'))}",
+        f"name      {_fmt(s.get('name'))}",
+        f"state     {_fmt(s.get('state'))}"
+        + (f" ({s['end_reason']})" if s.get("end_reason") else ""),
+        f"owner     {_fmt(s.get('owner'))}",
+        f"created   {_fmt_time(s.get('created'))}",
+    ]
+    if s.get("ended") is not None:
+        lines.append(f"ended     {_fmt_time(s.get('ended'))}")
+    objective = s.get("objective")
+    if isinstance(objective, Mapping):
+        lines.append(
+            f"objective {_fmt(objective.get('mode'))} {_fmt(objective.get('metric'))} "
+            f"over {_fmt(objective.get('resource'))}"
+        )
+    counts = s.get("trials")
+    if isinstance(counts, Mapping):
+        lines.append(f"trials    {_done_total(s)} done: {_fmt_counts(counts)}")
+    lines.append(f"best      {_fmt_best(s.get('best'), with_config=True)}")
+    return "\n".join(lines)
+
+
+def _print_failure(failure: Any) -> None:
+    if not isinstance(failure, Mapping):
+        print(f"  {_fmt(failure)}")
+        return
+    head = f"  trial {_fmt(failure.get('trial'))}"
+    if failure.get("exit_code") is not None:
+        head += f" (exit code {_fmt(failure.get('exit_code'))})"
+    if failure.get("error"):
+        head += f": {failure['error']}"
+    print(head)
+    tail = failure.get("stderr_tail")
+    if tail:
+        for line in str(tail).rstrip("\n").splitlines():
+            print(f"      {line}".rstrip())
+
+
+def _print_generic(obj: Any) -> None:
+    """Readable output for results whose shape this client does not know in detail."""
+    if isinstance(obj, list) and obj and all(isinstance(x, Mapping) for x in obj):
+        keys: list[str] = []
+        for row in obj:
+            keys.extend(str(k) for k in row if str(k) not in keys)
+        _print_table([k.upper() for k in keys], [[_fmt(row.get(k)) for k in keys] for row in obj])
+    elif isinstance(obj, Mapping):
+        scalars = {k: v for k, v in obj.items() if not isinstance(v, (list, Mapping))}
+        _print_pairs(scalars)
+        for key, value in obj.items():
+            if isinstance(value, (list, Mapping)):
+                print(f"{key}:")
+                if isinstance(value, list) and value and all(isinstance(x, Mapping) for x in value):
+                    _print_generic(value)
+                elif isinstance(value, Mapping):
+                    _print_pairs(value, indent="  ")
+                else:
+                    for item in value:
+                        print(f"  {_fmt(item)}")
+    else:
+        print(_fmt(obj))
+
+
+def _done_total(s: Mapping[str, Any]) -> str:
+    counts = s.get("trials")
+    if not isinstance(counts, Mapping):
+        return "-"
+    done = sum(int(counts.get(state, 0)) for state in _FINAL_TRIAL_STATES)
+    total = s.get("total_trials")
+    if not isinstance(total, int):
+        total = sum(int(v) for v in counts.values())
+    return f"{done}/{total}"
+
+
+def _fmt_counts(counts: Mapping[str, Any]) -> str:
+    order = [k for k in _STATE_ORDER if k in counts] + [k for k in counts if k not in _STATE_ORDER]
+    parts = [f"{counts[k]} {k}" for k in order if counts[k]]
+    return ", ".join(parts) if parts else "none yet"
+
+
+def _fmt_best(best: Any, *, with_config: bool = False) -> str:
+    if not isinstance(best, Mapping):
+        return "-"
+    text = f"{_fmt(best.get('objective'))} (trial {_fmt(best.get('trial'))})"
+    if with_config and isinstance(best.get("config"), Mapping):
+        text += f" {_fmt_config(best['config'])}"
+    return text
+
+
+def _fmt_config(config: Any) -> str:
+    if not isinstance(config, Mapping):
+        return _fmt(config)
+    return " ".join(f"{k}={_fmt(v)}" for k, v in config.items())
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return str(value) if not math.isfinite(value) else f"{value:.6g}"
+    if isinstance(value, (list, Mapping)):
+        return json.dumps(wire.tag(value), separators=(",", ":"))
+    return str(value)
+
+
+def _fmt_time(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _dt.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+    return _fmt(value)
+
+
+def _fmt_duration(seconds: float) -> str:
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{seconds:.1f}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

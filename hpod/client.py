@@ -1,0 +1,228 @@
+"""``hpod.Client``: the synchronous control client, one method per wire method.
+
+::
+
+    from hpod import Client
+
+    with Client() as c:
+        study = c.submit("study.toml")["study"]
+        summary = c.wait(study)
+        print(c.best(study))
+
+Results are the daemon's JSON results as plain dicts and lists (see the wire table in
+docs/architecture.md); errors are raised as the matching :class:`~hpod.errors.HpodError`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hpod.errors import DaemonUnavailable, PermissionDenied, ProtocolError
+from hpod.wire import SyncConnection, no_daemon_message
+
+__all__ = ["Client", "default_socket_path"]
+
+_CLIENT = "hpod.Client"
+SYSTEM_SOCKET = "/run/hpod/hpod.sock"
+
+
+def default_socket_path(env: Mapping[str, str] = os.environ) -> str:
+    """The daemon socket to use when none is given.
+
+    ``$HPOD_SOCKET``; else the system daemon's socket for root; else the per-user daemon's
+    socket in ``$XDG_RUNTIME_DIR/hpod/``, ``/run/user/<uid>/hpod/`` when that runtime folder
+    exists, or ``/tmp/hpod-<uid>/`` on machines without one.
+    """
+    explicit = env.get("HPOD_SOCKET")
+    if explicit:
+        return explicit
+    if os.geteuid() == 0:
+        return SYSTEM_SOCKET
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return str(Path(runtime) / "hpod" / "hpod.sock")
+    uid = os.getuid()
+    run_user = Path(f"/run/user/{uid}")
+    if run_user.is_dir():
+        return str(run_user / "hpod" / "hpod.sock")
+    return f"/tmp/hpod-{uid}/hpod.sock"
+
+
+class Client:
+    """A connection to the daemon's control socket, opened on the first call.
+
+    Thread-safe (calls are serialized). ``timeout`` bounds each answer in seconds (None: wait
+    forever); :meth:`wait` is exempt, since it is answered only when the study ends.
+    """
+
+    def __init__(self, socket_path: str | None = None, timeout: float | None = 30.0) -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout
+        self._conn: SyncConnection | None = None
+        self._lock = threading.Lock()
+
+    # -- the wire methods ------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """``{"pong": true, "version", "uptime"}``."""
+        return self._dict(self.call("ping"))
+
+    def submit(self, spec_path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Submit a study spec file: ``{"study": id, "name"}``.
+
+        The spec's relative paths (``workdir``) are resolved against the file's folder.
+        """
+        path = Path(spec_path).absolute()
+        return self.submit_text(path.read_text(encoding="utf-8"), path.parent)
+
+    def submit_text(self, text: str, base_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Submit a study spec given as TOML text, relative paths taken from ``base_dir``."""
+        params = {"spec": text, "base_dir": str(Path(base_dir).absolute())}
+        # Not retried on a lost connection: the daemon may have created the study already.
+        return self._dict(self.call("submit", params, retry=False))
+
+    def studies(self) -> list[dict[str, Any]]:
+        """A summary of every study."""
+        return self._list(self.call("studies"))
+
+    def study(self, study: str) -> dict[str, Any]:
+        """A study's detail: its summary plus trial counts, best, failures and limits."""
+        return self._dict(self.call("study", {"study": study}))
+
+    def trials(self, study: str) -> list[dict[str, Any]]:
+        """Every trial of a study."""
+        return self._list(self.call("trials", {"study": study}))
+
+    def best(self, study: str) -> dict[str, Any]:
+        """``{"study", "trial", "config", "objective", "resource"}``; NotFound if no result yet."""
+        return self._dict(self.call("best", {"study": study}))
+
+    def stop(self, study: str) -> dict[str, Any]:
+        """Stop a study (its owner or root only): ``{"study", "state"}``."""
+        return self._dict(self.call("stop", {"study": study}))
+
+    def wait(self, study: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the study is final (or ``timeout`` seconds pass); its summary.
+
+        Runs on a connection of its own with no socket timeout (or the daemon-side timeout plus
+        a margin), so a long study does not trip the client's per-call timeout.
+        """
+        params: dict[str, Any] = {"study": study}
+        if timeout is not None:
+            params["timeout"] = timeout
+        sock_timeout = None if timeout is None else timeout + 10.0
+        with self._connect(sock_timeout) as conn:
+            return self._dict(conn.call("wait", params))
+
+    def logs(self, study: str, trial: int, stream: str = "stderr", tail: int = 50) -> str:
+        """The last ``tail`` lines of a trial's ``stdout`` or ``stderr`` log."""
+        params = {"study": study, "trial": trial, "stream": stream, "tail": tail}
+        result = self._dict(self.call("logs", params))
+        return str(result.get("text", ""))
+
+    def report(self, study: str) -> dict[str, Any]:
+        """The study's objective report (method ``report``; newer daemons only)."""
+        return self._dict(self.call("report", {"study": study}))
+
+    def gpus(self) -> Any:
+        """The daemon's GPUs and who holds them (method ``gpus``; newer daemons only)."""
+        return self.call("gpus")
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def call(
+        self, method: str, params: Mapping[str, Any] | None = None, *, retry: bool = True
+    ) -> Any:
+        """Call any wire method; reconnects once if the daemon restarted since the last call.
+
+        With ``retry=False`` (for calls that must not run twice) the call is sent again only if
+        it provably never left: the old socket refused the write.
+        """
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    return self._invoke(method, params)
+                except _ConnectionLost as lost:
+                    if lost.delivered and not retry:
+                        raise DaemonUnavailable(str(lost)) from lost.__cause__
+            try:
+                return self._invoke(method, params)
+            except _ConnectionLost as lost:
+                raise DaemonUnavailable(str(lost)) from lost.__cause__
+
+    def _invoke(self, method: str, params: Mapping[str, Any] | None) -> Any:
+        if self._conn is None:
+            self._conn = self._connect(self.timeout)
+        try:
+            return self._conn.call(method, params)
+        except TimeoutError:
+            # Not retried: the daemon is alive but slow, and may still act on the call.
+            self._close_locked()
+            raise DaemonUnavailable(
+                f"the daemon on {self.socket_path} did not answer {method} within {self.timeout}s"
+            ) from None
+        except (DaemonUnavailable, ConnectionError) as exc:
+            self._close_locked()
+            raise _ConnectionLost(
+                f"lost the connection to the daemon on {self.socket_path}: {exc}",
+                delivered=not isinstance(exc, BrokenPipeError),
+            ) from exc
+
+    def _connect(self, timeout: float | None) -> SyncConnection:
+        try:
+            return SyncConnection(self.socket_path, client=_CLIENT, timeout=timeout)
+        except PermissionError:
+            raise PermissionDenied(
+                f"not allowed to connect to {self.socket_path}: the system daemon's socket is "
+                "open to the members of its group (ask an admin to add you)"
+            ) from None
+        except TimeoutError:
+            raise DaemonUnavailable(
+                f"the daemon on {self.socket_path} did not answer hello within {timeout}s"
+            ) from None
+        except OSError as exc:
+            raise DaemonUnavailable(f"{no_daemon_message(self.socket_path)} ({exc})") from exc
+
+    def _close_locked(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    @staticmethod
+    def _dict(result: Any) -> dict[str, Any]:
+        if not isinstance(result, dict):
+            raise ProtocolError(f"the daemon sent {type(result).__name__}, expected an object")
+        return result
+
+    @staticmethod
+    def _list(result: Any) -> list[dict[str, Any]]:
+        if not isinstance(result, list):
+            raise ProtocolError(f"the daemon sent {type(result).__name__}, expected a list")
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.socket_path!r})"
+
+
+class _ConnectionLost(Exception):
+    """The connection died under a call; ``delivered`` is False only if the request never left."""
+
+    def __init__(self, message: str, *, delivered: bool) -> None:
+        super().__init__(message)
+        self.delivered = delivered

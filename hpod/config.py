@@ -1,0 +1,479 @@
+"""The daemon's configuration: `etc/hpod.toml` (every key optional), then command-line flags.
+
+``DaemonConfig.from_file(path).with_overrides(socket=args.socket, ...)`` is the whole story:
+the file is read once at start-up, every problem in it is reported at once with its key path,
+and a flag given on the command line wins over the file. Values that depend on the machine
+(the socket and state paths, the number of CPU slots) stay ``None`` in the model and are
+resolved by the ``resolved_*`` methods, so a configuration can be compared and printed without
+reading the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import grp
+import os
+import pwd
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpod.core.durations import parse_duration
+from hpod.errors import ErrorCode, HpodError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "BUSY_POLICIES",
+    "DURABILITIES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "ConfigError",
+    "DaemonConfig",
+    "GpuConfig",
+    "default_socket_path",
+    "default_state_dir",
+]
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "console", "json")
+DURABILITIES = ("normal", "fsync")
+BUSY_POLICIES = ("avoid", "share", "ignore")
+
+# sun_path is 108 bytes on Linux, one of them the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+
+
+class ConfigError(HpodError):
+    """A daemon configuration with one or more problems, each naming its key path."""
+
+    code = ErrorCode.INVALID_PARAMS
+
+    def __init__(self, problems: Sequence[str], *, source: str = "the configuration") -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{source} has {count} {noun}:\n{lines}",
+            data={"problems": list(self.problems), "source": source},
+        )
+
+
+# -- machine-dependent defaults ------------------------------------------------------------------
+
+
+def _is_root(uid: int | None) -> bool:
+    return (os.geteuid() if uid is None else uid) == 0
+
+
+def default_state_dir(*, uid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """/var/lib/hpod for root (systemd's StateDirectory); else the user's XDG state folder."""
+    if _is_root(uid):
+        return Path("/var/lib/hpod")
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_STATE_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "hpod"
+    home = env.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "hpod"
+
+
+def default_socket_path(*, uid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """/run/hpod/hpod.sock for root (systemd's RuntimeDirectory); else a per-user runtime path."""
+    if _is_root(uid):
+        return Path("/run/hpod/hpod.sock")
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "hpod" / "hpod.sock"
+    real_uid = os.getuid() if uid is None else uid
+    # /tmp is shared: the daemon must create this folder 0700 and check that it owns it.
+    return Path(f"/tmp/hpod-{real_uid}") / "hpod.sock"
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """Which GPUs the daemon may hand to trials, and how it treats ones that others use."""
+
+    allowed: tuple[str, ...] = ()  # indices or UUIDs; () = every GPU NVML sees
+    # A GPU that processes hpod did not start are using: "avoid" it (busy while any is on it or
+    # free memory is short), "share" it (busy only while free memory is short), or "ignore"
+    # them (free unless hpod's own trials hold it).
+    busy_policy: str = "avoid"
+    min_free_memory_mib: int = 1024  # avoid/share: less free memory than this = busy
+    refresh_seconds: float = 5.0  # how often NVML is polled
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allowed": list(self.allowed),
+            "busy_policy": self.busy_policy,
+            "min_free_memory_mib": self.min_free_memory_mib,
+            "refresh_seconds": self.refresh_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: str | None = None  # control socket; None = default_socket_path()
+    trial_socket: str | None = None  # trials' socket; None = the control socket
+    state_dir: Path | None = None  # None = default_state_dir()
+    cpu_slots: int | None = None  # trials with gpus_per_trial = 0 at once; None = os.cpu_count()
+    stop_grace: float = 10.0  # seconds between a trial's SIGTERM and its SIGKILL at shutdown
+    log_level: str = "info"
+    log_format: str = "auto"  # auto = console on a TTY, JSON otherwise
+    durability: str = "normal"  # normal | fsync: SQLite synchronous=NORMAL or FULL
+    socket_mode: int = 0o660
+    socket_group: str | None = None  # None = the daemon's own group
+    admins: tuple[int, ...] = ()  # uids that may stop anyone's study (root always may)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+
+    # -- named constructors ---------------------------------------------------------------------
+
+    @classmethod
+    def defaults(cls) -> DaemonConfig:
+        return cls()
+
+    @classmethod
+    def from_toml(
+        cls, text: str, source: str = "<config>", *, base_dir: Path | str | None = None
+    ) -> DaemonConfig:
+        """Parse a configuration; relative paths are taken from ``base_dir`` when given."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"TOML syntax error: {exc}"], source=source) from None
+        return cls.from_mapping(raw, source=source, base_dir=base_dir)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> DaemonConfig:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError([f"cannot read the file: {reason}"], source=str(p)) from None
+        # A relative state_dir in /etc/hpod/hpod.toml means next to that file, not next to
+        # wherever the daemon happened to be started (systemd starts it in /).
+        return cls.from_toml(text, source=str(p), base_dir=p.resolve().parent)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        raw: Mapping[str, Any],
+        *,
+        source: str = "<config>",
+        base_dir: Path | str | None = None,
+    ) -> DaemonConfig:
+        problems: list[str] = []
+        base = Path(base_dir) if base_dir is not None else None
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key == "gpu":
+                continue
+            reader = _TOP_READERS.get(key)
+            if reader is None:
+                problems.append(_unknown_key("", key, [*_TOP_READERS, "gpu"]))
+                continue
+            parsed = _read(reader, value, key, problems, base)
+            if parsed is not _INVALID:
+                values[key] = parsed
+        gpu = _read_gpu(raw.get("gpu", {}), problems)
+        if problems:
+            raise ConfigError(problems, source=source)
+        return cls(**values, gpu=gpu)
+
+    def with_overrides(self, **overrides: Any) -> DaemonConfig:
+        """This configuration with command-line values laid over it; a None means "not given".
+
+        Values go through the same checks as the file's (``stop_grace="30s"`` works), and
+        relative paths are made absolute against the current folder, where the flag was typed.
+        """
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "gpu":
+                if isinstance(value, GpuConfig):
+                    values[key] = value
+                else:
+                    problems.append(f"gpu: expected a GpuConfig, got {type(value).__name__}")
+                continue
+            reader = _TOP_READERS.get(key)
+            if reader is None:
+                problems.append(_unknown_key("", key, [*_TOP_READERS, "gpu"]))
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            parsed = _read(reader, value, key, problems, Path.cwd())
+            if parsed is not _INVALID:
+                values[key] = parsed
+        if problems:
+            raise ConfigError(problems, source="the command line")
+        return dataclasses.replace(self, **values)
+
+    # -- resolved values ------------------------------------------------------------------------
+
+    def resolved_socket(self) -> Path:
+        return Path(self.socket) if self.socket else default_socket_path()
+
+    def resolved_trial_socket(self) -> Path:
+        return Path(self.trial_socket) if self.trial_socket else self.resolved_socket()
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else default_state_dir()
+
+    def resolved_cpu_slots(self) -> int:
+        if self.cpu_slots is not None:
+            return self.cpu_slots
+        # The CPUs this process may run on, which a cgroup or taskset can make fewer than all.
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, None kept as null (what `hpod serve` logs at start-up)."""
+        return {
+            "socket": self.socket,
+            "trial_socket": self.trial_socket,
+            "state_dir": str(self.state_dir) if self.state_dir is not None else None,
+            "cpu_slots": self.cpu_slots,
+            "stop_grace": self.stop_grace,
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+            "durability": self.durability,
+            "socket_mode": f"{self.socket_mode:04o}",
+            "socket_group": self.socket_group,
+            "admins": list(self.admins),
+            "gpu": self.gpu.to_dict(),
+        }
+
+
+# -- readers: each takes (value, base_dir) and returns the parsed value or raises ValueError -----
+
+_INVALID: Any = object()
+
+Reader = Callable[[Any, Path | None], Any]
+
+
+def _read(reader: Reader, value: Any, path: str, problems: list[str], base: Path | None) -> Any:
+    try:
+        return reader(value, base)
+    except ValueError as exc:
+        problems.append(f"{path}: {exc}")
+        return _INVALID
+
+
+def _unknown_key(section: str, key: str, options: Iterable[str]) -> str:
+    opts = list(options)
+    close = difflib.get_close_matches(key, opts, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(opts)}"
+    where = f"{section}.{key}" if section else key
+    return f"{where}: unknown key{hint}"
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _optional_string(value: Any) -> str | None:
+    # TOML has no null: an empty string is how the file says "the default".
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_type_name(value)}")
+    return value.strip() or None
+
+
+def _path_text(value: Any, base: Path | None) -> str | None:
+    text = _optional_string(value)
+    if text is None:
+        return None
+    if "\0" in text:
+        raise ValueError("a path cannot contain a NUL character")
+    expanded = os.path.expanduser(text)
+    if base is not None and not os.path.isabs(expanded):
+        expanded = os.path.normpath(os.path.join(base, expanded))
+    return expanded
+
+
+def _socket(value: Any, base: Path | None) -> str | None:
+    path = _path_text(value, base)
+    if path is not None:
+        size = len(os.fsencode(path))
+        if size > MAX_SOCKET_PATH_BYTES:
+            raise ValueError(
+                f"{path!r} is {size} bytes; a Unix socket path may have at most "
+                f"{MAX_SOCKET_PATH_BYTES}: choose a shorter one"
+            )
+    return path
+
+
+def _state_dir(value: Any, base: Path | None) -> Path | None:
+    path = _path_text(value, base)
+    return Path(path) if path is not None else None
+
+
+def _integer(value: Any, *, minimum: int, what: str = "an integer") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected {what}, got {_type_name(value)}")
+    if value < minimum:
+        raise ValueError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _cpu_slots(value: Any, base: Path | None) -> int | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'expected a positive integer or "auto", got {_type_name(value)}')
+    return _integer(value, minimum=1)
+
+
+def _duration(value: Any, *, path: str, positive: bool) -> float:
+    seconds = parse_duration(value, path)
+    if positive and seconds <= 0:
+        raise ValueError(f"must be more than 0 seconds, got {value!r}")
+    return seconds
+
+
+def _one_of(options: Sequence[str]) -> Reader:
+    def read(value: Any, base: Path | None) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected one of {', '.join(options)}, got {_type_name(value)}")
+        word = value.strip().lower()
+        if word == "warn" and "warning" in options:
+            word = "warning"  # the spelling everyone types
+        if word not in options:
+            close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}{hint}")
+        return word
+
+    return read
+
+
+def _socket_mode(value: Any, base: Path | None) -> int:
+    # TOML writes octal as 0o660; a string "0660" or "660" is what people copy from chmod.
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            raise ValueError(f'{value!r} is not an octal mode such as "0660"') from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise ValueError(f'expected an octal mode such as 0o660 or "0660", got {_type_name(value)}')
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value!r} is not a permission mode between 0000 and 0777")
+    if mode & 0o600 != 0o600:
+        raise ValueError(f"{mode:04o} would keep the daemon's own user from the socket (need u+rw)")
+    return mode
+
+
+def _socket_group(value: Any, base: Path | None) -> str | None:
+    name = _optional_string(value)
+    if name is None:
+        return None
+    # Checked now so that a typo fails at start-up, not when the socket is chown'ed.
+    try:
+        if name.isdigit():
+            grp.getgrgid(int(name))
+        else:
+            grp.getgrnam(name)
+    except KeyError:
+        raise ValueError(f"no group {name!r} on this machine") from None
+    return name
+
+
+def _admins(value: Any, base: Path | None) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of user names or uids, got {_type_name(value)}")
+    uids: list[int] = []
+    errors: list[str] = []
+    for i, item in enumerate(value):
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            uid = item
+        elif isinstance(item, str) and item.strip():
+            name = item.strip()
+            try:
+                uid = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+            except KeyError:
+                errors.append(f"[{i}] no user {name!r} on this machine")
+                continue
+        else:
+            errors.append(f"[{i}] expected a user name or a uid >= 0, got {_type_name(item)}")
+            continue
+        if uid not in uids:
+            uids.append(uid)
+    if errors:
+        raise ValueError("; ".join(errors))
+    return tuple(uids)
+
+
+_TOP_READERS: dict[str, Reader] = {
+    "socket": _socket,
+    "trial_socket": _socket,
+    "state_dir": _state_dir,
+    "cpu_slots": _cpu_slots,
+    "stop_grace": lambda v, b: _duration(v, path="stop_grace", positive=False),
+    "log_level": _one_of(LOG_LEVELS),
+    "log_format": _one_of(LOG_FORMATS),
+    "durability": _one_of(DURABILITIES),
+    "socket_mode": _socket_mode,
+    "socket_group": _socket_group,
+    "admins": _admins,
+}
+
+
+def _gpu_allowed(value: Any, base: Path | None) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of GPU indices or UUIDs, got {_type_name(value)}")
+    out: list[str] = []
+    for i, item in enumerate(value):
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            text = str(item)
+        elif isinstance(item, str) and item.strip():
+            text = item.strip()
+        else:
+            raise ValueError(f"[{i}] expected a GPU index or UUID, got {_type_name(item)}")
+        if text in out:
+            raise ValueError(f"[{i}] {text!r} is listed twice")
+        out.append(text)
+    return tuple(out)
+
+
+_GPU_READERS: dict[str, Reader] = {
+    "allowed": _gpu_allowed,
+    "busy_policy": _one_of(BUSY_POLICIES),
+    "min_free_memory_mib": lambda v, b: _integer(v, minimum=0),
+    "refresh_seconds": lambda v, b: _duration(v, path="gpu.refresh_seconds", positive=True),
+}
+
+
+def _read_gpu(raw: Any, problems: list[str]) -> GpuConfig:
+    if not isinstance(raw, Mapping):
+        problems.append(f"gpu: expected a [gpu] table, got {_type_name(raw)}")
+        return GpuConfig()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        reader = _GPU_READERS.get(key)
+        if reader is None:
+            problems.append(_unknown_key("gpu", key, _GPU_READERS))
+            continue
+        parsed = _read(reader, value, f"gpu.{key}", problems, None)
+        if parsed is not _INVALID:
+            values[key] = parsed
+    return GpuConfig(**values)

@@ -1,0 +1,813 @@
+"""The study spec: a TOML file read into frozen sections, with every problem listed by key path.
+
+A bad spec is refused whole at submit, so validation never stops at the first mistake: each
+section is read with a :class:`_Section` that records what is wrong and carries on with the
+default, and the problems of all sections are raised together in one :class:`SpecError`.
+
+Pure: nothing here touches the filesystem except :meth:`StudySpec.from_file`; ``workdir`` is
+resolved against ``base_dir`` as a path only (the daemon checks that it exists).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+import shlex
+import string
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from hpod.core.durations import format_duration, parse_duration
+from hpod.core.objective import Objective, ObjectiveMode
+from hpod.core.space import (
+    RESERVED_NAMES,
+    Config,
+    ParamValue,
+    SearchSpace,
+    did_you_mean,
+    is_number,
+    unknown_key,
+)
+from hpod.errors import SpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The daemon sets these for every trial; a study overriding them would break the trial contract.
+_RESERVED_ENV = re.compile(r"HPOD_.*|CUDA_VISIBLE_DEVICES|CUDA_DEVICE_ORDER")
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+class SchedulerType(enum.StrEnum):
+    FIFO = "fifo"  # every trial runs to max_resource
+    ASHA = "asha"
+    HYPERBAND = "hyperband"
+    DYHPO = "dyhpo"
+    MEDIAN = "median"  # median stopping rule
+
+
+class RungType(enum.StrEnum):
+    PROMOTION = "promotion"  # pause at a rung, resume from the checkpoint when promoted
+    STOPPING = "stopping"  # keep running past a rung unless stopped there
+
+
+class SearcherType(enum.StrEnum):
+    RANDOM = "random"
+    GRID = "grid"
+    BO = "bo"
+    DYHPO = "dyhpo"
+
+
+class Acquisition(enum.StrEnum):
+    UCB = "ucb"
+    EI = "ei"
+
+
+# A fifo study needs no rungs, so max_resource may be left out there; trials then get this as
+# HPOD_MAX_RESOURCE. Every other scheduler needs it written down.
+DEFAULT_FIFO_MAX_RESOURCE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSpec:
+    type: SchedulerType = SchedulerType.FIFO
+    min_resource: int = 1
+    max_resource: int = DEFAULT_FIFO_MAX_RESOURCE
+    reduction_factor: float = 3.0
+    rung_type: RungType = RungType.PROMOTION
+    brackets: int = 1  # hyperband (and asha): how many brackets
+    rung_levels: tuple[int, ...] | None = None  # None: min_resource * reduction_factor ** k
+    grace_period: int = 1  # median: no stopping before this resource level
+    min_trials: int = 3  # median: reports needed at a level before the median counts
+    probability_sh: float = 0.25  # dyhpo: the chance of a successive-halving promotion
+    # [scheduler.options]: free-form knobs passed to an experimental scheduler as they are.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type.value,
+            "min_resource": self.min_resource,
+            "max_resource": self.max_resource,
+            "reduction_factor": self.reduction_factor,
+            "rung_type": self.rung_type.value,
+            "brackets": self.brackets,
+            "grace_period": self.grace_period,
+            "min_trials": self.min_trials,
+            "probability_sh": self.probability_sh,
+        }
+        if self.rung_levels is not None:
+            out["rung_levels"] = list(self.rung_levels)
+        if self.options:
+            out["options"] = dict(self.options)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SearcherSpec:
+    type: SearcherType = SearcherType.RANDOM
+    seed: int = 0
+    points_to_evaluate: tuple[Config, ...] = ()
+    grid_points: int = 5  # grid: values per continuous parameter
+    # bo:
+    num_init_trials: int = 5  # random configurations before the model is used
+    acquisition: Acquisition = Acquisition.UCB
+    kappa: float = 2.0  # ucb exploration weight
+    kappa_decay: float = 1.0  # kappa *= kappa_decay per suggestion after the delay
+    kappa_decay_delay: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type.value,
+            "seed": self.seed,
+            "points_to_evaluate": [dict(p) for p in self.points_to_evaluate],
+            "grid_points": self.grid_points,
+            "num_init_trials": self.num_init_trials,
+            "acquisition": self.acquisition.value,
+            "kappa": self.kappa,
+            "kappa_decay": self.kappa_decay,
+            "kappa_decay_delay": self.kappa_decay_delay,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcesSpec:
+    # 0: the trial takes a CPU slot and no GPU (CUDA_VISIBLE_DEVICES is empty). The default,
+    # so a spec without [resources] runs anywhere, including the CI machines.
+    gpus_per_trial: int = 0
+    trials_per_gpu: int = 1  # > 1 shares one GPU between that many trials
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpus_per_trial": self.gpus_per_trial, "trials_per_gpu": self.trials_per_gpu}
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSpec:
+    max_trials: int | None = None
+    max_concurrent: int | None = None
+    optimization_time: float | None = None  # seconds of wall clock for the study
+    compute_time: float | None = None  # seconds x devices held, summed over trials
+    trial_time: float | None = None  # seconds of one trial, summed over its runs
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("max_trials", "max_concurrent", "optimization_time", "compute_time"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.trial_time is not None:
+            out["trial_time"] = self.trial_time
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSpec:
+    period: float = 60.0  # seconds between rewrites of report.json / report.csv
+    top_k: int = 5
+    keep_checkpoints: int | None = None  # None: keep every checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"period": self.period, "top_k": self.top_k}
+        if self.keep_checkpoints is not None:
+            out["keep_checkpoints"] = self.keep_checkpoints
+        return out
+
+
+_TOP_KEYS = (
+    "name",
+    "command",
+    "workdir",
+    "env",
+    "priority",
+    "stop_grace_period",
+    "objective",
+    "space",
+    "scheduler",
+    "searcher",
+    "resources",
+    "limits",
+    "report",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StudySpec:
+    name: str
+    command: tuple[str, ...]
+    workdir: Path  # absolute
+    objective: Objective
+    space: SearchSpace
+    env: dict[str, str] = field(default_factory=dict)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    searcher: SearcherSpec = field(default_factory=SearcherSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
+    priority: int = 1
+    stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+
+    # -- named constructors -------------------------------------------------------------------
+
+    @classmethod
+    def from_toml(cls, text: str, *, base_dir: Path | str) -> StudySpec:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError([f"TOML syntax error: {exc}"]) from None
+        return cls.from_mapping(raw, base_dir=base_dir)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> StudySpec:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SpecError([f"{p}: cannot read the spec: {reason}"]) from None
+        return cls.from_toml(text, base_dir=p.absolute().parent)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, base_dir: Path | str) -> StudySpec:
+        """A parsed spec (TOML tables, or :meth:`to_dict`'s output); SpecError lists all."""
+        if not isinstance(raw, Mapping):
+            raise SpecError([f"expected a table at the top of the spec, got {type(raw).__name__}"])
+        problems: list[str] = []
+        top = _Section(raw, "", problems, _TOP_KEYS)
+
+        name = top.string("name", required=True)
+        if name is not None and not _NAME.fullmatch(name):
+            problems.append(
+                f"name: {name!r} must be 1 to 64 letters, digits, _ . - and start with a "
+                "letter or digit"
+            )
+        command = _read_command(top.get("command"), problems)
+        workdir = _resolve_workdir(top.string("workdir", default="."), base_dir)
+        env = _read_env(top.get("env"), problems)
+        priority = top.integer("priority", default=1, minimum=0)
+        stop_grace = top.duration("stop_grace_period", default=10.0, positive=False)
+
+        space: SearchSpace | None = None
+        if "space" not in raw:
+            problems.append("space: missing; add a [space] table with at least one parameter")
+        else:
+            try:
+                space = SearchSpace.from_mapping(raw["space"], "space")
+            except SpecError as exc:
+                problems.extend(exc.problems)
+
+        objective = _read_objective(top.table("objective", required=True), problems)
+        scheduler = _read_scheduler(top.table("scheduler"), problems)
+        searcher = _read_searcher(top.table("searcher"), space, scheduler, problems)
+        resources = _read_resources(top.table("resources"), problems)
+        limits = _read_limits(top.table("limits"), problems)
+        report = _read_report(top.table("report"), problems)
+        top.finish()
+
+        raw_space = raw.get("space")
+        if command and isinstance(raw_space, Mapping):
+            # Checked against the keys as written, so a mistake in one parameter's range does
+            # not hide a misspelt placeholder.
+            problems.extend(_placeholder_problems(command, [str(k) for k in raw_space]))
+
+        if problems:
+            raise SpecError(problems)
+        # No problems means every required part was read.
+        assert name is not None
+        assert objective is not None
+        assert space is not None
+        return cls(
+            name=name,
+            command=tuple(command),
+            workdir=workdir,
+            objective=objective,
+            space=space,
+            env=env,
+            scheduler=scheduler,
+            searcher=searcher,
+            resources=resources,
+            limits=limits,
+            report=report,
+            priority=priority,
+            stop_grace=stop_grace,
+        )
+
+    # -- forms --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; :meth:`from_mapping` reads it back to an equal spec."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "command": list(self.command),
+            "workdir": str(self.workdir),
+            "priority": self.priority,
+            "stop_grace_period": self.stop_grace,
+            "objective": self.objective.to_dict(),
+            "space": self.space.to_dict(),
+            "scheduler": self.scheduler.to_dict(),
+            "searcher": self.searcher.to_dict(),
+            "resources": self.resources.to_dict(),
+            "limits": self.limits.to_dict(),
+            "report": self.report.to_dict(),
+        }
+        if self.env:
+            out["env"] = dict(self.env)
+        return out
+
+    def render_command(
+        self,
+        config: Mapping[str, ParamValue],
+        *,
+        trial_id: str,
+        trial_dir: str | Path,
+        checkpoint_dir: str | Path,
+    ) -> list[str]:
+        """``command`` with its ``{key}`` placeholders filled (``{lr:.2e}`` format specs work)."""
+        values: dict[str, Any] = dict(config)
+        values.update(
+            trial_id=trial_id, trial_dir=str(trial_dir), checkpoint_dir=str(checkpoint_dir)
+        )
+        return [render_arg(arg, values) for arg in self.command]
+
+    def describe_limits(self) -> dict[str, str]:
+        """The time limits in short human form, for ``hpodctl show``."""
+        out: dict[str, str] = {}
+        for key in ("optimization_time", "compute_time", "trial_time"):
+            value = getattr(self.limits, key)
+            if value is not None:
+                out[key] = format_duration(value)
+        return out
+
+
+# -- placeholders ---------------------------------------------------------------------------------
+
+
+def placeholders(arg: str) -> list[str]:
+    """The ``{key}`` names in one command argument (``{{`` and ``}}`` are literal braces).
+
+    Raises ValueError for an unbalanced brace.
+    """
+    return [name for _, name, _, _ in string.Formatter().parse(arg) if name is not None]
+
+
+def render_arg(arg: str, values: Mapping[str, Any]) -> str:
+    """Fill one argument. Names are looked up whole, so ``{model.lr}`` is the key "model.lr"
+    (str.format would read it as an attribute)."""
+    out: list[str] = []
+    for literal, name, spec, conversion in string.Formatter().parse(arg):
+        out.append(literal)
+        if name is None:
+            continue
+        value = values[name]
+        if conversion == "r":
+            value = repr(value)
+        elif conversion == "s":
+            value = str(value)
+        elif conversion == "a":
+            value = ascii(value)
+        out.append(format(value, spec or ""))
+    return "".join(out)
+
+
+def _placeholder_problems(command: Sequence[str], names: Sequence[str]) -> list[str]:
+    allowed = [*names, *sorted(RESERVED_NAMES)]
+    out: list[str] = []
+    for arg in command:
+        try:
+            names = placeholders(arg)
+        except ValueError as exc:
+            out.append(f"command: {arg!r}: {exc} (write {{{{ and }}}} for literal braces)")
+            continue
+        for name in names:
+            if name == "":
+                out.append(f"command: {arg!r} has an empty placeholder {{}}")
+            elif name not in allowed:
+                out.append(
+                    f"command: placeholder {{{name}}} is not a key of [space] nor one of "
+                    f"{', '.join(sorted(RESERVED_NAMES))}{did_you_mean(name, allowed)}"
+                )
+    return out
+
+
+# -- reading sections ----------------------------------------------------------------------------
+
+
+class _Section:
+    """One table of the spec: typed reads that record problems and fall back to defaults."""
+
+    def __init__(
+        self,
+        raw: Mapping[str, Any],
+        path: str,
+        problems: list[str],
+        keys: Sequence[str],
+    ) -> None:
+        self.raw = raw
+        self.path = path
+        self.problems = problems
+        self.keys = tuple(keys)
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.where(key)}: {message}")
+
+    def get(self, key: str) -> Any:
+        return self.raw.get(key)
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def finish(self) -> None:
+        for key in self.raw:
+            if key not in self.keys:
+                self.problems.append(unknown_key(self.path, str(key), self.keys))
+
+    def table(self, key: str, *, required: bool = False) -> _Section | None:
+        """A sub-table; None (with a problem when required) when it is missing or no table."""
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                self.problem(key, f"missing; add a [{self.where(key)}] table")
+                return None
+            value = {}
+        if not isinstance(value, Mapping):
+            self.problem(key, f"expected a table, got {type(value).__name__} {value!r}")
+            return None
+        return _Section(value, self.where(key), self.problems, ())
+
+    @overload
+    def string(self, key: str, *, default: str) -> str: ...
+    @overload
+    def string(self, key: str, *, required: bool) -> str | None: ...
+    def string(self, key: str, *, default: str | None = None, required: bool = False) -> str | None:
+        if key not in self.raw:
+            if required:
+                self.problem(key, "missing")
+            return default
+        value = self.raw[key]
+        if not isinstance(value, str) or not value.strip():
+            self.problem(key, f"must be a non-empty string, got {value!r}")
+            return default
+        return value
+
+    @overload
+    def integer(self, key: str, *, default: int, minimum: int | None = None) -> int: ...
+    @overload
+    def integer(self, key: str, *, minimum: int | None = None) -> int | None: ...
+    def integer(
+        self, key: str, *, default: int | None = None, minimum: int | None = None
+    ) -> int | None:
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and (minimum is None or value >= minimum):
+            return int(value)
+        if minimum == 1:
+            self.problem(key, f"must be a positive integer, got {value!r}")
+        elif minimum == 0:
+            self.problem(key, f"must be an integer >= 0, got {value!r}")
+        elif minimum is not None:
+            self.problem(key, f"must be an integer >= {minimum}, got {value!r}")
+        else:
+            self.problem(key, f"must be an integer, got {value!r}")
+        return default
+
+    def number(
+        self,
+        key: str,
+        *,
+        default: float,
+        above: float | None = None,
+        at_least: float | None = None,
+        at_most: float | None = None,
+    ) -> float:
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        if not is_number(value) or not math.isfinite(float(value)):
+            self.problem(key, f"must be a number, got {value!r}")
+            return default
+        v = float(value)
+        if above is not None and not v > above:
+            self.problem(key, f"must be > {above:g}, got {value!r}")
+        elif at_least is not None and v < at_least:
+            self.problem(key, f"must be >= {at_least:g}, got {value!r}")
+        elif at_most is not None and v > at_most:
+            self.problem(key, f"must be <= {at_most:g}, got {value!r}")
+        else:
+            return v
+        return default
+
+    @overload
+    def duration(self, key: str, *, default: float, positive: bool = True) -> float: ...
+    @overload
+    def duration(self, key: str, *, default: None, positive: bool = True) -> float | None: ...
+    def duration(self, key: str, *, default: float | None, positive: bool = True) -> float | None:
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        try:
+            seconds = parse_duration(value, self.where(key))
+        except ValueError as exc:
+            self.problem(key, str(exc))
+            return default
+        if positive and seconds <= 0:
+            self.problem(key, f"must be longer than 0, got {value!r}")
+            return default
+        return seconds
+
+    @overload
+    def choice(self, key: str, enum_type: type[_E], default: _E) -> _E: ...
+    @overload
+    def choice(self, key: str, enum_type: type[_E], default: None) -> _E | None: ...
+    def choice(self, key: str, enum_type: type[_E], default: _E | None) -> _E | None:
+        if key not in self.raw:
+            if default is None:
+                self.problem(key, f"missing (one of {', '.join(e.value for e in enum_type)})")
+            return default
+        value = self.raw[key]
+        options = [e.value for e in enum_type]
+        if isinstance(value, str) and value in options:
+            return enum_type(value)
+        hint = did_you_mean(value, options) if isinstance(value, str) else ""
+        self.problem(key, f"{value!r} is not one of {', '.join(options)}{hint}")
+        return default
+
+
+def _read_command(value: Any, problems: list[str]) -> list[str]:
+    if value is None:
+        problems.append('command: missing; e.g. command = ["python", "train.py", "--lr", "{lr}"]')
+        return []
+    if isinstance(value, str):
+        try:
+            parts = shlex.split(value)
+        except ValueError as exc:
+            problems.append(f"command: cannot split {value!r}: {exc}")
+            return []
+        if not parts:
+            problems.append("command: must not be empty")
+        return parts
+    if isinstance(value, list | tuple):
+        if not value:
+            problems.append("command: must not be empty")
+            return []
+        bad = [i for i, v in enumerate(value) if not isinstance(v, str)]
+        for i in bad:
+            problems.append(f"command[{i}]: must be a string, got {value[i]!r}")
+        return [] if bad else list(value)
+    problems.append(f"command: must be a list of strings or a string, got {value!r}")
+    return []
+
+
+def _resolve_workdir(workdir: str, base_dir: Path | str) -> Path:
+    # Path arithmetic only: the daemon checks that the folder exists, as the submitting user.
+    base = Path(base_dir)
+    if not base.is_absolute():
+        base = Path(os.path.abspath(base))
+    return Path(os.path.normpath(base / workdir))
+
+
+def _read_env(value: Any, problems: list[str]) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(f'env: expected a table of NAME = "value", got {value!r}')
+        return {}
+    out: dict[str, str] = {}
+    for key, v in value.items():
+        where = f"env.{key}"
+        if not _ENV_NAME.fullmatch(str(key)):
+            problems.append(f"{where}: not a valid environment variable name")
+        elif _RESERVED_ENV.fullmatch(str(key)):
+            problems.append(f"{where}: set by the daemon for every trial; it cannot be overridden")
+        if isinstance(v, str):
+            out[str(key)] = v
+        elif is_number(v):
+            # `OMP_NUM_THREADS = 4` is what people write; the environment only holds strings.
+            out[str(key)] = str(v)
+        else:
+            problems.append(f"{where}: must be a string, got {v!r}")
+    return out
+
+
+def _read_objective(sec: _Section | None, problems: list[str]) -> Objective | None:
+    if sec is None:
+        return None
+    sec.keys = ("metric", "mode", "resource")
+    metric = sec.string("metric", required=True)
+    # No default mode: a wrong direction would silently optimize for the worst trials.
+    mode = sec.choice("mode", ObjectiveMode, None)
+    resource = sec.string("resource", default="epoch")
+    sec.finish()
+    if metric is not None and metric == resource:
+        sec.problem("resource", f"must differ from objective.metric ({metric!r})")
+        return None
+    if metric is None or mode is None or resource is None:
+        return None
+    return Objective(metric=metric, mode=mode, resource=resource)
+
+
+_SCHEDULER_KEYS = (
+    "type",
+    "min_resource",
+    "max_resource",
+    "reduction_factor",
+    "rung_type",
+    "brackets",
+    "rung_levels",
+    "grace_period",
+    "min_trials",
+    "probability_sh",
+    "options",
+)
+
+
+def _read_scheduler(sec: _Section | None, problems: list[str]) -> SchedulerSpec:
+    if sec is None:
+        return SchedulerSpec()
+    sec.keys = _SCHEDULER_KEYS
+    stype = sec.choice("type", SchedulerType, SchedulerType.FIFO)
+    if stype is not SchedulerType.FIFO and not sec.has("max_resource"):
+        sec.problem("max_resource", f"missing; the {stype.value} scheduler needs it")
+    min_r = sec.integer("min_resource", default=1, minimum=1)
+    max_r = sec.integer("max_resource", default=DEFAULT_FIFO_MAX_RESOURCE, minimum=1)
+    if max_r < min_r:
+        sec.problem("max_resource", f"{max_r} is less than min_resource {min_r}")
+    eta = sec.number("reduction_factor", default=3.0, above=1.0)
+    rung_type = sec.choice("rung_type", RungType, RungType.PROMOTION)
+    brackets = sec.integer("brackets", default=1, minimum=1)
+    grace = sec.integer("grace_period", default=1, minimum=1)
+    min_trials = sec.integer("min_trials", default=3, minimum=1)
+    p_sh = sec.number("probability_sh", default=0.25, at_least=0.0, at_most=1.0)
+    if grace > max_r:
+        sec.problem("grace_period", f"{grace} is more than max_resource {max_r}")
+
+    levels: tuple[int, ...] | None = None
+    raw_levels = sec.get("rung_levels")
+    if raw_levels is not None:
+        levels = _read_rung_levels(sec, raw_levels, min_r, max_r)
+
+    options: Mapping[str, Any] = {}
+    raw_options = sec.get("options")
+    if raw_options is not None:
+        if isinstance(raw_options, Mapping):
+            options = dict(raw_options)
+        else:
+            sec.problem("options", f"expected a table, got {raw_options!r}")
+    sec.finish()
+    return SchedulerSpec(
+        type=stype,
+        min_resource=min_r,
+        max_resource=max_r,
+        reduction_factor=eta,
+        rung_type=rung_type,
+        brackets=brackets,
+        rung_levels=levels,
+        grace_period=grace,
+        min_trials=min_trials,
+        probability_sh=p_sh,
+        options=options,
+    )
+
+
+def _read_rung_levels(sec: _Section, raw: Any, min_r: int, max_r: int) -> tuple[int, ...] | None:
+    if not isinstance(raw, list | tuple) or not raw:
+        sec.problem("rung_levels", f"must be a non-empty list of integers, got {raw!r}")
+        return None
+    bad = False
+    for i, v in enumerate(raw):
+        if not isinstance(v, int) or isinstance(v, bool):
+            sec.problem(f"rung_levels[{i}]", f"must be an integer, got {v!r}")
+            bad = True
+        elif not min_r <= v <= max_r:
+            sec.problem(
+                f"rung_levels[{i}]",
+                f"{v} is outside [min_resource, max_resource] = [{min_r}, {max_r}]",
+            )
+            bad = True
+    if bad:
+        return None
+    for i in range(1, len(raw)):
+        if raw[i] <= raw[i - 1]:
+            sec.problem("rung_levels", f"must be strictly increasing, got {list(raw)}")
+            return None
+    return tuple(int(v) for v in raw)
+
+
+_SEARCHER_KEYS = (
+    "type",
+    "seed",
+    "points_to_evaluate",
+    "grid_points",
+    "num_init_trials",
+    "acquisition",
+    "kappa",
+    "kappa_decay",
+    "kappa_decay_delay",
+)
+
+
+def _read_searcher(
+    sec: _Section | None,
+    space: SearchSpace | None,
+    scheduler: SchedulerSpec,
+    problems: list[str],
+) -> SearcherSpec:
+    if sec is None:
+        return SearcherSpec()
+    sec.keys = _SEARCHER_KEYS
+    # DyHPO is one method with two halves; naming it once, on the scheduler, is enough.
+    default_type = (
+        SearcherType.DYHPO if scheduler.type is SchedulerType.DYHPO else SearcherType.RANDOM
+    )
+    stype = sec.choice("type", SearcherType, default_type)
+    if (stype is SearcherType.DYHPO) != (scheduler.type is SchedulerType.DYHPO):
+        sec.problem(
+            "type",
+            f"{stype.value!r} with scheduler.type = {scheduler.type.value!r}: the dyhpo "
+            "searcher and the dyhpo scheduler only work together",
+        )
+    seed = sec.integer("seed", default=0, minimum=0)
+    grid_points = sec.integer("grid_points", default=5, minimum=1)
+    num_init = sec.integer("num_init_trials", default=5, minimum=1)
+    acquisition = sec.choice("acquisition", Acquisition, Acquisition.UCB)
+    kappa = sec.number("kappa", default=2.0, at_least=0.0)
+    kappa_decay = sec.number("kappa_decay", default=1.0, above=0.0, at_most=1.0)
+    kappa_delay = sec.integer("kappa_decay_delay", default=0, minimum=0)
+
+    points: list[Config] = []
+    raw_points = sec.get("points_to_evaluate")
+    if raw_points is not None:
+        where = sec.where("points_to_evaluate")
+        if not isinstance(raw_points, list | tuple):
+            problems.append(f"{where}: expected a list of tables, got {raw_points!r}")
+        else:
+            for i, point in enumerate(raw_points):
+                if space is None:
+                    continue  # the space's own problems are already listed
+                found = space.problems(point, f"{where}[{i}]")
+                if found:
+                    problems.extend(found)
+                else:
+                    points.append(space.normalize(point))
+    sec.finish()
+    return SearcherSpec(
+        type=stype,
+        seed=seed,
+        points_to_evaluate=tuple(points),
+        grid_points=grid_points,
+        num_init_trials=num_init,
+        acquisition=acquisition,
+        kappa=kappa,
+        kappa_decay=kappa_decay,
+        kappa_decay_delay=kappa_delay,
+    )
+
+
+def _read_resources(sec: _Section | None, problems: list[str]) -> ResourcesSpec:
+    if sec is None:
+        return ResourcesSpec()
+    sec.keys = ("gpus_per_trial", "trials_per_gpu")
+    gpus = sec.integer("gpus_per_trial", default=0, minimum=0)
+    per_gpu = sec.integer("trials_per_gpu", default=1, minimum=1)
+    if per_gpu > 1 and gpus != 1:
+        sec.problem("trials_per_gpu", f"sharing a GPU needs gpus_per_trial = 1, got {gpus}")
+    sec.finish()
+    return ResourcesSpec(gpus_per_trial=gpus, trials_per_gpu=per_gpu)
+
+
+def _read_limits(sec: _Section | None, problems: list[str]) -> LimitsSpec:
+    if sec is None:
+        return LimitsSpec()
+    sec.keys = ("max_trials", "max_concurrent", "optimization_time", "compute_time", "trial_time")
+    spec = LimitsSpec(
+        max_trials=sec.integer("max_trials", minimum=1),
+        max_concurrent=sec.integer("max_concurrent", minimum=1),
+        optimization_time=sec.duration("optimization_time", default=None),
+        compute_time=sec.duration("compute_time", default=None),
+        trial_time=sec.duration("trial_time", default=None),
+    )
+    sec.finish()
+    return spec
+
+
+def _read_report(sec: _Section | None, problems: list[str]) -> ReportSpec:
+    if sec is None:
+        return ReportSpec()
+    sec.keys = ("period", "top_k", "keep_checkpoints")
+    period = sec.duration("period", default=60.0)
+    top_k = sec.integer("top_k", default=5, minimum=1)
+    keep = sec.integer("keep_checkpoints", minimum=0)
+    sec.finish()
+    return ReportSpec(period=period, top_k=top_k, keep_checkpoints=keep)

@@ -1,0 +1,405 @@
+"""The study state machine: pure, deterministic, driven by the daemon and the simulator alike.
+
+The shell tells it what happened (a slot is free, a report arrived, a process exited) with the time
+as an argument, and it answers what to do (launch this, continue, pause, stop). It never reads a
+clock, touches a file or starts a process. Its whole state can be rebuilt from the trial records the
+store keeps, so a restarted daemon picks up exactly where the old one was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpod.core.objective import Objective
+from hpod.core.schedulers import NewTrial, Promote, Scheduler, make_scheduler, ranking_value
+from hpod.core.searchers import Observation, Searcher, make_searcher
+from hpod.core.space import Config
+from hpod.core.spec import StudySpec
+from hpod.core.states import Decision, StudyState, TrialState
+from hpod.errors import BadState, InvalidParams, NotFound
+
+# With this many failures and not one counted report, the command is broken, not unlucky: the
+# study ends as failed instead of burning through max_trials.
+FAILURES_BEFORE_GIVING_UP = 5
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Run a trial's ``config`` from ``resume_from`` (0: from scratch) up to ``max_resource``."""
+
+    trial_id: int
+    config: Config
+    resume_from: float
+    max_resource: float
+    fresh: bool  # a new configuration, not a resume
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as the store keeps it and as ``Study.restore`` takes it back."""
+
+    trial_id: int
+    config: Config
+    state: TrialState
+    bracket: int = 0
+    resume_from: float = 0.0
+    max_resource: float = 0.0
+    runs: int = 0
+    curve: tuple[tuple[float, float], ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """How a report was taken: the answer, the level it stands at, and whether it was ranked."""
+
+    decision: Decision
+    resource: float
+    counted: bool
+
+
+@dataclass(frozen=True)
+class Best:
+    trial_id: int
+    config: Config
+    objective: float
+    resource: float
+
+
+@dataclass
+class _Trial:
+    trial_id: int
+    config: Config
+    state: TrialState
+    bracket: int = 0
+    resume_from: float = 0.0
+    max_resource: float = 0.0
+    runs: int = 0
+    curve: dict[float, float] = field(default_factory=dict)
+    # The decision that ends the current run (PAUSE or STOP), once given.
+    ending: Decision | None = None
+    # Set when the shell stops the process itself (a limit, the user, shutdown).
+    stopped_by_shell: bool = False
+    error: str | None = None
+
+    @property
+    def last_resource(self) -> float:
+        return max(self.curve, default=0.0)
+
+    def move(self, new: TrialState) -> None:
+        self.state = self.state.check(new, what=f"trial {self.trial_id}")
+
+    def record(self) -> TrialRecord:
+        return TrialRecord(
+            trial_id=self.trial_id,
+            config=dict(self.config),
+            state=self.state,
+            bracket=self.bracket,
+            resume_from=self.resume_from,
+            max_resource=self.max_resource,
+            runs=self.runs,
+            curve=tuple(sorted(self.curve.items())),
+            error=self.error,
+        )
+
+
+class Study:
+    def __init__(self, spec: StudySpec, searcher: Searcher, scheduler: Scheduler) -> None:
+        self.spec = spec
+        self.objective: Objective = spec.objective
+        self._searcher = searcher
+        self._scheduler = scheduler
+        self._trials: list[_Trial] = []
+        self._exhausted = False
+        self.state = StudyState.RUNNING
+        self.end_reason: str | None = None
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def new(cls, spec: StudySpec) -> Study:
+        return cls(spec, make_searcher(spec), make_scheduler(spec))
+
+    @classmethod
+    def restore(
+        cls,
+        spec: StudySpec,
+        records: Sequence[TrialRecord],
+        *,
+        state: StudyState = StudyState.RUNNING,
+        end_reason: str | None = None,
+    ) -> Study:
+        study = cls.new(spec)
+        study.state = state
+        study.end_reason = end_reason
+        for rec in sorted(records, key=lambda r: r.trial_id):
+            if rec.trial_id != len(study._trials):
+                raise BadState(f"trial records are not numbered 0..n-1 (found {rec.trial_id})")
+            # A trial the store still calls running lost its daemon without being told
+            # (SIGKILL, power loss): it was interrupted as surely as by a clean shutdown.
+            st = TrialState.INTERRUPTED if rec.state is TrialState.RUNNING else rec.state
+            study._trials.append(
+                _Trial(
+                    trial_id=rec.trial_id,
+                    config=dict(rec.config),
+                    state=st,
+                    bracket=rec.bracket,
+                    resume_from=rec.resume_from,
+                    max_resource=rec.max_resource,
+                    runs=rec.runs,
+                    curve=dict(rec.curve),
+                    error=rec.error,
+                )
+            )
+        return study
+
+    # -- the view schedulers read --------------------------------------------------------------
+
+    @property
+    def trials(self) -> Sequence[_Trial]:
+        return self._trials
+
+    def record(self, trial_id: int) -> TrialRecord:
+        return self._get(trial_id).record()
+
+    def records(self) -> list[TrialRecord]:
+        return [t.record() for t in self._trials]
+
+    def _get(self, trial_id: int) -> _Trial:
+        if not 0 <= trial_id < len(self._trials):
+            raise NotFound(f"study has no trial {trial_id}")
+        return self._trials[trial_id]
+
+    # -- slots ---------------------------------------------------------------------------------
+
+    def _can_start_new(self) -> bool:
+        if self._exhausted or self.state is not StudyState.RUNNING:
+            return False
+        limit = self.spec.limits.max_trials
+        return limit is None or len(self._trials) < limit
+
+    def next_launch(self, now: float) -> Launch | None:
+        """What to run in a free slot, or None when nothing should start now."""
+        if self.state is not StudyState.RUNNING:
+            return None
+        # Trials cut off by a daemon shutdown go first: they hold the oldest claims.
+        for t in self._trials:
+            if t.state in (TrialState.INTERRUPTED, TrialState.PENDING):
+                return self._launch(t, fresh=t.runs == 0 and not t.curve)
+        while True:
+            plan = self._scheduler.next(self, can_start_new=self._can_start_new())
+            if plan is None:
+                return None
+            if isinstance(plan, Promote):
+                t = self._get(plan.trial_id)
+                if t.state is not TrialState.PAUSED:
+                    raise BadState(f"scheduler promoted trial {t.trial_id}, which is {t.state}")
+                t.max_resource = plan.max_resource
+                return self._launch(t, fresh=False)
+            assert isinstance(plan, NewTrial)
+            config = self._searcher.suggest(len(self._trials), self._observations())
+            if config is None:
+                # The searcher has nothing left (a finished grid); ask again for a promotion.
+                self._exhausted = True
+                continue
+            t = _Trial(
+                trial_id=len(self._trials),
+                config=config,
+                state=TrialState.PENDING,
+                bracket=plan.bracket,
+                max_resource=plan.max_resource,
+            )
+            self._trials.append(t)
+            return self._launch(t, fresh=True)
+
+    def _launch(self, t: _Trial, *, fresh: bool) -> Launch:
+        t.move(TrialState.RUNNING)
+        # A resumed trial starts from the highest level it reported: its checkpoint's level.
+        t.resume_from = 0.0 if fresh else t.last_resource
+        t.runs += 1
+        t.ending = None
+        t.stopped_by_shell = False
+        return Launch(t.trial_id, dict(t.config), t.resume_from, t.max_resource, fresh)
+
+    def _observations(self) -> list[Observation]:
+        return [Observation(dict(t.config), r, v) for t in self._trials for r, v in t.curve.items()]
+
+    # -- reports and exits ---------------------------------------------------------------------
+
+    def resource_of(self, trial_id: int, metrics: Mapping[str, Any]) -> float:
+        """The resource level a report stands at: its resource key, else one past the last."""
+        raw = metrics.get(self.objective.resource)
+        if raw is None:
+            return self._get(trial_id).last_resource + 1
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            raise InvalidParams(
+                f"{self.objective.resource}={raw!r} is not a finite number; "
+                f"report the resource (objective.resource) as a number"
+            )
+        return float(raw)
+
+    def on_report(
+        self,
+        trial_id: int,
+        metrics: Mapping[str, Any],
+        now: float,
+        *,
+        force: Decision | None = None,
+    ) -> ReportOutcome:
+        """Count a report and answer it. ``force`` answers without asking the scheduler (a limit
+        was reached, the study is stopping, the daemon is shutting down)."""
+        t = self._get(trial_id)
+        if t.state is not TrialState.RUNNING:
+            raise BadState(
+                f"trial {trial_id} is {t.state.value}, not running; its report is refused"
+            )
+        resource = self.resource_of(trial_id, metrics)
+        if t.ending is not None:
+            # Reports past a PAUSE or STOP are kept in the store but not ranked: the trial should
+            # have stopped, and will be made to.
+            return ReportOutcome(t.ending, resource, counted=False)
+        if resource <= t.resume_from:
+            # A resumed trial that had to start over re-reports levels already counted.
+            return ReportOutcome(force or Decision.CONTINUE, resource, counted=False)
+        raw = metrics.get(self.objective.metric)
+        if raw is not None:
+            value = (
+                float(raw)
+                if isinstance(raw, (int, float)) and not isinstance(raw, bool)
+                else math.nan
+            )
+            t.curve[resource] = value
+            t.curve = dict(sorted(t.curve.items()))
+        if force is not None:
+            return ReportOutcome(force, resource, counted=True)
+        decision = self._scheduler.on_report(self, t, resource)
+        if decision is Decision.CONTINUE and resource >= t.max_resource:
+            # Never let a trial run past what it was launched for, whatever the scheduler says.
+            decision = self._end_of_run(t)
+        if decision is not Decision.CONTINUE:
+            t.ending = decision
+        return ReportOutcome(decision, resource, counted=True)
+
+    def _end_of_run(self, t: _Trial) -> Decision:
+        return (
+            Decision.STOP if t.max_resource >= self.spec.scheduler.max_resource else Decision.PAUSE
+        )
+
+    def mark_stopping(self, trial_id: int) -> None:
+        """The shell is stopping this trial's process itself (a limit or the user)."""
+        self._get(trial_id).stopped_by_shell = True
+
+    def on_exit(
+        self, trial_id: int, returncode: int, now: float, error: str | None = None
+    ) -> TrialState:
+        """Record how a trial's process ended; returns its new state."""
+        t = self._get(trial_id)
+        if t.state is not TrialState.RUNNING:
+            raise BadState(f"trial {trial_id} is {t.state.value}; it has no process to exit")
+        if t.ending is Decision.PAUSE:
+            new = TrialState.PAUSED
+        elif t.ending is Decision.STOP:
+            new = self._finished_state(t)
+        elif t.stopped_by_shell:
+            new = TrialState.STOPPED
+        elif returncode == 0:
+            new = TrialState.COMPLETED
+        else:
+            new = TrialState.FAILED
+            t.error = error or f"exited with status {returncode}"
+        t.move(new)
+        t.ending = None
+        self._check_hopeless()
+        return new
+
+    def _finished_state(self, t: _Trial) -> TrialState:
+        done = t.last_resource >= self.spec.scheduler.max_resource
+        return TrialState.COMPLETED if done else TrialState.STOPPED
+
+    def on_start_failed(self, trial_id: int, error: str) -> None:
+        """The process could not even be started (bad command, missing workdir)."""
+        t = self._get(trial_id)
+        t.error = error
+        t.move(TrialState.FAILED)
+        self._check_hopeless()
+
+    def on_interrupted(self, trial_id: int) -> None:
+        """The daemon shut down under this trial: it runs again at the next start."""
+        t = self._get(trial_id)
+        if t.ending is Decision.PAUSE:
+            t.move(TrialState.PAUSED)
+        elif t.ending is Decision.STOP:
+            t.move(self._finished_state(t))
+        else:
+            t.move(TrialState.INTERRUPTED)
+        t.ending = None
+
+    def _check_hopeless(self) -> None:
+        failed = sum(1 for t in self._trials if t.state is TrialState.FAILED)
+        counted = any(t.curve for t in self._trials)
+        if failed >= FAILURES_BEFORE_GIVING_UP and not counted and self.state is StudyState.RUNNING:
+            last = next(t for t in reversed(self._trials) if t.state is TrialState.FAILED)
+            self.end(
+                StudyState.FAILED,
+                f"the first {failed} trials failed without one counted report "
+                f"(last: {last.error}); check the command with `hpodctl logs`",
+            )
+
+    # -- the study as a whole -------------------------------------------------------------------
+
+    @property
+    def running(self) -> list[int]:
+        return [t.trial_id for t in self._trials if t.state is TrialState.RUNNING]
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing runs and nothing more will: the shell may mark it ended."""
+        if self.running:
+            return False
+        if self.state is not StudyState.RUNNING:
+            return True
+        if any(t.state in (TrialState.INTERRUPTED, TrialState.PENDING) for t in self._trials):
+            return False
+        return self._scheduler.next(self, can_start_new=self._can_start_new()) is None
+
+    def end(self, state: StudyState, reason: str) -> None:
+        """Stop launching; running trials are the shell's to stop (it calls mark_stopping)."""
+        if self.state is state:
+            return
+        self.state = self.state.check(state)
+        self.end_reason = reason
+
+    def interrupt(self) -> None:
+        if self.state is StudyState.RUNNING:
+            self.state = self.state.check(StudyState.INTERRUPTED)
+
+    def resume(self) -> None:
+        if self.state is StudyState.INTERRUPTED:
+            self.state = self.state.check(StudyState.RUNNING)
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in TrialState}
+        for t in self._trials:
+            out[t.state.value] += 1
+        return out
+
+    def value_of(self, trial_id: int) -> float:
+        return ranking_value(self.objective, self._get(trial_id))
+
+    def best(self) -> Best | None:
+        """The trial with the best ranking value (ties: the one that went further)."""
+        best: tuple[float, float, int] | None = None
+        for t in self._trials:
+            if not t.curve:
+                continue
+            value = ranking_value(self.objective, t)
+            key = (self.objective.sort_key(value), -t.last_resource, t.trial_id)
+            if best is None or key < best:
+                best = key
+        if best is None or math.isinf(best[0]):
+            return None
+        t = self._trials[best[2]]
+        return Best(t.trial_id, dict(t.config), ranking_value(self.objective, t), t.last_resource)

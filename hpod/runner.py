@@ -1,0 +1,398 @@
+"""One trial subprocess: its command line, its environment, its logs, and how it is stopped.
+
+A trial runs in its own session (so its process group is its own), with stdout and stderr
+appended to files in its trial directory, never to pipes: a trial that prints a lot can never
+block on a full pipe, and a grandchild that keeps the log open can never make `wait()` hang.
+Stopping is SIGTERM to the whole group, a grace period, then SIGKILL to the group; whatever is
+left of the group after the leader exits is killed too, so no orphan keeps holding a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import pwd
+import re
+import signal
+import string
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+from anyio.abc import Process
+
+from hpod.errors import HpodError, InvalidParams
+
+ConfigValue = float | int | str | bool
+
+# Placeholders the daemon fills in besides the configuration's own keys.
+RESERVED_PLACEHOLDERS = ("trial_id", "trial_dir", "checkpoint_dir")
+
+# Variables meant for the daemon itself (systemd's notify/socket-activation/watchdog protocol):
+# a trial that inherited them could tell systemd the daemon is ready, or claim its sockets.
+_DAEMON_ONLY_ENV = (
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+
+LOG_STREAMS = ("stdout", "stderr")
+
+
+class TrialStartError(HpodError):
+    """The trial's command could not be started at all (as opposed to starting and failing)."""
+
+
+@dataclass(frozen=True)
+class TrialLaunch:
+    """Everything needed to start one run of one trial."""
+
+    study_id: str
+    trial_id: int
+    command: tuple[str, ...]  # `{key}` placeholders not yet rendered
+    config: dict[str, ConfigValue]
+    workdir: Path
+    trial_dir: Path
+    checkpoint_dir: Path
+    socket_path: str
+    token: str
+    resume_from: float
+    max_resource: float
+    devices: tuple[str, ...] = ()  # GPU UUIDs; empty = a CPU slot
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    user: int | None = None  # uid to run as when the daemon is root
+
+
+def format_value(value: ConfigValue) -> str:
+    """How a configuration value is written into a command line."""
+    # bool before int: bool is an int subclass. Lower case matches TOML and JSON, which is how
+    # the user wrote the value in the spec and how HPOD_CONFIG shows it.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # shortest round-tripping form: 0.001, not 0.0010000000000000002
+    return str(value)
+
+
+def _format_number(value: float) -> str:
+    # Resource levels are usually whole epochs: "3" is what a shell script wants, not "3.0".
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return format_value(value)
+
+
+def render_command(
+    command: Sequence[str],
+    config: Mapping[str, ConfigValue],
+    *,
+    trial_id: int,
+    trial_dir: Path | str,
+    checkpoint_dir: Path | str,
+) -> list[str]:
+    """Fill `{key}` placeholders in each argument; `{{` and `}}` are literal braces."""
+    values: dict[str, Any] = dict(config)
+    # The documented names win over a configuration key that happens to share one.
+    values.update(trial_id=trial_id, trial_dir=str(trial_dir), checkpoint_dir=str(checkpoint_dir))
+    known = ", ".join(sorted(values))
+    formatter = string.Formatter()
+    out: list[str] = []
+    for index, arg in enumerate(command):
+        pieces: list[str] = []
+        try:
+            parsed = list(formatter.parse(arg))
+        except ValueError as exc:
+            raise HpodError(
+                f"command argument {index} {arg!r} has a malformed placeholder ({exc}); "
+                "write a literal brace as '{{' or '}}'"
+            ) from exc
+        for literal, name, spec, conversion in parsed:
+            pieces.append(literal)
+            if name is None:
+                continue
+            if name not in values:
+                shown = "{" + name + "}"
+                raise HpodError(
+                    f"unknown placeholder {shown} in command argument {index} {arg!r}; "
+                    f"known placeholders: {known}"
+                )
+            value = values[name]
+            if not conversion and not spec:
+                pieces.append(format_value(value))
+                continue
+            # An explicit format (`{lr:.2e}`) applies to the value itself, as str.format would.
+            try:
+                if conversion:
+                    value = formatter.convert_field(value, conversion)
+                pieces.append(format(value, spec or ""))
+            except ValueError as exc:
+                raise HpodError(
+                    f"cannot format placeholder {{{name}}} in command argument {index} "
+                    f"{arg!r}: {exc}"
+                ) from exc
+        out.append("".join(pieces))
+    return out
+
+
+def trial_environment(launch: TrialLaunch, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a trial: the daemon's, the study's `env`, then the trial contract."""
+    env = {k: v for k, v in base.items() if k not in _DAEMON_ONLY_ENV}
+    # Before extra_env, so a study that really wants buffered output can say so.
+    env["PYTHONUNBUFFERED"] = "1"
+    if launch.user is not None:
+        try:
+            pw = pwd.getpwuid(launch.user)
+        except KeyError as exc:
+            raise TrialStartError(
+                f"uid {launch.user} has no passwd entry; cannot run the trial as that user"
+            ) from exc
+        env["HOME"] = pw.pw_dir
+        env["USER"] = pw.pw_name
+        env["LOGNAME"] = pw.pw_name
+    env.update(launch.extra_env)
+    # The contract comes last: a study's `env` cannot break the daemon's bookkeeping.
+    env.update(
+        HPOD_SOCKET=launch.socket_path,
+        HPOD_STUDY=launch.study_id,
+        HPOD_TRIAL=str(launch.trial_id),
+        HPOD_TOKEN=launch.token,
+        HPOD_CONFIG=json.dumps(launch.config),
+        HPOD_CHECKPOINT_DIR=str(launch.checkpoint_dir),
+        HPOD_TRIAL_DIR=str(launch.trial_dir),
+        HPOD_RESUME_FROM=_format_number(launch.resume_from),
+        HPOD_MAX_RESOURCE=_format_number(launch.max_resource),
+        CUDA_DEVICE_ORDER="PCI_BUS_ID",
+        # Empty for a CPU slot: unset would let a CPU trial grab every GPU on the machine.
+        CUDA_VISIBLE_DEVICES=",".join(launch.devices),
+    )
+    return env
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _open_logs(launch: TrialLaunch) -> tuple[IO[bytes], IO[bytes]]:
+    header = (
+        f"=== run started {_now_iso()} resume_from={_format_number(launch.resume_from)} "
+        f"max_resource={_format_number(launch.max_resource)} ===\n"
+    ).encode()
+    files: list[IO[bytes]] = []
+    try:
+        for stream in LOG_STREAMS:
+            # Append: a resumed trial's output continues the same file, run after run.
+            log: IO[bytes] = open(launch.trial_dir / f"{stream}.log", "ab")  # noqa: SIM115
+            files.append(log)
+            log.write(header)
+            log.flush()
+    except BaseException:
+        for opened in files:
+            opened.close()
+        raise
+    return files[0], files[1]
+
+
+def _missing_workdir(launch: TrialLaunch) -> str:
+    return f"workdir {str(launch.workdir)!r} does not exist; check `workdir` in the study spec"
+
+
+def _start_problem(exc: OSError, argv: list[str], launch: TrialLaunch) -> str:
+    program = argv[0] if argv else ""
+    if isinstance(exc, FileNotFoundError):
+        if not launch.workdir.is_dir():
+            return _missing_workdir(launch)
+        if os.sep in program:
+            return (
+                f"command {program!r} does not exist (relative to workdir "
+                f"{str(launch.workdir)!r}); check `command` in the study spec"
+            )
+        return f"command {program!r} not found on PATH; check `command` in the study spec"
+    if isinstance(exc, PermissionError):
+        who = "" if launch.user is None else f" by uid {launch.user}"
+        return (
+            f"command {program!r} is not executable{who} ({exc.strerror}); check `command` in "
+            "the study spec, make the file executable (chmod +x), and make sure its folders "
+            "can be entered"
+        )
+    return f"command {program!r} could not be started: {exc}; check `command` in the study spec"
+
+
+class TrialProcess:
+    """A running (or finished) trial subprocess and its process group."""
+
+    def __init__(self, launch: TrialLaunch, process: Process, argv: list[str]) -> None:
+        self.launch = launch
+        self.argv = argv
+        self.pid: int = process.pid
+        self.started_at: float = time.monotonic()
+        self.stop_requested = False
+        self._process = process
+
+    @classmethod
+    async def start(
+        cls, launch: TrialLaunch, *, base_env: Mapping[str, str] | None = None
+    ) -> TrialProcess:
+        """Start one run of the trial; raise TrialStartError when it cannot start at all."""
+        argv = render_command(
+            launch.command,
+            launch.config,
+            trial_id=launch.trial_id,
+            trial_dir=launch.trial_dir,
+            checkpoint_dir=launch.checkpoint_dir,
+        )
+        if not argv or not argv[0]:
+            raise TrialStartError("the command is empty; check `command` in the study spec")
+        env = trial_environment(launch, os.environ if base_env is None else base_env)
+
+        user_kwargs: dict[str, Any] = {}
+        switch_user = launch.user is not None and launch.user != os.geteuid()
+        if switch_user and os.geteuid() != 0:
+            raise TrialStartError(
+                f"the daemon runs as uid {os.geteuid()} and cannot start a trial as uid "
+                f"{launch.user}; only a daemon running as root runs trials as their owners"
+            )
+        if switch_user and launch.user is not None:
+            pw = pwd.getpwuid(launch.user)  # trial_environment already checked it exists
+            user_kwargs = {
+                "user": launch.user,
+                "group": pw.pw_gid,
+                "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid),
+            }
+
+        # exist_ok: the checkpoint directory is kept across pause and resume.
+        launch.trial_dir.mkdir(parents=True, exist_ok=True)
+        launch.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        stdout, stderr = _open_logs(launch)
+        try:
+            if switch_user and launch.user is not None:
+                # The trial writes its checkpoints as its owner, who also reads its logs.
+                pw = pwd.getpwuid(launch.user)
+                for path in (
+                    launch.trial_dir,
+                    launch.checkpoint_dir,
+                    launch.trial_dir / "stdout.log",
+                    launch.trial_dir / "stderr.log",
+                ):
+                    os.chown(path, launch.user, pw.pw_gid)
+            if not launch.workdir.is_dir():
+                message = _missing_workdir(launch)
+                stderr.write(f"=== could not start: {message} ===\n".encode())
+                raise TrialStartError(message)
+            try:
+                process = await anyio.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    cwd=launch.workdir,
+                    env=env,
+                    start_new_session=True,
+                    **user_kwargs,
+                )
+            except OSError as exc:
+                message = _start_problem(exc, argv, launch)
+                stderr.write(f"=== could not start: {message} ===\n".encode())
+                raise TrialStartError(message, data={"argv": argv}) from exc
+        finally:
+            # The child holds its own copies of the descriptors.
+            stdout.close()
+            stderr.close()
+        return cls(launch, process, argv)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has been reaped (negative: killed by that signal)."""
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        """Wait for the trial's main process to exit, then clear out the rest of its group."""
+        returncode = await self._process.wait()
+        self._kill_leftovers()
+        return returncode
+
+    def send(self, sig: int) -> None:
+        """Send a signal to the trial's whole process group (quietly, if it is gone)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+
+    async def stop(self, grace: float) -> int:
+        """SIGTERM to the group, up to `grace` seconds to exit, then SIGKILL; the exit status."""
+        self.stop_requested = True
+        try:
+            if self._process.returncode is None:
+                self.send(signal.SIGTERM)
+                with anyio.move_on_after(grace):
+                    await self._process.wait()
+        finally:
+            # Shielded: a cancelled stop must still never leave the trial running.
+            with anyio.CancelScope(shield=True):
+                if self._process.returncode is None:
+                    self.send(signal.SIGKILL)
+                returncode = await self._process.wait()
+                self._kill_leftovers()
+        return returncode
+
+    def _kill_leftovers(self) -> None:
+        # The group outlives its leader while any member lives (a data-loader worker, a
+        # backgrounded helper); its id cannot be reused meanwhile, so this cannot hit a stranger.
+        self.send(signal.SIGKILL)
+
+    def __repr__(self) -> str:
+        return (
+            f"<TrialProcess study={self.launch.study_id} trial={self.launch.trial_id} "
+            f"pid={self.pid} returncode={self.returncode}>"
+        )
+
+
+def log_tail(
+    trial_dir: Path, stream: str = "stderr", lines: int = 20, max_bytes: int = 64 * 1024
+) -> str:
+    """The last `lines` lines of a trial's log, reading at most `max_bytes` from its end."""
+    if stream not in LOG_STREAMS:
+        raise InvalidParams(f"unknown log stream {stream!r}; use 'stdout' or 'stderr'")
+    if lines <= 0:
+        return ""
+    path = trial_dir / f"{stream}.log"
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    parts = text.splitlines()
+    if start > 0 and parts and not data.startswith(b"\n"):
+        parts = parts[1:]  # cut in the middle of a line: drop the fragment
+    return "\n".join(parts[-lines:])
+
+
+_OOM_PATTERNS = re.compile(
+    "|".join(
+        (
+            r"CUDA out of memory",
+            r"CUDA error: out of memory",
+            r"OutOfMemoryError",  # torch.OutOfMemoryError, torch.cuda.OutOfMemoryError
+            r"CUBLAS_STATUS_ALLOC_FAILED",
+            r"CUDNN_STATUS_ALLOC_FAILED",
+            r"std::bad_alloc",
+            r"\bMemoryError\b",
+            r"ResourceExhaustedError",  # TensorFlow
+            r"RESOURCE_EXHAUSTED: Out of memory",  # JAX / XLA
+        )
+    )
+)
+
+
+def looks_like_oom(text: str) -> bool:
+    """Whether a stderr tail shows the trial ran out of (GPU or host) memory."""
+    return _OOM_PATTERNS.search(text) is not None

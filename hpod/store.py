@@ -1,0 +1,757 @@
+"""The SQLite store: studies, trials, reports and events in one WAL database.
+
+Every write goes through one writer thread with its own connection. The thread drains whatever is
+queued, runs it as one transaction and commits once (group commit), then completes every waiter
+of that batch, so a burst of reports costs one commit instead of one each. Each caller's ops run
+inside their own savepoint: a bad op fails only its own waiter and the rest of the batch commits.
+
+A write is acknowledged (its awaitable returns) only after its commit. With WAL and
+``synchronous=NORMAL`` a committed transaction survives the process being killed (SIGKILL), which
+is the daemon's contract; ``durability="fsync"`` (``synchronous=FULL``) also survives power loss.
+
+Reads are synchronous, on a second connection, for start-up and tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from hpod.core.states import Decision, StudyState, TrialState
+from hpod.errors import HpodError, NotFound, ShuttingDown
+from hpod.wire import loads_json, tag
+
+SCHEMA_VERSION = 1
+DB_NAME = "hpod.sqlite3"
+
+Durability = Literal["normal", "fsync"]
+_SYNCHRONOUS: dict[str, str] = {"normal": "NORMAL", "fsync": "FULL"}
+
+# How long a connection waits on a lock held by another process (a tool writing) before failing.
+_BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA_V1 = (
+    """
+    CREATE TABLE studies (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        spec_toml TEXT NOT NULL,
+        base_dir TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        ended_at REAL,
+        end_reason TEXT,
+        elapsed REAL NOT NULL DEFAULT 0,
+        compute REAL NOT NULL DEFAULT 0
+    )
+    """,
+    """
+    CREATE TABLE trials (
+        study_id TEXT NOT NULL,
+        trial_id INTEGER NOT NULL,
+        config TEXT NOT NULL,
+        state TEXT NOT NULL,
+        token TEXT NOT NULL,
+        bracket INTEGER NOT NULL DEFAULT 0,
+        resume_from REAL NOT NULL DEFAULT 0,
+        max_resource REAL NOT NULL,
+        runs INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        exit_code INTEGER,
+        run_seconds REAL NOT NULL DEFAULT 0,
+        compute_seconds REAL NOT NULL DEFAULT 0,
+        error TEXT,
+        PRIMARY KEY (study_id, trial_id)
+    )
+    """,
+    """
+    CREATE TABLE reports (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        study_id TEXT NOT NULL,
+        trial_id INTEGER NOT NULL,
+        run INTEGER NOT NULL,
+        resource REAL,
+        metrics TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        at REAL NOT NULL,
+        counted INTEGER NOT NULL DEFAULT 1
+    )
+    """,
+    "CREATE INDEX reports_by_trial ON reports (study_id, trial_id, id)",
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        study_id TEXT,
+        trial_id INTEGER,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX events_by_study ON events (study_id, id)",
+)
+
+# Migrations: _MIGRATIONS[v] takes a version-v database to version v + 1, inside one transaction.
+# Add an entry (and bump SCHEMA_VERSION) for every schema change; never edit _SCHEMA_V1.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+# --------------------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyRow:
+    id: str
+    seq: int
+    name: str
+    owner_uid: int
+    spec_toml: str
+    base_dir: str
+    state: StudyState
+    created_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+    elapsed: float = 0.0  # optimization seconds used, summed across daemon restarts
+    compute: float = 0.0  # device-seconds used by its trials
+
+    def replace(self, **changes: Any) -> StudyRow:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialRow:
+    study_id: str
+    trial_id: int
+    config: dict[str, Any]
+    state: TrialState
+    token: str
+    bracket: int = 0
+    resume_from: float = 0.0
+    max_resource: float
+    runs: int = 0
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    run_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    error: str | None = None
+
+    def replace(self, **changes: Any) -> TrialRow:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportRow:
+    id: int
+    study_id: str
+    trial_id: int
+    run: int
+    resource: float | None
+    metrics: dict[str, Any]
+    decision: Decision
+    at: float
+    counted: bool = True  # False: kept for the record, but not replayed into the scheduler
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventRow:
+    id: int
+    study_id: str | None
+    trial_id: int | None
+    at: float
+    kind: str
+    data: dict[str, Any]
+
+
+_JSON_COLUMNS = frozenset({"config", "metrics", "data"})
+_STUDY_COLUMNS = tuple(f.name for f in dataclasses.fields(StudyRow))
+_TRIAL_COLUMNS = tuple(f.name for f in dataclasses.fields(TrialRow))
+# The key columns name a row; an update may not change them.
+_STUDY_UPDATABLE = frozenset(_STUDY_COLUMNS) - {"id"}
+_TRIAL_UPDATABLE = frozenset(_TRIAL_COLUMNS) - {"study_id", "trial_id"}
+
+
+# ---------------------------------------------------------------------------------------- ops
+
+
+@dataclass(frozen=True)
+class Op:
+    """One SQL statement for the writer. Build them with the ``*_op`` functions below.
+
+    ``must_change``: the statement must touch a row, or it fails with :class:`NotFound`
+    (``not_found`` is the message), so an update of a row that was never written is not lost
+    silently.
+    """
+
+    sql: str
+    params: tuple[Any, ...]
+    must_change: bool = False
+    not_found: str = ""
+
+
+def _dump_json(value: Mapping[str, Any]) -> str:
+    # Tagged so NaN and infinities round-trip exactly; allow_nan=False keeps the text real JSON.
+    return json.dumps(tag(dict(value)), separators=(",", ":"), allow_nan=False)
+
+
+def _sql_value(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return _dump_json(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _insert(table: str, columns: Iterable[str], row: object) -> Op:
+    names = tuple(columns)
+    placeholders = ", ".join("?" for _ in names)
+    return Op(
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})",
+        tuple(_sql_value(name, getattr(row, name)) for name in names),
+    )
+
+
+def _update(
+    table: str,
+    allowed: frozenset[str],
+    where: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    what: str,
+) -> Op:
+    if not fields:
+        raise ValueError(f"an update of {what} needs at least one field")
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(
+            f"cannot update {', '.join(unknown)} of {what}: "
+            f"the columns that may change are {', '.join(sorted(allowed))}"
+        )
+    # Only names checked against the table's columns reach the SQL text.
+    sets = ", ".join(f"{name} = ?" for name in fields)
+    conds = " AND ".join(f"{name} = ?" for name in where)
+    params = tuple(_sql_value(k, v) for k, v in fields.items()) + tuple(where.values())
+    return Op(
+        f"UPDATE {table} SET {sets} WHERE {conds}",
+        params,
+        must_change=True,
+        not_found=f"{what} is not in the store",
+    )
+
+
+def insert_study_op(row: StudyRow) -> Op:
+    return _insert("studies", _STUDY_COLUMNS, row)
+
+
+def update_study_op(study_id: str, **fields: Any) -> Op:
+    return _update("studies", _STUDY_UPDATABLE, {"id": study_id}, fields, f"study {study_id}")
+
+
+def insert_trial_op(row: TrialRow) -> Op:
+    return _insert("trials", _TRIAL_COLUMNS, row)
+
+
+def update_trial_op(study_id: str, trial_id: int, **fields: Any) -> Op:
+    return _update(
+        "trials",
+        _TRIAL_UPDATABLE,
+        {"study_id": study_id, "trial_id": trial_id},
+        fields,
+        f"trial {trial_id} of study {study_id}",
+    )
+
+
+def report_op(
+    study_id: str,
+    trial_id: int,
+    run: int,
+    resource: float | None,
+    metrics: Mapping[str, Any],
+    decision: Decision | str,
+    at: float,
+    *,
+    counted: bool = True,
+) -> Op:
+    return Op(
+        "INSERT INTO reports (study_id, trial_id, run, resource, metrics, decision, at, counted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            study_id,
+            trial_id,
+            run,
+            resource,
+            _dump_json(metrics),
+            _sql_value("decision", Decision(decision)),
+            at,
+            int(counted),
+        ),
+    )
+
+
+def event_op(
+    study_id: str | None,
+    trial_id: int | None,
+    kind: str,
+    data: Mapping[str, Any] | None,
+    at: float,
+) -> Op:
+    return Op(
+        "INSERT INTO events (study_id, trial_id, at, kind, data) VALUES (?, ?, ?, ?, ?)",
+        (study_id, trial_id, at, kind, _dump_json(data or {})),
+    )
+
+
+# ------------------------------------------------------------------------------------- writer
+
+_Done = Callable[[BaseException | None], None]
+
+
+@dataclass(frozen=True)
+class _Job:
+    ops: tuple[Op, ...]
+    done: _Done
+
+
+_STOP = object()
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    # The awaiting task may have been cancelled meanwhile; its write still happened (or not).
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+_T = TypeVar("_T")
+
+
+class Store:
+    """The daemon's SQLite store. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._read_lock = threading.Lock()
+        self._reader_closed = False
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._commits = 0
+        # Held by the writer while it drains and runs a batch; tests hold it to build a batch.
+        self._writer_gate = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="hpod-store-writer", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, state_dir: Path, *, durability: Durability = "normal") -> Store:
+        """Open (creating or migrating) ``state_dir/hpod.sqlite3``."""
+        if durability not in _SYNCHRONOUS:
+            raise ValueError(f"durability must be 'normal' or 'fsync', not {durability!r}")
+        state_dir = Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / DB_NAME
+        # The database holds trial tokens: create it private. SQLite gives its -wal and -shm
+        # files the database's permissions.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        writer = _connect(path)
+        try:
+            _configure(writer, path, durability)
+            _ensure_schema(writer, path)
+            reader = _connect(path)
+        except BaseException:
+            writer.close()
+            raise
+        try:
+            reader.execute("PRAGMA query_only = ON")
+        except BaseException:
+            reader.close()
+            writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    # ------------------------------------------------------------------------------ writes
+
+    @property
+    def commits(self) -> int:
+        """How many transactions the writer has committed (group commit makes this < writes)."""
+        return self._commits
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _submit(self, ops: tuple[Op, ...], done: _Done) -> None:
+        for op in ops:
+            if not isinstance(op, Op):
+                raise TypeError(f"Store writes take Op values, not {type(op).__name__}")
+        with self._state_lock:
+            if self._closed:
+                raise ShuttingDown(f"the store {self.path} is closed: nothing more can be written")
+            self._queue.put(_Job(ops, done))
+
+    async def write(self, *ops: Op) -> None:
+        """Commit ``ops`` atomically (all or none); return once they are durable."""
+        if not ops:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def done(exc: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, fut, exc)
+
+        self._submit(ops, done)
+        await fut
+
+    def write_sync(self, *ops: Op) -> None:
+        """Commit ``ops`` atomically and block until they are durable (no event loop needed)."""
+        if not ops:
+            return
+        event = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def done(exc: BaseException | None) -> None:
+            outcome.append(exc)
+            event.set()
+
+        self._submit(ops, done)
+        event.wait()
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    async def insert_study(self, row: StudyRow) -> None:
+        await self.write(insert_study_op(row))
+
+    async def update_study(self, study_id: str, **fields: Any) -> None:
+        await self.write(update_study_op(study_id, **fields))
+
+    async def insert_trial(self, row: TrialRow) -> None:
+        await self.write(insert_trial_op(row))
+
+    async def update_trial(self, study_id: str, trial_id: int, **fields: Any) -> None:
+        await self.write(update_trial_op(study_id, trial_id, **fields))
+
+    async def add_report(
+        self,
+        study_id: str,
+        trial_id: int,
+        run: int,
+        resource: float | None,
+        metrics: Mapping[str, Any],
+        decision: Decision | str,
+        at: float,
+        *,
+        counted: bool = True,
+    ) -> None:
+        await self.write(
+            report_op(study_id, trial_id, run, resource, metrics, decision, at, counted=counted)
+        )
+
+    async def add_event(
+        self,
+        study_id: str | None,
+        trial_id: int | None,
+        kind: str,
+        data: Mapping[str, Any] | None,
+        at: float,
+    ) -> None:
+        await self.write(event_op(study_id, trial_id, kind, data, at))
+
+    # ------------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            with self._writer_gate:
+                items = [first]
+                while True:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                jobs = [item for item in items if isinstance(item, _Job)]
+                if jobs:
+                    outcomes = self._run_batch(jobs)
+                    for job, outcome in zip(jobs, outcomes, strict=True):
+                        # A waiter's event loop may be gone; the others still wait for theirs.
+                        with contextlib.suppress(Exception):
+                            job.done(outcome)
+            if any(item is _STOP for item in items):
+                return
+
+    def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
+        """Run ``jobs`` in one transaction, each in its own savepoint; commit once."""
+        conn = self._writer
+        outcomes: list[BaseException | None] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    for op in job.ops:
+                        _execute(conn, op)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+            self._commits += 1
+            return outcomes
+        except Exception as exc:
+            # The transaction itself failed (I/O error, disk full, a lock held too long): nothing
+            # of it committed. Retry each job alone so one cause fails only its own waiters.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if len(jobs) == 1:
+                return [exc]
+            return [self._run_batch([job])[0] for job in jobs]
+
+    # ------------------------------------------------------------------------------- close
+
+    def close(self) -> None:
+        """Commit everything queued, stop the writer and close the connections. Idempotent."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join()
+        self._writer.close()
+        with self._read_lock:
+            self._reader.close()
+            self._reader_closed = True
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------- reads
+
+    def _query(
+        self, sql: str, params: tuple[Any, ...], build: Callable[[sqlite3.Row], _T]
+    ) -> list[_T]:
+        with self._read_lock:
+            if self._reader_closed:
+                raise ShuttingDown(f"the store {self.path} is closed")
+            rows = self._reader.execute(sql, params).fetchall()
+        return [build(row) for row in rows]
+
+    def load_studies(self) -> list[StudyRow]:
+        return self._query("SELECT * FROM studies ORDER BY seq", (), _study_row)
+
+    def load_study(self, study_id: str) -> StudyRow | None:
+        rows = self._query("SELECT * FROM studies WHERE id = ?", (study_id,), _study_row)
+        return rows[0] if rows else None
+
+    def load_trials(self, study_id: str) -> list[TrialRow]:
+        return self._query(
+            "SELECT * FROM trials WHERE study_id = ? ORDER BY trial_id", (study_id,), _trial_row
+        )
+
+    def load_trial(self, study_id: str, trial_id: int) -> TrialRow | None:
+        rows = self._query(
+            "SELECT * FROM trials WHERE study_id = ? AND trial_id = ?",
+            (study_id, trial_id),
+            _trial_row,
+        )
+        return rows[0] if rows else None
+
+    def load_reports(self, study_id: str, trial_id: int | None = None) -> list[ReportRow]:
+        if trial_id is None:
+            return self._query(
+                "SELECT * FROM reports WHERE study_id = ? ORDER BY id", (study_id,), _report_row
+            )
+        return self._query(
+            "SELECT * FROM reports WHERE study_id = ? AND trial_id = ? ORDER BY id",
+            (study_id, trial_id),
+            _report_row,
+        )
+
+    def load_events(self, study_id: str | None = None) -> list[EventRow]:
+        if study_id is None:
+            return self._query("SELECT * FROM events ORDER BY id", (), _event_row)
+        return self._query(
+            "SELECT * FROM events WHERE study_id = ? ORDER BY id", (study_id,), _event_row
+        )
+
+    def next_study_seq(self) -> int:
+        """One more than the largest study seq so far (1 for an empty store); reserves nothing."""
+        rows = self._query(
+            "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM studies", (), lambda r: int(r["next"])
+        )
+        return rows[0]
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: the writer issues BEGIN/COMMIT itself. check_same_thread=False: the
+    # writer connection is opened here and used only by the writer thread; the reader is guarded
+    # by a lock.
+    conn = sqlite3.connect(
+        path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, path: Path, durability: Durability) -> None:
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise HpodError(f"{path} is not a usable hpod database: {exc}") from exc
+    if str(mode).lower() != "wal":
+        raise HpodError(
+            f"{path}: SQLite could not switch to WAL mode (got {mode!r}); "
+            "put the state directory on a local filesystem"
+        )
+    conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    # IMMEDIATE: two processes opening a fresh state directory at once must not both create it.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            for sql in _SCHEMA_V1:
+                conn.execute(sql)
+            version = 1
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", ("1",))
+        else:
+            version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise HpodError(
+                f"{path} has schema version {version}, but this hpod understands up to "
+                f"{SCHEMA_VERSION}: it was written by a newer hpod. Run that version, or "
+                "point --state-dir somewhere else."
+            )
+        while version < SCHEMA_VERSION:
+            for sql in _MIGRATIONS[version]:
+                conn.execute(sql)
+            version += 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _execute(conn: sqlite3.Connection, op: Op) -> None:
+    cursor = conn.execute(op.sql, op.params)
+    if op.must_change and cursor.rowcount == 0:
+        raise NotFound(op.not_found or "no row matched")
+
+
+def _load_json(text: str) -> dict[str, Any]:
+    value = loads_json(text)
+    if not isinstance(value, dict):
+        raise HpodError(f"the store holds {type(value).__name__} where an object belongs")
+    return value
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _study_row(r: sqlite3.Row) -> StudyRow:
+    return StudyRow(
+        id=r["id"],
+        seq=int(r["seq"]),
+        name=r["name"],
+        owner_uid=int(r["owner_uid"]),
+        spec_toml=r["spec_toml"],
+        base_dir=r["base_dir"],
+        state=StudyState(r["state"]),
+        created_at=float(r["created_at"]),
+        ended_at=_opt_float(r["ended_at"]),
+        end_reason=r["end_reason"],
+        elapsed=float(r["elapsed"]),
+        compute=float(r["compute"]),
+    )
+
+
+def _trial_row(r: sqlite3.Row) -> TrialRow:
+    return TrialRow(
+        study_id=r["study_id"],
+        trial_id=int(r["trial_id"]),
+        config=_load_json(r["config"]),
+        state=TrialState(r["state"]),
+        token=r["token"],
+        bracket=int(r["bracket"]),
+        resume_from=float(r["resume_from"]),
+        max_resource=float(r["max_resource"]),
+        runs=int(r["runs"]),
+        created_at=float(r["created_at"]),
+        started_at=_opt_float(r["started_at"]),
+        ended_at=_opt_float(r["ended_at"]),
+        exit_code=_opt_int(r["exit_code"]),
+        run_seconds=float(r["run_seconds"]),
+        compute_seconds=float(r["compute_seconds"]),
+        error=r["error"],
+    )
+
+
+def _report_row(r: sqlite3.Row) -> ReportRow:
+    return ReportRow(
+        id=int(r["id"]),
+        study_id=r["study_id"],
+        trial_id=int(r["trial_id"]),
+        run=int(r["run"]),
+        resource=_opt_float(r["resource"]),
+        metrics=_load_json(r["metrics"]),
+        decision=Decision(r["decision"]),
+        at=float(r["at"]),
+        counted=bool(r["counted"]),
+    )
+
+
+def _event_row(r: sqlite3.Row) -> EventRow:
+    return EventRow(
+        id=int(r["id"]),
+        study_id=r["study_id"],
+        trial_id=_opt_int(r["trial_id"]),
+        at=float(r["at"]),
+        kind=r["kind"],
+        data=_load_json(r["data"]),
+    )

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpod.core.searchers import GridSearcher, Observation, RandomSearcher, make_searcher
+from hpod.core.space import Param, SearchSpace
+from hpod.core.spec import StudySpec
+
+SPACE = SearchSpace.of(
+    Param.loguniform("lr", 1e-4, 1e-1),
+    Param.quniform("bs", 32, 128, 32),
+    Param.choice("opt", ["sgd", "adam"]),
+)
+POINT = {"lr": 0.01, "bs": 64, "opt": "adam"}
+
+
+def test_random_gives_points_first_then_samples_in_the_space():
+    s = RandomSearcher(SPACE, seed=3, points_to_evaluate=[POINT])
+    assert s.suggest(0, []) == POINT
+    for n in range(1, 50):
+        config = s.suggest(n, [])
+        assert config is not None
+        assert SPACE.problems(config, "c") == []
+
+
+def test_random_is_deterministic_per_seed_and_number():
+    a = RandomSearcher(SPACE, seed=1)
+    b = RandomSearcher(SPACE, seed=1)
+    c = RandomSearcher(SPACE, seed=2)
+    forward = [a.suggest(n, []) for n in range(10)]
+    # A restored study may ask out of order, and with a different history: same answers.
+    history = [Observation(POINT, 1.0, 0.5)]
+    backward = [b.suggest(n, history) for n in reversed(range(10))][::-1]
+    assert forward == backward
+    assert forward != [c.suggest(n, []) for n in range(10)]
+    assert len({repr(f) for f in forward}) == 10
+
+
+def test_random_returns_copies():
+    s = RandomSearcher(SPACE, points_to_evaluate=[POINT])
+    first = s.suggest(0, [])
+    assert first is not None
+    first["bs"] = 96
+    assert s.suggest(0, []) == POINT
+
+
+def test_grid_order_and_exhaustion():
+    s = GridSearcher(SPACE, points_per_param=4)
+    configs = [s.suggest(n, []) for n in range(len(s))]
+    assert len(configs) == 4 * 4 * 2
+    assert configs[0] == {"lr": 1e-4, "bs": 32, "opt": "sgd"}
+    assert configs[1] == {"lr": 1e-4, "bs": 32, "opt": "adam"}
+    assert configs[2] == {"lr": 1e-4, "bs": 64, "opt": "sgd"}
+    assert configs[8] == {"lr": 1e-3, "bs": 32, "opt": "sgd"}
+    assert configs[-1] == {"lr": 1e-1, "bs": 128, "opt": "adam"}
+    # Fewer points than a quantized parameter's levels: spread over its range, ends included.
+    assert [c["bs"] for c in GridSearcher(SPACE, points_per_param=2).configs[::2][:2]] == [
+        32,
+        128,
+    ]
+    assert s.suggest(len(s), []) is None
+    assert s.suggest(len(s) + 5, []) is None
+
+
+def test_grid_puts_points_first_and_skips_their_duplicates():
+    given = {"lr": 1e-4, "bs": 64.0, "opt": "adam"}
+    s = GridSearcher(SPACE, points_per_param=4, points_to_evaluate=[given])
+    assert len(s) == 32
+    assert s.suggest(0, []) == {"lr": 1e-4, "bs": 64, "opt": "adam"}
+    rest = [s.suggest(n, []) for n in range(1, 32)]
+    assert {"lr": 1e-4, "bs": 64, "opt": "adam"} not in rest
+
+
+def test_negative_numbers_are_refused():
+    with pytest.raises(ValueError, match="start at 0"):
+        RandomSearcher(SPACE).suggest(-1, [])
+    with pytest.raises(ValueError, match="start at 0"):
+        GridSearcher(SPACE).suggest(-1, [])
+
+
+SPEC = """
+name = "s"
+command = ["train", "{{x}}"]
+[objective]
+metric = "loss"
+mode = "min"
+[space]
+x = {{ param_type = "quniform", range = [0, 4, 1] }}
+[scheduler]
+type = "{scheduler}"
+max_resource = 9
+[searcher]
+type = "{searcher}"
+seed = 5
+grid_points = 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "searcher", "kind"),
+    [
+        ("asha", "random", RandomSearcher),
+        ("fifo", "grid", GridSearcher),
+        ("hyperband", "bo", RandomSearcher),
+        ("dyhpo", "dyhpo", RandomSearcher),
+    ],
+)
+def test_make_searcher(scheduler, searcher, kind):
+    spec = StudySpec.from_toml(
+        SPEC.format(scheduler=scheduler, searcher=searcher), base_dir=Path("/")
+    )
+    s = make_searcher(spec)
+    assert isinstance(s, kind)
+    if isinstance(s, GridSearcher):
+        assert [s.suggest(n, []) for n in range(4)] == [{"x": 0}, {"x": 2}, {"x": 4}, None]
+    else:
+        assert s.suggest(0, []) == RandomSearcher(spec.space, seed=5).suggest(0, [])

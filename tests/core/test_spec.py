@@ -1,0 +1,362 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpod.core.objective import ObjectiveMode
+from hpod.core.spec import (
+    Acquisition,
+    RungType,
+    SchedulerType,
+    SearcherType,
+    StudySpec,
+    placeholders,
+    render_arg,
+)
+from hpod.errors import SpecError
+
+DESIGN = """
+name = "digits-mlp"
+command = ["python", "train.py", "--lr", "{lr}", "--width", "{width}"]  # {key} = config value
+workdir = "."                       # relative to the spec file
+
+[objective]
+metric = "val_acc"
+mode = "max"
+resource = "epoch"
+
+[space]
+lr    = { param_type = "loguniform",   range = [1e-4, 1e-1] }
+width = { param_type = "qloguniform",  range = [16, 512, 16, 2] }
+drop  = { param_type = "uniform",      range = [0.0, 0.5] }
+bs    = { param_type = "quniform",     range = [32, 256, 32] }
+opt   = { param_type = "choice",       range = ["sgd", "adam"] }
+
+[scheduler]
+type = "asha"
+min_resource = 1
+max_resource = 81
+reduction_factor = 3
+rung_type = "promotion"
+
+[searcher]
+type = "random"
+seed = 0
+points_to_evaluate = [{ lr = 0.01, width = 128, drop = 0.1, bs = 64, opt = "adam" }]
+
+[resources]
+gpus_per_trial = 1
+trials_per_gpu = 1
+
+[limits]
+max_trials = 200
+max_concurrent = 8
+optimization_time = "2h"
+compute_time = "12h"
+trial_time = "30m"
+
+[report]
+period = "1m"
+top_k = 5
+keep_checkpoints = 3
+"""
+
+MINIMAL = """
+name = "m"
+command = "python train.py --x {x}"
+[objective]
+metric = "loss"
+mode = "min"
+[space]
+x = { param_type = "uniform", range = [0, 1] }
+"""
+
+BASE = Path("/srv/studies")
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        StudySpec.from_toml(text, base_dir=BASE)
+    return list(info.value.problems)
+
+
+def test_the_design_example_reads():
+    spec = StudySpec.from_toml(DESIGN, base_dir=BASE)
+    assert spec.name == "digits-mlp"
+    assert spec.command == ("python", "train.py", "--lr", "{lr}", "--width", "{width}")
+    assert spec.workdir == BASE
+    assert spec.objective.metric == "val_acc"
+    assert spec.objective.mode is ObjectiveMode.MAX
+    assert spec.space.names == ("lr", "width", "drop", "bs", "opt")
+    assert spec.scheduler.type is SchedulerType.ASHA
+    assert spec.scheduler.max_resource == 81
+    assert spec.scheduler.reduction_factor == 3.0
+    assert spec.scheduler.rung_type is RungType.PROMOTION
+    assert spec.searcher.type is SearcherType.RANDOM
+    assert spec.searcher.points_to_evaluate == (
+        {"lr": 0.01, "width": 128, "drop": 0.1, "bs": 64, "opt": "adam"},
+    )
+    assert spec.resources.gpus_per_trial == 1
+    assert spec.limits.max_trials == 200
+    assert spec.limits.optimization_time == 7200.0
+    assert spec.limits.compute_time == 12 * 3600.0
+    assert spec.limits.trial_time == 1800.0
+    assert spec.report.period == 60.0
+    assert spec.report.keep_checkpoints == 3
+    assert spec.priority == 1
+    assert spec.stop_grace == 10.0
+    assert spec.env == {}
+
+
+def test_defaults_of_a_minimal_spec():
+    spec = StudySpec.from_toml(MINIMAL, base_dir=BASE)
+    assert spec.command == ("python", "train.py", "--x", "{x}")
+    assert spec.objective.resource == "epoch"
+    assert spec.scheduler.type is SchedulerType.FIFO
+    assert spec.scheduler.max_resource == 10
+    assert spec.searcher.type is SearcherType.RANDOM
+    assert spec.searcher.acquisition is Acquisition.UCB
+    assert spec.resources.gpus_per_trial == 0
+    assert spec.limits.max_trials is None
+    assert spec.report.top_k == 5
+
+
+def test_to_dict_is_json_and_reads_back_equal():
+    spec = StudySpec.from_toml(DESIGN + "\n[env]\nOMP_NUM_THREADS = 4\n", base_dir=BASE)
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert data["env"] == {"OMP_NUM_THREADS": "4"}
+    assert data["limits"]["trial_time"] == 1800.0
+    assert StudySpec.from_mapping(data, base_dir="/elsewhere") == spec
+
+
+def test_three_mistakes_are_all_listed_with_their_key_paths():
+    text = MINIMAL.replace('mode = "min"', 'mode = "maxx"') + ("[limits]\nmax_trials = -3\n")
+    text = text.replace("{x}", "{lrr}")
+    assert problems_of(text) == [
+        "objective.mode: 'maxx' is not one of min, max, min_global, max_global; "
+        "did you mean 'max'?",
+        "limits.max_trials: must be a positive integer, got -3",
+        "command: placeholder {lrr} is not a key of [space] nor one of checkpoint_dir, "
+        "trial_dir, trial_id",
+    ]
+
+
+def test_problems_across_every_section():
+    text = """
+name = "-bad name"
+command = []
+workdir = 3
+prioritty = 2
+stop_grace_period = "soon"
+[env]
+HPOD_TOKEN = "x"
+A = [1]
+[objective]
+mode = "max"
+resource = 5
+extra = 1
+[space]
+lr = { param_type = "loguniform", range = [0, 1] }
+[scheduler]
+type = "asha"
+min_resource = 5
+reduction_factor = 1
+rung_levels = [1, 3, 3]
+rung_type = "stop"
+[searcher]
+type = "bayes"
+seed = -1
+grid_points = 0
+kappa_decay = 2
+points_to_evaluate = {}
+[resources]
+gpus_per_trial = 2
+trials_per_gpu = 2
+[limits]
+trial_time = "5 minutes"
+compute_time = 0
+[report]
+period = "1x"
+top_k = 0
+keep_checkpoints = -1
+"""
+    found = problems_of(text)
+    for expected in [
+        "name: '-bad name' must be 1 to 64 letters, digits, _ . - and start with a letter or digit",
+        "command: must not be empty",
+        "workdir: must be a non-empty string, got 3",
+        "env.HPOD_TOKEN: set by the daemon for every trial; it cannot be overridden",
+        "env.A: must be a string, got [1]",
+        "prioritty: unknown key; did you mean 'priority'?",
+        "space.lr.range: lower bound 0 is not > 0 for loguniform",
+        "objective.metric: missing",
+        "objective.resource: must be a non-empty string, got 5",
+        "objective.extra: unknown key; expected one of metric, mode, resource",
+        "scheduler.max_resource: missing; the asha scheduler needs it",
+        "scheduler.reduction_factor: must be > 1, got 1",
+        "scheduler.rung_type: 'stop' is not one of promotion, stopping; did you mean 'stopping'?",
+        "scheduler.rung_levels[0]: 1 is outside [min_resource, max_resource] = [5, 10]",
+        "scheduler.rung_levels[1]: 3 is outside [min_resource, max_resource] = [5, 10]",
+        "scheduler.rung_levels[2]: 3 is outside [min_resource, max_resource] = [5, 10]",
+        "searcher.type: 'bayes' is not one of random, grid, bo, dyhpo",
+        "searcher.seed: must be an integer >= 0, got -1",
+        "searcher.grid_points: must be a positive integer, got 0",
+        "searcher.kappa_decay: must be <= 1, got 2",
+        "searcher.points_to_evaluate: expected a list of tables, got {}",
+        "resources.trials_per_gpu: sharing a GPU needs gpus_per_trial = 1, got 2",
+        "limits.compute_time: must be longer than 0, got 0",
+        "report.top_k: must be a positive integer, got 0",
+        "report.keep_checkpoints: must be an integer >= 0, got -1",
+    ]:
+        assert expected in found, (expected, found)
+    assert any(p.startswith("stop_grace_period: cannot read 'soon'") for p in found)
+    assert any(p.startswith("limits.trial_time: cannot read '5 minutes'") for p in found)
+    assert any(p.startswith("report.period: cannot read '1x'") for p in found)
+
+
+def test_missing_required_parts():
+    found = problems_of("")
+    assert found[0] == "name: missing"
+    assert any(p.startswith("command: missing") for p in found)
+    assert any(p.startswith("space: missing") for p in found)
+    assert "objective: missing; add a [objective] table" in found
+
+
+def test_toml_syntax_error_names_the_line():
+    found = problems_of('name = "x"\ncommand = \n')
+    assert len(found) == 1
+    assert found[0].startswith("TOML syntax error")
+    assert "line 2" in found[0]
+
+
+def test_unknown_section_and_did_you_mean():
+    found = problems_of(MINIMAL + "[schedular]\ntype = 'asha'\n")
+    assert found == ["schedular: unknown key; did you mean 'scheduler'?"]
+
+
+def test_sections_must_be_tables():
+    found = problems_of('limits = "none"\n' + MINIMAL)
+    assert found == ["limits: expected a table, got str 'none'"]
+
+
+def test_points_to_evaluate_are_checked_against_the_space():
+    text = MINIMAL + "[searcher]\npoints_to_evaluate = [{ x = 2 }, { y = 0.5 }]\n"
+    assert problems_of(text) == [
+        "searcher.points_to_evaluate[0].x: 2 is outside the range [0, 1]",
+        "searcher.points_to_evaluate[1]: missing 'x'",
+        "searcher.points_to_evaluate[1].y: unknown key; expected one of x",
+    ]
+
+
+def test_points_to_evaluate_are_normalized():
+    text = (
+        MINIMAL.replace(
+            "[space]", "[space]\nbs = { param_type = 'quniform', range = [32, 256, 32] }"
+        ).replace("{x}", "{x} {bs}")
+        + "[searcher]\ntype = 'grid'\npoints_to_evaluate = [{ x = 0, bs = 64.0 }]\n"
+    )
+    spec = StudySpec.from_toml(text, base_dir=BASE)
+    (point,) = spec.searcher.points_to_evaluate
+    assert point == {"bs": 64, "x": 0.0}
+    assert type(point["bs"]) is int
+    assert spec.searcher.type is SearcherType.GRID
+
+
+def test_placeholder_check_survives_a_broken_space():
+    text = MINIMAL.replace("range = [0, 1]", "range = [1, 0]").replace("{x}", "{y}")
+    found = problems_of(text)
+    assert "space.x.range: upper bound 0 is not > lower bound 1" in found
+    assert any(p.startswith("command: placeholder {y}") for p in found)
+
+
+def test_reserved_placeholders_and_braces():
+    text = MINIMAL.replace(
+        '"python train.py --x {x}"',
+        '["run", "{trial_id}", "{trial_dir}/{checkpoint_dir}", "{{literal}}", "{x:.3f}"]',
+    )
+    spec = StudySpec.from_toml(text, base_dir=BASE)
+    assert spec.render_command(
+        {"x": 0.25}, trial_id="t7", trial_dir="/d", checkpoint_dir=Path("/c")
+    ) == ["run", "t7", "/d//c", "{literal}", "0.250"]
+    found = problems_of(MINIMAL.replace("{x}", "{x"))
+    assert len(found) == 1
+    assert found[0].startswith("command: 'python'") is False
+    assert "literal braces" in found[0]
+    found = problems_of(MINIMAL.replace("{x}", "{}"))
+    assert found == ["command: '{}' has an empty placeholder {}"]
+
+
+def test_placeholders_and_render_arg():
+    assert placeholders("--lr={lr} {model.depth}") == ["lr", "model.depth"]
+    assert render_arg("--d={model.depth}", {"model.depth": 3}) == "--d=3"
+    assert render_arg("{lr:.1e}", {"lr": 0.001}) == "1.0e-03"
+
+
+def test_command_string_is_split_like_a_shell():
+    spec = StudySpec.from_toml(
+        MINIMAL.replace('"python train.py --x {x}"', "'python \"my train.py\" {x}'"),
+        base_dir=BASE,
+    )
+    assert spec.command == ("python", "my train.py", "{x}")
+    found = problems_of(MINIMAL.replace('"python train.py --x {x}"', "'python \"oops {x}'"))
+    assert found[0].startswith("command: cannot split")
+
+
+def test_workdir_is_resolved_against_base_dir_without_touching_disk():
+    text = 'workdir = "../code/./x"\n' + MINIMAL
+    spec = StudySpec.from_toml(text, base_dir=Path("/does/not/exist"))
+    assert spec.workdir == Path("/does/not/code/x")
+    spec = StudySpec.from_toml('workdir = "/abs/dir"\n' + MINIMAL, base_dir=BASE)
+    assert spec.workdir == Path("/abs/dir")
+
+
+def test_dyhpo_scheduler_brings_its_searcher():
+    text = MINIMAL + "[scheduler]\ntype = 'dyhpo'\nmax_resource = 27\n"
+    spec = StudySpec.from_toml(text, base_dir=BASE)
+    assert spec.searcher.type is SearcherType.DYHPO
+    found = problems_of(text + "[searcher]\ntype = 'random'\n")
+    assert found[0].startswith("searcher.type: 'random' with scheduler.type = 'dyhpo'")
+
+
+def test_rung_levels_and_median_options():
+    text = MINIMAL + (
+        "[scheduler]\ntype = 'median'\nmax_resource = 20\nrung_levels = [2, 4, 8]\n"
+        "grace_period = 3\nmin_trials = 4\noptions = { foo = 1 }\n"
+    )
+    spec = StudySpec.from_toml(text, base_dir=BASE)
+    assert spec.scheduler.rung_levels == (2, 4, 8)
+    assert spec.scheduler.grace_period == 3
+    assert spec.scheduler.min_trials == 4
+    assert spec.scheduler.options == {"foo": 1}
+    found = problems_of(text.replace("[2, 4, 8]", "[4, 2]"))
+    assert found == ["scheduler.rung_levels: must be strictly increasing, got [4, 2]"]
+
+
+def test_from_file(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(MINIMAL + "", encoding="utf-8")
+    spec = StudySpec.from_file(path)
+    assert spec.workdir == tmp_path
+    with pytest.raises(SpecError, match="cannot read the spec"):
+        StudySpec.from_file(tmp_path / "missing.toml")
+
+
+def test_objective_mode_is_required():
+    found = problems_of(MINIMAL.replace('mode = "min"\n', ""))
+    assert found == ["objective.mode: missing (one of min, max, min_global, max_global)"]
+
+
+def test_objective_resource_must_differ_from_metric():
+    found = problems_of(MINIMAL.replace('metric = "loss"', 'metric = "epoch"'))
+    assert found == ["objective.resource: must differ from objective.metric ('epoch')"]
+
+
+def test_describe_limits():
+    spec = StudySpec.from_toml(DESIGN, base_dir=BASE)
+    assert spec.describe_limits() == {
+        "optimization_time": "2h00m",
+        "compute_time": "12h00m",
+        "trial_time": "30m00s",
+    }

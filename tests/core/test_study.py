@@ -1,0 +1,176 @@
+"""The study state machine, driven directly with hand-made events."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from hpod.core.spec import StudySpec
+from hpod.core.states import Decision, StudyState, TrialState
+from hpod.core.study import FAILURES_BEFORE_GIVING_UP, Study
+from hpod.errors import BadState, NotFound
+
+SPEC = """
+name = "q"
+command = ["python", "trial.py", "{{x}}"]
+[objective]
+metric = "loss"
+mode = "{mode}"
+resource = "step"
+[space]
+x = {{ param_type = "choice", range = [1, 2, 3] }}
+[scheduler]
+type = "fifo"
+max_resource = 3
+[searcher]
+type = "grid"
+[limits]
+max_trials = {max_trials}
+"""
+
+
+def make(mode: str = "min", max_trials: int = 10) -> Study:
+    text = SPEC.format(mode=mode, max_trials=max_trials)
+    return Study.new(StudySpec.from_toml(text, base_dir=Path("/tmp")))
+
+
+def run_to_end(study: Study, trial_id: int, values: list[float]) -> list[Decision]:
+    out = []
+    for step, v in enumerate(values, start=1):
+        out.append(study.on_report(trial_id, {"step": step, "loss": v}, 0.0).decision)
+    return out
+
+
+def test_grid_launches_each_point_once_then_finishes() -> None:
+    study = make()
+    launches = [study.next_launch(0.0) for _ in range(3)]
+    assert [lv.config["x"] for lv in launches if lv] == [1, 2, 3]
+    assert all(lv is not None and lv.fresh and lv.resume_from == 0 for lv in launches)
+    assert study.next_launch(0.0) is None
+    assert not study.finished
+    for tid, value in enumerate([3.0, 1.0, 2.0]):
+        assert run_to_end(study, tid, [value + 1, value + 0.5, value]) == [
+            Decision.CONTINUE,
+            Decision.CONTINUE,
+            Decision.STOP,
+        ]
+        assert study.on_exit(tid, 0, 0.0) is TrialState.COMPLETED
+    assert study.finished
+    best = study.best()
+    assert best is not None
+    assert (best.trial_id, best.config, best.objective, best.resource) == (1, {"x": 2}, 1.0, 3)
+
+
+def test_max_mode_and_global_modes_rank_differently() -> None:
+    # trial 0: last 0.7, max 0.7, min 0.5; trial 1: last 0.6, max 0.9, min 0.55
+    for mode, expected in [("max", 0), ("max_global", 1), ("min", 1), ("min_global", 0)]:
+        study = make(mode)
+        study.next_launch(0.0)
+        study.next_launch(0.0)
+        run_to_end(study, 0, [0.5, 0.6, 0.7])
+        run_to_end(study, 1, [0.9, 0.55, 0.6])
+        best = study.best()
+        assert best is not None
+        assert best.trial_id == expected, mode
+
+
+def test_nan_ranks_worst() -> None:
+    study = make("max")
+    study.next_launch(0.0)
+    study.next_launch(0.0)
+    run_to_end(study, 0, [math.nan, math.nan, math.nan])
+    run_to_end(study, 1, [0.1, 0.1, 0.1])
+    best = study.best()
+    assert best is not None
+    assert best.trial_id == 1
+
+
+def test_failure_is_recorded_and_the_study_goes_on() -> None:
+    study = make()
+    study.next_launch(0.0)
+    assert study.on_exit(0, 3, 0.0, "exited with status 3") is TrialState.FAILED
+    assert study.record(0).error == "exited with status 3"
+    nxt = study.next_launch(0.0)
+    assert nxt is not None
+    assert nxt.trial_id == 1
+
+
+def test_a_broken_command_fails_the_study_after_a_few_tries() -> None:
+    spec = SPEC.format(mode="min", max_trials=100).replace('type = "grid"', 'type = "random"')
+    spec = spec.replace(
+        'x = { param_type = "choice", range = [1, 2, 3] }',
+        'x = { param_type = "uniform", range = [0, 1] }',
+    )
+    study = Study.new(StudySpec.from_toml(spec, base_dir=Path("/tmp")))
+    for i in range(FAILURES_BEFORE_GIVING_UP):
+        launch = study.next_launch(0.0)
+        assert launch is not None
+        study.on_exit(i, 1, 0.0)
+    assert study.state is StudyState.FAILED
+    assert "failed" in (study.end_reason or "")
+    assert study.next_launch(0.0) is None
+    assert study.finished
+
+
+def test_interrupted_trial_resumes_from_its_last_counted_level() -> None:
+    study = make()
+    study.next_launch(0.0)
+    study.on_report(0, {"step": 1, "loss": 5.0}, 0.0)
+    study.on_report(0, {"step": 2, "loss": 4.0}, 0.0)
+    study.on_interrupted(0)
+    assert study.record(0).state is TrialState.INTERRUPTED
+    restored = Study.restore(study.spec, study.records())
+    launch = restored.next_launch(0.0)
+    assert launch is not None
+    assert (launch.trial_id, launch.resume_from, launch.max_resource, launch.fresh) == (
+        0,
+        2,
+        3,
+        False,
+    )
+    # A trial that restarted from scratch re-reports levels already counted: not counted twice.
+    again = restored.on_report(0, {"step": 1, "loss": 99.0}, 0.0)
+    assert (again.decision, again.counted) == (Decision.CONTINUE, False)
+    assert restored.record(0).curve == ((1.0, 5.0), (2.0, 4.0))
+    done = restored.on_report(0, {"step": 3, "loss": 3.0}, 0.0)
+    assert (done.decision, done.counted) == (Decision.STOP, True)
+
+
+def test_a_trial_the_store_calls_running_comes_back_interrupted() -> None:
+    study = make()
+    study.next_launch(0.0)
+    restored = Study.restore(study.spec, study.records())
+    assert restored.record(0).state is TrialState.INTERRUPTED
+
+
+def test_reports_past_stop_are_answered_and_not_ranked() -> None:
+    study = make()
+    study.next_launch(0.0)
+    run_to_end(study, 0, [3.0, 2.0, 1.0])
+    late = study.on_report(0, {"step": 4, "loss": -100.0}, 0.0)
+    assert (late.decision, late.counted) == (Decision.STOP, False)
+    assert study.value_of(0) == 1.0
+
+
+def test_reports_need_a_running_trial_and_a_numeric_resource() -> None:
+    study = make()
+    with pytest.raises(NotFound):
+        study.on_report(0, {"step": 1, "loss": 1.0}, 0.0)
+    study.next_launch(0.0)
+    with pytest.raises(Exception, match="finite number"):
+        study.on_report(0, {"step": "one", "loss": 1.0}, 0.0)
+    study.on_exit(0, 0, 0.0)
+    with pytest.raises(BadState):
+        study.on_report(0, {"step": 2, "loss": 1.0}, 0.0)
+
+
+def test_shell_stop_marks_stopped_not_failed() -> None:
+    study = make()
+    study.next_launch(0.0)
+    study.end(StudyState.STOPPED, "stopped by uid 1000")
+    study.mark_stopping(0)
+    assert study.on_exit(0, -15, 0.0) is TrialState.STOPPED
+    assert study.next_launch(0.0) is None
+    assert study.finished

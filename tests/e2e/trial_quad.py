@@ -1,0 +1,50 @@
+"""A test trial: loss = (x - 0.3)^2 + (y + 0.2)^2 + 1/step, with knobs the e2e tests turn.
+
+It appends every acknowledged report to ``acked.log`` in its trial folder, so a test can check that
+no acknowledged report is missing from the store. ``crash = true`` fails it on purpose, ``delay``
+slows each step, and ``hang = true`` makes it ignore SIGTERM after its first report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from hpod import trial
+
+cfg = trial.config()
+if cfg.get("crash"):
+    print("boom: deliberate failure for the tests", file=sys.stderr)
+    sys.exit(3)
+x, y = float(cfg.get("x", 0.0)), float(cfg.get("y", 0.0))
+delay = float(cfg.get("delay", 0.0))
+acked = Path(os.environ["HPOD_TRIAL_DIR"]) / "acked.log"
+ckpt = trial.checkpoint_dir() / "state.json"
+terminated = False
+
+
+def on_term(signum: int, frame: object) -> None:
+    global terminated
+    terminated = True
+
+
+signal.signal(signal.SIGTERM, on_term)
+start = trial.resume_from() + 1
+for step in range(start, trial.max_resource() + 1):
+    if delay:
+        time.sleep(delay)
+    loss = (x - 0.3) ** 2 + (y + 0.2) ** 2 + 1.0 / step
+    decision = trial.report(step=step, loss=loss)
+    with acked.open("a") as f:
+        f.write(f"{trial.study_id()} {trial.trial_id()} {step}\n")
+    if cfg.get("hang"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(0.1)
+    if decision is not trial.CONTINUE or terminated:
+        ckpt.write_text(json.dumps({"step": step}))
+        break

@@ -1,0 +1,462 @@
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from hpod.core.states import Decision, StudyState, TrialState
+from hpod.errors import HpodError, NotFound, ShuttingDown
+from hpod.store import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    EventRow,
+    Op,
+    ReportRow,
+    Store,
+    StudyRow,
+    TrialRow,
+    event_op,
+    insert_study_op,
+    insert_trial_op,
+    report_op,
+    update_study_op,
+    update_trial_op,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store.open(tmp_path / "state") as s:
+        yield s
+
+
+def study_row(study_id: str = "s1", seq: int = 1) -> StudyRow:
+    return StudyRow(
+        id=study_id,
+        seq=seq,
+        name="digits",
+        owner_uid=1000,
+        spec_toml='name = "digits"\n',
+        base_dir="/home/u/exp",
+        state=StudyState.RUNNING,
+        created_at=100.5,
+    )
+
+
+def trial_row(study_id: str = "s1", trial_id: int = 0) -> TrialRow:
+    return TrialRow(
+        study_id=study_id,
+        trial_id=trial_id,
+        config={"lr": 0.01, "width": 128, "opt": "adam"},
+        state=TrialState.PENDING,
+        token="secret",
+        bracket=1,
+        max_resource=9.0,
+        created_at=101.0,
+    )
+
+
+def count_rows(path: Path, table: str) -> int:
+    """Count rows from a separate process: what an outside reader sees on disk."""
+    code = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1])\n"
+        "print(c.execute('SELECT COUNT(*) FROM ' + sys.argv[2]).fetchone()[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), table],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return int(out.stdout)
+
+
+# ------------------------------------------------------------------------------ round trips
+
+
+def test_study_round_trip(store: Store) -> None:
+    row = study_row()
+    store.write_sync(insert_study_op(row))
+    assert store.load_study("s1") == row
+    assert store.load_study("nope") is None
+    ended = row.replace(state=StudyState.COMPLETED, ended_at=200.0, end_reason="max_trials")
+    store.write_sync(
+        update_study_op("s1", state=StudyState.COMPLETED, ended_at=200.0, end_reason="max_trials")
+    )
+    assert store.load_studies() == [ended]
+    assert isinstance(store.load_studies()[0].state, StudyState)
+
+
+def test_studies_ordered_by_seq_and_next_seq(store: Store) -> None:
+    assert store.next_study_seq() == 1
+    store.write_sync(insert_study_op(study_row("b", 2)), insert_study_op(study_row("a", 1)))
+    assert [s.id for s in store.load_studies()] == ["a", "b"]
+    assert store.next_study_seq() == 3
+    assert store.next_study_seq() == 3  # reserves nothing
+
+
+@pytest.mark.anyio
+async def test_trial_round_trip(store: Store) -> None:
+    await store.insert_study(study_row())
+    row = trial_row()
+    await store.insert_trial(row)
+    await store.insert_trial(trial_row(trial_id=1))
+    assert store.load_trials("s1")[0] == row
+    await store.update_trial(
+        "s1", 0, state=TrialState.RUNNING, started_at=102.0, runs=1, resume_from=3.0
+    )
+    got = store.load_trial("s1", 0)
+    assert got == row.replace(state=TrialState.RUNNING, started_at=102.0, runs=1, resume_from=3.0)
+    assert [t.trial_id for t in store.load_trials("s1")] == [0, 1]
+    assert store.load_trials("other") == []
+
+
+@pytest.mark.anyio
+async def test_report_and_event_round_trip(store: Store) -> None:
+    await store.add_report("s1", 0, 1, 1.0, {"val_acc": 0.5, "epoch": 1}, Decision.CONTINUE, 10.0)
+    await store.add_report("s1", 1, 1, None, {"loss": 2.0}, "STOP", 11.0, counted=False)
+    await store.add_report("s1", 0, 1, 2.0, {"val_acc": 0.6}, Decision.PAUSE, 12.0)
+    reports = store.load_reports("s1")
+    assert [r.at for r in reports] == [10.0, 11.0, 12.0]
+    assert reports[0] == ReportRow(
+        id=reports[0].id,
+        study_id="s1",
+        trial_id=0,
+        run=1,
+        resource=1.0,
+        metrics={"val_acc": 0.5, "epoch": 1},
+        decision=Decision.CONTINUE,
+        at=10.0,
+    )
+    assert reports[0].counted
+    assert not reports[1].counted
+    assert reports[1].resource is None
+    assert reports[1].decision is Decision.STOP
+    assert [r.resource for r in store.load_reports("s1", 0)] == [1.0, 2.0]
+
+    await store.add_event(None, None, "daemon.start", {"pid": 7}, 1.0)
+    await store.add_event("s1", 3, "trial.exit", {"code": -9}, 2.0)
+    await store.add_event("s2", None, "study.submit", None, 3.0)
+    assert store.load_events("s1") == [
+        EventRow(id=2, study_id="s1", trial_id=3, at=2.0, kind="trial.exit", data={"code": -9})
+    ]
+    assert [e.kind for e in store.load_events()] == ["daemon.start", "trial.exit", "study.submit"]
+    assert store.load_events("s2")[0].data == {}
+
+
+def test_nonfinite_metrics_round_trip(store: Store) -> None:
+    metrics = {"loss": math.nan, "hi": math.inf, "lo": -math.inf, "ok": 0.25, "nested": [math.nan]}
+    store.write_sync(report_op("s1", 0, 1, 1.0, metrics, Decision.CONTINUE, 1.0))
+    got = store.load_reports("s1")[0].metrics
+    assert math.isnan(got["loss"])
+    assert got["hi"] == math.inf
+    assert got["lo"] == -math.inf
+    assert got["ok"] == 0.25
+    assert math.isnan(got["nested"][0])
+    # The column is real JSON, readable by any tool.
+    raw = sqlite3.connect(store.path).execute("SELECT metrics FROM reports").fetchone()[0]
+    assert "NaN" not in raw
+    assert '"$float":"nan"' in raw
+
+
+def test_rows_survive_reopen(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.write_sync(insert_study_op(study_row()), insert_trial_op(trial_row()))
+        s.write_sync(update_study_op("s1", elapsed=12.5, compute=40.0))
+    with Store.open(tmp_path) as s:
+        assert s.load_study("s1") == study_row().replace(elapsed=12.5, compute=40.0)
+        assert s.load_trials("s1") == [trial_row()]
+
+
+# ---------------------------------------------------------------------------------- schema
+
+
+def test_schema_version_and_wal(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "new" / "dir"):
+        pass
+    path = tmp_path / "new" / "dir" / DB_NAME
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION == 1
+    conn.close()
+    assert (path.stat().st_mode & 0o777) == 0o600  # it holds trial tokens
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(HpodError, match="schema version 99"):
+        Store.open(tmp_path)
+
+
+def test_not_a_database_refused(tmp_path: Path) -> None:
+    (tmp_path / DB_NAME).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(HpodError, match="not a usable hpod database"):
+        Store.open(tmp_path)
+
+
+@pytest.mark.parametrize(("durability", "level"), [("normal", 1), ("fsync", 2)])
+def test_durability_setting(tmp_path: Path, durability, level: int) -> None:
+    with Store.open(tmp_path, durability=durability) as s:
+        got = s._writer.execute("PRAGMA synchronous").fetchone()[0]
+    assert got == level
+
+
+def test_bad_durability_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        Store.open(tmp_path, durability="sometimes")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------- updates
+
+
+def test_unknown_update_column_rejected() -> None:
+    with pytest.raises(ValueError, match="cannot update bogus"):
+        update_trial_op("s1", 0, bogus=1)
+    with pytest.raises(ValueError, match="cannot update state; DROP TABLE studies"):
+        update_study_op("s1", **{"state; DROP TABLE studies": "x"})
+    with pytest.raises(ValueError, match="cannot update id"):
+        update_study_op("s1", id="s2")
+    with pytest.raises(ValueError, match="at least one field"):
+        update_trial_op("s1", 0)
+
+
+@pytest.mark.anyio
+async def test_unknown_update_column_rejected_async(store: Store) -> None:
+    with pytest.raises(ValueError, match="cannot update nope"):
+        await store.update_study("s1", nope=1)
+
+
+@pytest.mark.anyio
+async def test_update_of_missing_row_fails(store: Store) -> None:
+    with pytest.raises(NotFound, match="trial 5 of study s1"):
+        await store.update_trial("s1", 5, state=TrialState.RUNNING)
+
+
+# ---------------------------------------------------------------------------- group commit
+
+
+@pytest.mark.anyio
+async def test_group_commit(store: Store) -> None:
+    n = 300
+    before = store.commits
+    done: list[int] = []
+
+    async def one(i: int) -> None:
+        await store.add_report("s1", i % 7, 1, float(i), {"i": i}, Decision.CONTINUE, float(i))
+        done.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    assert sorted(done) == list(range(n))
+    assert count_rows(store.path, "reports") == n
+    assert 0 < store.commits - before < n
+
+
+@pytest.mark.anyio
+async def test_write_is_atomic(store: Store) -> None:
+    await store.write(insert_trial_op(trial_row()))
+    with pytest.raises(sqlite3.IntegrityError):
+        # The report is fine; the duplicate trial is not; neither may land.
+        await store.write(
+            report_op("s1", 0, 1, 1.0, {"a": 1.0}, Decision.CONTINUE, 1.0),
+            insert_trial_op(trial_row()),
+        )
+    assert store.load_reports("s1") == []
+
+
+async def write_in_one_batch(store: Store, jobs: list[tuple[Op, ...]]) -> list[Exception | None]:
+    """Queue every job while the writer is held, so that they all land in one batch."""
+    outcomes: dict[int, Exception | None] = {}
+    submitted = 0
+
+    async def one(i: int) -> None:
+        nonlocal submitted
+        submitted += 1  # write() queues before its first await, so this counts queued jobs
+        try:
+            await store.write(*jobs[i])
+        except Exception as exc:
+            outcomes[i] = exc
+        else:
+            outcomes[i] = None
+
+    with store._writer_gate:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(jobs)):
+                tg.start_soon(one, i)
+            with anyio.fail_after(10):
+                while submitted < len(jobs):
+                    await anyio.sleep(0.001)
+            store._writer_gate.release()
+            try:
+                with anyio.fail_after(10):
+                    while len(outcomes) < len(jobs):
+                        await anyio.sleep(0.001)
+            finally:
+                store._writer_gate.acquire()
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def report_job(i: int) -> tuple[Op, ...]:
+    return (
+        report_op("s1", 0, 1, float(i), {"i": i}, Decision.CONTINUE, float(i)),
+        event_op("s1", 0, "job", {"i": i}, float(i)),
+    )
+
+
+@pytest.mark.anyio
+async def test_one_bad_op_fails_only_its_waiter(store: Store) -> None:
+    await store.insert_trial(trial_row())
+    before = store.commits
+    jobs = [report_job(i) for i in range(10)]
+    # A duplicate primary key after a good op: the whole job must go, and only it.
+    jobs[5] = (*jobs[5], insert_trial_op(trial_row()))
+    outcomes = await write_in_one_batch(store, jobs)
+
+    assert isinstance(outcomes.pop(5), sqlite3.IntegrityError)
+    assert outcomes == [None] * 9
+    assert store.commits - before == 1  # savepoints: the good jobs still share one commit
+    good = [i for i in range(10) if i != 5]
+    assert sorted(r.at for r in store.load_reports("s1")) == [float(i) for i in good]
+    assert sorted(e.data["i"] for e in store.load_events("s1")) == good
+
+
+@pytest.mark.anyio
+async def test_failed_transaction_retries_jobs_one_by_one(store: Store) -> None:
+    before = store.commits
+    jobs = [report_job(i) for i in range(6)]
+    # Ending the transaction from inside a job breaks the whole batch, not just a statement.
+    jobs[2] = (*jobs[2], Op("ROLLBACK", ()))
+    outcomes = await write_in_one_batch(store, jobs)
+
+    assert isinstance(outcomes.pop(2), sqlite3.Error)
+    assert outcomes == [None] * 5
+    assert store.commits - before == 5
+    assert sorted(r.at for r in store.load_reports("s1")) == [0.0, 1.0, 3.0, 4.0, 5.0]
+
+
+def test_write_sync_from_threads(store: Store) -> None:
+    def worker(k: int) -> None:
+        for i in range(20):
+            store.write_sync(event_op(None, None, "t", {"k": k, "i": i}, 0.0))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.load_events()) == 80
+
+
+# ------------------------------------------------------------------------------ durability
+
+
+@pytest.mark.anyio
+async def test_acked_report_visible_to_another_process(store: Store) -> None:
+    await store.add_report("s1", 0, 1, 1.0, {"val_acc": 0.9}, Decision.CONTINUE, 1.0)
+    assert count_rows(store.path, "reports") == 1
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from hpod.store import Store
+
+    async def main() -> None:
+        store = Store.open(Path(sys.argv[1]))
+        for i in range(100_000):
+            await store.add_report("s1", 0, 1, float(i), {"i": i}, "CONTINUE", float(i))
+            print(f"acked {i}", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sigkill_loses_no_acked_report(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None
+    last = -1
+    try:
+        for line in child.stdout:
+            last = int(line.split()[1])
+            if last >= 200:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert last >= 200
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    acked = {row[0] for row in conn.execute("SELECT at FROM reports")}
+    conn.close()
+    assert {float(i) for i in range(last + 1)} <= acked
+
+
+# ----------------------------------------------------------------------------------- close
+
+
+def test_close_flushes_and_is_idempotent(tmp_path: Path) -> None:
+    s = Store.open(tmp_path)
+    done = threading.Event()
+
+    def writer() -> None:
+        s.write_sync(event_op(None, None, "last", {}, 0.0))
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    t.join()
+    s.close()
+    s.close()
+    assert done.is_set()
+    assert s.closed
+    assert count_rows(tmp_path / DB_NAME, "events") == 1
+    with pytest.raises(ShuttingDown, match="closed"):
+        s.write_sync(event_op(None, None, "late", {}, 0.0))
+    with pytest.raises(ShuttingDown, match="closed"):
+        s.load_events()
+
+
+@pytest.mark.anyio
+async def test_async_write_after_close(tmp_path: Path) -> None:
+    s = Store.open(tmp_path)
+    s.close()
+    with pytest.raises(HpodError, match="closed"):
+        await s.add_event(None, None, "late", {}, 0.0)
+
+
+def test_write_rejects_non_ops(store: Store) -> None:
+    with pytest.raises(TypeError, match="Op"):
+        store.write_sync("DELETE FROM studies")  # type: ignore[arg-type]
