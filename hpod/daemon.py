@@ -690,7 +690,7 @@ class Daemon:
         await self.store.add_report(
             study.id,
             run.trial_id,
-            engine.record(run.trial_id).runs,
+            engine.trials[run.trial_id].runs,
             outcome.resource,
             metrics,
             outcome.decision.value,

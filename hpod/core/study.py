@@ -87,7 +87,8 @@ class _Trial:
 
     @property
     def last_resource(self) -> float:
-        return max(self.curve, default=0.0)
+        # The curve is kept in resource order, so its last key is its highest level.
+        return next(reversed(self.curve), 0.0)
 
     def move(self, new: TrialState) -> None:
         self.state = self.state.check(new, what=f"trial {self.trial_id}")
@@ -271,8 +272,11 @@ class Study:
                 if isinstance(raw, (int, float)) and not isinstance(raw, bool)
                 else math.nan
             )
+            out_of_order = bool(t.curve) and resource < next(reversed(t.curve))
             t.curve[resource] = value
-            t.curve = dict(sorted(t.curve.items()))
+            if out_of_order:
+                # Keep the curve in resource order; reports nearly always arrive in order.
+                t.curve = dict(sorted(t.curve.items()))
         if force is not None:
             return ReportOutcome(force, resource, counted=True)
         decision = self._scheduler.on_report(self, t, resource)
