@@ -27,29 +27,17 @@ from hpod.wire import SyncConnection, no_daemon_message
 __all__ = ["Client", "default_socket_path"]
 
 _CLIENT = "hpod.Client"
-SYSTEM_SOCKET = "/run/hpod/hpod.sock"
 
 
 def default_socket_path(env: Mapping[str, str] = os.environ) -> str:
-    """The daemon socket to use when none is given.
-
-    ``$HPOD_SOCKET``; else the system daemon's socket for root; else the per-user daemon's
-    socket in ``$XDG_RUNTIME_DIR/hpod/``, ``/run/user/<uid>/hpod/`` when that runtime folder
-    exists, or ``/tmp/hpod-<uid>/`` on machines without one.
-    """
+    """The daemon socket to use when none is given: ``$HPOD_SOCKET``, else where a daemon started
+    without ``--socket`` listens (the same function decides both)."""
     explicit = env.get("HPOD_SOCKET")
     if explicit:
         return explicit
-    if os.geteuid() == 0:
-        return SYSTEM_SOCKET
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return str(Path(runtime) / "hpod" / "hpod.sock")
-    uid = os.getuid()
-    run_user = Path(f"/run/user/{uid}")
-    if run_user.is_dir():
-        return str(run_user / "hpod" / "hpod.sock")
-    return f"/tmp/hpod-{uid}/hpod.sock"
+    from hpod.config import default_socket_path as daemon_default
+
+    return str(daemon_default(env=env))
 
 
 class Client:

@@ -96,6 +96,9 @@ def default_socket_path(*, uid: int | None = None, env: Mapping[str, str] | None
     if runtime and os.path.isabs(runtime):
         return Path(runtime) / "hpod" / "hpod.sock"
     real_uid = os.getuid() if uid is None else uid
+    run_user = Path(f"/run/user/{real_uid}")
+    if run_user.is_dir():
+        return run_user / "hpod" / "hpod.sock"
     # /tmp is shared: the daemon must create this folder 0700 and check that it owns it.
     return Path(f"/tmp/hpod-{real_uid}") / "hpod.sock"
 

@@ -113,6 +113,11 @@ def test_render_command_fills_values_and_reserved_names(tmp_path: Path) -> None:
     ]
 
 
+def test_render_command_dotted_names_and_literal_braces() -> None:
+    argv = render_command(["--d={model.depth}", "{{literal}}"], {"model.depth": 3}, **RESERVED)
+    assert argv == ["--d=3", "{literal}"]
+
+
 def test_render_command_explicit_format_spec() -> None:
     argv = render_command(["{lr:.1e}", "{w:04d}"], {"lr": 0.00123, "w": 7}, **RESERVED)
     assert argv == ["1.2e-03", "0007"]

@@ -27,7 +27,6 @@ from hpod.core.objective import Objective, ObjectiveMode
 from hpod.core.space import (
     RESERVED_NAMES,
     Config,
-    ParamValue,
     SearchSpace,
     did_you_mean,
     is_number,
@@ -322,21 +321,6 @@ class StudySpec:
             out["env"] = dict(self.env)
         return out
 
-    def render_command(
-        self,
-        config: Mapping[str, ParamValue],
-        *,
-        trial_id: str,
-        trial_dir: str | Path,
-        checkpoint_dir: str | Path,
-    ) -> list[str]:
-        """``command`` with its ``{key}`` placeholders filled (``{lr:.2e}`` format specs work)."""
-        values: dict[str, Any] = dict(config)
-        values.update(
-            trial_id=trial_id, trial_dir=str(trial_dir), checkpoint_dir=str(checkpoint_dir)
-        )
-        return [render_arg(arg, values) for arg in self.command]
-
     def describe_limits(self) -> dict[str, str]:
         """The time limits in short human form, for ``hpodctl show``."""
         out: dict[str, str] = {}
@@ -356,25 +340,6 @@ def placeholders(arg: str) -> list[str]:
     Raises ValueError for an unbalanced brace.
     """
     return [name for _, name, _, _ in string.Formatter().parse(arg) if name is not None]
-
-
-def render_arg(arg: str, values: Mapping[str, Any]) -> str:
-    """Fill one argument. Names are looked up whole, so ``{model.lr}`` is the key "model.lr"
-    (str.format would read it as an attribute)."""
-    out: list[str] = []
-    for literal, name, spec, conversion in string.Formatter().parse(arg):
-        out.append(literal)
-        if name is None:
-            continue
-        value = values[name]
-        if conversion == "r":
-            value = repr(value)
-        elif conversion == "s":
-            value = str(value)
-        elif conversion == "a":
-            value = ascii(value)
-        out.append(format(value, spec or ""))
-    return "".join(out)
 
 
 def _placeholder_problems(command: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -657,6 +622,23 @@ def _read_scheduler(sec: _Section | None, problems: list[str]) -> SchedulerSpec:
     raw_levels = sec.get("rung_levels")
     if raw_levels is not None:
         levels = _read_rung_levels(sec, raw_levels, min_r, max_r)
+
+    # Hyperband with one bracket would be ASHA: unless told, it gets every bracket the rungs allow.
+    from hpod.core.rungs import default_levels
+
+    n_levels = (
+        len([v for v in levels if v < max_r])
+        if levels is not None
+        else len(default_levels(min_r, max_r, eta))
+    )
+    if stype is SchedulerType.HYPERBAND and not sec.has("brackets"):
+        brackets = n_levels + 1
+    elif stype is SchedulerType.HYPERBAND and brackets > n_levels + 1:
+        sec.problem(
+            "brackets",
+            f"{brackets} is more than the {n_levels + 1} brackets that {n_levels} rung level(s) "
+            "allow (one per rung, plus one that starts at max_resource)",
+        )
 
     options: Mapping[str, Any] = {}
     raw_options = sec.get("options")

@@ -13,7 +13,6 @@ from hpod.core.spec import (
     SearcherType,
     StudySpec,
     placeholders,
-    render_arg,
 )
 from hpod.errors import SpecError
 
@@ -276,10 +275,8 @@ def test_reserved_placeholders_and_braces():
         '"python train.py --x {x}"',
         '["run", "{trial_id}", "{trial_dir}/{checkpoint_dir}", "{{literal}}", "{x:.3f}"]',
     )
-    spec = StudySpec.from_toml(text, base_dir=BASE)
-    assert spec.render_command(
-        {"x": 0.25}, trial_id="t7", trial_dir="/d", checkpoint_dir=Path("/c")
-    ) == ["run", "t7", "/d//c", "{literal}", "0.250"]
+    # Rendering is the runner's (tests/test_runner.py); the spec only checks the names.
+    StudySpec.from_toml(text, base_dir=BASE)
     found = problems_of(MINIMAL.replace("{x}", "{x"))
     assert len(found) == 1
     assert found[0].startswith("command: 'python'") is False
@@ -288,10 +285,8 @@ def test_reserved_placeholders_and_braces():
     assert found == ["command: '{}' has an empty placeholder {}"]
 
 
-def test_placeholders_and_render_arg():
+def test_placeholders():
     assert placeholders("--lr={lr} {model.depth}") == ["lr", "model.depth"]
-    assert render_arg("--d={model.depth}", {"model.depth": 3}) == "--d=3"
-    assert render_arg("{lr:.1e}", {"lr": 0.001}) == "1.0e-03"
 
 
 def test_command_string_is_split_like_a_shell():
