@@ -12,6 +12,7 @@ import hmac
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import time
@@ -27,6 +28,7 @@ import structlog
 
 from hpod import __version__, notify
 from hpod.config import DaemonConfig
+from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.core.study import Launch, Study, TrialRecord
@@ -40,13 +42,18 @@ from hpod.errors import (
     SpecError,
     TokenRejected,
 )
+from hpod.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
+from hpod.reports import build_report, report_summary, write_report
 from hpod.runner import TrialLaunch, TrialProcess, TrialStartError, log_tail, looks_like_oom
 from hpod.server import Peer, Server
-from hpod.slots import Slot, SlotPool
+from hpod.slots import Slot
 from hpod.store import Store, StudyRow, TrialRow
 from hpod.views import best_view, summary_view, trial_view
 
 log = structlog.get_logger("hpod.daemon")
+
+# How often a study's clocks reach the store between exits: what a SIGKILL can lose of them.
+CLOCK_SAVE_SECONDS = 2.0
 
 
 @dataclass
@@ -62,6 +69,14 @@ class TrialRun:
     exited: anyio.Event = field(default_factory=anyio.Event)
     stopping: bool = False  # the daemon is ending this run itself
     interrupting: bool = False  # ... because it is shutting down: the trial runs again later
+    # The last counted report (monotonic time, resource level): the study's pace is measured
+    # between consecutive ones.
+    mark_time: float = 0.0
+    mark_resource: float = 0.0
+
+    @property
+    def devices(self) -> int:
+        return max(1, len(self.slot.devices))
 
 
 @dataclass
@@ -79,11 +94,47 @@ class StudyRuntime:
     # Seconds summed over a trial's runs (and x devices held), as the store keeps them.
     run_seconds: dict[int, float] = field(default_factory=dict)
     compute_seconds: dict[int, float] = field(default_factory=dict)
+    # The clocks the limits count, as the store keeps them (across restarts), plus what the
+    # running clock and the running trials add since (monotonic).
+    elapsed_base: float = 0.0
+    running_since: float | None = None
+    compute_base: float = 0.0
+    pace: lim.Pace = field(default_factory=lim.Pace)
+    # Set to make the study's watcher look again (a run started or ended, shutdown).
+    poke: anyio.Event = field(default_factory=anyio.Event)
+    pruned: set[int] = field(default_factory=set)
+    launch_order: int = 0
 
     def summary(self) -> dict[str, Any]:
         return summary_view(
             self.id, self.engine, owner=self.owner, created=self.created, ended=self.ended
         )
+
+    def elapsed(self, now: float) -> float:
+        if self.running_since is None:
+            return self.elapsed_base
+        return self.elapsed_base + max(0.0, now - self.running_since)
+
+    def compute(self, now: float) -> float:
+        live = sum((now - r.started) * r.devices for r in self.runs.values())
+        return self.compute_base + max(0.0, live)
+
+    def clocks(self, now: float) -> lim.Clocks:
+        return lim.Clocks(self.elapsed(now), self.compute(now), len(self.engine.trials))
+
+    def devices_running(self) -> int:
+        return sum(r.devices for r in self.runs.values())
+
+    def start_clock(self, now: float) -> None:
+        if self.running_since is None:
+            self.running_since = now
+
+    def stop_clock(self, now: float) -> None:
+        self.elapsed_base = self.elapsed(now)
+        self.running_since = None
+
+    def wake(self) -> None:
+        self.poke.set()
 
 
 def _param_str(params: Mapping[str, Any], key: str) -> str:
@@ -109,7 +160,10 @@ class Daemon:
         self.state_dir = state_dir
         self.started_at = time.monotonic()
         slots = config.cpu_slots if config.cpu_slots is not None else (os.cpu_count() or 1)
-        self.pool = SlotPool.cpu(slots)
+        self.pool = DevicePool(
+            slots, config.gpu, cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
+        self._nvml: Any = None
         self.studies: dict[str, StudyRuntime] = {}
         self._store: Store | None = None
         self._wake = anyio.Event()
@@ -129,6 +183,8 @@ class Daemon:
             "logs": self._logs,
             "trial.report": self._trial_report,
             "trial.oom": self._trial_oom,
+            "report": self._report,
+            "gpus": self._gpus,
         }
 
     @property
@@ -147,6 +203,7 @@ class Daemon:
             self.state_dir, durability="fsync" if self.config.durability == "fsync" else "normal"
         )
         try:
+            await self._open_gpus()
             await self._restore()
             server = Server(self._methods, started_at=self.started_at)  # type: ignore[arg-type]
             Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -160,11 +217,18 @@ class Daemon:
                     async with anyio.create_task_group() as trial_tg:
                         self._trial_tg = trial_tg
                         trial_tg.start_soon(self._dispatch)
+                        if self.pool.nvml:
+                            # In the outer group: cancelled, not awaited, at shutdown.
+                            tg.start_soon(self._refresh_gpus)
+                        for study in self.studies.values():
+                            if not study.done.is_set():
+                                trial_tg.start_soon(self._watch_study, study)
                         log.info(
                             "serving",
                             socket=self.socket_path,
                             state_dir=str(self.state_dir),
                             slots=self.pool.size,
+                            gpus=[g.uuid for g in self.pool.gpus],
                             studies=len(self.studies),
                             version=__version__,
                         )
@@ -177,7 +241,63 @@ class Daemon:
             self.store.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
+            if self._nvml is not None:
+                with contextlib.suppress(Exception):
+                    self._nvml.nvmlShutdown()
         log.info("stopped")
+
+    # -- GPUs ------------------------------------------------------------------------------------
+
+    def _ours(self) -> Any:
+        """A test for pids hpod started: the daemon, and anything in a trial's session."""
+        leaders = {
+            r.proc.pid for s in self.studies.values() for r in s.runs.values() if r.proc is not None
+        }
+        me = os.getpid()
+
+        def ours(pid: int) -> bool:
+            if pid == me or pid in leaders:
+                return True
+            try:
+                return os.getsid(pid) in leaders
+            except OSError:
+                return False
+
+        return ours
+
+    async def _open_gpus(self) -> None:
+        try:
+            self._nvml = await anyio.to_thread.run_sync(load_nvml)
+            gpus = await anyio.to_thread.run_sync(discover, self._nvml, self._ours())
+        except (NvmlUnavailable, Exception) as exc:  # a broken driver is no reason not to serve
+            self._nvml = None
+            log.info("no_gpus", reason=str(exc), cpu_slots=self.pool.size)
+            return
+        self.pool.nvml = True
+        self.pool.update(gpus)
+        if not self.pool.has_gpus:
+            log.info(
+                "no_gpus",
+                reason="NVML sees no GPU that hpod may use",
+                seen=[g.uuid for g in gpus],
+                cpu_slots=self.pool.size,
+            )
+            return
+        log.info("gpus", gpus=[g.to_dict() for g in self.pool.gpus])
+
+    async def _refresh_gpus(self) -> None:
+        while not self.shutting_down:
+            await anyio.sleep(self.config.gpu.refresh_seconds)
+            try:
+                gpus = await anyio.to_thread.run_sync(discover, self._nvml, self._ours())
+            except Exception as exc:
+                log.warning("gpu_refresh_failed", error=str(exc))
+                continue
+            self.pool.update(gpus)
+            self.wake()
+
+    async def _gpus(self, peer: Peer, params: dict[str, Any]) -> Any:
+        return self.pool.view()
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -212,6 +332,9 @@ class Daemon:
         self._wake.set()
         async with anyio.create_task_group() as tg:
             for study in self.studies.values():
+                # The daemon being down does not count against optimization_time.
+                study.stop_clock(time.monotonic())
+                study.wake()
                 for run in list(study.runs.values()):
                     tg.start_soon(partial(self._stop_run, interrupting=True), study, run)
         # The trial tasks record each trial as interrupted as its process is reaped; the trial
@@ -220,6 +343,8 @@ class Daemon:
             if study.engine.state is StudyState.RUNNING:
                 study.engine.interrupt()
                 await self.store.update_study(study.id, state=study.engine.state.value)
+            if not study.done.is_set():
+                await self._save_clocks(study)
 
     # -- restore ---------------------------------------------------------------------------------
 
@@ -250,9 +375,13 @@ class Daemon:
                 ended=row.ended_at,
                 run_seconds={t.trial_id: t.run_seconds for t in trial_rows},
                 compute_seconds={t.trial_id: t.compute_seconds for t in trial_rows},
+                elapsed_base=row.elapsed,
+                compute_base=row.compute,
             )
             if engine.state.is_final:
                 study.done.set()
+            elif engine.state is StudyState.RUNNING:
+                study.start_clock(time.monotonic())
             self.studies[row.id] = study
             again = engine.counts()[TrialState.INTERRUPTED.value]
             log.info(
@@ -303,38 +432,91 @@ class Daemon:
     def wake(self) -> None:
         self._wake.set()
 
+    def _wants_slot(self, study: StudyRuntime, now: float) -> bool:
+        """Whether ``study`` may start a run now: under its cap, room in the pool, time left."""
+        if study.engine.state is not StudyState.RUNNING:
+            return False
+        cap = study.spec.limits.max_concurrent
+        if cap is not None and len(study.runs) >= cap:
+            return False
+        res = study.spec.resources
+        if not self.pool.fits(res.gpus_per_trial, res.trials_per_gpu):
+            return False
+        return self._time_allows(study, now)
+
+    def _time_allows(self, study: StudyRuntime, now: float) -> bool:
+        """No run starts that could not finish its rung before a limit, at the measured pace."""
+        spec = study.spec
+        if spec.limits.optimization_time is None and spec.limits.compute_time is None:
+            return True
+        left = lim.time_left_for(
+            spec.limits,
+            study.clocks(now),
+            study.devices_running(),
+            spec.resources.gpus_per_trial,
+        )
+        return lim.could_finish(study.pace, lim.first_rung_span(spec.scheduler), left)
+
     async def _fill_slots(self) -> None:
-        """Hand free slots to studies in turn, each up to its max_concurrent."""
-        while not self.shutting_down and self.pool.free:
-            active = [s for s in self.studies.values() if s.engine.state is StudyState.RUNNING]
+        """Hand free slots to studies with work waiting, each up to its max_concurrent.
+
+        The next slot goes to the study with the fewest runs for its priority, so studies
+        submitted together share the pool in proportion to their priorities.
+        """
+        passed: set[str] = set()
+        while not self.shutting_down:
+            mono = time.monotonic()
+            active = [
+                s for s in self.studies.values() if s.id not in passed and self._wants_slot(s, mono)
+            ]
             if not active:
                 break
-            launched = False
-            for i in range(len(active)):
-                study = active[(self._rotation + i) % len(active)]
-                cap = study.spec.limits.max_concurrent
-                if cap is not None and len(study.runs) >= cap:
-                    continue
-                if not self.pool.free:
-                    break
-                launch = study.engine.next_launch(time.time())
-                if launch is None:
-                    continue
-                slot = self.pool.acquire(study.id, launch.trial_id)
-                assert slot is not None
-                self._rotation = (self._rotation + i + 1) % max(len(active), 1)
-                await self._begin(study, launch, slot)
-                launched = True
-                break
-            if not launched:
-                break
+            study = min(
+                active,
+                key=lambda s: ((len(s.runs) + 1) / max(s.spec.priority, 1e-3), s.launch_order),
+            )
+            launch = study.engine.next_launch(time.time())
+            if launch is None:
+                passed.add(study.id)
+                continue
+            res = study.spec.resources
+            slot = self.pool.acquire(
+                study.id, launch.trial_id, res.gpus_per_trial, res.trials_per_gpu
+            )
+            assert slot is not None, "fits() said there was room"
+            self._rotation += 1
+            study.launch_order = self._rotation
+            await self._begin(study, launch, slot)
+        mono = time.monotonic()
         for study in list(self.studies.values()):
+            if (
+                study.engine.state is StudyState.RUNNING
+                and not study.runs
+                and not study.engine.finished
+                and not self._time_allows(study, mono)
+            ):
+                # Nothing runs and nothing may start: waiting for the deadline would only idle.
+                await self._end_for_limit(study, self._time_reason(study, mono))
             await self._maybe_finish(study)
+
+    def _time_reason(self, study: StudyRuntime, now: float) -> str:
+        hit = lim.limit_hit(study.spec.limits, study.clocks(now))
+        if hit is not None:
+            return hit.reason
+        per_unit = study.pace.per_unit or 0.0
+        span = lim.first_rung_span(study.spec.scheduler)
+        name = "optimization_time" if study.spec.limits.optimization_time else "compute_time"
+        return (
+            f"{name} limit nearly reached: too little time left for another rung "
+            f"({span:g} {study.spec.objective.resource} at {per_unit:.3g}s each)"
+        )
 
     async def _begin(self, study: StudyRuntime, launch: Launch, slot: Slot) -> None:
         token = secrets.token_hex(16)
         run = TrialRun(launch.trial_id, token, launch, slot, time.monotonic())
+        run.mark_time, run.mark_resource = run.started, launch.resume_from
         study.runs[launch.trial_id] = run
+        study.wake()  # the compute clock now runs faster: the deadline moves
         rec = study.engine.record(launch.trial_id)
         now = time.time()
         if launch.fresh and rec.runs == 1:
@@ -416,7 +598,7 @@ class Daemon:
             else:
                 if run.stopping:
                     await run.proc.stop(spec.stop_grace)
-                returncode = await run.proc.wait()
+                returncode = await self._wait_within_trial_time(study, run, run.proc)
                 if returncode != 0 and not run.stopping:
                     tail = log_tail(trial_dir, "stderr", 20)
                     error = f"exited with status {returncode}"
@@ -426,6 +608,26 @@ class Daemon:
             run.exited.set()
             with anyio.CancelScope(shield=True):
                 await self._after_exit(study, run, returncode, error)
+
+    async def _wait_within_trial_time(
+        self, study: StudyRuntime, run: TrialRun, proc: TrialProcess
+    ) -> int:
+        """The run's exit status; past trial_time (summed over the trial's runs) it is stopped."""
+        limit = study.spec.limits.trial_time
+        if limit is None:
+            return await proc.wait()
+        left = limit - study.run_seconds.get(run.trial_id, 0.0)
+        with anyio.move_on_after(max(0.0, left)):
+            return await proc.wait()
+        log.info(
+            "trial_time_limit",
+            study=study.id,
+            trial=run.trial_id,
+            reason=f"trial_time limit of {limit:g}s reached",
+        )
+        run.stopping = True
+        study.engine.mark_stopping(run.trial_id)
+        return await proc.stop(study.spec.stop_grace)
 
     async def _after_exit(
         self, study: StudyRuntime, run: TrialRun, returncode: int | None, error: str | None
@@ -444,9 +646,9 @@ class Daemon:
         self.pool.release(run.slot)
         tid = run.trial_id
         study.run_seconds[tid] = study.run_seconds.get(tid, 0.0) + elapsed
-        study.compute_seconds[tid] = study.compute_seconds.get(tid, 0.0) + elapsed * max(
-            1, len(run.slot.devices)
-        )
+        study.compute_seconds[tid] = study.compute_seconds.get(tid, 0.0) + elapsed * run.devices
+        study.compute_base += elapsed * run.devices
+        study.wake()
         await self.store.update_trial(
             study.id,
             tid,
@@ -466,20 +668,34 @@ class Daemon:
             seconds=round(elapsed, 3),
             error=rec.error,
         )
+        await self._save_clocks(study)
+        await self._prune_checkpoints(study)
         if not self.shutting_down:
             await self._maybe_finish(study)
             self.wake()
 
     async def _maybe_finish(self, study: StudyRuntime) -> None:
         engine = study.engine
-        if study.done.is_set() or self.shutting_down or not engine.finished:
+        if study.done.is_set() or study.ended is not None or self.shutting_down:
+            return
+        if not engine.finished:
             return
         if engine.state is StudyState.RUNNING:
-            engine.end(StudyState.COMPLETED, "the search is done: no trial left to run")
+            mono = time.monotonic()
+            reason = lim.max_trials_reason(study.spec.limits, study.clocks(mono))
+            engine.conclude(reason)
         study.ended = time.time()
+        study.stop_clock(time.monotonic())
         await self.store.update_study(
-            study.id, state=engine.state.value, ended_at=study.ended, end_reason=engine.end_reason
+            study.id,
+            state=engine.state.value,
+            ended_at=study.ended,
+            end_reason=engine.end_reason,
+            elapsed=study.elapsed_base,
+            compute=study.compute_base,
         )
+        await self._prune_checkpoints(study)
+        await self._write_report(study)
         best = engine.best()
         log.info(
             "study_end",
@@ -507,6 +723,125 @@ class Daemon:
         if run.proc is not None and not run.exited.is_set():
             log.warning("trial_ignored_decision", study=study.id, trial=run.trial_id)
             await run.proc.stop(study.spec.stop_grace)
+
+    # -- limits, clocks, reports -----------------------------------------------------------------
+
+    async def _end_for_limit(self, study: StudyRuntime, reason: str) -> None:
+        """A limit ends the study: runs get STOP at their next report and SIGTERM now, then the
+        grace period to checkpoint, then SIGKILL (TrialProcess.stop)."""
+        engine = study.engine
+        if engine.state is not StudyState.RUNNING:
+            return
+        engine.end(StudyState.COMPLETED, reason)
+        log.info("study_limit", study=study.id, reason=reason, running=sorted(study.runs))
+        await self.store.update_study(study.id, state=engine.state.value, end_reason=reason)
+        assert self._trial_tg is not None
+        for run in list(study.runs.values()):
+            if not run.stopping:
+                self._trial_tg.start_soon(self._stop_run, study, run)
+        await self._maybe_finish(study)
+
+    async def _save_clocks(self, study: StudyRuntime) -> None:
+        mono = time.monotonic()
+        await self.store.update_study(
+            study.id, elapsed=study.elapsed(mono), compute=study.compute(mono)
+        )
+
+    def _build_report(self, study: StudyRuntime) -> dict[str, Any]:
+        held = []
+        for gpu in self.pool.view()["gpus"]:
+            trials = [h["trial"] for h in gpu["holders"] if h["study"] == study.id]
+            if trials:
+                held.append(
+                    {
+                        "index": gpu["index"],
+                        "uuid": gpu["uuid"],
+                        "name": gpu["name"],
+                        "trials": trials,
+                        "utilization": gpu["utilization"],
+                        "memory_used_mib": gpu["memory_used_mib"],
+                        "memory_total_mib": gpu["memory_total_mib"],
+                    }
+                )
+        return build_report(
+            study.id,
+            study.engine,
+            clocks=study.clocks(time.monotonic()),
+            now=time.time(),
+            created=study.created,
+            ended=study.ended,
+            run_seconds=study.run_seconds,
+            compute_seconds=study.compute_seconds,
+            gpus=held,
+        )
+
+    async def _write_report(self, study: StudyRuntime) -> None:
+        report = self._build_report(study)
+        try:
+            await anyio.to_thread.run_sync(write_report, study.folder, report)
+        except OSError as exc:
+            log.warning("report_write_failed", study=study.id, error=str(exc))
+        log.info("objective_report", **report_summary(report))
+
+    async def _prune_checkpoints(self, study: StudyRuntime) -> None:
+        keep = study.spec.report.keep_checkpoints
+        if keep is None:
+            return
+        engine = study.engine
+        rows = [
+            (t.trial_id, t.state, engine.value_of(t.trial_id) if t.curve else None)
+            for t in engine.trials
+        ]
+        doomed = [
+            tid
+            for tid in lim.checkpoints_to_delete(engine.objective, rows, keep)
+            if tid not in study.pruned
+        ]
+        for tid in doomed:
+            study.pruned.add(tid)
+            path = self._trial_dir(study, tid) / "checkpoint"
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
+        if doomed:
+            log.info("checkpoints_deleted", study=study.id, trials=doomed, keep=keep)
+
+    async def _watch_study(self, study: StudyRuntime) -> None:
+        """The study's timers: its limits' deadline, its report period, saving its clocks.
+
+        It sleeps until the nearest of them, or until poked (a run started or ended, which
+        moves the compute deadline), instead of polling.
+        """
+        period = study.spec.report.period
+        mono = time.monotonic()
+        next_report = mono + period
+        next_save = mono + CLOCK_SAVE_SECONDS
+        while not study.done.is_set() and not self.shutting_down:
+            mono = time.monotonic()
+            if study.engine.state is StudyState.RUNNING:
+                hit = lim.limit_hit(study.spec.limits, study.clocks(mono))
+                if hit is not None:
+                    await self._end_for_limit(study, hit.reason)
+            if study.done.is_set():
+                break
+            if mono >= next_report:
+                await self._write_report(study)
+                next_report = max(next_report + period, mono + period / 2)
+            if mono >= next_save:
+                await self._save_clocks(study)
+                next_save = mono + CLOCK_SAVE_SECONDS
+            delay = min(next_report, next_save) - mono
+            if study.engine.state is StudyState.RUNNING:
+                delay = min(
+                    delay,
+                    lim.seconds_to_limit(
+                        study.spec.limits, study.clocks(mono), study.devices_running()
+                    ),
+                )
+            with anyio.move_on_after(max(delay, 0.005)):
+                await study.poke.wait()
+            study.poke = anyio.Event()
+
+    async def _report(self, peer: Peer, params: dict[str, Any]) -> Any:
+        return self._build_report(self._get_study(params))
 
     # -- control methods -------------------------------------------------------------------------
 
@@ -576,6 +911,9 @@ class Daemon:
             )
         )
         self.studies[sid] = study
+        study.start_clock(time.monotonic())
+        assert self._trial_tg is not None
+        self._trial_tg.start_soon(self._watch_study, study)
         log.info("study_submitted", study=sid, owner=peer.uid)
         self.wake()
         return {"study": sid, "name": spec.name}
@@ -588,6 +926,14 @@ class Daemon:
         out = study.summary()
         out["spec"] = study.spec.to_dict()
         out["running"] = sorted(study.runs)
+        out["rungs"] = study.engine.rung_occupancy()
+        clocks = study.clocks(time.monotonic())
+        out["elapsed"] = clocks.elapsed
+        out["compute"] = clocks.compute
+        out["limits"] = {
+            name: f"{u['used']:.4g} of {u['limit']:g} ({u['share']:.0%})"
+            for name, u in lim.usage(study.spec.limits, clocks).items()
+        }
         out["failures"] = [
             {
                 "trial": rec.trial_id,
@@ -697,6 +1043,10 @@ class Daemon:
             now,
             counted=outcome.counted,
         )
+        if outcome.counted and outcome.resource > run.mark_resource:
+            mono = time.monotonic()
+            study.pace = study.pace.add(mono - run.mark_time, outcome.resource - run.mark_resource)
+            run.mark_time, run.mark_resource = mono, outcome.resource
         if outcome.decision is not Decision.CONTINUE and not run.stopping:
             assert self._trial_tg is not None
             self._trial_tg.start_soon(self._enforce_decision, study, run)

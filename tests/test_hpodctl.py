@@ -106,7 +106,11 @@ def _methods() -> dict[str, Any]:
         "stop": {"study": "s1", "state": "stopped"},
         "wait": {**SUMMARY, "state": "completed", "trials": {"completed": 6}},
         "logs": {"text": "line 1\nline 2\n"},
-        "report": {"study": "s1", "top": [{"trial": 4, "objective": 0.97}], "generated": 1.0},
+        "report": {
+            "study": "s1",
+            "top_k": [{"rank": 1, "trial": 4, "objective": 0.97}],
+            "generated": 1.0,
+        },
         "gpus": [{"index": 0, "uuid": "GPU-1", "trials": ["s1/4"]}],
         "trial.report": {"decision": "PAUSE"},
     }

@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs="+", metavar="STUDY | key=value")
     add("gpus", _cmd_gpus, "the GPUs and the trials holding them")
+    add(
+        "preview",
+        _cmd_preview,
+        "a spec's rungs, trials per bracket and rung, and budget, before anything runs",
+    ).add_argument("spec", metavar="SPEC", type=Path, help="the study spec (TOML)")
     return parser
 
 
@@ -180,6 +185,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if isinstance(limits, Mapping) and limits:
         print("limits:")
         _print_pairs(limits, indent="  ")
+    rungs = detail.get("rungs") or []
+    if rungs:
+        _print_rungs(rungs)
     failures = detail.get("failures") or []
     if failures:
         print(f"failures ({len(failures)}):")
@@ -291,8 +299,52 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        _print_generic(report)
+        _print_report(report)
     return 0
+
+
+def _print_report(r: Mapping[str, Any]) -> None:
+    """The objective report as `hpodctl report STUDY` shows it: clocks, limits, best, top-k."""
+    state = _fmt(r.get("state")) + (f" ({r['end_reason']})" if r.get("end_reason") else "")
+    print(f"study     {_fmt(r.get('study'))}  {state}")
+    elapsed, compute = r.get("elapsed"), r.get("compute")
+    if isinstance(elapsed, (int, float)) and isinstance(compute, (int, float)):
+        print(f"elapsed   {_fmt_duration(elapsed)}, compute {_fmt_duration(compute)} x device")
+    limits = r.get("limits")
+    if isinstance(limits, Mapping):
+        for name, u in limits.items():
+            if isinstance(u, Mapping):
+                print(
+                    f"limit     {name}: {_fmt(u.get('used'))} of {_fmt(u.get('limit'))} "
+                    f"({float(u.get('share') or 0.0):.0%})"
+                )
+    counts = r.get("trials")
+    if isinstance(counts, Mapping):
+        print(f"trials    {_fmt_counts(counts)}")
+    best = r.get("best")
+    best_at = f" at {_fmt(best.get('resource'))}" if isinstance(best, Mapping) else ""
+    print(f"best      {_fmt_best(best, with_config=True)}{best_at}")
+    top = r.get("top_k") or []
+    if top:
+        print("top:")
+        _print_table(
+            ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"],
+            [
+                [
+                    _fmt(t.get("rank")),
+                    _fmt(t.get("trial")),
+                    _fmt(t.get("objective")),
+                    _fmt(t.get("resource")),
+                    _fmt(t.get("state")),
+                    _fmt_config(t.get("config")),
+                ]
+                for t in top
+            ],
+        )
+    gpus = r.get("gpus") or []
+    if gpus:
+        print("gpus:")
+        _print_generic(gpus)
 
 
 def _report_metrics(words: Sequence[str]) -> int:
@@ -323,14 +375,94 @@ def _parse_number(raw: str) -> int | float | None:
         return None
 
 
+def _cmd_preview(args: argparse.Namespace) -> int:
+    # Pure computation on the spec: no daemon is asked.
+    from hpod.core.rungs import preview
+    from hpod.core.spec import StudySpec
+
+    out = preview(StudySpec.from_file(args.spec))
+    if args.json:
+        _print_json(out)
+        return 0
+    unit = out["resource"]
+    print(f"study     {out['name']}")
+    print(f"scheduler {out['scheduler']} to {out['max_resource']} {unit}(s)")
+    if out["rung_levels"]:
+        levels = ", ".join(str(v) for v in out["rung_levels"])
+        print(f"rungs     {levels} (eta {out['reduction_factor']:g}, {out['rung_type']})")
+    for b in out["brackets"]:
+        rungs = ", ".join(f"{r['trials']} at {r['level']}" for r in b["rungs"])
+        print(f"bracket {b['bracket']} {b['trials']} trials: {rungs}; {b['budget']} {unit}s")
+    budget = out["budget"]
+    line = "budget    " + (
+        "unbounded (no limits.max_trials)" if budget is None else f"{budget} {unit}s"
+    )
+    if out.get("fifo_budget") is not None:
+        line += f" (fifo for the same trials: {out['fifo_budget']})"
+    print(line)
+    if out.get("note"):
+        print(f"note      {out['note']}")
+    return 0
+
+
+def _print_rungs(rungs: Sequence[Mapping[str, Any]]) -> None:
+    print("rungs:")
+    _print_table(
+        ["bracket", "level", "reached", "running", "paused", "promoted", "quota"],
+        [
+            [
+                _fmt(r.get("bracket")),
+                _fmt(r.get("level")),
+                _fmt(r.get("reached")),
+                _fmt(r.get("running")),
+                _fmt(r.get("paused")),
+                _fmt(r.get("promoted")),
+                "top" if r.get("top") else _fmt(r.get("quota")),
+            ]
+            for r in rungs
+        ],
+    )
+
+
 def _cmd_gpus(args: argparse.Namespace) -> int:
     with _client(args) as client:
         gpus = client.gpus()
     if args.json:
         _print_json(gpus)
+    elif isinstance(gpus, Mapping):
+        _print_gpus(gpus)
     else:
         _print_generic(gpus)
     return 0
+
+
+def _print_gpus(view: Mapping[str, Any]) -> None:
+    """The pool: each GPU, whether hpod may lease it, and which study/trial holds it."""
+    rows = []
+    for g in view.get("gpus") or []:
+        holders = ",".join(f"{h['study']}/{h['trial']}" for h in g.get("holders") or [])
+        rows.append(
+            [
+                _fmt(g.get("index")),
+                _fmt(g.get("name")),
+                f"{_fmt(g.get('memory_used_mib'))}/{_fmt(g.get('memory_total_mib'))} MiB",
+                f"{_fmt(g.get('utilization'))}%",
+                str(len(g.get("foreign") or [])),
+                "yes" if g.get("usable") else ("no" if g.get("allowed") else "not allowed"),
+                _fmt(g.get("uuid")),
+                holders or "-",
+            ]
+        )
+    if rows:
+        _print_table(["GPU", "NAME", "MEMORY", "UTIL", "FOREIGN", "FREE", "UUID", "HELD BY"], rows)
+    else:
+        print("no GPUs (NVML unavailable or none allowed): trials run on CPU slots")
+    cpu = view.get("cpu_slots")
+    if isinstance(cpu, Mapping):
+        held = ", ".join(f"{h['study']}/{h['trial']}" for h in cpu.get("holders") or [])
+        print(f"cpu slots {_fmt(cpu.get('free'))} free of {_fmt(cpu.get('size'))}")
+        if held:
+            print(f"  held by {held}")
 
 
 # -- rendering ---------------------------------------------------------------------------------

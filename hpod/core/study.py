@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpod.core.objective import Objective
+from hpod.core.rungs import occupancy
 from hpod.core.schedulers import NewTrial, Promote, Scheduler, make_scheduler, ranking_value
 from hpod.core.searchers import Observation, Searcher, make_searcher
 from hpod.core.space import Config
@@ -369,6 +370,20 @@ class Study:
             return False
         return self._scheduler.next(self, can_start_new=self._can_start_new()) is None
 
+    def conclude(self, reason: str | None = None) -> None:
+        """Once ``finished``: a running study ends completed, unless every trial failed."""
+        if self.state is not StudyState.RUNNING:
+            return
+        failed = [t for t in self._trials if t.state is TrialState.FAILED]
+        if failed and len(failed) == len(self._trials):
+            self.end(
+                StudyState.FAILED,
+                f"all {len(failed)} trials failed (last: {failed[-1].error}); "
+                "check the command with `hpodctl show` and `hpodctl logs`",
+            )
+        else:
+            self.end(StudyState.COMPLETED, reason or "the search is done: no trial left to run")
+
     def end(self, state: StudyState, reason: str) -> None:
         """Stop launching; running trials are the shell's to stop (it calls mark_stopping)."""
         if self.state is state:
@@ -389,6 +404,10 @@ class Study:
         for t in self._trials:
             out[t.state.value] += 1
         return out
+
+    def rung_occupancy(self) -> list[dict[str, Any]]:
+        """Each rung's trials (reached, running toward it, paused at it, promoted past it)."""
+        return occupancy(self.spec, self._trials)
 
     def value_of(self, trial_id: int) -> float:
         return ranking_value(self.objective, self._get(trial_id))

@@ -174,3 +174,26 @@ def test_shell_stop_marks_stopped_not_failed() -> None:
     assert study.on_exit(0, -15, 0.0) is TrialState.STOPPED
     assert study.next_launch(0.0) is None
     assert study.finished
+
+
+def test_a_study_whose_every_trial_failed_ends_failed() -> None:
+    study = make(max_trials=2)
+    for tid in range(2):
+        study.next_launch(0.0)
+        study.on_exit(tid, 1, 0.0)
+    assert study.next_launch(0.0) is None
+    assert study.finished
+    study.conclude()
+    assert study.state is StudyState.FAILED
+    assert "all 2 trials failed" in (study.end_reason or "")
+
+
+def test_a_study_with_one_success_ends_completed() -> None:
+    study = make(max_trials=2)
+    study.next_launch(0.0)
+    study.on_exit(0, 1, 0.0)
+    study.next_launch(0.0)
+    run_to_end(study, 1, [1.0, 1.0, 1.0])
+    study.on_exit(1, 0, 0.0)
+    study.conclude()
+    assert study.state is StudyState.COMPLETED

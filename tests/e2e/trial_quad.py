@@ -2,7 +2,10 @@
 
 It appends every acknowledged report to ``acked.log`` in its trial folder, so a test can check that
 no acknowledged report is missing from the store. ``crash = true`` fails it on purpose, ``delay``
-slows each step, and ``hang = true`` makes it ignore SIGTERM after its first report.
+slows each step, and ``hang = true`` makes it ignore SIGTERM after its first report. It also
+appends each step it trains, and each resume with the level its checkpoint holds, to
+``trained.log``, so a test can check that a promoted trial resumed from its checkpoint and trained
+no step twice.
 """
 
 from __future__ import annotations
@@ -33,11 +36,18 @@ def on_term(signum: int, frame: object) -> None:
 
 
 signal.signal(signal.SIGTERM, on_term)
+trained = Path(os.environ["HPOD_TRIAL_DIR"]) / "trained.log"
+if trial.resume_from():
+    saved = json.loads(ckpt.read_text())["step"] if ckpt.exists() else None
+    with trained.open("a") as f:
+        f.write(f"resume {trial.resume_from()} checkpoint {saved}\n")
 start = trial.resume_from() + 1
 for step in range(start, trial.max_resource() + 1):
     if delay:
         time.sleep(delay)
     loss = (x - 0.3) ** 2 + (y + 0.2) ** 2 + 1.0 / step
+    with trained.open("a") as f:
+        f.write(f"step {step}\n")
     decision = trial.report(step=step, loss=loss)
     with acked.open("a") as f:
         f.write(f"{trial.study_id()} {trial.trial_id()} {step}\n")

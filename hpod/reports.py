@@ -1,0 +1,163 @@
+"""Periodic objective reports: ``report.json`` and ``report.csv`` in the study's folder.
+
+``build_report`` is pure (the study, its clocks and GPU use in, a JSON-able dict out), so the
+daemon's `report` method, the files and the ``objective_report`` log event all say the same.
+``write_report`` replaces both files atomically: a reader sees the old report or the new one,
+never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hpod import wire
+from hpod.core.limits import Clocks, usage
+from hpod.core.study import Study
+from hpod.views import best_view
+
+__all__ = ["build_report", "report_summary", "write_report"]
+
+
+def _num(value: float | None) -> float | None:
+    # JSON has no NaN; a trial whose metric was not a number shows as null here.
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def _best_of(study: Study, curve: Mapping[float, float]) -> float | None:
+    values = [v for v in curve.values() if not math.isnan(v)]
+    if not values:
+        return None
+    return max(values) if study.objective.maximize else min(values)
+
+
+def build_report(
+    study_id: str,
+    study: Study,
+    *,
+    clocks: Clocks,
+    now: float,
+    created: float,
+    ended: float | None,
+    run_seconds: Mapping[int, float],
+    compute_seconds: Mapping[int, float],
+    gpus: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The report as of ``now`` (wall clock seconds)."""
+    spec = study.spec
+    objective = study.objective
+    rows: list[dict[str, Any]] = []
+    for t in study.trials:
+        curve = dict(t.curve)
+        last = curve[max(curve)] if curve else None
+        rows.append(
+            {
+                "trial": t.trial_id,
+                "state": t.state.value,
+                "resource": max(curve) if curve else None,
+                "objective": _num(study.value_of(t.trial_id)) if curve else None,
+                "last": _num(last),
+                "best": _num(_best_of(study, curve)),
+                "runs": t.runs,
+                "run_seconds": round(run_seconds.get(t.trial_id, 0.0), 3),
+                "compute_seconds": round(compute_seconds.get(t.trial_id, 0.0), 3),
+                "config": dict(t.config),
+            }
+        )
+
+    def rank_key(row: Mapping[str, Any]) -> tuple[float, float, int]:
+        return (objective.sort_key(row["objective"]), -(row["resource"] or 0.0), row["trial"])
+
+    ranked = sorted((r for r in rows if r["objective"] is not None), key=rank_key)
+    top = [
+        {
+            "rank": i + 1,
+            "trial": r["trial"],
+            "objective": r["objective"],
+            "resource": r["resource"],
+            "state": r["state"],
+            "config": r["config"],
+        }
+        for i, r in enumerate(ranked[: spec.report.top_k])
+    ]
+    return {
+        "study": study_id,
+        "name": spec.name,
+        "state": study.state.value,
+        "end_reason": study.end_reason,
+        "generated": now,
+        "created": created,
+        "ended": ended,
+        "objective": {
+            "metric": objective.metric,
+            "mode": objective.mode.value,
+            "resource": objective.resource,
+        },
+        "elapsed": round(clocks.elapsed, 3),
+        "compute": round(clocks.compute, 3),
+        "limits": usage(spec.limits, clocks),
+        "trials": {k: v for k, v in study.counts().items() if v},
+        "total_trials": len(study.trials),
+        "best": best_view(study_id, study.best()),
+        "top_k": top,
+        "per_trial": rows,
+        "gpus": [dict(g) for g in gpus],
+    }
+
+
+def report_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a report that goes into the ``objective_report`` log event."""
+    keys = ("study", "state", "elapsed", "compute", "limits", "trials", "best", "top_k", "gpus")
+    return {k: report.get(k) for k in keys}
+
+
+def _csv_text(report: Mapping[str, Any]) -> str:
+    rows: list[Mapping[str, Any]] = report.get("per_trial") or []
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r.get("config", {}) if k not in keys)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    head = ["trial", "state", "resource", "objective", "last", "best", "runs", "run_seconds"]
+    writer.writerow([*head, "compute_seconds", *keys])
+    for r in rows:
+        cfg = r.get("config", {})
+        writer.writerow(
+            [
+                *("" if r.get(k) is None else r.get(k) for k in head),
+                r.get("compute_seconds"),
+                *("" if cfg.get(k) is None else cfg.get(k) for k in keys),
+            ]
+        )
+    return buf.getvalue()
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_report(folder: Path, report: Mapping[str, Any]) -> None:
+    """Replace ``report.json`` and ``report.csv`` atomically. Blocking: call it off the loop."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(wire.tag(dict(report)), indent=2, allow_nan=False) + "\n"
+    _replace(folder / "report.json", text)
+    _replace(folder / "report.csv", _csv_text(report))
+    # The renames are durable once the folder is.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
