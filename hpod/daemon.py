@@ -8,7 +8,6 @@ the server goes away. The core decides; this module only carries the decisions o
 from __future__ import annotations
 
 import contextlib
-import hmac
 import math
 import os
 import secrets
@@ -16,8 +15,6 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,127 +27,26 @@ from hpod import __version__, notify
 from hpod.config import DaemonConfig
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
-from hpod.core.states import Decision, StudyState, TrialState
+from hpod.core.states import StudyState, TrialState
 from hpod.core.study import Launch, Study, TrialRecord
 from hpod.errors import (
-    BadState,
     HpodError,
-    InvalidParams,
-    NotFound,
-    PermissionDenied,
-    ShuttingDown,
     SpecError,
-    TokenRejected,
 )
 from hpod.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
+from hpod.methods import Methods
 from hpod.reports import build_report, report_summary, write_report
 from hpod.runner import TrialLaunch, TrialProcess, TrialStartError, log_tail, looks_like_oom
-from hpod.server import Peer, Server
+from hpod.runtime import StudyRuntime, TrialRun
+from hpod.server import Server
 from hpod.slots import Slot
-from hpod.store import Store, StudyRow, TrialRow
-from hpod.views import best_view, summary_view, trial_view
+from hpod.store import Store, TrialRow
+from hpod.views import best_view
 
 log = structlog.get_logger("hpod.daemon")
 
 # How often a study's clocks reach the store between exits: what a SIGKILL can lose of them.
 CLOCK_SAVE_SECONDS = 2.0
-
-
-@dataclass
-class TrialRun:
-    """One run of one trial's process."""
-
-    trial_id: int
-    token: str
-    launch: Launch
-    slot: Slot
-    started: float  # monotonic
-    proc: TrialProcess | None = None
-    exited: anyio.Event = field(default_factory=anyio.Event)
-    stopping: bool = False  # the daemon is ending this run itself
-    interrupting: bool = False  # ... because it is shutting down: the trial runs again later
-    # The last counted report (monotonic time, resource level): the study's pace is measured
-    # between consecutive ones.
-    mark_time: float = 0.0
-    mark_resource: float = 0.0
-
-    @property
-    def devices(self) -> int:
-        return max(1, len(self.slot.devices))
-
-
-@dataclass
-class StudyRuntime:
-    id: str
-    seq: int
-    owner: int
-    spec: StudySpec
-    engine: Study
-    folder: Path
-    created: float
-    ended: float | None = None
-    runs: dict[int, TrialRun] = field(default_factory=dict)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    # Seconds summed over a trial's runs (and x devices held), as the store keeps them.
-    run_seconds: dict[int, float] = field(default_factory=dict)
-    compute_seconds: dict[int, float] = field(default_factory=dict)
-    # The clocks the limits count, as the store keeps them (across restarts), plus what the
-    # running clock and the running trials add since (monotonic).
-    elapsed_base: float = 0.0
-    running_since: float | None = None
-    compute_base: float = 0.0
-    pace: lim.Pace = field(default_factory=lim.Pace)
-    # Set to make the study's watcher look again (a run started or ended, shutdown).
-    poke: anyio.Event = field(default_factory=anyio.Event)
-    pruned: set[int] = field(default_factory=set)
-    launch_order: int = 0
-
-    def summary(self) -> dict[str, Any]:
-        return summary_view(
-            self.id, self.engine, owner=self.owner, created=self.created, ended=self.ended
-        )
-
-    def elapsed(self, now: float) -> float:
-        if self.running_since is None:
-            return self.elapsed_base
-        return self.elapsed_base + max(0.0, now - self.running_since)
-
-    def compute(self, now: float) -> float:
-        live = sum((now - r.started) * r.devices for r in self.runs.values())
-        return self.compute_base + max(0.0, live)
-
-    def clocks(self, now: float) -> lim.Clocks:
-        return lim.Clocks(self.elapsed(now), self.compute(now), len(self.engine.trials))
-
-    def devices_running(self) -> int:
-        return sum(r.devices for r in self.runs.values())
-
-    def start_clock(self, now: float) -> None:
-        if self.running_since is None:
-            self.running_since = now
-
-    def stop_clock(self, now: float) -> None:
-        self.elapsed_base = self.elapsed(now)
-        self.running_since = None
-
-    def wake(self) -> None:
-        self.poke.set()
-
-
-def _param_str(params: Mapping[str, Any], key: str) -> str:
-    value = params.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidParams(f"parameter {key!r} must be a non-empty string")
-    return value
-
-
-def _param_int(params: Mapping[str, Any], key: str) -> int:
-    value = params.get(key)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParams(f"parameter {key!r} must be an integer")
-    return value
 
 
 class Daemon:
@@ -169,23 +65,8 @@ class Daemon:
         self._wake = anyio.Event()
         self._shutdown = anyio.Event()
         self.shutting_down = False
-        self._trial_tg: anyio.abc.TaskGroup | None = None
+        self.trial_tg: anyio.abc.TaskGroup | None = None
         self._rotation = 0
-        self._methods = {
-            "ping": self._ping,
-            "submit": self._submit,
-            "studies": self._studies,
-            "study": self._study,
-            "trials": self._trials,
-            "best": self._best,
-            "stop": self._stop,
-            "wait": self._wait,
-            "logs": self._logs,
-            "trial.report": self._trial_report,
-            "trial.oom": self._trial_oom,
-            "report": self._report,
-            "gpus": self._gpus,
-        }
 
     @property
     def store(self) -> Store:
@@ -205,7 +86,7 @@ class Daemon:
         try:
             await self._open_gpus()
             await self._restore()
-            server = Server(self._methods, started_at=self.started_at)  # type: ignore[arg-type]
+            server = Server(Methods(self).table(), started_at=self.started_at)
             Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
             listener = await anyio.create_unix_listener(
                 self.socket_path, mode=self.config.socket_mode
@@ -215,14 +96,14 @@ class Daemon:
                 async with listener:
                     tg.start_soon(listener.serve, server.handle)
                     async with anyio.create_task_group() as trial_tg:
-                        self._trial_tg = trial_tg
+                        self.trial_tg = trial_tg
                         trial_tg.start_soon(self._dispatch)
                         if self.pool.nvml:
                             # In the outer group: cancelled, not awaited, at shutdown.
                             tg.start_soon(self._refresh_gpus)
                         for study in self.studies.values():
                             if not study.done.is_set():
-                                trial_tg.start_soon(self._watch_study, study)
+                                trial_tg.start_soon(self.watch_study, study)
                         log.info(
                             "serving",
                             socket=self.socket_path,
@@ -296,9 +177,6 @@ class Daemon:
             self.pool.update(gpus)
             self.wake()
 
-    async def _gpus(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return self.pool.view()
-
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
@@ -336,7 +214,7 @@ class Daemon:
                 study.stop_clock(time.monotonic())
                 study.wake()
                 for run in list(study.runs.values()):
-                    tg.start_soon(partial(self._stop_run, interrupting=True), study, run)
+                    tg.start_soon(partial(self.stop_run, interrupting=True), study, run)
         # The trial tasks record each trial as interrupted as its process is reaped; the trial
         # task group exits once the last one is done. The studies follow.
         for study in self.studies.values():
@@ -497,7 +375,7 @@ class Daemon:
             ):
                 # Nothing runs and nothing may start: waiting for the deadline would only idle.
                 await self._end_for_limit(study, self._time_reason(study, mono))
-            await self._maybe_finish(study)
+            await self.maybe_finish(study)
 
     def _time_reason(self, study: StudyRuntime, now: float) -> str:
         hit = lim.limit_hit(study.spec.limits, study.clocks(now))
@@ -560,15 +438,15 @@ class Daemon:
             max_resource=launch.max_resource,
             config=launch.config,
         )
-        assert self._trial_tg is not None
-        self._trial_tg.start_soon(self._run_trial, study, run)
+        assert self.trial_tg is not None
+        self.trial_tg.start_soon(self._run_trial, study, run)
 
-    def _trial_dir(self, study: StudyRuntime, trial_id: int) -> Path:
+    def trial_dir(self, study: StudyRuntime, trial_id: int) -> Path:
         return study.folder / "trials" / str(trial_id)
 
     async def _run_trial(self, study: StudyRuntime, run: TrialRun) -> None:
         launch = run.launch
-        trial_dir = self._trial_dir(study, run.trial_id)
+        trial_dir = self.trial_dir(study, run.trial_id)
         spec = study.spec
         as_user = study.owner if os.geteuid() == 0 and study.owner != 0 else None
         returncode: int | None = None
@@ -671,10 +549,10 @@ class Daemon:
         await self._save_clocks(study)
         await self._prune_checkpoints(study)
         if not self.shutting_down:
-            await self._maybe_finish(study)
+            await self.maybe_finish(study)
             self.wake()
 
-    async def _maybe_finish(self, study: StudyRuntime) -> None:
+    async def maybe_finish(self, study: StudyRuntime) -> None:
         engine = study.engine
         if study.done.is_set() or study.ended is not None or self.shutting_down:
             return
@@ -706,7 +584,7 @@ class Daemon:
         )
         study.done.set()
 
-    async def _stop_run(
+    async def stop_run(
         self, study: StudyRuntime, run: TrialRun, *, interrupting: bool = False
     ) -> None:
         run.stopping = True
@@ -715,7 +593,7 @@ class Daemon:
         if run.proc is not None:
             await run.proc.stop(study.spec.stop_grace)
 
-    async def _enforce_decision(self, study: StudyRuntime, run: TrialRun) -> None:
+    async def enforce_decision(self, study: StudyRuntime, run: TrialRun) -> None:
         """A trial told to PAUSE or STOP has the grace period to exit by itself."""
         with anyio.move_on_after(study.spec.stop_grace):
             await run.exited.wait()
@@ -735,11 +613,11 @@ class Daemon:
         engine.end(StudyState.COMPLETED, reason)
         log.info("study_limit", study=study.id, reason=reason, running=sorted(study.runs))
         await self.store.update_study(study.id, state=engine.state.value, end_reason=reason)
-        assert self._trial_tg is not None
+        assert self.trial_tg is not None
         for run in list(study.runs.values()):
             if not run.stopping:
-                self._trial_tg.start_soon(self._stop_run, study, run)
-        await self._maybe_finish(study)
+                self.trial_tg.start_soon(self.stop_run, study, run)
+        await self.maybe_finish(study)
 
     async def _save_clocks(self, study: StudyRuntime) -> None:
         mono = time.monotonic()
@@ -747,7 +625,7 @@ class Daemon:
             study.id, elapsed=study.elapsed(mono), compute=study.compute(mono)
         )
 
-    def _build_report(self, study: StudyRuntime) -> dict[str, Any]:
+    def build_report(self, study: StudyRuntime) -> dict[str, Any]:
         held = []
         for gpu in self.pool.view()["gpus"]:
             trials = [h["trial"] for h in gpu["holders"] if h["study"] == study.id]
@@ -776,7 +654,7 @@ class Daemon:
         )
 
     async def _write_report(self, study: StudyRuntime) -> None:
-        report = self._build_report(study)
+        report = self.build_report(study)
         try:
             await anyio.to_thread.run_sync(write_report, study.folder, report)
         except OSError as exc:
@@ -799,12 +677,12 @@ class Daemon:
         ]
         for tid in doomed:
             study.pruned.add(tid)
-            path = self._trial_dir(study, tid) / "checkpoint"
+            path = self.trial_dir(study, tid) / "checkpoint"
             await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
         if doomed:
             log.info("checkpoints_deleted", study=study.id, trials=doomed, keep=keep)
 
-    async def _watch_study(self, study: StudyRuntime) -> None:
+    async def watch_study(self, study: StudyRuntime) -> None:
         """The study's timers: its limits' deadline, its report period, saving its clocks.
 
         It sleeps until the nearest of them, or until poked (a run started or ended, which
@@ -839,220 +717,3 @@ class Daemon:
             with anyio.move_on_after(max(delay, 0.005)):
                 await study.poke.wait()
             study.poke = anyio.Event()
-
-    async def _report(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return self._build_report(self._get_study(params))
-
-    # -- control methods -------------------------------------------------------------------------
-
-    def _get_study(self, params: Mapping[str, Any]) -> StudyRuntime:
-        sid = _param_str(params, "study")
-        study = self.studies.get(sid)
-        if study is None:
-            # Let a user type the name when it is unambiguous.
-            named = [s for s in self.studies.values() if s.spec.name == sid]
-            if len(named) >= 1:
-                return max(named, key=lambda s: s.seq)
-            known = ", ".join(sorted(self.studies)) or "none yet"
-            raise NotFound(f"no study {sid!r} (studies: {known}); list them with `hpodctl ls`")
-        return study
-
-    async def _ping(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return {
-            "pong": True,
-            "version": __version__,
-            "uptime": time.monotonic() - self.started_at,
-            "slots": self.pool.size,
-            "free_slots": self.pool.free,
-        }
-
-    async def _submit(self, peer: Peer, params: dict[str, Any]) -> Any:
-        if self.shutting_down:
-            raise ShuttingDown("the daemon is shutting down; submit again once it is back")
-        text = _param_str(params, "spec")
-        base_dir = Path(_param_str(params, "base_dir"))
-        spec = StudySpec.from_toml(text, base_dir=base_dir)
-        if not spec.workdir.is_dir():
-            raise SpecError(
-                [
-                    f"workdir: {spec.workdir} is not a folder; fix `workdir` (relative "
-                    "to the spec file)"
-                ]
-            )
-        engine = Study.new(spec)
-        seq = max((s.seq for s in self.studies.values()), default=0) + 1
-        seq = max(seq, self.store.next_study_seq())
-        sid = f"{spec.name}-{seq}"
-        now = time.time()
-        study = StudyRuntime(
-            id=sid,
-            seq=seq,
-            owner=peer.uid,
-            spec=spec,
-            engine=engine,
-            folder=self.state_dir / "studies" / sid,
-            created=now,
-        )
-        study.folder.mkdir(parents=True, exist_ok=True)
-        await self.store.insert_study(
-            StudyRow(
-                id=sid,
-                seq=seq,
-                name=spec.name,
-                owner_uid=peer.uid,
-                spec_toml=text,
-                base_dir=str(base_dir),
-                state=engine.state,
-                created_at=now,
-                ended_at=None,
-                end_reason=None,
-                elapsed=0.0,
-                compute=0.0,
-            )
-        )
-        self.studies[sid] = study
-        study.start_clock(time.monotonic())
-        assert self._trial_tg is not None
-        self._trial_tg.start_soon(self._watch_study, study)
-        log.info("study_submitted", study=sid, owner=peer.uid)
-        self.wake()
-        return {"study": sid, "name": spec.name}
-
-    async def _studies(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return [s.summary() for s in sorted(self.studies.values(), key=lambda s: s.seq)]
-
-    async def _study(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
-        out = study.summary()
-        out["spec"] = study.spec.to_dict()
-        out["running"] = sorted(study.runs)
-        out["rungs"] = study.engine.rung_occupancy()
-        clocks = study.clocks(time.monotonic())
-        out["elapsed"] = clocks.elapsed
-        out["compute"] = clocks.compute
-        out["limits"] = {
-            name: f"{u['used']:.4g} of {u['limit']:g} ({u['share']:.0%})"
-            for name, u in lim.usage(study.spec.limits, clocks).items()
-        }
-        out["failures"] = [
-            {
-                "trial": rec.trial_id,
-                "error": rec.error,
-                "stderr_tail": log_tail(self._trial_dir(study, rec.trial_id), "stderr", 20),
-            }
-            for rec in study.engine.records()
-            if rec.state is TrialState.FAILED
-        ]
-        return out
-
-    async def _trials(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
-        return [trial_view(study.engine, rec) for rec in study.engine.records()]
-
-    async def _best(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
-        view = best_view(study.id, study.engine.best())
-        if view is None:
-            raise NotFound(
-                f"study {study.id} has no result yet: no trial has reported "
-                f"{study.spec.objective.metric!r}"
-            )
-        return view
-
-    def _authorize(self, peer: Peer, study: StudyRuntime) -> None:
-        if peer.uid in (0, study.owner) or peer.uid in self.config.admins:
-            return
-        raise PermissionDenied(
-            f"study {study.id} belongs to uid {study.owner}; only its owner or root may change it"
-        )
-
-    async def _stop(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
-        self._authorize(peer, study)
-        if study.engine.state.is_final:
-            raise BadState(f"study {study.id} has already ended ({study.engine.state.value})")
-        study.engine.end(StudyState.STOPPED, f"stopped by uid {peer.uid}")
-        await self.store.update_study(
-            study.id, state=study.engine.state.value, end_reason=study.engine.end_reason
-        )
-        async with anyio.create_task_group() as tg:
-            for run in list(study.runs.values()):
-                tg.start_soon(self._stop_run, study, run)
-        await self._maybe_finish(study)
-        return {"study": study.id, "state": study.engine.state.value}
-
-    async def _wait(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
-        timeout = params.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-        ):
-            raise InvalidParams("parameter 'timeout' must be a number of seconds")
-        with anyio.move_on_after(timeout):
-            await study.done.wait()
-        return study.summary()
-
-    async def _logs(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
-        trial_id = _param_int(params, "trial")
-        study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
-        stream = params.get("stream", "stderr")
-        if stream not in ("stdout", "stderr"):
-            raise InvalidParams("parameter 'stream' must be 'stdout' or 'stderr'")
-        tail = params.get("tail", 50)
-        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 1:
-            raise InvalidParams("parameter 'tail' must be a positive integer")
-        return {"text": log_tail(self._trial_dir(study, trial_id), stream, tail)}
-
-    # -- trial methods ---------------------------------------------------------------------------
-
-    def _authenticate(self, params: Mapping[str, Any]) -> tuple[StudyRuntime, TrialRun]:
-        sid = _param_str(params, "study")
-        trial_id = _param_int(params, "trial")
-        token = params.get("token")
-        study = self.studies.get(sid)
-        run = study.runs.get(trial_id) if study is not None else None
-        if (
-            run is None
-            or not isinstance(token, str)
-            or not hmac.compare_digest(token.encode(), run.token.encode())
-        ):
-            # One answer for every mismatch, so a guesser learns nothing about which part was wrong.
-            raise TokenRejected(
-                f"no running trial {sid}/{trial_id} with that token; a trial reports with the "
-                "HPOD_TOKEN of its own run"
-            )
-        return study, run  # type: ignore[return-value]
-
-    async def _trial_report(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study, run = self._authenticate(params)
-        metrics = params.get("metrics")
-        if not isinstance(metrics, dict) or not metrics:
-            raise InvalidParams("parameter 'metrics' must be a non-empty object of name: number")
-        engine = study.engine
-        now = time.time()
-        force = Decision.STOP if (self.shutting_down or run.stopping) else None
-        outcome = engine.on_report(run.trial_id, metrics, now, force=force)
-        await self.store.add_report(
-            study.id,
-            run.trial_id,
-            engine.trials[run.trial_id].runs,
-            outcome.resource,
-            metrics,
-            outcome.decision.value,
-            now,
-            counted=outcome.counted,
-        )
-        if outcome.counted and outcome.resource > run.mark_resource:
-            mono = time.monotonic()
-            study.pace = study.pace.add(mono - run.mark_time, outcome.resource - run.mark_resource)
-            run.mark_time, run.mark_resource = mono, outcome.resource
-        if outcome.decision is not Decision.CONTINUE and not run.stopping:
-            assert self._trial_tg is not None
-            self._trial_tg.start_soon(self._enforce_decision, study, run)
-        return {"decision": outcome.decision.value}
-
-    async def _trial_oom(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study, run = self._authenticate(params)
-        await self.store.add_event(study.id, run.trial_id, "oom", {}, time.time())
-        return {"recorded": True}
