@@ -517,6 +517,17 @@ class Store:
         outcomes: list[BaseException | None] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if len(jobs) == 1:
+                # Alone in its batch, a job is its own transaction: no savepoint to pay for.
+                try:
+                    for op in jobs[0].ops:
+                        _execute(conn, op)
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    return [exc]
+                conn.execute("COMMIT")
+                self._commits += 1
+                return [None]
             for job in jobs:
                 conn.execute("SAVEPOINT job")
                 try:
