@@ -72,9 +72,24 @@ def main() -> int:
     conf = root / "hpod.toml"
     conf.write_text(f'durability = "{args.durability}"\n')
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "hpod", "serve", "--config", str(conf), "--socket", sock,
-         "--state-dir", str(state), "--cpu-slots", str(args.trials), "--log-format", "json",
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "hpod",
+            "serve",
+            "--config",
+            str(conf),
+            "--socket",
+            sock,
+            "--state-dir",
+            str(state),
+            "--cpu-slots",
+            str(args.trials),
+            "--log-format",
+            "json",
+            "--log-level",
+            "warning",
+        ],
         env=dict(env, NOTIFY_SOCKET=str(notify)),
     )
     try:
@@ -109,11 +124,15 @@ def main() -> int:
             lat.extend(int(x) / 1e6 for x in f.read_text().split())
         lat.sort()
         total = len(lat)
-        print(f"report round trip, {args.trials} trial processes reporting at once, "
-              f"durability={args.durability}, {args.interval_ms:g} ms between reports")
+        print(
+            f"report round trip, {args.trials} trial processes reporting at once, "
+            f"durability={args.durability}, {args.interval_ms:g} ms between reports"
+        )
         print(f"  reports: {total} in {wall:.2f} s ({total / wall:.0f}/s)")
-        print(f"  p50 {percentile(lat, 50):.3f} ms   p90 {percentile(lat, 90):.3f} ms   "
-              f"p99 {percentile(lat, 99):.3f} ms   max {lat[-1]:.3f} ms")
+        print(
+            f"  p50 {percentile(lat, 50):.3f} ms   p90 {percentile(lat, 90):.3f} ms   "
+            f"p99 {percentile(lat, 99):.3f} ms   max {lat[-1]:.3f} ms"
+        )
         print(f"  target p99 < 2 ms: {'met' if percentile(lat, 99) < 2.0 else 'NOT met'}")
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from hpod.benchmarks import BUILTIN, Benchmark, StepFn
+from hpod.core.schedulers import make_scheduler
+from hpod.core.searchers import Searcher
 from hpod.core.space import Config
 from hpod.core.spec import StudySpec
 from hpod.core.states import Decision
@@ -96,13 +98,16 @@ def simulate(
     true_value: Callable[[Mapping[str, Any]], float] | None = None,
     optimum: float | None = None,
     step_size: float = 1.0,
+    searcher: Searcher | None = None,
 ) -> SimResult:
     """Run one study on a benchmark until ``budget`` resource units are trained or it ends.
 
     The spec's searcher seed is replaced by ``seed``, which also seeds the benchmark's noise.
+    ``searcher`` replaces the spec's searcher (a benchmark that hands every method the same
+    configurations in the same order).
     """
     spec = dataclasses.replace(spec, searcher=dataclasses.replace(spec.searcher, seed=seed))
-    study = Study.new(spec)
+    study = Study.new(spec) if searcher is None else Study(spec, searcher, make_scheduler(spec))
     resource_key = spec.objective.resource
     now = 0.0
     used = 0.0

@@ -47,6 +47,23 @@ def test_resumed_trials_train_only_from_their_checkpoint() -> None:
     assert {e[3] for e in resumes} <= {1, 3, 9, 27}
 
 
+def test_a_given_searcher_decides_the_configurations() -> None:
+    # The quality benchmark hands every method the same configurations in the same order.
+    b = BUILTIN["curves-parallel"]
+    configs = [{"x": i / 1000, "y": 0.3, "z": 0.5} for i in range(1000)]
+    asked: list[int] = []
+
+    class Fixed:
+        def suggest(self, number: int, history: object) -> dict[str, float]:
+            asked.append(number)
+            return configs[number]
+
+    res = simulate(spec_for("curves-parallel", ASHA), b.step, budget=200, seed=3, searcher=Fixed())
+    assert asked == list(range(len(asked)))
+    assert res.trials == len(asked)
+    assert res.best_config in configs
+
+
 def test_asha_beats_random_search_on_hartmann3() -> None:
     b = BUILTIN["hartmann3"]
     kw = {"workers": 4, "budget": 1620, "true_value": b.true_value, "optimum": b.optimum}

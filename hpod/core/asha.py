@@ -8,8 +8,8 @@ found is resumed up to the next rung (or ``max_resource`` from the top rung). Wi
 configuration starts at the first rung of the bracket :func:`~hpod.core.rungs.pick_bracket` picks.
 
 Stopping type: a trial is launched to ``max_resource`` and, each time a report carries it past a
-rung, goes on only if it ranks among the best ``continue_quota(n, eta)`` of the n trials that have
-reached that rung so far; otherwise it is stopped.
+rung, goes on only if it ranks among the best ``continue_quota(n, eta)`` = ``max(1, floor(n/eta))``
+of the n trials that have reached that rung so far (itself included); otherwise it is stopped.
 
 No private state: a trial's rung results are its counted curve, and "promoted past a rung" is its
 ``max_resource`` above the rung, so a study rebuilt from the store decides the same.

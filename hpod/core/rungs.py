@@ -11,8 +11,9 @@ How many of the n trials that reached a rung are promoted (:func:`promotion_quot
 and, once the study can start no new trial (``max_trials`` reached, the grid exhausted), at least
 one, so the best configuration still reaches ``max_resource`` when the last rungs hold fewer than
 ``eta`` trials. With the stopping rung type a trial continues past a rung when its rank among the
-n trials that reached it so far (itself included) is below ``ceil(n / eta)``
-(:func:`continue_quota`): the first trial at a rung always continues.
+n trials that reached it so far (itself included) is below ``max(1, floor(n / eta))``
+(:func:`continue_quota`): the top 1/eta of the rung, as Li et al. 2020 state it (and as Optuna's
+SuccessiveHalvingPruner applies it), and the single best while the rung holds fewer than eta.
 
 Pure: no I/O, and everything is derived from the trials, so it holds after a restart.
 """
@@ -103,8 +104,9 @@ def promotion_quota(n: int, eta: float, *, final: bool = False) -> int:
 
 
 def continue_quota(n: int, eta: float) -> int:
-    """Stopping type: how many of the ``n`` trials seen at a rung go on past it: ceil(n/eta)."""
-    return math.ceil(n / eta - 1e-9)
+    """Stopping type: how many of the ``n`` trials seen at a rung go on past it: the top 1/eta,
+    floor(n/eta), and at least the best one, max(1, floor(n/eta))."""
+    return max(1, math.floor(n / eta + 1e-9)) if n > 0 else 0
 
 
 def reached(trial: _Curved, level: float) -> bool:
@@ -247,7 +249,8 @@ def preview(spec: StudySpec) -> dict[str, Any]:
             if k == 0:
                 seen = n
             elif s.rung_type is RungType.STOPPING:
-                # A trial's rank is taken against those before it, so about ceil(n/eta) go on.
+                # A trial's rank is taken against those before it (the first always goes on), so
+                # asynchronously a few more than this go on.
                 seen = continue_quota(rungs[-1]["trials"], eta)
             else:
                 seen = promotion_quota(rungs[-1]["trials"], eta, final=True)

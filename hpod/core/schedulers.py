@@ -126,6 +126,8 @@ def make_scheduler(spec: StudySpec) -> Scheduler:
     from hpod.errors import SpecError
 
     raise SpecError(
-        [f"scheduler.type: {kind.value!r} is not available in this build yet; "
-         "use 'fifo', 'asha', 'hyperband' or 'median'"]
+        [
+            f"scheduler.type: {kind.value!r} is not available in this build yet; "
+            "use 'fifo', 'asha', 'hyperband' or 'median'"
+        ]
     )

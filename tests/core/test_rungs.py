@@ -80,8 +80,9 @@ def test_levels_and_quotas() -> None:
     assert [promotion_quota(n, 3) for n in range(8)] == [0, 0, 0, 1, 1, 1, 2, 2]
     assert [promotion_quota(n, 3, final=True) for n in range(5)] == [0, 1, 1, 1, 1]
     assert [promotion_quota(n, 2.5) for n in (4, 5, 10)] == [1, 2, 4]
-    # Stopping: ceil(n / eta) of those seen go on.
-    assert [continue_quota(n, 3) for n in range(1, 8)] == [1, 1, 1, 2, 2, 2, 3]
+    # Stopping: the top 1/eta of those seen go on, floor(n / eta), and at least the best one
+    # (the rule of Li et al. 2020 and of Optuna's SuccessiveHalvingPruner; it was ceil(n / eta)).
+    assert [continue_quota(n, 3) for n in range(0, 8)] == [0, 1, 1, 1, 1, 1, 2, 2]
 
 
 def test_rung_levels_from_spec_list() -> None:
@@ -204,20 +205,21 @@ def test_global_mode_ranks_by_the_best_value_up_to_the_rung() -> None:
 def test_asha_stopping_continues_the_top_and_stops_the_rest(mode: str) -> None:
     k = sign(mode)
     study = Study.new(spec(ASHA + '\nrung_type = "stopping"', mode=mode))
-    launches = [launch(study) for _ in range(4)]
+    launches = [launch(study) for _ in range(5)]
     assert all(lv.max_resource == 9 for lv in launches)
     step = lambda tid, s, v: study.on_report(tid, {"step": s, "loss": k * v}, 0.0).decision  # noqa: E731
     assert step(0, 1, 0.5) is Decision.CONTINUE  # first at the rung: it goes on
-    assert step(1, 1, 0.2) is Decision.CONTINUE  # best of 2: ceil(2/3) = 1
+    assert step(1, 1, 0.2) is Decision.CONTINUE  # best of 2: max(1, floor(2/3)) = 1
     assert step(2, 1, 0.9) is Decision.STOP  # third of 3
-    assert step(3, 1, 0.3) is Decision.CONTINUE  # second of 4: ceil(4/3) = 2
+    assert step(3, 1, 0.3) is Decision.STOP  # second of 4: floor(4/3) = 1
+    assert step(4, 1, 0.1) is Decision.CONTINUE  # best of 5
     assert step(0, 2, 0.5) is Decision.CONTINUE  # between rungs
     assert step(0, 3, 0.5) is Decision.CONTINUE  # first at rung 3
-    assert step(1, 3, 0.6) is Decision.STOP  # worse than trial 0 at rung 3 (ceil(2/3) = 1)
+    assert step(1, 3, 0.6) is Decision.STOP  # worse than trial 0 at rung 3 (max(1, 0) = 1)
     study.on_exit(2, 0, 0.0)
     assert study.record(2).state is TrialState.STOPPED
     # A report that jumps over a rung is still judged at it.
-    assert step(3, 4, 0.99) is Decision.STOP
+    assert step(4, 4, 0.99) is Decision.STOP
 
 
 # -- Hyperband ------------------------------------------------------------------------------------
