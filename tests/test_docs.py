@@ -1,0 +1,26 @@
+"""The README's example spec is a spec hpod accepts: a newcomer copies it first."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hpod.core.spec import StudySpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_spec_example_is_valid() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README has no toml example"
+    spec = StudySpec.from_toml(blocks[0], base_dir=ROOT)
+    assert spec.scheduler.type == "asha"
+    assert spec.limits.optimization_time == 20 * 60
+
+
+def test_example_specs_are_valid() -> None:
+    specs = sorted((ROOT / "examples").glob("*/*.toml"))
+    assert len(specs) >= 4
+    for path in specs:
+        StudySpec.from_file(path)
