@@ -20,6 +20,7 @@ from typing import Any
 
 from hpod import wire
 from hpod.client import Client
+from hpod.core.durations import format_duration
 from hpod.errors import EXIT_STUDY_NOT_COMPLETED, HpodError
 
 _FINAL_TRIAL_STATES = ("completed", "stopped", "failed")
@@ -277,7 +278,7 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         return 0
     version = result.get("version", "?")
     uptime = result.get("uptime")
-    up = f", up {_fmt_duration(uptime)}" if isinstance(uptime, (int, float)) else ""
+    up = f", up {format_duration(uptime)}" if isinstance(uptime, (int, float)) else ""
     print(f"pong from hpod {version} on {path}{up}")
     return 0
 
@@ -309,7 +310,7 @@ def _print_report(r: Mapping[str, Any]) -> None:
     print(f"study     {_fmt(r.get('study'))}  {state}")
     elapsed, compute = r.get("elapsed"), r.get("compute")
     if isinstance(elapsed, (int, float)) and isinstance(compute, (int, float)):
-        print(f"elapsed   {_fmt_duration(elapsed)}, compute {_fmt_duration(compute)} x device")
+        print(f"elapsed   {format_duration(elapsed)}, compute {format_duration(compute)} x device")
     limits = r.get("limits")
     if isinstance(limits, Mapping):
         for name, u in limits.items():
@@ -599,17 +600,6 @@ def _fmt_time(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _dt.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
     return _fmt(value)
-
-
-def _fmt_duration(seconds: float) -> str:
-    total = int(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{seconds:.1f}s"
 
 
 if __name__ == "__main__":

@@ -21,26 +21,13 @@ Pure: no I/O, and everything is derived from the trials, so it holds after a res
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hpod.core.objective import Objective
+    from hpod.core.schedulers import TrialView
     from hpod.core.spec import SchedulerSpec, StudySpec
-    from hpod.core.states import TrialState
-
-
-class _Curved(Protocol):
-    @property
-    def trial_id(self) -> int: ...
-    @property
-    def state(self) -> TrialState: ...
-    @property
-    def bracket(self) -> int: ...
-    @property
-    def max_resource(self) -> float: ...
-    @property
-    def curve(self) -> Mapping[float, float]: ...
 
 
 def default_levels(min_resource: float, max_resource: float, eta: float) -> tuple[float, ...]:
@@ -109,12 +96,12 @@ def continue_quota(n: int, eta: float) -> int:
     return max(1, math.floor(n / eta + 1e-9)) if n > 0 else 0
 
 
-def reached(trial: _Curved, level: float) -> bool:
+def reached(trial: TrialView, level: float) -> bool:
     """Whether a trial has a counted report at or past ``level``."""
     return any(r >= level for r in trial.curve)
 
 
-def rung_value(objective: Objective, trial: _Curved, level: float) -> float:
+def rung_value(objective: Objective, trial: TrialView, level: float) -> float:
     """The value a trial ranks by at a rung: over its counted reports up to the level (the last
     one for min/max, the best one for ``*_global``). A trial that jumped over the level ranks by
     its first report past it too: that is what it had when it got there."""
@@ -128,7 +115,7 @@ def rung_value(objective: Objective, trial: _Curved, level: float) -> float:
     return objective.summary(values)
 
 
-def ranked(objective: Objective, trials: Sequence[_Curved], level: float) -> list[_Curved]:
+def ranked(objective: Objective, trials: Sequence[TrialView], level: float) -> list[TrialView]:
     """The trials that reached ``level``, best first (NaN last, ties to the older trial)."""
     at = [t for t in trials if reached(t, level)]
     return sorted(
@@ -136,7 +123,7 @@ def ranked(objective: Objective, trials: Sequence[_Curved], level: float) -> lis
     )
 
 
-def occupancy(spec: StudySpec, trials: Sequence[_Curved]) -> list[dict[str, Any]]:
+def occupancy(spec: StudySpec, trials: Sequence[TrialView]) -> list[dict[str, Any]]:
     """Each bracket's rungs: how many trials reached each, run toward it, wait paused at it, and
     were promoted past it. Empty for schedulers without rungs."""
     from hpod.core.spec import SchedulerType
