@@ -1,5 +1,7 @@
 #!/bin/sh
 # bench/quality.py in its own environment: Optuna is the benchmark's dependency, not hpod's.
+# Syne Tune's rows run in a second one (bench/run-syne.sh); if it cannot be made, quality.py says so
+# and leaves those rows out.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 venv="$here/.venv-quality"
@@ -7,4 +9,5 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet -e "$here/.." optuna
 fi
+sh "$here/run-syne.sh" --setup || echo "run-quality.sh: could not make bench/.venv-syne" >&2
 exec "$venv/bin/python" "$here/quality.py" "$@"

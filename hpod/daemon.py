@@ -33,6 +33,7 @@ from hpod.errors import (
     HpodError,
     SpecError,
 )
+from hpod.fitter import Fitter
 from hpod.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
 from hpod.methods import Methods
 from hpod.reports import build_report, report_summary, write_report
@@ -67,6 +68,8 @@ class Daemon:
         self.shutting_down = False
         self.trial_tg: anyio.abc.TaskGroup | None = None
         self._rotation = 0
+        # Model fits for BO and DyHPO studies, in a worker process: never on this loop.
+        self.fitter = Fitter(self.wake)
 
     @property
     def store(self) -> Store:
@@ -93,6 +96,7 @@ class Daemon:
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_signals)
+                tg.start_soon(self.fitter.run)
                 async with listener:
                     tg.start_soon(listener.serve, server.handle)
                     async with anyio.create_task_group() as trial_tg:
@@ -260,6 +264,7 @@ class Daemon:
                 study.done.set()
             elif engine.state is StudyState.RUNNING:
                 study.start_clock(time.monotonic())
+                study.fit_stats = self.fitter.add(row.id, engine)
             self.studies[row.id] = study
             again = engine.counts()[TrialState.INTERRUPTED.value]
             log.info(
@@ -353,7 +358,9 @@ class Daemon:
                 active,
                 key=lambda s: ((len(s.runs) + 1) / max(s.spec.priority, 1e-3), s.launch_order),
             )
+            started = time.perf_counter()
             launch = study.engine.next_launch(time.time())
+            study.fit_stats.decide_seconds.append(time.perf_counter() - started)
             if launch is None:
                 passed.add(study.id)
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,6 +104,10 @@ class Methods:
             "uptime": time.monotonic() - self.d.started_at,
             "slots": self.d.pool.size,
             "free_slots": self.d.pool.free,
+            # Whether this process has imported torch: it never should (model fits run in the
+            # worker process); the torch-free test reads it.
+            "torch_loaded": "torch" in sys.modules,
+            "fit_workers_started": self.d.fitter.worker.started,
         }
 
     async def _submit(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -151,6 +156,7 @@ class Methods:
         )
         self.d.studies[sid] = study
         study.start_clock(time.monotonic())
+        study.fit_stats = self.d.fitter.add(sid, engine)
         assert self.d.trial_tg is not None
         self.d.trial_tg.start_soon(self.d.watch_study, study)
         log.info("study_submitted", study=sid, owner=peer.uid)
@@ -166,6 +172,7 @@ class Methods:
         out["spec"] = study.spec.to_dict()
         out["running"] = sorted(study.runs)
         out["rungs"] = study.engine.rung_occupancy()
+        out["decisions"] = study.fit_stats.view(study.engine.decisions)
         clocks = study.clocks(time.monotonic())
         out["elapsed"] = clocks.elapsed
         out["compute"] = clocks.compute
@@ -282,6 +289,8 @@ class Methods:
             now,
             counted=outcome.counted,
         )
+        if outcome.counted and study.id in self.d.fitter.studies:
+            self.d.fitter.poke()  # an event only: the fitter looks later, off this path
         if outcome.counted and outcome.resource > run.mark_resource:
             mono = time.monotonic()
             study.pace = study.pace.add(mono - run.mark_time, outcome.resource - run.mark_resource)

@@ -11,6 +11,7 @@ import anyio
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.study import Launch, Study
+from hpod.fitter import FitStats
 from hpod.runner import TrialProcess
 from hpod.slots import Slot
 from hpod.views import summary_view
@@ -64,6 +65,8 @@ class StudyRuntime:
     poke: anyio.Event = field(default_factory=anyio.Event)
     pruned: set[int] = field(default_factory=set)
     launch_order: int = 0
+    # How its decisions were made and how long they and its model fits took (hpodctl show).
+    fit_stats: FitStats = field(default_factory=FitStats)
 
     def summary(self) -> dict[str, Any]:
         return summary_view(

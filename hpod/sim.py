@@ -22,12 +22,14 @@ import importlib.util
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpod.benchmarks import BUILTIN, Benchmark, StepFn
+from hpod.core.models import fit
 from hpod.core.schedulers import make_scheduler
 from hpod.core.searchers import Searcher
 from hpod.core.space import Config
@@ -58,12 +60,17 @@ class SimResult:
     sim_seconds: float
     trace: tuple[tuple[Any, ...], ...] = ()
     history: tuple[Point, ...] = field(default=(), repr=False)
+    # Wall-clock seconds of each launch decision (fits excluded) and of each model fit: how long
+    # the daemon would take to decide, and to fit off its loop. Not part of the trace.
+    decision_seconds: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    fit_seconds: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    decisions: Mapping[str, int] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("trace", "history")
+            if f.name not in ("trace", "history", "decision_seconds", "fit_seconds", "decisions")
         }
         # JSON has no NaN: a diverged best is reported as null.
         return {
@@ -126,9 +133,24 @@ def simulate(
         heapq.heappush(events, (now + float(seconds), seq, job, report))
         seq += 1
 
+    decision_seconds: list[float] = []
+    fit_seconds: list[float] = []
+
     while True:
         while free > 0 and used < budget:
+            # A model-based study's fit happens here, at once: the daemon runs it in a worker
+            # and decides meanwhile with the last model, but the simulator must give the same
+            # trace for the same seed whatever the machine's speed.
+            request = study.wants_fit()
+            if request is not None:
+                started = time.perf_counter()
+                model = fit(request)
+                fit_seconds.append(time.perf_counter() - started)
+                study.install(request, model)
+                trace.append((round(now, 9), "fit", request.key))
+            started = time.perf_counter()
             launch = study.next_launch(now)
+            decision_seconds.append(time.perf_counter() - started)
             if launch is None:
                 break
             free -= 1
@@ -172,6 +194,9 @@ def simulate(
         sim_seconds=now,
         trace=tuple(trace),
         history=tuple(history),
+        decision_seconds=tuple(decision_seconds),
+        fit_seconds=tuple(fit_seconds),
+        decisions=study.decisions,
     )
 
 

@@ -189,12 +189,42 @@ def _cmd_show(args: argparse.Namespace) -> int:
     rungs = detail.get("rungs") or []
     if rungs:
         _print_rungs(rungs)
+    decisions = detail.get("decisions")
+    if isinstance(decisions, Mapping):
+        print(_render_decisions(decisions))
     failures = detail.get("failures") or []
     if failures:
         print(f"failures ({len(failures)}):")
         for failure in failures:
             _print_failure(failure)
     return 0
+
+
+def _render_decisions(d: Mapping[str, Any]) -> str:
+    """How a study's launches were decided, and what its model fits and decisions cost."""
+    parts = [
+        f"{d.get('asha_promotions', 0)} ASHA promotions",
+        f"{d.get('model_promotions', 0)} model promotions",
+        f"{d.get('random_starts', 0)} random starts",
+        f"{d.get('model_starts', 0)} model starts",
+    ]
+    lines = ["decisions: " + ", ".join(parts)]
+    fits = f"  fits: {d.get('fits', 0)}"
+    spread = d.get("fit_seconds")
+    if isinstance(spread, Mapping):
+        fits += f" (median {spread['median']:.3g} s, max {spread['max']:.3g} s)"
+    if d.get("fitting"):
+        fits += ", one running now"
+    if d.get("fit_errors"):
+        fits += f", {d['fit_errors']} failed (last: {d.get('last_fit_error')})"
+    lines.append(fits)
+    decide = d.get("decide_seconds")
+    if isinstance(decide, Mapping):
+        lines.append(
+            f"  decision time: median {decide['median'] * 1000:.3g} ms, "
+            f"max {decide['max'] * 1000:.3g} ms over {decide['count']}"
+        )
+    return "\n".join(lines)
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from hpod.core.states import Decision, TrialState
 
 if TYPE_CHECKING:
     from hpod.core.objective import Objective
+    from hpod.core.space import Config
     from hpod.core.spec import StudySpec
 
 
@@ -31,6 +32,8 @@ class TrialView(Protocol):
     def resume_from(self) -> float: ...
     @property
     def max_resource(self) -> float: ...
+    @property
+    def config(self) -> Config: ...
     @property
     def curve(self) -> Mapping[float, float]:
         """Counted objective values by resource level, in increasing resource order."""
@@ -53,18 +56,26 @@ class StudyView(Protocol):
 
 @dataclass(frozen=True)
 class NewTrial:
-    """Start a new configuration, to run up to ``max_resource`` (its first rung)."""
+    """Start a new configuration, to run up to ``max_resource`` (its first rung).
+
+    ``config``: the configuration, when the scheduler chose it (DyHPO); None asks the searcher.
+    ``how``: how it was chosen, for the study's decision counts ("random", "model")."""
 
     max_resource: float
     bracket: int = 0
+    config: Config | None = None
+    how: str = "random"
 
 
 @dataclass(frozen=True)
 class Promote:
-    """Resume a paused trial from where it paused, up to ``max_resource`` (its next rung)."""
+    """Resume a paused trial from where it paused, up to ``max_resource`` (its next rung).
+
+    ``how``: by the rung rule ("asha") or by a model's score ("model")."""
 
     trial_id: int
     max_resource: float
+    how: str = "asha"
 
 
 Plan = NewTrial | Promote
@@ -121,13 +132,17 @@ def make_scheduler(spec: StudySpec) -> Scheduler:
         )
     if kind is SchedulerType.MEDIAN:
         return MedianStoppingScheduler(s.max_resource, s.grace_period, s.min_trials)
-    # DyHPO arrives with its own issue; until then a spec that asks for it is refused at submit
-    # rather than silently run as something else.
-    from hpod.errors import SpecError
+    assert kind is SchedulerType.DYHPO
+    from hpod.core.dyhpo import DyHPOScheduler
 
-    raise SpecError(
-        [
-            f"scheduler.type: {kind.value!r} is not available in this build yet; "
-            "use 'fifo', 'asha', 'hyperband' or 'median'"
-        ]
+    return DyHPOScheduler(
+        spec.space,
+        rung_levels(s),
+        s.max_resource,
+        s.reduction_factor,
+        probability_sh=s.probability_sh,
+        seed=spec.searcher.seed,
+        maximize=spec.objective.maximize,
+        min_points=spec.searcher.num_init_trials,
+        options=s.options,
     )

@@ -19,7 +19,10 @@ from hpod.core.spec import SearcherType, StudySpec
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One reported objective value of one configuration at one resource level."""
+    """One reported objective value of one configuration at one resource level.
+
+    ``resource`` 0 with a NaN ``value`` only says that the configuration was launched and has
+    reported nothing yet: a model-based searcher counts it as pending."""
 
     config: Mapping[str, ParamValue]
     resource: float
@@ -47,6 +50,18 @@ def _same(a: Mapping[str, ParamValue], b: Mapping[str, ParamValue]) -> bool:
 
 def _both_numbers(x: object, y: object) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in (x, y))
+
+
+def config_key(config: Mapping[str, ParamValue]) -> tuple[tuple[str, str, object], ...]:
+    """A hashable key that is equal for the same point (64 and 64.0 alike, as in ``_same``)."""
+    out: list[tuple[str, str, object]] = []
+    for key in sorted(config):
+        v = config[key]
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out.append((key, "n", float(v)))
+        else:
+            out.append((key, type(v).__name__, v))
+    return tuple(out)
 
 
 class RandomSearcher:
@@ -102,6 +117,20 @@ def make_searcher(spec: StudySpec) -> Searcher:
     s = spec.searcher
     if s.type is SearcherType.GRID:
         return GridSearcher(spec.space, s.grid_points, s.points_to_evaluate)
-    # bo and dyhpo: random until the model-based searchers land (their issue replaces this);
-    # points_to_evaluate and the seed already behave as they will there.
+    if s.type is SearcherType.BO:
+        from hpod.core.bo import BOSearcher
+
+        return BOSearcher(
+            spec.space,
+            s.seed,
+            s.points_to_evaluate,
+            maximize=spec.objective.maximize,
+            num_init_trials=s.num_init_trials,
+            acquisition=s.acquisition,
+            kappa=s.kappa,
+            kappa_decay=s.kappa_decay,
+            kappa_decay_delay=s.kappa_decay_delay,
+        )
+    # random, and dyhpo: the DyHPO scheduler picks its new configurations itself and hands them
+    # over with its plan; this one stands in while it has no model.
     return RandomSearcher(spec.space, s.seed, s.points_to_evaluate)

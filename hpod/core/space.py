@@ -518,6 +518,41 @@ class SearchSpace:
             out.extend(p.encode(config[p.name]))
         return np.asarray(out, dtype=np.float64)
 
+    def sample_encoded(self, rng: np.random.Generator, n: int) -> np.ndarray[Any, Any]:
+        """``n`` random points, already encoded (rows of ``dim`` numbers), distributed as
+        :meth:`sample` draws them but not the same draws: vectorized, for a model-based searcher's
+        candidates, of which only the chosen one is decoded."""
+        return self.snap(rng.random((n, self.dim)))
+
+    def snap(self, points: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Encoded points moved onto what a configuration can encode to: a one-hot per
+        ``choice`` (its largest entry), quantized parameters onto their lattice. Vectorized; the
+        same as ``encode(decode(row))`` for each row, up to float rounding."""
+        out = np.clip(np.array(points, dtype=np.float64), 0.0, 1.0)
+        i = 0
+        for p in self.params:
+            n = p.encoded_len
+            if p.type is ParamType.CHOICE:
+                hot = np.argmax(out[:, i : i + n], axis=1)
+                out[:, i : i + n] = 0.0
+                out[np.arange(len(out)), i + hot] = 1.0
+            elif p.type.is_quantized:
+                assert p.step is not None
+                u = out[:, i]
+                if p.type.is_log:
+                    lo, hi = math.log(p.low), math.log(p.high)
+                    value = np.exp(lo + u * (hi - lo))
+                else:
+                    value = p.low + u * (p.high - p.low)
+                k = np.clip(np.round((value - p.low) / p.step), 0, p._levels - 1)
+                value = np.clip(p.low + k * p.step, p.low, p.high)
+                if p.type.is_log:
+                    out[:, i] = (np.log(value) - lo) / (hi - lo)
+                else:
+                    out[:, i] = (value - p.low) / (p.high - p.low)
+            i += n
+        return out
+
     def decode(self, vector: Sequence[float] | np.ndarray[Any, Any]) -> Config:
         values = np.asarray(vector, dtype=np.float64).ravel()
         if values.shape[0] != self.dim:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpod.core.models import FitRequest
 from hpod.core.objective import Objective
 from hpod.core.rungs import occupancy
 from hpod.core.schedulers import NewTrial, Promote, Scheduler, make_scheduler, ranking_value
@@ -118,6 +119,12 @@ class Study:
         self._exhausted = False
         self.state = StudyState.RUNNING
         self.end_reason: str | None = None
+        # How the launches were decided, by kind (see ``decisions``): counted since this Study
+        # object was made, not restored.
+        self._decisions: dict[str, int] = {}
+        # Bumped by every counted report and every launch: a model is stale only if it moved.
+        self._version = 0
+        self._fit_checked = -1
 
     # -- construction ------------------------------------------------------------------------
 
@@ -200,13 +207,19 @@ class Study:
                 if t.state is not TrialState.PAUSED:
                     raise BadState(f"scheduler promoted trial {t.trial_id}, which is {t.state}")
                 t.max_resource = plan.max_resource
+                self._count(f"{plan.how}_promotions")
                 return self._launch(t, fresh=False)
             assert isinstance(plan, NewTrial)
-            config = self._searcher.suggest(len(self._trials), self._observations())
+            how = plan.how
+            config: Config | None = plan.config
+            if config is None:
+                config = self._searcher.suggest(len(self._trials), self._observations())
+                how = getattr(self._searcher, "last_how", "random")
             if config is None:
                 # The searcher has nothing left (a finished grid); ask again for a promotion.
                 self._exhausted = True
                 continue
+            self._count(f"{how}_starts")
             t = _Trial(
                 trial_id=len(self._trials),
                 config=config,
@@ -217,7 +230,49 @@ class Study:
             self._trials.append(t)
             return self._launch(t, fresh=True)
 
+    def _count(self, kind: str) -> None:
+        self._decisions[kind] = self._decisions.get(kind, 0) + 1
+
+    @property
+    def decisions(self) -> dict[str, int]:
+        """Launches by how they were decided: ``asha_promotions``, ``model_promotions``,
+        ``random_starts``, ``model_starts`` (a resumed interrupted trial is none of them)."""
+        return dict(self._decisions)
+
+    @property
+    def modeled(self) -> bool:
+        """Whether the searcher or the scheduler decides with a fitted model."""
+        return any(hasattr(c, "wants_fit") for c in (self._scheduler, self._searcher))
+
+    def wants_fit(self) -> FitRequest | None:
+        """A model to fit for the next decisions, or None (no model-based component, nothing new
+        since the last request, or too little data). Cheap when nothing changed; the shell fits
+        the request with :func:`hpod.core.models.fit` wherever it likes and hands the model back
+        with :meth:`install`."""
+        if self._version == self._fit_checked:
+            return None
+        self._fit_checked = self._version
+        scheduler_fit = getattr(self._scheduler, "wants_fit", None)
+        if scheduler_fit is not None:
+            req: FitRequest | None = scheduler_fit(self)
+            if req is not None:
+                return req
+        searcher_fit = getattr(self._searcher, "wants_fit", None)
+        if searcher_fit is not None:
+            req = searcher_fit(self._observations())
+            return req
+        return None
+
+    def install(self, request: FitRequest, model: Any) -> None:
+        """Decide with ``model`` (``fit(request)``) from now on."""
+        # The scheduler asks first in wants_fit; a request's key names whose it is.
+        component: object = self._scheduler if request.key[0] == "dyhpo" else self._searcher
+        install = getattr(component, "install", None)
+        if install is not None:
+            install(request, model)
+
     def _launch(self, t: _Trial, *, fresh: bool) -> Launch:
+        self._version += 1
         t.move(TrialState.RUNNING)
         # A resumed trial starts from the highest level it reported: its checkpoint's level.
         t.resume_from = 0.0 if fresh else t.last_resource
@@ -227,7 +282,13 @@ class Study:
         return Launch(t.trial_id, dict(t.config), t.resume_from, t.max_resource, fresh)
 
     def _observations(self) -> list[Observation]:
-        return [Observation(dict(t.config), r, v) for t in self._trials for r, v in t.curve.items()]
+        out = []
+        for t in self._trials:
+            if not t.curve:
+                # Launched, nothing counted yet: a model-based searcher treats it as pending.
+                out.append(Observation(dict(t.config), 0.0, math.nan))
+            out.extend(Observation(dict(t.config), r, v) for r, v in t.curve.items())
+        return out
 
     # -- reports and exits ---------------------------------------------------------------------
 
@@ -275,6 +336,7 @@ class Study:
             )
             out_of_order = bool(t.curve) and resource < next(reversed(t.curve))
             t.curve[resource] = value
+            self._version += 1
             if out_of_order:
                 # Keep the curve in resource order; reports nearly always arrive in order.
                 t.curve = dict(sorted(t.curve.items()))
@@ -367,6 +429,10 @@ class Study:
         if self.state is not StudyState.RUNNING:
             return True
         if any(t.state in (TrialState.INTERRUPTED, TrialState.PENDING) for t in self._trials):
+            return False
+        if self._can_start_new():
+            # Every scheduler starts a new trial when it may; asking a model-based one to plan
+            # would only spend a scoring round.
             return False
         return self._scheduler.next(self, can_start_new=self._can_start_new()) is None
 

@@ -302,12 +302,16 @@ def test_median_waits_for_min_trials() -> None:
     assert study.on_report(1, {"step": 1, "loss": 9.0}, 0.0).decision is Decision.CONTINUE
 
 
-def test_dyhpo_is_refused_clearly() -> None:
+def test_dyhpo_runs_on_the_same_rungs() -> None:
+    from hpod.core.dyhpo import DyHPOScheduler
+
     text = SPEC.format(
         mode="min", scheduler='type = "dyhpo"\nmax_resource = 9', max_trials=3
     ).replace('type = "grid"', 'type = "dyhpo"')
-    with pytest.raises(SpecError, match="'dyhpo' is not available in this build yet"):
-        Study.new(StudySpec.from_toml(text, base_dir=Path("/tmp")))
+    study = Study.new(StudySpec.from_toml(text, base_dir=Path("/tmp")))
+    sched = study._scheduler
+    assert isinstance(sched, DyHPOScheduler)
+    assert sched.rungs == (1.0, 3.0, 9.0)
 
 
 # -- restore -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from hpod.core.bo import BOSearcher
 from hpod.core.searchers import GridSearcher, Observation, RandomSearcher, make_searcher
 from hpod.core.space import Param, SearchSpace
 from hpod.core.spec import StudySpec
@@ -103,7 +104,7 @@ grid_points = 3
     [
         ("asha", "random", RandomSearcher),
         ("fifo", "grid", GridSearcher),
-        ("hyperband", "bo", RandomSearcher),
+        ("hyperband", "bo", BOSearcher),  # random (the same draws) until it has a model
         ("dyhpo", "dyhpo", RandomSearcher),
     ],
 )

@@ -2,7 +2,8 @@
 
 It appends every acknowledged report to ``acked.log`` in its trial folder, so a test can check that
 no acknowledged report is missing from the store. ``crash = true`` fails it on purpose, ``delay``
-slows each step, and ``hang = true`` makes it ignore SIGTERM after its first report. It also
+slows each step, ``gate = N`` holds trials N and up until the test opens the gate, and
+``hang = true`` makes it ignore SIGTERM after its first report. It also
 appends each step it trains, and each resume with the level its checkpoint holds, to
 ``trained.log``, so a test can check that a promoted trial resumed from its checkpoint and trained
 no step twice.
@@ -36,6 +37,12 @@ def on_term(signum: int, frame: object) -> None:
 
 
 signal.signal(signal.SIGTERM, on_term)
+# ``gate = N``: trials N and up wait for the file ``go`` in the study's folder, which a test
+# creates once the daemon has done what the test waits for (a model fitted).
+if cfg.get("gate") is not None and trial.trial_id() >= int(cfg["gate"]):
+    go = Path(os.environ["HPOD_TRIAL_DIR"]).parent.parent / "go"
+    while not go.exists():
+        time.sleep(0.005)
 trained = Path(os.environ["HPOD_TRIAL_DIR"]) / "trained.log"
 if trial.resume_from():
     saved = json.loads(ckpt.read_text())["step"] if ckpt.exists() else None

@@ -1,0 +1,328 @@
+"""DyHPO (Wistuba, Kadra, Grabocka, NeurIPS 2022): at every free slot, resume a paused trial for one
+more rung or start a new configuration, whichever has the larger expected improvement.
+
+With probability ``probability_sh`` the ASHA promotion rule is tried first (as Syne Tune's DyHPO
+does): a trial within its rung's quota is resumed without asking the model. Otherwise every paused
+trial is scored at its next rung, and ``n_candidates`` random new configurations at the first rung,
+by the expected improvement over the best value seen at that level, under the paper's deep-kernel
+GP: an MLP over (configuration, budget), a small 1-D convolution over the learning curve so far,
+their features into a GP with an RBF kernel, all trained jointly on the marginal likelihood.
+
+The model is fitted off the decision path (:mod:`hpod.core.models`): ``wants_fit`` hands out the
+training set (one row per trial and rung it reached: its configuration, the rung, its curve below
+the rung, its value at the rung), :func:`hpod.dyhpo_model.fit_deep_kernel` trains it in torch,
+in whichever process runs the fit, and returns plain numpy weights (:class:`DeepKernel`). Scoring
+here is numpy only, so deciding never imports torch. While no model is installed the scheduler is
+ASHA (promotion type). Once the study may start no new trial the ASHA rule (final quotas) decides
+alone, so a study with ``max_trials`` ends the way ASHA's does instead of resuming every paused
+trial to ``max_resource``.
+
+Deterministic: the coin and the candidates are drawn from (seed, the number of trials, the
+resources launched so far), all of which a restored study has.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import linalg
+
+from hpod.core.asha import RungScheduler
+from hpod.core.gp import Array, expected_improvement
+from hpod.core.models import FitRequest, refit_due
+from hpod.core.schedulers import NewTrial, Plan, Promote, StudyView, TrialView
+from hpod.core.space import SearchSpace
+from hpod.core.states import Decision, TrialState
+
+CURVE_LEN = 32  # the curve the convolution sees, resampled onto this many resource points
+N_CANDIDATES = 256
+
+
+class Surrogate(Protocol):
+    """What scoring needs of a model: predictions for encoded inputs, in standardized loss."""
+
+    def predict(self, x: Array, budget: Array, curve: Array) -> tuple[Array, Array]: ...
+
+    @property
+    def y_mean(self) -> float: ...
+    @property
+    def y_std(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class DeepKernel:
+    """A fitted deep-kernel GP as numpy arrays: the feature network's weights, the GP's
+    hyperparameters, and the training features' factors."""
+
+    w1: Array
+    b1: Array
+    w2: Array
+    b2: Array
+    wc: Array  # (channels out, 2, width): the curve convolution over (value, mask)
+    bc: Array
+    w3: Array
+    b3: Array
+    lengthscale: float
+    signal: float
+    noise: float
+    mean: float
+    y_mean: float  # targets were standardized with these
+    y_std: float
+    train_z: Array  # the training features
+    chol: Array
+    alpha: Array
+
+    def features(self, x: Array, budget: Array, curve: Array) -> Array:
+        return features(self, x, budget, curve)
+
+    def predict(self, x: Array, budget: Array, curve: Array) -> tuple[Array, Array]:
+        """Mean and variance of the standardized loss at each input."""
+        z = self.features(x, budget, curve)
+        ks = rbf(z, self.train_z, self.lengthscale, self.signal)
+        mu = self.mean + ks @ self.alpha
+        v = linalg.solve_triangular(self.chol, ks.T, lower=True)
+        var = np.maximum(self.signal - (v * v).sum(0), 1e-12)
+        return mu, var
+
+
+class _Weights(Protocol):
+    @property
+    def w1(self) -> Array: ...
+    @property
+    def b1(self) -> Array: ...
+    @property
+    def w2(self) -> Array: ...
+    @property
+    def b2(self) -> Array: ...
+    @property
+    def wc(self) -> Array: ...
+    @property
+    def bc(self) -> Array: ...
+    @property
+    def w3(self) -> Array: ...
+    @property
+    def b3(self) -> Array: ...
+
+
+def features(w: _Weights, x: Array, budget: Array, curve: Array) -> Array:
+    """The feature network, in numpy; :mod:`hpod.dyhpo_model` is the same network in torch."""
+    u = np.concatenate([x, budget[:, None]], axis=1)
+    h = np.maximum(u @ w.w1.T + w.b1, 0.0)
+    h = np.maximum(h @ w.w2.T + w.b2, 0.0)
+    windows = sliding_window_view(curve, w.wc.shape[2], axis=2)  # (m, 2, T, width)
+    conv = np.einsum("mctk,ock->mot", windows, w.wc) + w.bc[None, :, None]
+    pooled = np.maximum(conv, 0.0).max(axis=2)
+    out: Array = np.concatenate([h, pooled], axis=1) @ w.w3.T + w.b3
+    return out
+
+
+def rbf(a: Array, b: Array, lengthscale: float, signal: float) -> Array:
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    out: Array = signal * np.exp(-0.5 * np.maximum(d2, 0.0) / lengthscale**2)
+    return out
+
+
+def curve_input(
+    curve: Mapping[float, float],
+    below: float,
+    max_resource: float,
+    lo: float,
+    span: float,
+    maximize: bool,
+) -> Array:
+    """The (value, mask) channels the convolution sees: the losses reported strictly below
+    ``below``, normalized to [0, 1] by the study's range, at CURVE_LEN resource points spread up
+    to ``max_resource`` (each point takes the last report at or under it)."""
+    out = np.zeros((2, CURVE_LEN))
+    points = [(r, -v if maximize else v) for r, v in curve.items() if r < below]
+    if not points:
+        return out
+    k = 0
+    last: float | None = None
+    for i in range(CURVE_LEN):
+        at = max_resource * (i + 1) / CURVE_LEN
+        while k < len(points) and points[k][0] <= at + 1e-9:
+            last = points[k][1]
+            k += 1
+        if last is not None and at < below + 1e-9:
+            value = (last - lo) / span if math.isfinite(last) else 1.0
+            out[0, i] = min(max(value, 0.0), 1.0)
+            out[1, i] = 1.0
+    return out
+
+
+@dataclass(frozen=True)
+class _Row:
+    x: Array
+    level: float
+    curve: Mapping[float, float]
+    loss: float
+
+
+class DyHPOScheduler:
+    """See the module's docstring."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        levels: Sequence[float],
+        max_resource: float,
+        eta: float,
+        *,
+        probability_sh: float = 0.25,
+        seed: int = 0,
+        maximize: bool = False,
+        min_points: int = 5,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        opts = dict(options or {})
+        self.space = space
+        self.asha = RungScheduler(levels, max_resource, eta, promotion=True)
+        self.rungs = self.asha.rungs_of(0)  # the levels, then max_resource
+        self.max_resource = float(max_resource)
+        self.probability_sh = probability_sh
+        self.seed = seed
+        self.maximize = maximize
+        self.min_points = max(2, min_points)
+        self.n_candidates = int(opts.get("candidates", N_CANDIDATES))
+        self.fit_iterations = int(opts.get("fit_iterations", 300))
+        self.model: Surrogate | None = None
+        self._rows: dict[tuple[int, float], _Row] = {}
+        self._asked = 0  # training rows in the last request
+
+    # -- reports ----------------------------------------------------------------------------------
+
+    def on_report(self, study: StudyView, trial: TrialView, resource: float) -> Decision:
+        # The study pauses a trial at its launch's max_resource (a rung): nothing to add.
+        return Decision.CONTINUE
+
+    # -- fits -------------------------------------------------------------------------------------
+
+    def _training_rows(self, study: StudyView) -> list[_Row]:
+        # A trial's curve below a rung it reached never changes again (reports past a pause are
+        # not counted), so each (trial, rung) row is built once.
+        for t in study.trials:
+            if not t.curve:
+                continue
+            top = t.last_resource
+            for level in self.rungs:
+                if level > top:
+                    break
+                key = (t.trial_id, level)
+                if key in self._rows:
+                    continue
+                upto = [v for r, v in t.curve.items() if r <= level]
+                if not upto:
+                    continue
+                value = study.objective.summary(upto)
+                self._rows[key] = _Row(
+                    self.space.encode(_config_of(t)),
+                    level,
+                    {r: v for r, v in t.curve.items() if r < level},
+                    -value if self.maximize else value,
+                )
+        return [self._rows[k] for k in sorted(self._rows)]
+
+    def _scale(self, rows: Sequence[_Row]) -> tuple[float, float]:
+        finite = [r.loss for r in rows if math.isfinite(r.loss)]
+        lo = min(finite, default=0.0)
+        hi = max(finite, default=1.0)
+        return lo, max(hi - lo, 1e-12)
+
+    def wants_fit(self, study: StudyView) -> FitRequest | None:
+        rows = self._training_rows(study)
+        n = len(rows)
+        if n < self.min_points or not refit_due(n, self._asked):
+            return None
+        self._asked = n
+        lo, span = self._scale(rows)
+        y = np.array([(r.loss - lo) / span if math.isfinite(r.loss) else 1.0 for r in rows])
+        return FitRequest(
+            "hpod.dyhpo_model:fit_deep_kernel",
+            key=("dyhpo", n),
+            seed=self.seed,
+            data={
+                "x": np.stack([r.x for r in rows]),
+                "budget": np.array([r.level / self.max_resource for r in rows]),
+                "curve": np.stack([self._curve(r.curve, r.level, lo, span) for r in rows]),
+                "y": y,
+                "iterations": self.fit_iterations,
+            },
+        )
+
+    def install(self, request: FitRequest, model: Any) -> None:
+        self.model = model
+
+    def _curve(self, curve: Mapping[float, float], below: float, lo: float, span: float) -> Array:
+        return curve_input(curve, below, self.max_resource, lo, span, self.maximize)
+
+    # -- free slots ------------------------------------------------------------------------------
+
+    def next(self, study: StudyView, *, can_start_new: bool) -> Plan | None:
+        if self.model is None or not can_start_new:
+            return self.asha.next(study, can_start_new=can_start_new)
+        launched = sum(t.max_resource for t in study.trials)
+        rng = np.random.default_rng([self.seed, len(study.trials), round(launched * 1000)])
+        if rng.random() < self.probability_sh:
+            plan = self.asha.next(study, can_start_new=False)
+            if plan is not None:
+                return plan
+        return self.score(study, rng)
+
+    def _next_rung(self, level: float) -> float | None:
+        return next((r for r in self.rungs if r > level + 1e-9), None)
+
+    def score(self, study: StudyView, rng: np.random.Generator) -> Plan:
+        """The plan with the largest expected improvement: a paused trial at its next rung or a
+        new configuration at the first rung."""
+        model = self.model
+        assert model is not None
+        rows = list(self._rows.values())
+        lo, span = self._scale(rows)
+        paused: list[tuple[TrialView, float]] = []
+        for t in study.trials:
+            if t.state is TrialState.PAUSED:
+                nxt = self._next_rung(t.max_resource)
+                if nxt is not None:
+                    paused.append((t, nxt))
+        first = self.rungs[0]
+        cands = self.space.sample_encoded(rng, self.n_candidates)
+        m = len(paused) + len(cands)
+        x = np.empty((m, self.space.dim))
+        budget = np.empty(m)
+        curve = np.zeros((m, 2, CURVE_LEN))
+        for i, (t, nxt) in enumerate(paused):
+            x[i] = self.space.encode(_config_of(t))
+            budget[i] = nxt / self.max_resource
+            curve[i] = self._curve(t.curve, nxt, lo, span)
+        x[len(paused) :] = cands
+        budget[len(paused) :] = first / self.max_resource
+        mu, var = model.predict(x, budget, curve)
+        best = np.array(
+            [self._best_at(nxt, rows) for _, nxt in paused]
+            + [self._best_at(first, rows)] * len(cands)
+        )
+        # The best seen, in the model's units: normalized by the study's range, then standardized.
+        best_std = ((best - lo) / span - model.y_mean) / model.y_std
+        ei = expected_improvement(mu, var, best_std)
+        i = int(np.argmax(ei))
+        if i < len(paused):
+            t, nxt = paused[i]
+            return Promote(t.trial_id, max_resource=nxt, how="model")
+        config = self.space.decode(cands[i - len(paused)])
+        return NewTrial(max_resource=first, config=config, how="model")
+
+    def _best_at(self, level: float, rows: Sequence[_Row]) -> float:
+        at = [r.loss for r in rows if r.level == level and math.isfinite(r.loss)]
+        if not at:
+            at = [r.loss for r in rows if math.isfinite(r.loss)]
+        return min(at, default=0.0)
+
+
+def _config_of(t: TrialView) -> Mapping[str, Any]:
+    return t.config

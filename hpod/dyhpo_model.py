@@ -1,0 +1,144 @@
+"""DyHPO's deep-kernel GP, trained in torch: imported only by the process that runs a DyHPO fit.
+
+The network is :func:`hpod.core.dyhpo.features` written in torch: an MLP over (configuration,
+budget), a 1-D convolution over the learning curve's (value, mask) channels with a global max pool,
+a linear layer over both into the GP's feature space; an RBF kernel there, with a constant mean and
+Gaussian noise. Everything is trained jointly on the exact marginal likelihood with Adam, from
+scratch each time with the request's seed, in float64 on one thread, so the same request gives the
+same weights. The result is handed back as numpy arrays (:class:`~hpod.core.dyhpo.DeepKernel`):
+scoring never needs torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+
+from hpod.core.dyhpo import DeepKernel, features, rbf
+from hpod.core.models import FitRequest
+
+HIDDEN = 32
+CHANNELS = 4
+WIDTH = 3
+FEATURES = 16
+LEARNING_RATE = 0.02
+
+
+def fit_deep_kernel(request: FitRequest) -> DeepKernel:
+    import torch
+
+    # One thread: deterministic, and a fit never takes more than the one core it was given.
+    torch.set_num_threads(1)
+    data = request.data
+    x = torch.as_tensor(np.asarray(data["x"], dtype=np.float64))
+    budget = torch.as_tensor(np.asarray(data["budget"], dtype=np.float64))
+    curve = torch.as_tensor(np.asarray(data["curve"], dtype=np.float64))
+    y_raw = np.asarray(data["y"], dtype=np.float64)
+    y_mean = float(y_raw.mean())
+    y_std = float(y_raw.std()) or 1.0
+    y = torch.as_tensor((y_raw - y_mean) / y_std)
+    n, d = x.shape
+    gen = torch.Generator().manual_seed(int(request.seed))
+
+    def layer(fan_in: int, shape: tuple[int, ...]) -> Any:
+        # PyTorch's default initialization, drawn from our generator.
+        bound = 1.0 / math.sqrt(fan_in)
+        t = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        return t.requires_grad_(True)
+
+    w = {
+        "w1": layer(d + 1, (HIDDEN, d + 1)),
+        "b1": layer(d + 1, (HIDDEN,)),
+        "w2": layer(HIDDEN, (HIDDEN, HIDDEN)),
+        "b2": layer(HIDDEN, (HIDDEN,)),
+        "wc": layer(2 * WIDTH, (CHANNELS, 2, WIDTH)),
+        "bc": layer(2 * WIDTH, (CHANNELS,)),
+        "w3": layer(HIDDEN + CHANNELS, (FEATURES, HIDDEN + CHANNELS)),
+        "b3": layer(HIDDEN + CHANNELS, (FEATURES,)),
+    }
+    # GP hyperparameters, as raw values under softplus.
+    gp = {
+        "lengthscale": torch.tensor(1.0, dtype=torch.float64, requires_grad=True),
+        "signal": torch.tensor(0.5, dtype=torch.float64, requires_grad=True),
+        "noise": torch.tensor(-3.0, dtype=torch.float64, requires_grad=True),
+        "mean": torch.tensor(0.0, dtype=torch.float64, requires_grad=True),
+    }
+    opt = torch.optim.Adam([*w.values(), *gp.values()], lr=LEARNING_RATE)
+    eye = torch.eye(n, dtype=torch.float64)
+    sp = torch.nn.functional.softplus
+
+    def net(x_: Any, b_: Any, c_: Any) -> Any:
+        u = torch.cat([x_, b_[:, None]], dim=1)
+        h = torch.relu(u @ w["w1"].T + w["b1"])
+        h = torch.relu(h @ w["w2"].T + w["b2"])
+        conv = torch.nn.functional.conv1d(c_, w["wc"], w["bc"])
+        pooled = torch.relu(conv).amax(dim=2)
+        return torch.cat([h, pooled], dim=1) @ w["w3"].T + w["b3"]
+
+    for _ in range(int(data.get("iterations", 300))):
+        opt.zero_grad()
+        z = net(x, budget, curve)
+        t_ls, t_sig = sp(gp["lengthscale"]), sp(gp["signal"])
+        t_noise = sp(gp["noise"]) + 1e-6
+        d2 = torch.cdist(z, z).pow(2)
+        k = t_sig * torch.exp(-0.5 * d2 / t_ls**2) + (t_noise + 1e-6) * eye
+        try:
+            chol = torch.linalg.cholesky(k)
+        except RuntimeError:
+            break  # keep the last good weights
+        r = (y - gp["mean"])[:, None]
+        alpha = torch.cholesky_solve(r, chol)
+        nll = 0.5 * (r * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
+        loss = nll / n
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+
+    weights = {k_: v.detach().numpy().copy() for k_, v in w.items()}
+    ls = float(sp(gp["lengthscale"]).detach())
+    sig = float(sp(gp["signal"]).detach())
+    noise = float(sp(gp["noise"]).detach()) + 1e-6
+    mean = float(gp["mean"].detach())
+    return _finish(weights, ls, sig, noise, mean, y_mean, y_std, data)
+
+
+def _finish(
+    weights: dict[str, Any],
+    ls: float,
+    sig: float,
+    noise: float,
+    mean: float,
+    y_mean: float,
+    y_std: float,
+    data: Any,
+) -> DeepKernel:
+    """The GP's factors, computed with the numpy network that scoring will use."""
+    from types import SimpleNamespace
+
+    net = SimpleNamespace(**weights)
+    x = np.asarray(data["x"], dtype=np.float64)
+    z = features(net, x, np.asarray(data["budget"], dtype=np.float64), np.asarray(data["curve"]))
+    y = (np.asarray(data["y"], dtype=np.float64) - y_mean) / y_std
+    k = rbf(z, z, ls, sig) + (noise + 1e-6) * np.eye(len(z))
+    jitter = 0.0
+    while True:
+        try:
+            chol = linalg.cholesky(k + jitter * np.eye(len(z)), lower=True)
+            break
+        except linalg.LinAlgError:
+            jitter = max(jitter * 10, 1e-8)
+    alpha = linalg.cho_solve((chol, True), y - mean)
+    return DeepKernel(
+        **weights,
+        lengthscale=ls,
+        signal=sig,
+        noise=noise,
+        mean=mean,
+        y_mean=y_mean,
+        y_std=y_std,
+        train_z=z,
+        chol=chol,
+        alpha=alpha,
+    )

@@ -1,0 +1,293 @@
+"""Model-based search: the GP, the BO searcher, DyHPO's decisions, and restore with models."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hpod.benchmarks import BUILTIN
+from hpod.core.bo import BOSearcher
+from hpod.core.dyhpo import CURVE_LEN, DeepKernel, DyHPOScheduler
+from hpod.core.gp import expected_improvement, fit_gp
+from hpod.core.models import FitRequest, fit
+from hpod.core.schedulers import NewTrial, Promote
+from hpod.core.spec import StudySpec
+from hpod.core.study import Study
+from hpod.sim import simulate
+
+Array = np.ndarray[Any, Any]
+
+
+# -- the GP -------------------------------------------------------------------------------------
+
+
+def _known(x: Array) -> Array:
+    return np.sin(6.0 * x[:, 0]) + 0.5 * x[:, 1] ** 2  # x[:, 2] is irrelevant
+
+
+def test_gp_fits_a_known_function() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 3))
+    gp = fit_gp(x, _known(x) + 0.01 * rng.normal(size=60))
+    xs = rng.random((200, 3))
+    mu, var = gp.predict(xs)
+    assert np.abs(mu - _known(xs)).mean() < 0.05
+    assert np.all(var > 0)
+    # Where it has data, it is sure; far from it (outside the cube), much less so.
+    _, near = gp.predict(x[:5])
+    _, far = gp.predict(np.full((1, 3), 3.0))
+    assert near.max() < 0.1 * far.min()
+
+
+def test_gp_hyperparameters_by_maximum_likelihood_are_sane() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((80, 3))
+    gp = fit_gp(x, _known(x) + 0.01 * rng.normal(size=80))
+    ls = gp.params.lengthscales
+    # The wiggly dimension is short, the quadratic one longer, the irrelevant one longest.
+    assert ls[0] < ls[1] < ls[2]
+    assert ls[2] > 5.0
+    # Noise sigma 0.01 on targets of std ~0.7: a small noise variance, standardized.
+    assert gp.params.noise < 1e-2
+
+
+def test_gp_fit_is_deterministic() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.random((30, 2))
+    y = _known(np.c_[x, x[:, :1]])
+    one, two = fit_gp(x, y, seed=3), fit_gp(x, y, seed=3)
+    assert np.array_equal(one.params.pack(), two.params.pack())
+    assert np.array_equal(one.alpha, two.alpha)
+
+
+def test_expected_improvement() -> None:
+    mu = np.array([0.0, 1.0, 0.0])
+    var = np.array([1.0, 1.0, 1e-12])
+    ei = expected_improvement(mu, var, 0.5)
+    assert ei[0] > ei[1] > 0
+    assert ei[2] == pytest.approx(0.5)
+
+
+# -- BO -----------------------------------------------------------------------------------------
+
+
+def _spec(name: str, scheduler: Mapping[str, Any], searcher: Mapping[str, Any]) -> StudySpec:
+    raw = BUILTIN[name].spec_mapping(scheduler)
+    raw["searcher"] = dict(searcher)
+    return StudySpec.from_mapping(raw, base_dir=Path("/tmp"))
+
+
+ASHA = {"type": "asha", "min_resource": 1, "reduction_factor": 3}
+# Short fits keep the tests quick; the decisions do not depend on how good the model is.
+DYHPO = {
+    "type": "dyhpo",
+    "min_resource": 1,
+    "reduction_factor": 3,
+    "options": {"fit_iterations": 40},
+}
+
+
+def test_bo_beats_random_search_in_the_simulator() -> None:
+    b = BUILTIN["hartmann3"]
+    regrets: dict[str, list[float]] = {"random": [], "bo": []}
+    for kind in regrets:
+        spec = _spec("hartmann3", {"type": "fifo"}, {"type": kind, "num_init_trials": 5})
+        spec = dataclasses.replace(
+            spec, scheduler=dataclasses.replace(spec.scheduler, max_resource=1)
+        )
+        for seed in range(3):
+            res = simulate(
+                spec, b.step, workers=2, budget=30, seed=seed,
+                true_value=b.true_value, optimum=b.optimum,
+            )
+            assert res.regret is not None
+            regrets[kind].append(res.regret)
+    assert statistics.fmean(regrets["bo"]) < 0.5 * statistics.fmean(regrets["random"]), regrets
+
+
+def test_bo_models_the_highest_rung_with_enough_observations() -> None:
+    b = BUILTIN["curves-parallel"]
+    spec = _spec("curves-parallel", ASHA, {"type": "bo", "num_init_trials": 4})
+    res = simulate(spec, b.step, workers=4, budget=300, seed=0)
+    fits = [e[2] for e in res.trace if e[1] == "fit"]
+    assert fits[0] == ("bo", 1.0, 4)  # four configurations at the first rung
+    assert any(key[1] >= 3.0 for key in fits)  # later, a higher rung
+    assert res.decisions["model_starts"] > 0
+    # Four at least: with four workers a few more start before four have reached the rung.
+    assert res.decisions["random_starts"] >= 4
+
+
+def test_bo_kappa_decays_as_otx_hpopt() -> None:
+    b = BUILTIN["curves-parallel"]
+    space = _spec("curves-parallel", ASHA, {"type": "bo"}).space
+    s = BOSearcher(space, kappa=2.0, kappa_decay=0.5, kappa_decay_delay=3)
+    assert [s._kappa(n) for n in range(5)] == [2.0, 2.0, 2.0, 1.0, 0.5]
+    assert b.name == "curves-parallel"
+
+
+# -- DyHPO --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stub:
+    """A surrogate with fixed answers: ``loss(x, budget, curve)`` in the model's units."""
+
+    rule: Any
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    def predict(self, x: Array, budget: Array, curve: Array) -> tuple[Array, Array]:
+        mu = np.array([self.rule(x[i], budget[i], curve[i]) for i in range(len(x))])
+        return mu, np.full(len(x), 1e-4)
+
+
+def _paused_study(p_sh: float = 0.0) -> Study:
+    """A DyHPO study with three trials paused at the first rung (losses 0.5, 0.2, 0.8)."""
+    spec = _spec("curves-parallel", {**DYHPO, "probability_sh": p_sh}, {"type": "dyhpo"})
+    study = Study.new(spec)
+    for value in (0.5, 0.2, 0.8):
+        launch = study.next_launch(0.0)
+        assert launch is not None
+        assert launch.max_resource == 1
+        study.on_report(launch.trial_id, {"loss": value, "epoch": 1}, 0.0)
+        study.on_exit(launch.trial_id, 0, 0.0)
+    return study
+
+
+def _scheduler(study: Study) -> DyHPOScheduler:
+    s = study._scheduler
+    assert isinstance(s, DyHPOScheduler)
+    return s
+
+
+def test_dyhpo_resumes_the_paused_trial_the_model_likes_best() -> None:
+    study = _paused_study()
+    sched = _scheduler(study)
+    sched._training_rows(study)
+    x1 = study.spec.space.encode(study.trials[0].config)
+    # Trial 0 (not the best so far) is predicted to do very well at rung 3; new ones poorly.
+    sched.model = Stub(lambda x, b, c: -5.0 if np.allclose(x, x1) and b > 1.5 / 81 else 5.0)
+    launch = study.next_launch(0.0)
+    assert launch is not None
+    assert (launch.trial_id, launch.resume_from, launch.max_resource) == (0, 1.0, 3.0)
+    assert study.decisions == {"random_starts": 3, "model_promotions": 1}
+
+
+def test_dyhpo_starts_the_new_configuration_the_model_likes_best() -> None:
+    study = _paused_study()
+    sched = _scheduler(study)
+    sched._training_rows(study)
+    # New configurations (first rung, empty curve) near x = 0.9 look best; paused ones poor.
+    sched.model = Stub(lambda x, b, c: (x[0] - 0.9) ** 2 - 1.0 if c[1].sum() == 0 else 5.0)
+    launch = study.next_launch(0.0)
+    assert launch is not None
+    assert launch.fresh
+    assert launch.max_resource == 1
+    assert launch.config["x"] > 0.8
+    assert study.decisions["model_starts"] == 1
+
+
+def test_dyhpo_without_a_model_is_asha() -> None:
+    study = _paused_study()
+    # floor(3 / 3) = 1 promotion at rung 1: the best, trial 1.
+    launch = study.next_launch(0.0)
+    assert launch is not None
+    assert (launch.trial_id, launch.max_resource) == (1, 3.0)
+    assert study.decisions["asha_promotions"] == 1
+
+
+def test_dyhpo_tries_the_asha_rule_first_with_probability_sh() -> None:
+    study = _paused_study(p_sh=1.0)
+    _scheduler(study).model = Stub(lambda x, b, c: -5.0 if c[1].sum() == 0 else 5.0)
+    launch = study.next_launch(0.0)
+    assert launch is not None
+    assert launch.trial_id == 1
+    assert study.decisions["asha_promotions"] == 1
+
+
+def test_dyhpo_deep_kernel_fit_is_deterministic_and_fits_its_data() -> None:
+    b = BUILTIN["curves-parallel"]
+    spec = _spec("curves-parallel", DYHPO, {"type": "dyhpo"})
+    res = simulate(spec, b.step, workers=4, budget=150, seed=1)
+    assert any(e[1] == "fit" for e in res.trace)
+    seeded = dataclasses.replace(spec, searcher=dataclasses.replace(spec.searcher, seed=1))
+    study = Study.new(seeded)
+    request = _drive(study, b, 150, seed=1)
+    assert request is not None
+    one, two = fit(request), fit(request)
+    assert isinstance(one, DeepKernel)
+    for f in dataclasses.fields(one):
+        assert np.array_equal(getattr(one, f.name), getattr(two, f.name)), f.name
+    data = request.data
+    mu, _ = one.predict(data["x"], data["budget"], data["curve"])
+    y = (data["y"] - one.y_mean) / one.y_std
+    assert np.corrcoef(mu, y)[0, 1] > 0.9
+    assert data["curve"].shape[1:] == (2, CURVE_LEN)
+
+
+def _drive(study: Study, b: Any, budget: int, seed: int) -> FitRequest | None:
+    """Run ``study`` one worker at a time with synchronous fits; the last request seen."""
+    last = None
+    used = 0
+    while used < budget:
+        request = study.wants_fit()
+        if request is not None:
+            study.install(request, fit(request))
+            last = request
+        launch = study.next_launch(0.0)
+        if launch is None:
+            break
+        level = launch.resume_from
+        while True:
+            level += 1
+            metrics, _ = b.step(launch.config, level, seed)
+            used += 1
+            out = study.on_report(launch.trial_id, {**metrics, "epoch": level}, 0.0)
+            if out.decision.value != "CONTINUE":
+                break
+        study.on_exit(launch.trial_id, 0, 0.0)
+    return last
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "searcher"),
+    [(ASHA, {"type": "bo", "num_init_trials": 3}), (DYHPO, {"type": "dyhpo"})],
+)
+def test_a_restored_study_refits_the_same_model_and_decides_the_same(
+    scheduler: Mapping[str, Any], searcher: Mapping[str, Any]
+) -> None:
+    b = BUILTIN["curves-parallel"]
+    spec = _spec("curves-parallel", scheduler, searcher)
+    study = Study.new(spec)
+    _drive(study, b, 120, seed=0)
+    restored = Study.restore(spec, study.records())
+    # The original has a model fitted on older data; both refit from the same records now.
+    study._fit_checked = -1
+    req_a = study.wants_fit()
+    req_b = restored.wants_fit()
+    assert req_b is not None
+    if req_a is None:  # the original's last fit was on these same data: ask for it again
+        req_a = req_b
+    assert req_a.key == req_b.key
+    for k, v in req_a.data.items():
+        assert np.array_equal(np.asarray(v), np.asarray(req_b.data[k])), k
+    model_a, model_b = fit(req_a), fit(req_b)
+    study.install(req_a, model_a)
+    restored.install(req_b, model_b)
+    for _ in range(3):
+        la, lb = study.next_launch(0.0), restored.next_launch(0.0)
+        assert la == lb
+        assert la is not None
+        study.on_exit(la.trial_id, 0, 0.0)
+        restored.on_exit(lb.trial_id, 0, 0.0)
+
+
+def test_plans_say_how_they_were_made() -> None:
+    assert NewTrial(1.0).how == "random"
+    assert Promote(0, 3.0).how == "asha"
