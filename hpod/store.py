@@ -327,21 +327,23 @@ _Done = Callable[[BaseException | None], None]
 @dataclass(frozen=True)
 class _Job:
     ops: tuple[Op, ...]
-    done: _Done
+    done: _Done | None = None  # a blocking caller's
+    fut: asyncio.Future[None] | None = None  # an async caller's, settled on its own loop
 
 
 _STOP = object()
 _CHECKPOINT_INTERVAL_S = 0.5
 
 
-def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
-    # The awaiting task may have been cancelled meanwhile; its write still happened (or not).
-    if fut.done():
-        return
-    if exc is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(exc)
+def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for fut, exc in settled:
+        # The awaiting task may have been cancelled meanwhile; its write still happened (or not).
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
 
 
 _T = TypeVar("_T")
@@ -413,26 +415,21 @@ class Store:
     def closed(self) -> bool:
         return self._closed
 
-    def _submit(self, ops: tuple[Op, ...], done: _Done) -> None:
-        for op in ops:
+    def _submit(self, job: _Job) -> None:
+        for op in job.ops:
             if not isinstance(op, Op):
                 raise TypeError(f"Store writes take Op values, not {type(op).__name__}")
         with self._state_lock:
             if self._closed:
                 raise ShuttingDown(f"the store {self.path} is closed: nothing more can be written")
-            self._queue.put(_Job(ops, done))
+            self._queue.put(job)
 
     async def write(self, *ops: Op) -> None:
         """Commit ``ops`` atomically (all or none); return once they are durable."""
         if not ops:
             return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-
-        def done(exc: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, fut, exc)
-
-        self._submit(ops, done)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(_Job(ops, fut=fut))
         await fut
 
     def write_sync(self, *ops: Op) -> None:
@@ -446,7 +443,7 @@ class Store:
             outcome.append(exc)
             event.set()
 
-        self._submit(ops, done)
+        self._submit(_Job(ops, done=done))
         event.wait()
         if outcome[0] is not None:
             raise outcome[0]
@@ -504,10 +501,19 @@ class Store:
                 jobs = [item for item in items if isinstance(item, _Job)]
                 if jobs:
                     outcomes = self._run_batch(jobs)
+                    # One wake-up per event loop for the whole batch, not one per waiter: each
+                    # costs the loop a self-pipe write and read.
+                    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
                     for job, outcome in zip(jobs, outcomes, strict=True):
+                        if job.fut is not None:
+                            by_loop.setdefault(job.fut.get_loop(), []).append((job.fut, outcome))
+                        elif job.done is not None:
+                            with contextlib.suppress(Exception):
+                                job.done(outcome)
+                    for loop, settled in by_loop.items():
                         # A waiter's event loop may be gone; the others still wait for theirs.
-                        with contextlib.suppress(Exception):
-                            job.done(outcome)
+                        with contextlib.suppress(RuntimeError):
+                            loop.call_soon_threadsafe(_settle, settled)
             if any(item is _STOP for item in items):
                 return
 
