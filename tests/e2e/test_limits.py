@@ -106,6 +106,16 @@ from hpod import trial
 cfg = trial.config()
 d = os.environ["HPOD_TRIAL_DIR"]
 start = time.time()
+# `together`: wait (bounded) until that many trials of the study have started, so a test of
+# packing sees trials side by side however slow the machine is.
+together = int(cfg.get("together", 1))
+mark = os.path.join(os.path.dirname(d), "started-" + os.environ["HPOD_TRIAL"])
+open(mark, "w").close()
+deadline = time.time() + 30
+while time.time() < deadline and len(
+    [n for n in os.listdir(os.path.dirname(d)) if n.startswith("started-")]
+) < together:
+    time.sleep(0.01)
 time.sleep(0.6)
 with open(os.path.join(d, "gpu.json"), "w") as f:
     json.dump({"cuda": os.environ["CUDA_VISIBLE_DEVICES"],
@@ -130,8 +140,13 @@ def gpu_daemon(daemon_factory: Any, gpus: list[dict[str, Any]], **extra: str) ->
     return d
 
 
-def run_gpu_study(d: Any, gpus: int, per_gpu: int) -> tuple[str, list[dict[str, Any]]]:
-    path = d.write_spec("g", spec("g", steps=1, gpus=gpus, per_gpu=per_gpu, script="gpu_trial.py"))
+def run_gpu_study(
+    d: Any, gpus: int, per_gpu: int, together: int = 1
+) -> tuple[str, list[dict[str, Any]]]:
+    extra = f'together = {{ param_type = "choice", range = [{together}] }}'
+    path = d.write_spec(
+        "g", spec("g", steps=1, gpus=gpus, per_gpu=per_gpu, script="gpu_trial.py", extra=extra)
+    )
     (path.parent / "gpu_trial.py").write_text(GPU_TRIAL)
     sid = d.ctl_json("submit", str(path), "--wait")["study"]
     seen = []
@@ -180,7 +195,7 @@ def test_each_trial_sees_exactly_its_gpus(daemon_factory: Any) -> None:
 
 def test_two_trials_per_gpu_pack_onto_one(daemon_factory: Any) -> None:
     d = gpu_daemon(daemon_factory, [fake_nvml.gpu(0), fake_nvml.gpu(1)])
-    _, seen = run_gpu_study(d, gpus=1, per_gpu=2)
+    _, seen = run_gpu_study(d, gpus=1, per_gpu=2, together=2)
     counts = [most_at_once(seen, fake_nvml.gpu(i)["uuid"]) for i in range(2)]
     assert max(counts) == 2  # they packed
     assert all(len(s["cuda"].split(",")) == 1 for s in seen)
