@@ -7,6 +7,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 venv="$here/.venv-quality"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import optuna, torch, hpod" 2>/dev/null; then
+    # torch pinned first: the CPU build on this machine's disk (hpod's DyHPO rows need it), not
+    # the several-GB CUDA build a bare `torch` would pull.
+    "$venv/bin/pip" install --quiet "torch==2.13.0"
     "$venv/bin/pip" install --quiet -e "$here/.." optuna
 fi
 sh "$here/run-syne.sh" --setup || echo "run-quality.sh: could not make bench/.venv-syne" >&2
