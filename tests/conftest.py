@@ -8,7 +8,13 @@ import os
 # this 2-core machine OpenBLAS's extra thread only spins (fits ran 3x slower with it).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import os
+from collections.abc import Iterator
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+from hpod import trial
 
 # The machine is small and shared with trial processes the e2e tests start: time-based health
 # checks and deadlines would fail a correct test for being slow. derandomize keeps every run of a
@@ -20,3 +26,14 @@ settings.register_profile(
     derandomize=True,
 )
 settings.load_profile("hpod")
+
+
+@pytest.fixture
+def clean_trial_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No HPOD_* variable of the shell leaks in, and the reporter's connection is closed after."""
+    for name in list(os.environ):
+        if name.startswith("HPOD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(trial, "_warned_outside", False)
+    yield
+    trial.close()

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from hpod import trial
 from hpod.cli.hpodctl import main
 from hpod.client import Client, default_socket_path
 from hpod.errors import EXIT_STUDY_NOT_COMPLETED, DaemonUnavailable, ErrorCode, NotFound
 from tests.wire_server import WireServer, raising
+
+pytestmark = pytest.mark.usefixtures("clean_trial_env")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,16 +115,6 @@ def _methods() -> dict[str, Any]:
         "gpus": [{"index": 0, "uuid": "GPU-1", "trials": ["s1/4"]}],
         "trial.report": {"decision": "PAUSE"},
     }
-
-
-@pytest.fixture(autouse=True)
-def _no_hpod_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("HPOD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setattr(trial, "_warned_outside", False)
-    yield
-    trial.close()
 
 
 @pytest.fixture

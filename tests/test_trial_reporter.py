@@ -18,17 +18,9 @@ from hpod.core.states import Decision
 from hpod.errors import DaemonUnavailable, InvalidParams, MethodNotFound, TokenRejected
 from tests.wire_server import WireServer, raising
 
+pytestmark = pytest.mark.usefixtures("clean_trial_env")
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def _clean_trial_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("HPOD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setattr(trial, "_warned_outside", False)
-    yield
-    trial.close()
 
 
 @pytest.fixture

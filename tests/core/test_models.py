@@ -103,8 +103,13 @@ def test_bo_beats_random_search_in_the_simulator() -> None:
         )
         for seed in range(3):
             res = simulate(
-                spec, b.step, workers=2, budget=30, seed=seed,
-                true_value=b.true_value, optimum=b.optimum,
+                spec,
+                b.step,
+                workers=2,
+                budget=30,
+                seed=seed,
+                true_value=b.true_value,
+                optimum=b.optimum,
             )
             assert res.regret is not None
             regrets[kind].append(res.regret)

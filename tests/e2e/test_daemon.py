@@ -12,38 +12,20 @@ import pytest
 
 from hpod import wire
 from hpod.errors import ErrorCode, SpecError, TokenRejected
+from tests.e2e.specs import spec
 
 pytestmark = pytest.mark.e2e
 
-GRID = """
-name = "grid"
-command = ["python", "trial_quad.py"]
-
-[objective]
-metric = "loss"
-mode = "min"
-resource = "step"
-
-[space]
-x = {{ param_type = "quniform", range = [-0.1, 0.5, 0.2] }}
-y = {{ param_type = "choice", range = [-0.6, -0.2, 0.2] }}
-{extra}
-
-[scheduler]
-type = "fifo"
-max_resource = {steps}
-
-[searcher]
-type = "grid"
-{points}
-
-[limits]
-max_concurrent = 2
-"""
-
 
 def grid(extra: str = "", steps: int = 3, points: str = "") -> str:
-    return GRID.format(extra=extra, steps=steps, points=points)
+    return spec(
+        "grid",
+        extra=extra,
+        steps=steps,
+        points=points,
+        limits="max_concurrent = 2",
+        grace="10s",
+    )
 
 
 def test_grid_study_finds_the_known_optimum(daemon: Any) -> None:
