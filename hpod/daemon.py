@@ -89,7 +89,10 @@ class Daemon:
         try:
             await self._open_gpus()
             await self._restore()
-            server = Server(Methods(self).table(), started_at=self.started_at)
+            methods = Methods(self)
+            server = Server(
+                methods.table(), answering=methods.answering(), started_at=self.started_at
+            )
             Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
             listener = await anyio.create_unix_listener(
                 self.socket_path, mode=self.config.socket_mode

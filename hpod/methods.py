@@ -13,6 +13,7 @@ import anyio
 import structlog
 
 from hpod import __version__
+from hpod.answers import Answer
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.states import Decision, StudyState, TrialState
@@ -28,8 +29,8 @@ from hpod.errors import (
 )
 from hpod.runner import log_tail
 from hpod.runtime import StudyRuntime, TrialRun
-from hpod.server import Handler, Peer
-from hpod.store import StudyRow
+from hpod.server import AnsweringHandler, Handler, Peer
+from hpod.store import StudyRow, report_op
 from hpod.views import best_view, trial_view
 
 if TYPE_CHECKING:
@@ -73,9 +74,12 @@ class Methods:
             "logs": self._logs,
             "report": self._report,
             "gpus": self._gpus,
-            "trial.report": self._trial_report,
             "trial.oom": self._trial_oom,
         }
+
+    def answering(self) -> dict[str, AnsweringHandler]:
+        """Methods that send their own answer (see :class:`hpod.server.Answer`)."""
+        return {"trial.report": self._trial_report}
 
     async def _gpus(self, peer: Peer, params: dict[str, Any]) -> Any:
         return self.d.pool.view()
@@ -270,7 +274,7 @@ class Methods:
             )
         return study, run  # type: ignore[return-value]
 
-    async def _trial_report(self, peer: Peer, params: dict[str, Any]) -> Any:
+    def _trial_report(self, peer: Peer, params: dict[str, Any], answer: Answer) -> None:
         study, run = self._authenticate(params)
         metrics = params.get("metrics")
         if not isinstance(metrics, dict) or not metrics:
@@ -279,15 +283,21 @@ class Methods:
         now = time.time()
         force = Decision.STOP if (self.d.shutting_down or run.stopping) else None
         outcome = engine.on_report(run.trial_id, metrics, now, force=force)
-        await self.d.store.add_report(
-            study.id,
-            run.trial_id,
-            engine.trials[run.trial_id].runs,
-            outcome.resource,
-            metrics,
-            outcome.decision.value,
-            now,
-            counted=outcome.counted,
+        answer.prepare({"decision": outcome.decision.value})
+        # The writer thread sends the answer the moment the report is committed (acknowledged
+        # only once durable, as the trial contract says), without a detour through this loop.
+        self.d.store.post(
+            report_op(
+                study.id,
+                run.trial_id,
+                engine.trials[run.trial_id].runs,
+                outcome.resource,
+                metrics,
+                outcome.decision.value,
+                now,
+                counted=outcome.counted,
+            ),
+            then=answer.settle,
         )
         if outcome.counted and study.id in self.d.fitter.studies:
             self.d.fitter.poke()  # an event only: the fitter looks later, off this path
@@ -298,7 +308,6 @@ class Methods:
         if outcome.decision is not Decision.CONTINUE and not run.stopping:
             assert self.d.trial_tg is not None
             self.d.trial_tg.start_soon(self.d.enforce_decision, study, run)
-        return {"decision": outcome.decision.value}
 
     async def _trial_oom(self, peer: Peer, params: dict[str, Any]) -> Any:
         study, run = self._authenticate(params)

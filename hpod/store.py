@@ -327,7 +327,7 @@ _Done = Callable[[BaseException | None], None]
 @dataclass(frozen=True)
 class _Job:
     ops: tuple[Op, ...]
-    done: _Done | None = None  # a blocking caller's
+    done: _Done | None = None  # a blocking or posting caller's, called on the writer thread
     fut: asyncio.Future[None] | None = None  # an async caller's, settled on its own loop
 
 
@@ -431,6 +431,17 @@ class Store:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._submit(_Job(ops, fut=fut))
         await fut
+
+    def post(self, *ops: Op, then: Callable[[BaseException | None], None]) -> None:
+        """Queue ``ops`` for one atomic commit and return at once.
+
+        ``then`` gets the outcome (None once durable, else the error) on the writer thread,
+        right after the commit and before any awaiting caller is woken; it must neither block
+        nor raise. The daemon answers reports this way (see hpod.answers).
+        """
+        if not ops:
+            raise ValueError("post() needs at least one op")
+        self._submit(_Job(ops, done=then))
 
     def write_sync(self, *ops: Op) -> None:
         """Commit ``ops`` atomically and block until they are durable (no event loop needed)."""

@@ -186,9 +186,7 @@ class BOSearcher:
         gp = self.model
         assert gp is not None
         assert self.model_level is not None
-        data = level_data(
-            history, maximize=self.maximize, min_points=1, level=self.model_level
-        )
+        data = level_data(history, maximize=self.maximize, min_points=1, level=self.model_level)
         pending = [] if data is None else list(data.pending)
         cands = self._candidates(gp, rng)
         at = np.stack([self.space.encode(c) for c in pending]) if pending else None

@@ -73,8 +73,10 @@ def neg_log_likelihood(theta: Array, x: Array, y: Array) -> tuple[float, Array]:
     except linalg.LinAlgError:
         return 1e25, np.zeros_like(theta)
     alpha = linalg.cho_solve((chol, True), y)
-    nll = 0.5 * float(y @ alpha) + float(np.log(np.diag(chol)).sum()) + 0.5 * n * math.log(
-        2 * math.pi
+    nll = (
+        0.5 * float(y @ alpha)
+        + float(np.log(np.diag(chol)).sum())
+        + 0.5 * n * math.log(2 * math.pi)
     )
     kinv = linalg.cho_solve((chol, True), np.eye(n))
     w = np.outer(alpha, alpha) - kinv  # dNLL/dtheta = -0.5 tr(w dK/dtheta)

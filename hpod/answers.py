@@ -1,0 +1,110 @@
+"""An answer that the store's writer thread sends the moment a report is committed.
+
+A report is acknowledged only once it is durable. Sending that acknowledgement from the event loop
+meant waking the loop after every commit and waiting for it to be scheduled before the trial heard
+anything; on a 2-core machine with 8 trials reporting, those hand-offs were most of a round trip.
+So the handler prepares the answer line, hands :meth:`Answer.settle` to the writer with the
+report; the writer sends the line (or, if the commit failed, an error line) right after the
+commit, before it wakes the loop. The connection waits (:meth:`Answer.sent`) until the answer
+is out before it reads its next line, which keeps answers in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+import structlog
+
+from hpod import wire
+from hpod.errors import HpodError
+
+log = structlog.get_logger("hpod.server")
+
+# How long the writer thread may wait for a client to make room for its answer. A trial reads
+# each answer before it reports again, so its socket always has room; only a client that sends
+# many requests and reads no answers ever fills it, and it is cut off rather than let it stall
+# every other trial's commits.
+_SEND_WAIT_S = 0.05
+
+
+class Answer:
+    """One request's answer line, sent once from whichever thread settles it."""
+
+    __slots__ = ("_done", "_id", "_line", "_lock", "_loop", "_ok", "_raw", "_waiter")
+
+    def __init__(self, raw: socket.socket, rid: int | str | None) -> None:
+        self._raw = raw
+        self._id = rid
+        self._line = b""
+        self._lock = threading.Lock()
+        self._done = False
+        self._ok = True
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def prepare(self, result: Any) -> None:
+        """Build the line now, on the loop, so that settling it is little more than a syscall."""
+        if self._id is not None:
+            self._line = wire.result_line(self._id, result)
+
+    def settle(self, error: BaseException | None) -> None:
+        """Send the prepared line, or an error line if ``error``; any thread, never raises."""
+        line = self._line
+        if error is not None:
+            if not isinstance(error, HpodError):
+                log.error("report_not_stored", error=repr(error))
+                error = HpodError(f"the report could not be stored ({error}); it was not counted")
+            line = wire.error_line(self._id, error) if self._id is not None else b""
+        ok = _send_all(self._raw, line) if line else True
+        with self._lock:
+            self._done, self._ok = True, ok
+            waiter = self._waiter
+        if waiter is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                self._loop.call_soon_threadsafe(_resolve, waiter)
+
+    async def sent(self) -> bool:
+        """Wait until the answer is out; False if the connection broke meanwhile."""
+        with self._lock:
+            if not self._done:
+                self._waiter = self._loop.create_future()
+        if self._waiter is not None:
+            await self._waiter
+        return self._ok
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _send_all(raw: socket.socket, line: bytes) -> bool:
+    """Write ``line`` to a non-blocking socket, waiting at most _SEND_WAIT_S for room."""
+    view = memoryview(line)
+    deadline = 0.0
+    while view:
+        try:
+            view = view[raw.send(view) :]
+            continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False  # closed by the peer or by us
+        now = time.monotonic()
+        deadline = deadline or now + _SEND_WAIT_S
+        if now >= deadline:
+            log.warning("client_not_reading", waited_s=_SEND_WAIT_S)
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)  # its connection task then sees the end
+            return False
+        try:
+            select.select([], [raw], [], deadline - now)
+        except (OSError, ValueError):
+            return False
+    return True

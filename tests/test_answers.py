@@ -1,0 +1,149 @@
+"""A report's answer, sent by the store's writer thread once the report is committed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from hpod import answers
+from hpod.answers import Answer
+from hpod.core.states import Decision
+from hpod.errors import ErrorCode
+from hpod.store import Op, Store, insert_study_op, report_op
+
+from .test_store import study_row
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.setblocking(False)
+    client.settimeout(10)
+    yield server, client
+    server.close()
+    client.close()
+
+
+def _read_line(sock: socket.socket) -> dict[str, object]:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before a whole line"
+        buf += chunk
+    out: dict[str, object] = json.loads(buf)
+    return out
+
+
+@pytest.mark.anyio
+async def test_the_answer_goes_out_only_after_the_commit(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    store = Store.open(tmp_path)
+    try:
+        await store.write(insert_study_op(study_row("s1")))
+        answer = Answer(server, 7)
+        answer.prepare({"decision": "CONTINUE"})
+        seen: list[int] = []
+
+        # Whoever reads the store when the answer arrives finds the report there.
+        def settle_and_check(error: BaseException | None) -> None:
+            with sqlite3.connect(store.path) as conn:
+                seen.append(conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+            answer.settle(error)
+
+        store.post(
+            report_op("s1", 0, 1, 1.0, {"loss": 0.5}, Decision.CONTINUE, 1.0),
+            then=settle_and_check,
+        )
+        assert await answer.sent() is True
+        assert seen == [1]
+        assert _read_line(client) == {"jsonrpc": "2.0", "id": 7, "result": {"decision": "CONTINUE"}}
+    finally:
+        store.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_commit_answers_with_an_error_and_nothing_is_stored(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    store = Store.open(tmp_path)
+    try:
+        answer = Answer(server, 3)
+        answer.prepare({"decision": "CONTINUE"})
+        # The report and a statement that fails, in one transaction: neither is kept.
+        store.post(
+            report_op("s1", 0, 1, 1.0, {"loss": 0.5}, Decision.CONTINUE, 1.0),
+            Op("INSERT INTO no_such_table VALUES (1)", ()),
+            then=answer.settle,
+        )
+        assert await answer.sent() is True
+        line = _read_line(client)
+        assert line["id"] == 3
+        assert "result" not in line
+        error = line["error"]
+        assert isinstance(error, dict)
+        assert error["code"] == int(ErrorCode.INTERNAL)
+        assert "not counted" in error["message"]
+        with sqlite3.connect(store.path) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.anyio
+async def test_a_client_that_reads_no_answers_is_cut_off_not_waited_for(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, client = pair
+    monkeypatch.setattr(answers, "_SEND_WAIT_S", 0.05)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = {"pad": "x" * 200_000}  # more than the socket holds while nobody reads
+    answer = Answer(server, 1)
+    answer.prepare(big)
+    thread = threading.Thread(target=answer.settle, args=(None,))
+    thread.start()
+    with anyio.fail_after(5):
+        assert await answer.sent() is False
+    thread.join()
+    # The connection was shut down: the client sees its end after whatever got through.
+    client.settimeout(5)
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    assert 0 < len(received) < len(json.dumps(big))
+
+
+@pytest.mark.anyio
+async def test_a_notification_gets_no_answer(pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = pair
+    answer = Answer(server, None)
+    answer.prepare({"decision": "STOP"})
+    answer.settle(None)
+    assert await answer.sent() is True
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(10)
+
+
+def test_post_needs_ops(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    try:
+        ops: tuple[Op, ...] = ()
+        with pytest.raises(ValueError, match="at least one op"):
+            store.post(*ops, then=lambda _: None)
+    finally:
+        store.close()
