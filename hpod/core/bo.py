@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
-from hpod.core.gp import GP, Array, expected_improvement, fit_gp, matern52
+from hpod.core.gp import GP, Array, fit_gp, log_expected_improvement, matern52
 from hpod.core.models import FitRequest, refit_due
 from hpod.core.searchers import Observation, config_key
 from hpod.core.space import Config, ParamValue, SearchSpace
@@ -192,7 +192,7 @@ class BOSearcher:
         at = np.stack([self.space.encode(c) for c in pending]) if pending else None
         mu, var = _believer(gp, at, cands)
         if self.acquisition is Acquisition.EI:
-            score = expected_improvement(mu, var, gp.best_y)
+            score = log_expected_improvement(mu, var, gp.best_y)
         else:
             score = -(mu - self._kappa(number) * np.sqrt(var))
         return self.space.decode(cands[int(np.argmax(score))])

@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import linalg
 
 from hpod.core.asha import RungScheduler
-from hpod.core.gp import Array, expected_improvement
+from hpod.core.gp import Array, log_expected_improvement
 from hpod.core.models import FitRequest, refit_due
 from hpod.core.schedulers import NewTrial, Plan, Promote, StudyView, TrialView
 from hpod.core.space import SearchSpace
@@ -248,7 +248,7 @@ class DyHPOScheduler:
             seed=self.seed,
             data={
                 "x": np.stack([r.x for r in rows]),
-                "budget": np.array([r.level / self.max_resource for r in rows]),
+                "budget": np.array([self._budget(r.level) for r in rows]),
                 "curve": np.stack([self._curve(r.curve, r.level, lo, span) for r in rows]),
                 "y": y,
                 "iterations": self.fit_iterations,
@@ -257,6 +257,15 @@ class DyHPOScheduler:
 
     def install(self, request: FitRequest, model: Any) -> None:
         self.model = model
+
+    def _budget(self, level: float) -> float:
+        """A rung as the network sees it: on a log scale from the first rung (0) to max_resource
+        (1), so geometric rungs are evenly spaced; linearly, rungs 1, 3 and 9 of 81 would all sit
+        within 0.1 of each other and the network could hardly tell them apart."""
+        lo, hi = self.rungs[0], self.max_resource
+        if hi <= lo or lo <= 0:
+            return level / hi if hi > 0 else 0.0
+        return math.log(max(level, lo) / lo) / math.log(hi / lo)
 
     def _curve(self, curve: Mapping[float, float], below: float, lo: float, span: float) -> Array:
         return curve_input(curve, below, self.max_resource, lo, span, self.maximize)
@@ -298,10 +307,10 @@ class DyHPOScheduler:
         curve = np.zeros((m, 2, CURVE_LEN))
         for i, (t, nxt) in enumerate(paused):
             x[i] = self.space.encode(_config_of(t))
-            budget[i] = nxt / self.max_resource
+            budget[i] = self._budget(nxt)
             curve[i] = self._curve(t.curve, nxt, lo, span)
         x[len(paused) :] = cands
-        budget[len(paused) :] = first / self.max_resource
+        budget[len(paused) :] = self._budget(first)
         mu, var = model.predict(x, budget, curve)
         best = np.array(
             [self._best_at(nxt, rows) for _, nxt in paused]
@@ -309,7 +318,9 @@ class DyHPOScheduler:
         )
         # The best seen, in the model's units: normalized by the study's range, then standardized.
         best_std = ((best - lo) / span - model.y_mean) / model.y_std
-        ei = expected_improvement(mu, var, best_std)
+        # In log space: a confident model puts every EI deep in the Gaussian tail, where the
+        # plain formula is 0 for all and argmax would pick the first paused trial.
+        ei = log_expected_improvement(mu, var, best_std)
         i = int(np.argmax(ei))
         if i < len(paused):
             t, nxt = paused[i]

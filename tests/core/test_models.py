@@ -14,7 +14,7 @@ import pytest
 from hpod.benchmarks import BUILTIN
 from hpod.core.bo import BOSearcher
 from hpod.core.dyhpo import CURVE_LEN, DeepKernel, DyHPOScheduler
-from hpod.core.gp import expected_improvement, fit_gp
+from hpod.core.gp import expected_improvement, fit_gp, log_expected_improvement
 from hpod.core.models import FitRequest, fit
 from hpod.core.schedulers import NewTrial, Promote
 from hpod.core.spec import StudySpec
@@ -72,6 +72,31 @@ def test_expected_improvement() -> None:
     ei = expected_improvement(mu, var, 0.5)
     assert ei[0] > ei[1] > 0
     assert ei[2] == pytest.approx(0.5)
+
+
+def test_log_expected_improvement_agrees_where_ei_is_representable() -> None:
+    mu = np.zeros(6)
+    var = np.array([1.0, 1.0, 1.0, 4.0, 0.25, 1.0])
+    best = np.array([2.0, 0.0, -1.0, -5.0, -3.0, -20.0])
+    assert np.allclose(
+        log_expected_improvement(mu, var, best),
+        np.log(expected_improvement(mu, var, best)),
+        rtol=1e-9,
+    )
+
+
+def test_log_expected_improvement_still_ranks_deep_in_the_tail() -> None:
+    # A confident model: every candidate 40 to 5000 standard deviations from the incumbent.
+    # Plain EI is 0 for all of them (so argmax would pick the first); log EI keeps their order.
+    mu = np.array([5000.0, 40.0, 60.0, 1e3, 1e3 + 1.0])
+    var = np.ones(5)
+    assert np.all(expected_improvement(mu, var, 0.0) == 0.0)
+    log_ei = log_expected_improvement(mu, var, 0.0)
+    assert np.all(np.isfinite(log_ei))
+    assert list(np.argsort(-log_ei)) == [1, 2, 3, 4, 0]
+    # Either side of the switch to the asymptotic series, the values join up.
+    around = log_expected_improvement(np.array([999.999, 1000.001]), np.ones(2), 0.0)
+    assert around[0] - around[1] == pytest.approx(0.002 * 1000, rel=1e-3)
 
 
 # -- BO -----------------------------------------------------------------------------------------
@@ -296,3 +321,12 @@ def test_a_restored_study_refits_the_same_model_and_decides_the_same(
 def test_plans_say_how_they_were_made() -> None:
     assert NewTrial(1.0).how == "random"
     assert Promote(0, 3.0).how == "asha"
+
+
+def test_dyhpo_sees_geometric_rungs_evenly_spaced() -> None:
+    from hpod.core.dyhpo import DyHPOScheduler
+    from hpod.core.space import SearchSpace
+
+    space = SearchSpace.from_mapping({"x": {"param_type": "uniform", "range": [0.0, 1.0]}})
+    sched = DyHPOScheduler(space, [1, 3, 9, 27], 81, 3)
+    assert [sched._budget(r) for r in (1, 3, 9, 27, 81)] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
