@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,17 +156,8 @@ class SyncConnection:
         except OSError:
             sock.close()
             raise
-        # A blocking socket with kernel time-outs: Python's own time-out polls before every
-        # send and receive, two syscalls more on each report's round trip.
-        sock.settimeout(None)
-        if timeout is not None:
-            whole = int(timeout)
-            limit = struct.pack("ll", whole, int((timeout - whole) * 1_000_000))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-        self._timeout = timeout
         self._sock = sock
-        self._buf = bytearray()
+        self._file = sock.makefile("rb")
         self._next_id = 0
         self.server: dict[str, Any] = self.call(
             "hello", {"protocol": PROTOCOL_VERSION, "client": client}
@@ -176,34 +166,17 @@ class SyncConnection:
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         self._next_id += 1
         rid = self._next_id
-        try:
-            self._sock.sendall(Request(rid, method, dict(params or {})).line())
-            line = self._readline()
-        except BlockingIOError:  # SO_RCVTIMEO / SO_SNDTIMEO ran out
-            raise TimeoutError(
-                f"the daemon on {self.path} did not answer {method} within {self._timeout:g}s"
-            ) from None
+        self._sock.sendall(Request(rid, method, dict(params or {})).line())
+        line = self._file.readline(MAX_LINE + 1)
         if not line:
             raise DaemonUnavailable(f"the daemon on {self.path} closed the connection")
         return unwrap_response(loads(line), rid)
 
-    def _readline(self) -> bytes:
-        """One line (without its newline), b"" at end of stream."""
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self._buf[:nl])
-                del self._buf[: nl + 1]
-                return line
-            if len(self._buf) > MAX_LINE:
-                raise ProtocolError(f"the daemon sent a line over {MAX_LINE} bytes")
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                return b""
-            self._buf += chunk
-
     def close(self) -> None:
-        self._sock.close()
+        try:
+            self._file.close()
+        finally:
+            self._sock.close()
 
     def __enter__(self) -> SyncConnection:
         return self
