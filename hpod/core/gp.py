@@ -189,18 +189,23 @@ def log_expected_improvement(mu: Array, var: Array, best: float | Array) -> Arra
     cdf / pdf = sqrt(pi / 2) erfcx(-z / sqrt 2) exact in floating point, and its asymptotic
     series 1 / z^2 - 3 / z^4 + 15 / z^6 where even that cancels (Ament et al., NeurIPS 2023).
     """
-    from scipy.special import erfcx
+    from scipy.special import erfcx, ndtr
 
     sd = np.sqrt(np.maximum(var, 1e-18))
     z = np.asarray((best - mu) / sd, dtype=np.float64)
     log_pdf = -0.5 * z * z - 0.5 * math.log(2 * math.pi)
+    # Three regimes: direct where nothing cancels (z >= -1; erfcx(-z) would overflow for large
+    # z), the erfcx form in the tail, and the asymptotic series past z = -1000.
+    near = z >= -1.0
     far = z < -1e3
-    zc = np.where(far, -1.0, z)  # any value: the far entries are replaced below
-    inner = 1.0 + zc * math.sqrt(math.pi / 2) * erfcx(-zc / math.sqrt(2))
-    log_h = log_pdf + np.log(np.maximum(inner, 1e-300))
+    zn = np.where(near, z, 0.0)
+    direct = np.log(np.exp(-0.5 * zn * zn) / math.sqrt(2 * math.pi) + zn * ndtr(zn))
+    zt = np.where(near | far, -2.0, z)
+    inner = 1.0 + zt * math.sqrt(math.pi / 2) * erfcx(-zt / math.sqrt(2))
+    tail = log_pdf + np.log(np.maximum(inner, 1e-300))
     inv2 = 1.0 / np.where(far, z * z, 1.0)
-    log_h_far = log_pdf + np.log(inv2 * (1.0 - 3.0 * inv2 + 15.0 * inv2 * inv2))
-    out: Array = np.log(sd) + np.where(far, log_h_far, log_h)
+    series = log_pdf + np.log(inv2 * (1.0 - 3.0 * inv2 + 15.0 * inv2 * inv2))
+    out: Array = np.log(sd) + np.where(near, direct, np.where(far, series, tail))
     return out
 
 

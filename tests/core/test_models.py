@@ -78,6 +78,10 @@ def test_log_expected_improvement_agrees_where_ei_is_representable() -> None:
     mu = np.zeros(6)
     var = np.array([1.0, 1.0, 1.0, 4.0, 0.25, 1.0])
     best = np.array([2.0, 0.0, -1.0, -5.0, -3.0, -20.0])
+    # ... and where the model expects a large improvement (erfcx(-z) would overflow there).
+    mu = np.append(mu, [0.0, 0.0])
+    var = np.append(var, [1e-4, 1e-8])
+    best = np.append(best, [1.0, 50.0])
     assert np.allclose(
         log_expected_improvement(mu, var, best),
         np.log(expected_improvement(mu, var, best)),
