@@ -206,9 +206,8 @@ class Server:
                     # Waited for before the next line: answers stay in order, the socket is not
                     # closed under the writer, and (measured, bench/report_latency.py) a loop
                     # that waits here serves 8 reporting trials faster than one that reads ahead.
-                    with anyio.CancelScope(shield=True):
-                        if not await answer.sent():
-                            return
+                    if not await answer.sent():
+                        return
                     continue
                 else:
                     result = await self._call(conn.peer, req)

@@ -6,6 +6,7 @@ import json
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,3 +148,48 @@ def test_post_needs_ops(tmp_path: Path) -> None:
             store.post(*ops, then=lambda _: None)
     finally:
         store.close()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_wait_still_waits_until_the_answer_is_out(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # The connection closes its socket right after sent() returns or raises; the writer must be
+    # done with it by then, or it could write into a descriptor reused by another client.
+    server, client = pair
+    answer = Answer(server, 3)
+    answer.prepare({"decision": "PAUSE"})
+    release = threading.Event()
+    settled_when_wait_ended: list[bool] = []
+
+    def writer() -> None:
+        release.wait(10)
+        time.sleep(0.05)  # a slow commit: the cancellation reaches the waiter meanwhile
+        answer.settle(None)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with anyio.CancelScope() as scope:
+            waiting = anyio.Event()
+
+            async def wait_for_answer() -> None:
+                waiting.set()
+                try:
+                    await answer.sent()
+                finally:
+                    settled_when_wait_ended.append(answer.done)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_answer)
+                await waiting.wait()
+                await anyio.lowlevel.checkpoint()
+                scope.cancel()
+                # The cancelled waiter is still parked on the answer; let the writer finish.
+                release.set()
+        assert scope.cancelled_caught
+        assert settled_when_wait_ended == [True]
+        assert _read_line(client) == {"jsonrpc": "2.0", "id": 3, "result": {"decision": "PAUSE"}}
+    finally:
+        release.set()
+        thread.join(10)
