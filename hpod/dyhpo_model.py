@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
-from hpod.core.dyhpo import DeepKernel, features, rbf
+from hpod.core.dyhpo import DeepKernel, cholesky, features, rbf
 from hpod.core.models import FitRequest
 
 HIDDEN = 32
@@ -121,14 +121,7 @@ def _finish(
     x = np.asarray(data["x"], dtype=np.float64)
     z = features(net, x, np.asarray(data["budget"], dtype=np.float64), np.asarray(data["curve"]))
     y = (np.asarray(data["y"], dtype=np.float64) - y_mean) / y_std
-    k = rbf(z, z, ls, sig) + (noise + 1e-6) * np.eye(len(z))
-    jitter = 0.0
-    while True:
-        try:
-            chol = linalg.cholesky(k + jitter * np.eye(len(z)), lower=True)
-            break
-        except linalg.LinAlgError:
-            jitter = max(jitter * 10, 1e-8)
+    chol = cholesky(rbf(z, z, ls, sig) + (noise + 1e-6) * np.eye(len(z)))
     alpha = linalg.cho_solve((chol, True), y - mean)
     return DeepKernel(
         **weights,

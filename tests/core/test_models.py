@@ -180,6 +180,9 @@ class Stub:
         mu = np.array([self.rule(x[i], budget[i], curve[i]) for i in range(len(x))])
         return mu, np.full(len(x), 1e-4)
 
+    def condition(self, x: Array, budget: Array, curve: Array, y: Array) -> Stub:
+        return self
+
 
 def _paused_study(p_sh: float = 0.0) -> Study:
     """A DyHPO study with three trials paused at the first rung (losses 0.5, 0.2, 0.8)."""
@@ -263,6 +266,32 @@ def test_dyhpo_deep_kernel_fit_is_deterministic_and_fits_its_data() -> None:
     y = (data["y"] - one.y_mean) / one.y_std
     assert np.corrcoef(mu, y)[0, 1] > 0.9
     assert data["curve"].shape[1:] == (2, CURVE_LEN)
+
+
+def test_dyhpo_decides_on_every_row_seen_not_only_those_of_the_last_fit() -> None:
+    # A refit waits for 10 % more rows; meanwhile the posterior is the fitted model conditioned
+    # on all of them, so a rung result that came after the fit already counts.
+    b = BUILTIN["curves-parallel"]
+    spec = _spec("curves-parallel", DYHPO, {"type": "dyhpo"})
+    request = _drive(Study.new(spec), b, 150, seed=1)
+    assert request is not None
+    model = fit(request)
+    assert isinstance(model, DeepKernel)
+    data = request.data
+    x, budget, curve, y = data["x"], data["budget"], data["curve"], data["y"]
+    held_out = int(np.argmin(y))  # the best row: the one a decision most needs to know
+    keep = np.arange(len(y)) != held_out
+    without = model.condition(x[keep], budget[keep], curve[keep], y[keep])
+    again = without.condition(x, budget, curve, y)
+    at = slice(held_out, held_out + 1)
+    target = (y[held_out] - model.y_mean) / model.y_std
+    mu_without, var_without = without.predict(x[at], budget[at], curve[at])
+    mu_with, var_with = again.predict(x[at], budget[at], curve[at])
+    assert abs(mu_with[0] - target) < abs(mu_without[0] - target)
+    assert var_with[0] < var_without[0]
+    # Conditioned on its own training set, the model is the fitted one.
+    assert np.allclose(again.alpha, model.alpha)
+    assert np.allclose(again.chol, model.chol)
 
 
 def _drive(study: Study, b: Any, budget: int, seed: int) -> FitRequest | None:
