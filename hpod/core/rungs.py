@@ -98,7 +98,8 @@ def continue_quota(n: int, eta: float) -> int:
 
 def reached(trial: TrialView, level: float) -> bool:
     """Whether a trial has a counted report at or past ``level``."""
-    return any(r >= level for r in trial.curve)
+    # The curve is in resource order: its last level says it, without a walk over every report.
+    return bool(trial.curve) and trial.last_resource >= level
 
 
 def rung_value(objective: Objective, trial: TrialView, level: float) -> float:

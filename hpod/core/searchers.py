@@ -30,6 +30,8 @@ class Observation:
 
 
 class Searcher(Protocol):
+    # A searcher that sets ``needs_history = False`` is handed an empty history: building it
+    # walks every report of the study, 40 ms on the event loop at 16,000 reports.
     def suggest(self, number: int, history: Sequence[Observation]) -> Config | None:
         """The configuration of trial ``number`` (0-based), or None when the search is over."""
         ...
@@ -76,6 +78,7 @@ class RandomSearcher:
         self.space = space
         self.seed = seed
         self.points = tuple(space.normalize(p) for p in points_to_evaluate)
+        self.needs_history = False
 
     def suggest(self, number: int, history: Sequence[Observation]) -> Config | None:
         if number < 0:
@@ -100,6 +103,7 @@ class GridSearcher:
         points = [space.normalize(p) for p in points_to_evaluate]
         grid = [g for g in space.grid(points_per_param) if not any(_same(g, p) for p in points)]
         self.configs: tuple[Config, ...] = (*points, *grid)
+        self.needs_history = False
 
     def __len__(self) -> int:
         return len(self.configs)

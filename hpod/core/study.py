@@ -213,7 +213,10 @@ class Study:
             how = plan.how
             config: Config | None = plan.config
             if config is None:
-                config = self._searcher.suggest(len(self._trials), self._observations())
+                history = (
+                    self._observations() if getattr(self._searcher, "needs_history", True) else ()
+                )
+                config = self._searcher.suggest(len(self._trials), history)
                 how = getattr(self._searcher, "last_how", "random")
             if config is None:
                 # The searcher has nothing left (a finished grid); ask again for a promotion.
@@ -284,10 +287,11 @@ class Study:
     def _observations(self) -> list[Observation]:
         out = []
         for t in self._trials:
+            config = dict(t.config)  # one copy per trial, shared by its observations
             if not t.curve:
                 # Launched, nothing counted yet: a model-based searcher treats it as pending.
-                out.append(Observation(dict(t.config), 0.0, math.nan))
-            out.extend(Observation(dict(t.config), r, v) for r, v in t.curve.items())
+                out.append(Observation(config, 0.0, math.nan))
+            out.extend(Observation(config, r, v) for r, v in t.curve.items())
         return out
 
     # -- reports and exits ---------------------------------------------------------------------
