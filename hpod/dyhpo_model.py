@@ -15,9 +15,8 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import linalg
 
-from hpod.core.dyhpo import DeepKernel, cholesky, features, rbf
+from hpod.core.dyhpo import DeepKernel
 from hpod.core.models import FitRequest
 
 HIDDEN = 32
@@ -114,16 +113,10 @@ def _finish(
     y_std: float,
     data: Any,
 ) -> DeepKernel:
-    """The GP's factors, computed with the numpy network that scoring will use."""
-    from types import SimpleNamespace
-
-    net = SimpleNamespace(**weights)
-    x = np.asarray(data["x"], dtype=np.float64)
-    z = features(net, x, np.asarray(data["budget"], dtype=np.float64), np.asarray(data["curve"]))
-    y = (np.asarray(data["y"], dtype=np.float64) - y_mean) / y_std
-    chol = cholesky(rbf(z, z, ls, sig) + (noise + 1e-6) * np.eye(len(z)))
-    alpha = linalg.cho_solve((chol, True), y - mean)
-    return DeepKernel(
+    """The GP's factors, computed with the numpy network that scoring will use: the fitted
+    weights conditioned on their own training set."""
+    none = np.zeros((0, 0))
+    unfactored = DeepKernel(
         **weights,
         lengthscale=ls,
         signal=sig,
@@ -131,7 +124,13 @@ def _finish(
         mean=mean,
         y_mean=y_mean,
         y_std=y_std,
-        train_z=z,
-        chol=chol,
-        alpha=alpha,
+        train_z=none,
+        chol=none,
+        alpha=np.zeros(0),
+    )
+    return unfactored.condition(
+        np.asarray(data["x"], dtype=np.float64),
+        np.asarray(data["budget"], dtype=np.float64),
+        np.asarray(data["curve"], dtype=np.float64),
+        np.asarray(data["y"], dtype=np.float64),
     )

@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import linalg
 
 from hpod.core.asha import RungScheduler
-from hpod.core.gp import Array, log_expected_improvement
+from hpod.core.gp import Array, log_expected_improvement, robust_cholesky
 from hpod.core.models import FitRequest, refit_due
 from hpod.core.schedulers import NewTrial, Plan, Promote, StudyView, TrialView
 from hpod.core.space import SearchSpace
@@ -97,21 +97,10 @@ class DeepKernel:
     def condition(self, x: Array, budget: Array, curve: Array, y: Array) -> DeepKernel:
         z = self.features(x, budget, curve)
         k = rbf(z, z, self.lengthscale, self.signal)
-        chol = cholesky(k + (self.noise + 1e-6) * np.eye(len(z)))  # as the fit factored it
+        chol = robust_cholesky(k + (self.noise + 1e-6) * np.eye(len(z)))
         ys = (y - self.y_mean) / self.y_std
         alpha = linalg.cho_solve((chol, True), ys - self.mean)
         return replace(self, train_z=z, chol=chol, alpha=alpha)
-
-
-def cholesky(k: Array) -> Array:
-    """Lower Cholesky factor, with as little jitter as it takes."""
-    jitter = 0.0
-    while True:
-        try:
-            out: Array = linalg.cholesky(k + jitter * np.eye(len(k)), lower=True)
-            return out
-        except linalg.LinAlgError:
-            jitter = max(jitter * 10, 1e-8)
 
 
 class _Weights(Protocol):
@@ -266,19 +255,30 @@ class DyHPOScheduler:
         if n < self.min_points or not refit_due(n, self._asked):
             return None
         self._asked = n
-        lo, span = self._scale(rows)
-        y = np.array([(r.loss - lo) / span if math.isfinite(r.loss) else 1.0 for r in rows])
+        x, budget, curve, y = self._inputs(rows, *self._scale(rows))
         return FitRequest(
             "hpod.dyhpo_model:fit_deep_kernel",
             key=("dyhpo", n),
             seed=self.seed,
             data={
-                "x": np.stack([r.x for r in rows]),
-                "budget": np.array([self._budget(r.level) for r in rows]),
-                "curve": np.stack([self._curve(r.curve, r.level, lo, span) for r in rows]),
+                "x": x,
+                "budget": budget,
+                "curve": curve,
                 "y": y,
                 "iterations": self.fit_iterations,
             },
+        )
+
+    def _inputs(
+        self, rows: Sequence[_Row], lo: float, span: float
+    ) -> tuple[Array, Array, Array, Array]:
+        """The rows as the model takes them: encoded configurations, budgets, curves, and losses
+        normalized by the study's range (a non-finite one as the worst, 1)."""
+        return (
+            np.stack([r.x for r in rows]),
+            np.array([self._budget(r.level) for r in rows]),
+            np.stack([self._curve(r.curve, r.level, lo, span) for r in rows]),
+            np.array([(r.loss - lo) / span if math.isfinite(r.loss) else 1.0 for r in rows]),
         )
 
     def install(self, request: FitRequest, model: Any) -> None:
@@ -366,11 +366,7 @@ class DyHPOScheduler:
         key = (self._installed, len(rows), lo, span)
         if self._conditioned is not None and self._conditioned[0] == key:
             return self._conditioned[1]
-        x = np.stack([r.x for r in rows])
-        budget = np.array([self._budget(r.level) for r in rows])
-        curve = np.stack([self._curve(r.curve, r.level, lo, span) for r in rows])
-        y = np.array([(r.loss - lo) / span if math.isfinite(r.loss) else 1.0 for r in rows])
-        posterior = model.condition(x, budget, curve, y)
+        posterior = model.condition(*self._inputs(rows, lo, span))
         self._conditioned = (key, posterior)
         return posterior
 

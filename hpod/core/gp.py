@@ -163,12 +163,12 @@ def fit_gp(x: Array, y: Array, *, seed: int = 0, restarts: int = 2) -> GP:
     theta = starts[0] if best is None else best[1]
     params = GPParams.unpack(theta)
     k = matern52(x, x, params.lengthscales, params.signal) + (params.noise + _JITTER) * np.eye(n)
-    chol = _robust_cholesky(k)
+    chol = robust_cholesky(k)
     alpha = linalg.cho_solve((chol, True), ys)
     return GP(x, ys, params, y_mean, y_std, chol, alpha, math.inf if best is None else best[0])
 
 
-def _robust_cholesky(k: Array) -> Array:
+def robust_cholesky(k: Array) -> Array:
     jitter = 0.0
     for _ in range(8):
         try:

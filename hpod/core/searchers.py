@@ -69,6 +69,8 @@ def config_key(config: Mapping[str, ParamValue]) -> tuple[tuple[str, str, object
 class RandomSearcher:
     """``points_to_evaluate`` first, then independent draws seeded by (seed, number)."""
 
+    needs_history = False
+
     def __init__(
         self,
         space: SearchSpace,
@@ -78,7 +80,6 @@ class RandomSearcher:
         self.space = space
         self.seed = seed
         self.points = tuple(space.normalize(p) for p in points_to_evaluate)
-        self.needs_history = False
 
     def suggest(self, number: int, history: Sequence[Observation]) -> Config | None:
         if number < 0:
@@ -93,6 +94,8 @@ class RandomSearcher:
 class GridSearcher:
     """``points_to_evaluate`` first, then the grid in its stable order, then None."""
 
+    needs_history = False
+
     def __init__(
         self,
         space: SearchSpace,
@@ -103,7 +106,6 @@ class GridSearcher:
         points = [space.normalize(p) for p in points_to_evaluate]
         grid = [g for g in space.grid(points_per_param) if not any(_same(g, p) for p in points)]
         self.configs: tuple[Config, ...] = (*points, *grid)
-        self.needs_history = False
 
     def __len__(self) -> int:
         return len(self.configs)
