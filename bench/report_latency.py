@@ -8,10 +8,16 @@ it is committed).
     .venv/bin/python bench/report_latency.py [--trials 8] [--reports 2000]
     .venv/bin/python bench/report_latency.py --during-fit
 
-``--during-fit`` runs a DyHPO study instead (rung at reports/2, deliberately slow fits of
-``--fit-iterations``), so that the worker process keeps fitting models while the trials report,
-and prints the round trips of the reports sent while a fit was under way (between its request and
-its model's arrival, from the daemon's log) apart from the others.
+``--during-fit`` first runs a small DyHPO study whose model fit is deliberately slow
+(``--fit-iterations``) and, once that study is over and its fit still under way in the worker
+process, the same 8 back-to-back trials: it prints the round trips sent while a fit was running
+(between its request and its model's arrival, from the daemon's log) apart from the others.
+The fit holds one of this machine's two cores the whole time.
+
+``--dyhpo-study`` measures a DyHPO study's own trials instead (rung at reports/2, slow fits):
+the study pauses and resumes trials as it goes, so its round trips also carry the start-up of
+some 50 trial processes (``--churn-only`` runs the same with ASHA, no model, to tell the two
+apart).
 """
 
 from __future__ import annotations
@@ -49,8 +55,33 @@ max_trials = {trials}
 max_concurrent = {trials}
 """
 
+# A small DyHPO study that ends quickly and leaves a long fit behind in the worker.
+FITTING_SPEC = """
+name = "fitting"
+command = ["python", "{trial}"]
+[objective]
+metric = "loss"
+mode = "min"
+resource = "step"
+[space]
+interval = {{ param_type = "choice", range = [0.0] }}
+scale = {{ param_type = "uniform", range = [0.5, 2.0] }}
+[scheduler]
+type = "dyhpo"
+max_resource = 9
+rung_levels = [1, 3]
+[scheduler.options]
+fit_iterations = {iterations}
+[searcher]
+type = "dyhpo"
+num_init_trials = 2
+[limits]
+max_trials = 6
+max_concurrent = 2
+"""
+
 DURING_FIT_SPEC = """
-name = "latency-during-fit"
+name = "latency-dyhpo"
 command = ["python", "{trial}"]
 [objective]
 metric = "loss"
@@ -60,7 +91,7 @@ resource = "step"
 interval = {{ param_type = "choice", range = [{interval}] }}
 scale = {{ param_type = "uniform", range = [0.5, 2.0] }}
 [scheduler]
-type = "dyhpo"
+type = "{scheduler}"
 max_resource = {reports}
 rung_levels = [{rung}]
 [scheduler.options]
@@ -98,23 +129,20 @@ def fit_windows(log_path: Path) -> list[tuple[float, float]]:
 
 
 def during_fit_figures(
-    log_path: Path,
-    stamped: list[tuple[float, float]],
-    ctl: list[str],
-    sid: str,
-    env: dict[str, str],
+    log_path: Path, stamped: list[tuple[float, float]], client: Client, sid: str
 ) -> None:
     windows = fit_windows(log_path)
     inside = sorted(r for t, r in stamped if any(a <= t <= b for a, b in windows))
     outside = sorted(r for t, r in stamped if not any(a <= t <= b for a, b in windows))
-    detail = json.loads(subprocess.check_output([*ctl, "show", sid, "--json"], env=env))
-    d = detail["decisions"]
+    d = client.study(sid)["decisions"]
     fit_s = d.get("fit_seconds") or {"median": 0.0, "max": 0.0}
     dec_s = d.get("decide_seconds") or {"median": 0.0, "max": 0.0}
-    busy = sum(min(b, max(t for t, _ in stamped)) - a for a, b in windows)
+    first, last = min(t for t, _ in stamped), max(t for t, _ in stamped)
+    busy = sum(max(0.0, min(b, last) - max(a, first)) for a, b in windows)
     print(
-        f"  DyHPO fits: {d['fits']} (median {fit_s['median']:.2f} s, max {fit_s['max']:.2f} s "
-        f"in the worker); a fit was under way for {busy:.1f} s of the run"
+        f"  DyHPO fits finished: {d['fits']} (median {fit_s['median']:.2f} s, max "
+        f"{fit_s['max']:.2f} s in the worker); a fit was under way for {busy:.1f} s of the "
+        f"{last - first:.1f} s measured"
     )
     print(
         f"  decisions: {d['asha_promotions']} ASHA promotions, {d['model_promotions']} model "
@@ -132,6 +160,72 @@ def during_fit_figures(
         print(f"  target p99 < 2 ms during fits: {verdict}")
 
 
+def start_daemon(
+    root: Path, args: argparse.Namespace, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    notify = root / "n"
+    ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ready.bind(str(notify))
+    ready.settimeout(60)
+    conf = root / "hpod.toml"
+    conf.write_text(f'durability = "{args.durability}"\n')
+    modeled = args.during_fit or args.dyhpo_study
+    daemon = subprocess.Popen(
+        [
+            *os.environ.get("HPOD_BENCH_PREFIX", "").split(),
+            sys.executable,
+            "-m",
+            "hpod",
+            "serve",
+            "--config",
+            str(conf),
+            "--socket",
+            str(root / "s"),
+            "--state-dir",
+            str(root / "state"),
+            "--cpu-slots",
+            str(args.trials),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info" if modeled else "warning",
+        ],
+        env=dict(env, NOTIFY_SOCKET=str(notify)),
+        stdout=(root / "daemon.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    with ready:
+        while b"READY=1" not in ready.recv(4096):
+            pass
+    return daemon
+
+
+def run_fitting_study(client: Client, root: Path, iterations: int) -> str:
+    """Run the small DyHPO study to its end; its last fit request is still in the worker."""
+    spec = root / f"fitting-{iterations}.toml"
+    spec.write_text(FITTING_SPEC.format(trial=HERE / "latency_trial.py", iterations=iterations))
+    sid = str(client.submit(spec)["study"])
+    (root / "state" / "studies" / sid).mkdir(parents=True, exist_ok=True)
+    (root / "state" / "studies" / sid / "go").touch()
+    client.wait(sid)
+    return sid
+
+
+def leave_a_fit_running(client: Client, root: Path, args: argparse.Namespace) -> None:
+    # A first, short fit starts the worker and imports torch there: a one-off of a second or
+    # two of a core and much disk reading, which stalled the daemon's writes for up to 0.3 s
+    # when it overlapped the measurement. The figure is for a fit in a warm worker.
+    warm = run_fitting_study(client, root, 50)
+    deadline = time.monotonic() + 120
+    while client.study(warm)["decisions"]["fits"] < 1:
+        if time.monotonic() > deadline:
+            raise SystemExit("the warm-up fit did not finish in 120 s")
+        time.sleep(0.05)  # the harness's own wait for the warm-up, polled gently
+    sid = run_fitting_study(client, root, args.fit_iterations)
+    if not client.study(sid)["decisions"]["fitting"]:
+        raise SystemExit("the fitting study left no fit running: raise --fit-iterations")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=8)
@@ -146,53 +240,43 @@ def main() -> int:
     parser.add_argument(
         "--during-fit",
         action="store_true",
-        help="a DyHPO study whose model is being fitted while the trials report",
+        help="the same trials while a DyHPO model is being fitted in the worker",
     )
-    parser.add_argument("--fit-iterations", type=int, default=3000)
-    parser.add_argument("--max-trials", type=int, default=40, help="--during-fit: trials in all")
+    parser.add_argument(
+        "--dyhpo-study",
+        action="store_true",
+        help="the round trips of a DyHPO study's own trials (pauses, resumes, fits)",
+    )
+    parser.add_argument(
+        "--churn-only",
+        action="store_true",
+        help="with --dyhpo-study: the same study under ASHA (trial starts, no model)",
+    )
+    parser.add_argument("--fit-iterations", type=int, default=0, help="0: a fit that lasts")
+    parser.add_argument("--max-trials", type=int, default=40, help="--dyhpo-study: trials in all")
     args = parser.parse_args()
+    if not args.fit_iterations:
+        # --during-fit: a fit that outlasts the measurement (a few seconds on this machine's
+        # cores); --dyhpo-study: slow fits, several per run.
+        args.fit_iterations = 200_000 if args.during_fit else 3000
 
     root = Path(tempfile.mkdtemp(prefix="hpod"))
-    sock = str(root / "s")
     state = root / "state"
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    notify = root / "n"
-    ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    ready.bind(str(notify))
-    ready.settimeout(60)
-    conf = root / "hpod.toml"
-    conf.write_text(f'durability = "{args.durability}"\n')
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hpod",
-            "serve",
-            "--config",
-            str(conf),
-            "--socket",
-            sock,
-            "--state-dir",
-            str(state),
-            "--cpu-slots",
-            str(args.trials),
-            "--log-format",
-            "json",
-            "--log-level",
-            "info" if args.during_fit else "warning",
-        ],
-        env=dict(env, NOTIFY_SOCKET=str(notify)),
-        stdout=(root / "daemon.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    daemon = start_daemon(root, args, env)
     try:
-        while b"READY=1" not in ready.recv(4096):
-            pass
-        spec = root / "study.toml"
+        # The harness talks to the daemon in-process: an hpodctl started inside the measured
+        # window (interpreter start-up and imports, ~0.1 s of a core) showed up as a burst of
+        # slow round trips in the first 0.4 s.
+        client = Client(str(root / "s"), timeout=None)
         if args.during_fit:
+            leave_a_fit_running(client, root, args)
+        spec = root / "study.toml"
+        if args.dyhpo_study:
             text = DURING_FIT_SPEC.format(
                 trial=HERE / "latency_trial.py",
+                scheduler="asha" if args.churn_only else "dyhpo",
                 reports=args.reports,
                 rung=args.reports // 2,
                 iterations=args.fit_iterations,
@@ -200,6 +284,10 @@ def main() -> int:
                 trials=args.trials,
                 interval=args.interval_ms / 1000,
             )
+            if args.churn_only:
+                text = text.replace('type = "dyhpo"', 'type = "random"').replace(
+                    "[scheduler.options]\nfit_iterations", "# fit_iterations"
+                )
         else:
             text = SPEC.format(
                 trial=HERE / "latency_trial.py",
@@ -208,20 +296,15 @@ def main() -> int:
                 interval=args.interval_ms / 1000,
             )
         spec.write_text(text)
-        ctl = [sys.executable, "-m", "hpod.cli.hpodctl", "--socket", sock]
-        # The harness talks to the daemon in-process: an hpodctl started inside the measured
-        # window (interpreter start-up and imports, ~0.1 s of a core) showed up as a burst of
-        # slow round trips in the first 0.4 s.
-        client = Client(sock, timeout=None)
         sid = client.submit(spec)["study"]
         trials_dir = state / "studies" / sid / "trials"
         # Each trial sends one report before the barrier: wait until all 8 are connected.
         # (A DyHPO study starts its trials as it goes: no barrier, it measures them all.)
         deadline = time.monotonic() + 120
-        if args.during_fit:
+        if args.dyhpo_study:
             (trials_dir.parent).mkdir(parents=True, exist_ok=True)
             (trials_dir.parent / "go").touch()
-        while not args.during_fit and time.monotonic() < deadline:
+        while not args.dyhpo_study and time.monotonic() < deadline:
             if sum(1 for t in client.trials(sid) if t["resource"] is not None) >= args.trials:
                 break
             time.sleep(0.05)  # the harness's own barrier, polled gently; not a readiness wait
@@ -239,6 +322,12 @@ def main() -> int:
         print(
             f"report round trip, {args.trials} trial processes reporting at once, "
             f"durability={args.durability}, {args.interval_ms:g} ms between reports"
+            + (", while a DyHPO model is fitted" if args.during_fit else "")
+            + (
+                f", {args.max_trials} trials of a {'n ASHA' if args.churn_only else ' DyHPO'} study"
+                if args.dyhpo_study
+                else ""
+            )
         )
         print(f"  reports: {total} in {wall:.2f} s ({total / wall:.0f}/s)")
         print(
@@ -246,12 +335,15 @@ def main() -> int:
             f"p99 {percentile(lat, 99):.3f} ms   max {lat[-1]:.3f} ms"
         )
         print(f"  target p99 < 2 ms: {'met' if percentile(lat, 99) < 2.0 else 'NOT met'}")
-        if args.during_fit:
-            during_fit_figures(root / "daemon.log", stamped, ctl, sid, env)
+        if args.during_fit or (args.dyhpo_study and not args.churn_only):
+            during_fit_figures(root / "daemon.log", stamped, client, sid)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("HPOD_BENCH_KEEP"):
+            print(f"  kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

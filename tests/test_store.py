@@ -24,6 +24,7 @@ from hpod.store import (
     Store,
     StudyRow,
     TrialRow,
+    checkpoint_due,
     event_op,
     insert_study_op,
     insert_trial_op,
@@ -196,9 +197,81 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 1
+    assert int(version) == SCHEMA_VERSION == 2
     conn.close()
     assert (path.stat().st_mode & 0o777) == 0o600  # it holds trial tokens
+
+
+def test_a_version_1_store_is_migrated_with_every_report(tmp_path: Path) -> None:
+    from hpod.store import _SCHEMA_V1
+
+    path = tmp_path / DB_NAME
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    for sql in _SCHEMA_V1:
+        conn.execute(sql)
+    conn.executemany(
+        "INSERT INTO reports (study_id, trial_id, run, resource, metrics, decision, at)"
+        " VALUES ('s1', ?, 1, ?, '{\"loss\": 1.0}', 'CONTINUE', ?)",
+        [(i % 3, float(i), 100.0 + i) for i in range(7)],
+    )
+    conn.commit()
+    conn.close()
+    with Store.open(tmp_path) as store:
+        before = store.load_reports("s1")
+        assert [(r.id, r.trial_id, r.at) for r in before] == [
+            (i + 1, i % 3, 100.0 + i) for i in range(7)
+        ]
+        assert [r.resource for r in store.load_reports("s1", 1)] == [1.0, 4.0]
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
+    indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "reports_by_study" in indexes
+    assert "reports_by_trial" not in indexes
+    conn.close()
+
+
+@pytest.mark.anyio
+async def test_a_report_commit_adds_a_few_pages_to_the_log_not_one_per_trial(
+    store: Store,
+) -> None:
+    """8 trials' reports in each commit: the WAL (and the checkpoints that copy it back) grows by
+    the table's and the study index's last pages, not by a page per trial (the version-1 schema:
+    5.9 pages here, ~12 in bench/report_latency.py, whose checkpoints then never caught up)."""
+    wal = store.path.with_name(store.path.name + "-wal")
+    await store.write(report_op("s1", 0, 1, 0.0, {"loss": 1.0}, Decision.CONTINUE, 0.0))
+    start = wal.stat().st_size
+    commits = 200
+    for step in range(1, commits + 1):
+        await store.write(
+            *(
+                report_op("s1", trial, 1, float(step), {"loss": 1.0 / step}, "CONTINUE", step)
+                for trial in range(8)
+            )
+        )
+    pages = (wal.stat().st_size - start) / 4096 / commits
+    assert pages <= 3.5, f"{pages:.1f} pages of WAL per commit"
+    assert len(store.load_reports("s1")) == 1 + 8 * commits
+
+
+def test_checkpoints_wait_for_a_pause_in_the_commits_or_a_full_log() -> None:
+    cap = 64 * 1024 * 1024
+    assert not checkpoint_due(10, 10, 10, 0)  # nothing new since the last one
+    assert checkpoint_due(10, 10, 4, 0)  # new commits, none in the last tick
+    assert not checkpoint_due(12, 10, 4, cap - 1)  # commits still flowing
+    assert checkpoint_due(12, 10, 4, cap)  # flowing, but the log is full
+
+
+@pytest.mark.anyio
+async def test_a_quiet_store_copies_its_log_into_the_database(store: Store) -> None:
+    size = store.path.stat().st_size
+    for step in range(50):
+        await store.write(report_op("s1", 0, 1, float(step), {"loss": 1.0}, "CONTINUE", step))
+    with anyio.fail_after(10):
+        while store.path.stat().st_size == size:  # the checkpointer's work, seen from outside
+            await anyio.sleep(0.01)
+    assert len(store.load_reports("s1")) == 50
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:
