@@ -202,9 +202,16 @@ class BOSearcher:
         # Local moves around the best points the model was fitted on: most of the gain of a
         # proper acquisition optimizer for a fraction of its cost.
         top = gp.x[np.argsort(gp.y, kind="stable")[:8]]
-        base = top[rng.integers(len(top), size=N_LOCAL)]
-        moved = base + rng.normal(0.0, 0.08, size=base.shape)
-        return np.concatenate([rand, self.space.snap(moved)])
+        return np.concatenate([rand, local_moves(self.space, top, N_LOCAL, 0.08, rng)])
+
+
+def local_moves(
+    space: SearchSpace, top: Array, n: int, sd: float, rng: np.random.Generator
+) -> Array:
+    """``n`` candidates, each a Gaussian step (``sd`` in the unit cube) from one of ``top``'s
+    encoded configurations, snapped back into the space."""
+    base = top[rng.integers(len(top), size=n)]
+    return space.snap(base + rng.normal(0.0, sd, size=base.shape))
 
 
 def _believer(gp: GP, pending: Array | None, xs: Array) -> tuple[Array, Array]:

@@ -230,6 +230,44 @@ def test_dyhpo_starts_the_new_configuration_the_model_likes_best() -> None:
     assert study.decisions["model_starts"] == 1
 
 
+def _paused_6d(options: Mapping[str, Any]) -> Study:
+    """A 6-D DyHPO study with three trials paused at the first rung; trial 1 (0.2) the best."""
+    spec = _spec(
+        "hartmann6", {**DYHPO, "probability_sh": 0.0, "options": options}, {"type": "dyhpo"}
+    )
+    study = Study.new(spec)
+    for value in (0.5, 0.2, 0.8):
+        launch = study.next_launch(0.0)
+        assert launch is not None
+        study.on_report(launch.trial_id, {"loss": value, "epoch": 1}, 0.0)
+        study.on_exit(launch.trial_id, 0, 0.0)
+    return study
+
+
+def _new_start_near_the_best(options: Mapping[str, Any]) -> float:
+    """How close DyHPO's new configuration lands to the best trial's, when the model says that
+    closer is better (and paused trials are poor)."""
+    study = _paused_6d(options)
+    sched = _scheduler(study)
+    sched._training_rows(study)
+    best = study.spec.space.encode(study.trials[1].config)
+    sched.model = Stub(lambda x, b, c: float(np.linalg.norm(x - best)) if c[1].sum() == 0 else 9.0)
+    launch = study.next_launch(0.0)
+    assert launch is not None
+    assert launch.fresh
+    return float(np.linalg.norm(study.spec.space.encode(launch.config) - best))
+
+
+def test_dyhpo_in_six_dimensions_also_tries_moves_around_the_best_configurations() -> None:
+    # The closest of 256 random points in the 6-D cube is ~0.25 away from a given one; local moves
+    # (sd 0.1 a side) do.
+    assert _scheduler(_paused_6d({})).n_local == 64
+    assert _new_start_near_the_best({}) < 0.2
+    assert _new_start_near_the_best({"local_candidates": 0}) > 0.2
+    # In 3 dimensions random candidates cover the space: no local moves unless asked for.
+    assert _scheduler(_paused_study()).n_local == 0
+
+
 def test_dyhpo_without_a_model_is_asha() -> None:
     study = _paused_study()
     # floor(3 / 3) = 1 promotion at rung 1: the best, trial 1.
