@@ -12,6 +12,7 @@ scoring never needs torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,9 @@ FEATURES = 16
 LEARNING_RATE = 0.02
 
 
-def fit_deep_kernel(request: FitRequest) -> DeepKernel:
+def fit_deep_kernel(
+    request: FitRequest, between_steps: Callable[[], None] | None = None
+) -> DeepKernel:
     import torch
 
     # One thread: deterministic, and a fit never takes more than the one core it was given.
@@ -78,6 +81,8 @@ def fit_deep_kernel(request: FitRequest) -> DeepKernel:
         return torch.cat([h, pooled], dim=1) @ w["w3"].T + w["b3"]
 
     for _ in range(int(data.get("iterations", 300))):
+        if between_steps is not None:
+            between_steps()
         opt.zero_grad()
         z = net(x, budget, curve)
         t_ls, t_sig = sp(gp["lengthscale"]), sp(gp["signal"])

@@ -48,6 +48,8 @@ def main() -> int:
     os.dup2(2, 1)
     from hpod.core.models import fit
 
+    backoff = sched.Backoff(flag=os.environ.get("HPOD_BUSY_FLAG"))
+
     while True:
         data = read_frame(sys.stdin.buffer)
         if data is None:
@@ -55,7 +57,7 @@ def main() -> int:
         request = pickle.loads(data)
         started = time.perf_counter()
         try:
-            result: tuple[str, object, float] = ("ok", fit(request), 0.0)
+            result: tuple[str, object, float] = ("ok", fit(request, backoff), 0.0)
         except Exception as exc:  # a failed fit is reported, and the worker serves on
             result = ("error", f"{type(exc).__name__}: {exc}", 0.0)
         result = (result[0], result[1], time.perf_counter() - started)

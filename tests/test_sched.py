@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,68 @@ def _default_slice() -> str:
         if line.startswith("se.slice"):
             return line.partition(":")[2].strip()
     return "0"
+
+
+def test_a_fit_backs_off_while_reports_are_busy_and_its_steps_wait_for_a_cpu(
+    tmp_path: Path,
+) -> None:
+    stat = tmp_path / "schedstat"
+    flag = tmp_path / "busy"
+    flag.write_bytes(b"\0")
+    naps: list[float] = []
+
+    def write(on_cpu_ms: float, waiting_ms: float) -> None:
+        stat.write_text(f"{int(on_cpu_ms * 1e6)} {int(waiting_ms * 1e6)} 7\n")
+
+    write(0, 0)
+    backoff = sched.Backoff(
+        stat, flag=flag, threshold=0.25, pause=0.2, window_ns=1_000_000, sleep=naps.append
+    )
+    backoff()
+    write(10, 20)  # contended, but the reports are quiet (CPU-bound trials): no pause
+    backoff()
+    assert naps == []
+    flag.write_bytes(b"\1")  # the daemon: reports are coming fast
+    backoff()  # marks the start
+    write(10.6, 20.2)  # 0.8 ms so far: too little to judge
+    backoff()
+    assert naps == []
+    write(13.0, 20.4)  # 3.4 ms, an eighth of it waiting: the CPU is free enough, no pause
+    backoff()
+    assert naps == []
+    write(14.0, 22.0)  # the next 2.6 ms, most of it waiting: others want the CPU
+    backoff()
+    assert naps == [0.2]
+    assert backoff.pauses == 1
+    flag.write_bytes(b"\0")
+    write(15.0, 30.0)
+    backoff()
+    assert naps == [0.2]
+
+
+def test_without_schedstat_or_flag_a_fit_never_backs_off(tmp_path: Path) -> None:
+    naps: list[float] = []
+    flag = tmp_path / "busy"
+    flag.write_bytes(b"\1")
+    for backoff in (
+        sched.Backoff(tmp_path / "missing", flag=flag, sleep=naps.append),
+        sched.Backoff(sleep=naps.append),  # no flag: no word from a daemon
+        sched.Backoff(sleep=naps.append, flag=tmp_path / "no-flag"),
+    ):
+        backoff()
+        backoff()
+    assert naps == []
+
+
+def test_the_real_schedstat_is_read_and_a_quiet_step_does_not_pause(tmp_path: Path) -> None:
+    if not Path("/proc/thread-self/schedstat").exists():
+        pytest.skip("no /proc/thread-self/schedstat here")
+    flag = tmp_path / "busy"
+    flag.write_bytes(b"\1")
+    naps: list[float] = []
+    backoff = sched.Backoff(flag=flag, sleep=naps.append, threshold=1.0)  # never over all
+    deadline = time.monotonic() + 0.02
+    while time.monotonic() < deadline:  # 20 ms of work on a CPU: past the window
+        backoff()
+    assert naps == []
+    assert backoff._last is not None  # the file was read, and is still being read

@@ -20,7 +20,7 @@ history, trial n gets the same configuration.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +99,9 @@ def level_data(
     )
 
 
-def fit_level_gp(request: FitRequest) -> GP:
-    """The fitting function of a BO request (see :func:`hpod.core.models.fit`)."""
+def fit_level_gp(request: FitRequest, between_steps: Callable[[], None] | None = None) -> GP:
+    """The fitting function of a BO request (see :func:`hpod.core.models.fit`); a few
+    milliseconds, so it has no steps to pause between."""
     return fit_gp(request.data["x"], request.data["y"], seed=request.seed)
 
 

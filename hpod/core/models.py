@@ -19,7 +19,7 @@ process runs it, and nothing else ever does.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,11 +38,19 @@ class FitRequest:
         return self.function.rpartition(":")[2]
 
 
-def fit(request: FitRequest) -> Any:
-    """Run the request's fitting function. Pure: the same request gives the same model."""
+def fit(request: FitRequest, between_steps: Callable[[], None] | None = None) -> Any:
+    """Run the request's fitting function. Pure: the same request gives the same model.
+
+    ``between_steps`` is called between the steps of a long fit (DyHPO's training loop): the
+    worker process backs off there while the machine is busy (:class:`hpod.sched.Backoff`). It
+    can delay a fit, never change it."""
     module, _, name = request.function.partition(":")
     fn = getattr(importlib.import_module(module), name)
-    return fn(request)
+    return fn(request, between_steps or _nothing)
+
+
+def _nothing() -> None:
+    pass
 
 
 class Modeled(Protocol):
