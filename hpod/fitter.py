@@ -179,7 +179,17 @@ class Fitter:
         self.studies: dict[str, tuple[Study, FitStats]] = {}
         self._poke = anyio.Event()
         self._on_installed = on_installed
-        self.reports = 0  # every report of every study, counted by the report path
+        self.reports = 0  # every report of every study (count_report)
+        self._window_start = 0  # self.reports when the current LOAD_SECONDS window began
+        self._window_cap = BUSY_REPORTS_PER_S * LOAD_SECONDS
+
+    def count_report(self) -> None:
+        """On the report path: one more report. The worker hears at once when a window has had
+        too many, not at its end (at 8,000 reports a second, 20 ms are 160 round trips)."""
+        self.reports += 1
+        over = self.reports - self._window_start > self._window_cap
+        if over and not self.worker.busy and self.worker.alive:
+            self.worker.set_busy(True)
 
     def add(self, study_id: str, engine: Study) -> FitStats:
         stats = FitStats()
@@ -192,20 +202,16 @@ class Fitter:
         self._poke.set()
 
     async def _watch_load(self) -> None:
-        """Every LOAD_SECONDS, whether the reports come faster than BUSY_REPORTS_PER_S; the
-        worker hears of each change."""
-        last = self.reports
+        """Every LOAD_SECONDS a new window; one that had no more than BUSY_REPORTS_PER_S allows
+        tells the worker the reports are quiet again (count_report says when they are not)."""
+        began = time.monotonic()
         while True:
-            if not self.worker.alive:
-                await anyio.sleep(CHECK_SECONDS)  # no worker, nobody to tell: look less often
-                last = self.reports
-                continue
-            await anyio.sleep(LOAD_SECONDS)
-            rate = (self.reports - last) / LOAD_SECONDS
-            last = self.reports
-            busy = rate > BUSY_REPORTS_PER_S
-            if busy != self.worker.busy:
-                self.worker.set_busy(busy)
+            await anyio.sleep(LOAD_SECONDS if self.worker.alive else CHECK_SECONDS)
+            now = time.monotonic()
+            count = self.reports - self._window_start
+            self._window_start, began, seconds = self.reports, now, now - began
+            if self.worker.busy and count <= BUSY_REPORTS_PER_S * seconds:
+                self.worker.set_busy(False)
 
     async def run(self) -> None:
         try:

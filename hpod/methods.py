@@ -299,7 +299,7 @@ class Methods:
             ),
             then=answer.settle,
         )
-        self.d.fitter.reports += 1
+        self.d.fitter.count_report()
         if outcome.counted and study.id in self.d.fitter.studies:
             self.d.fitter.poke()  # an event only: the fitter looks later, off this path
         if outcome.counted and outcome.resource > run.mark_resource:
