@@ -9,6 +9,10 @@ Reports only poke the fitter (an event); it looks at the studies at most every
 ``CHECK_SECONDS``, so a stream of reports costs the report path nothing. One worker process serves
 all studies, one fit at a time; it is started at the first fit, so a daemon without model-based
 studies never starts it, and restarted if it dies.
+
+Reports come first: every report is counted (:meth:`Fitter.count_report`), and while they come
+faster than BUSY_REPORTS_PER_S the worker is told so and its fits back off
+(:class:`hpod.sched.Backoff`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
-"""Short CPU slices for the daemon and its fit worker (Linux's EEVDF scheduler, 6.12 and later).
+"""How the fit worker keeps out of the report path's way on a machine with few cores.
 
-On a machine with few cores a report's round trip is a chain of wake-ups (trial, event loop,
-writer thread, trial again), and each waits until the task running on its CPU has used up the
-slice the scheduler protects for it, 0.75-3 ms by default. A fit worker busy on one of two cores
-then put ~2 ms on the p99 of every round trip, even at nice 10 or SCHED_IDLE
-(bench/report_latency.py --during-fit). Asking for a short slice (``sched_attr.sched_runtime``
-for a SCHED_OTHER task) does two things: the fit worker can be preempted 0.1 ms into its slice,
-and the daemon's threads, whose deadlines come sooner, win the wake-up race. No privilege is
-needed; kernels before 6.12 ignore the value, other systems lack the call: both are left as they
-are. The daemon's slice is not passed on to the trials it starts (``SCHED_FLAG_RESET_ON_FORK``).
+A report's round trip is a chain of wake-ups (trial, event loop, writer thread, trial again), and
+on Linux's EEVDF scheduler (6.6 and later) each may wait until the task running on its CPU has
+used up the slice the scheduler protects for it, 0.75-3 ms by default. A fit busy on one of two
+cores put 1-2 ms on the p99 of 8 trials reporting back to back, at nice 10 or SCHED_IDLE alike
+(bench/report_latency.py --during-fit). Two remedies, both in the worker only:
+
+- :func:`short_slice`: 0.1 ms slices (``sched_attr.sched_runtime`` for a SCHED_OTHER task, Linux
+  6.12 and later; no privilege needed; older kernels ignore it and other systems lack the call),
+  so a waking task preempts the fit within 0.1 ms. The daemon keeps the default: with short slices
+  of its own it was preempted by its own trials, and its round trips got slower.
+- :class:`Backoff`: while the daemon says reports are busy and the fit's steps wait for a CPU, it
+  sleeps between steps.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ class _SchedAttr(ctypes.Structure):
 
 
 def short_slice(slice_ns: int = SHORTEST_NS, *, keep_for_children: bool = False) -> bool:
-    """Ask for ``slice_ns`` slices for the calling thread (and the threads it starts later) at
-    its current nice value; True if the kernel took the request."""
+    """Ask for ``slice_ns`` slices for the calling thread at its current nice value; True if the
+    kernel took the request. Threads and processes it starts later get the default back unless
+    ``keep_for_children`` (``SCHED_FLAG_RESET_ON_FORK``)."""
     number = _SYSCALL.get(platform.machine())
     if number is None or not hasattr(os, "sched_getscheduler"):
         return False
