@@ -620,7 +620,8 @@ class Store:
         conn = _connect(self.path)
         wal = Path(f"{self.path}-wal")
         try:
-            checkpointed = last = self._commits
+            last = self._commits
+            checkpointed = -1  # a WAL left by a daemon that was killed goes in at the first pause
             while not self._stop_checkpoints.wait(_CHECKPOINT_QUIET_S):
                 now = self._commits
                 due = checkpoint_due(now, last, checkpointed, _size(wal))
