@@ -177,6 +177,10 @@ class Methods:
         out["running"] = sorted(study.runs)
         out["rungs"] = study.engine.rung_occupancy()
         out["decisions"] = study.fit_stats.view(study.engine.decisions)
+        # A fit that backs off while reports come fast (hpod.sched.Backoff) says so.
+        out["decisions"]["fit_yields_to_reports"] = (
+            study.fit_stats.in_flight and self.d.fitter.worker.busy
+        )
         clocks = study.clocks(time.monotonic())
         out["elapsed"] = clocks.elapsed
         out["compute"] = clocks.compute

@@ -468,3 +468,12 @@ def test_client_reconnects_once(server: WireServer) -> None:
         server.close()
         with pytest.raises(DaemonUnavailable, match="hpod serve --socket"):
             client.ping()
+
+
+def test_show_says_when_a_fit_waits_for_the_reports() -> None:
+    from hpod.cli.hpodctl import _render_decisions
+
+    quiet = {"fits": 2, "fitting": True, "fit_yields_to_reports": False}
+    assert _render_decisions(quiet).splitlines()[1] == "  fits: 2, one running now"
+    busy = {**quiet, "fit_yields_to_reports": True}
+    assert "paused while reports come faster than 1,000 a second" in _render_decisions(busy)

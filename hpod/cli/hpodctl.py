@@ -215,6 +215,8 @@ def _render_decisions(d: Mapping[str, Any]) -> str:
         fits += f" (median {spread['median']:.3g} s, max {spread['max']:.3g} s)"
     if d.get("fitting"):
         fits += ", one running now"
+        if d.get("fit_yields_to_reports"):
+            fits += " (paused while reports come faster than 1,000 a second)"
     if d.get("fit_errors"):
         fits += f", {d['fit_errors']} failed (last: {d.get('last_fit_error')})"
     lines.append(fits)

@@ -69,6 +69,7 @@ def test_bo_with_asha_runs_to_completion_with_fits_off_the_loop(daemon: Any) -> 
     decisions = daemon.ctl_json("show", sid)["decisions"]
     assert decisions["fits"] >= 1, decisions
     assert decisions["fit_errors"] == 0
+    assert decisions["fit_yields_to_reports"] is False  # no fit running now
     assert decisions["random_starts"] + decisions["model_starts"] == 16
     assert decisions["model_starts"] >= 1
     assert decisions["asha_promotions"] >= 1
