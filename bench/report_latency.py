@@ -41,8 +41,8 @@ from hpod.client import Client
 
 HERE = Path(__file__).parent
 
-SPEC = """
-name = "latency"
+_HEAD = """
+name = "{name}"
 command = ["python", "{trial}"]
 [objective]
 metric = "loss"
@@ -50,6 +50,11 @@ mode = "min"
 resource = "step"
 [space]
 interval = {{ param_type = "choice", range = [{interval}] }}
+"""
+
+SPEC = (
+    _HEAD
+    + """
 [scheduler]
 type = "fifo"
 max_resource = {reports}
@@ -57,41 +62,12 @@ max_resource = {reports}
 max_trials = {trials}
 max_concurrent = {trials}
 """
+)
 
-# A small DyHPO study that ends quickly and leaves a long fit behind in the worker.
-FITTING_SPEC = """
-name = "fitting"
-command = ["python", "{trial}"]
-[objective]
-metric = "loss"
-mode = "min"
-resource = "step"
-[space]
-interval = {{ param_type = "choice", range = [0.0] }}
-scale = {{ param_type = "uniform", range = [0.5, 2.0] }}
-[scheduler]
-type = "dyhpo"
-max_resource = 9
-rung_levels = [1, 3]
-[scheduler.options]
-fit_iterations = {iterations}
-[searcher]
-type = "dyhpo"
-num_init_trials = 2
-[limits]
-max_trials = 6
-max_concurrent = 2
-"""
-
-DURING_FIT_SPEC = """
-name = "latency-dyhpo"
-command = ["python", "{trial}"]
-[objective]
-metric = "loss"
-mode = "min"
-resource = "step"
-[space]
-interval = {{ param_type = "choice", range = [{interval}] }}
+# --dyhpo-study's study, and (small, quick, with a long fit left behind) --during-fit's.
+DYHPO_SPEC = (
+    _HEAD
+    + """
 scale = {{ param_type = "uniform", range = [0.5, 2.0] }}
 [scheduler]
 type = "{scheduler}"
@@ -106,6 +82,7 @@ num_init_trials = 2
 max_trials = {max_trials}
 max_concurrent = {trials}
 """
+)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -205,7 +182,19 @@ def start_daemon(
 def run_fitting_study(client: Client, root: Path, iterations: int) -> str:
     """Run the small DyHPO study to its end; its last fit request is still in the worker."""
     spec = root / f"fitting-{iterations}.toml"
-    spec.write_text(FITTING_SPEC.format(trial=HERE / "latency_trial.py", iterations=iterations))
+    spec.write_text(
+        DYHPO_SPEC.format(
+            name="fitting",
+            trial=HERE / "latency_trial.py",
+            interval=0.0,
+            scheduler="dyhpo",
+            reports=9,
+            rung="1, 3",
+            iterations=iterations,
+            max_trials=6,
+            trials=2,
+        )
+    )
     sid = str(client.submit(spec)["study"])
     (root / "state" / "studies" / sid).mkdir(parents=True, exist_ok=True)
     (root / "state" / "studies" / sid / "go").touch()
@@ -276,7 +265,8 @@ def main() -> int:
             leave_a_fit_running(client, root, args)
         spec = root / "study.toml"
         if args.dyhpo_study:
-            text = DURING_FIT_SPEC.format(
+            text = DYHPO_SPEC.format(
+                name="latency-dyhpo",
                 trial=HERE / "latency_trial.py",
                 scheduler="asha" if args.churn_only else "dyhpo",
                 reports=args.reports,
@@ -292,6 +282,7 @@ def main() -> int:
                 )
         else:
             text = SPEC.format(
+                name="latency",
                 trial=HERE / "latency_trial.py",
                 reports=args.reports,
                 trials=args.trials,
