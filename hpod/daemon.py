@@ -69,7 +69,7 @@ class Daemon:
         self.trial_tg: anyio.abc.TaskGroup | None = None
         self._rotation = 0
         # Model fits for BO and DyHPO studies, in a worker process: never on this loop.
-        self.fitter = Fitter(self.wake)
+        self.fitter = Fitter(self.wake, flag_dir=state_dir)
 
     @property
     def store(self) -> Store:

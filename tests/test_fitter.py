@@ -56,3 +56,16 @@ async def test_the_worker_hears_that_reports_come_fast_and_then_that_they_stoppe
         tg.cancel_scope.cancel()
     await worker.aclose()
     assert not Path(flag).exists()  # the flag's file goes with the worker
+
+
+@pytest.mark.anyio
+async def test_the_daemon_keeps_the_flag_in_its_state_dir(tmp_path: Path) -> None:
+    fitter = Fitter(lambda: None, flag_dir=tmp_path)
+    await fitter.worker._start()
+    try:
+        assert fitter.worker._flag_path == str(tmp_path / "fit-busy")
+        assert (tmp_path / "fit-busy").read_bytes() == b"\0"
+        assert (tmp_path / "fit-busy").stat().st_mode & 0o777 == 0o600
+    finally:
+        await fitter.worker.aclose()
+    assert not (tmp_path / "fit-busy").exists()
