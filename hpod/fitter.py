@@ -22,7 +22,6 @@ import os
 import pickle
 import statistics
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -97,12 +96,12 @@ def _spread(values: Iterable[float]) -> dict[str, float] | None:
 class FitWorker:
     """The worker process, started on first use; one request at a time."""
 
-    def __init__(self, flag_dir: Path | None = None) -> None:
+    def __init__(self, flag_dir: Path) -> None:
         self._proc: anyio.abc.Process | None = None
         self._out: BufferedByteReceiveStream | None = None
         self._lock = anyio.Lock()
         self.started = 0
-        self._flag_dir = flag_dir  # where the busy flag lives (the state dir); None: a temp file
+        self._flag_dir = flag_dir  # where the busy flag lives: the daemon's state directory
         self._flag: int | None = None  # the busy flag's file, shared with the worker
         self._flag_path = ""
         self.busy = False
@@ -120,12 +119,9 @@ class FitWorker:
 
     async def _start(self) -> None:
         if self._flag is None:
-            if self._flag_dir is None:
-                self._flag, self._flag_path = tempfile.mkstemp(prefix="hpod-fit-busy-")
-            else:
-                # A fixed name: a daemon killed with SIGKILL leaves one file, the next reuses it.
-                self._flag_path = str(self._flag_dir / "fit-busy")
-                self._flag = os.open(self._flag_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            # A fixed name: a daemon killed with SIGKILL leaves one file, the next reuses it.
+            self._flag_path = str(self._flag_dir / "fit-busy")
+            self._flag = os.open(self._flag_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             self.set_busy(self.busy)
         env = dict(os.environ, **_ONE_THREAD, HPOD_BUSY_FLAG=self._flag_path)
         self._proc = await anyio.open_process(
@@ -185,7 +181,7 @@ class FitWorker:
 class Fitter:
     """Watches the model-based studies and keeps their models fresh, off the event loop."""
 
-    def __init__(self, on_installed: Callable[[], None], flag_dir: Path | None = None) -> None:
+    def __init__(self, on_installed: Callable[[], None], flag_dir: Path) -> None:
         self.worker = FitWorker(flag_dir)
         self.studies: dict[str, tuple[Study, FitStats]] = {}
         self._poke = anyio.Event()

@@ -46,24 +46,35 @@ class _SchedAttr(ctypes.Structure):
     )
 
 
-def short_slice(slice_ns: int = SHORTEST_NS, *, keep_for_children: bool = False) -> bool:
-    """Ask for ``slice_ns`` slices for the calling thread at its current nice value; True if the
-    kernel took the request. Threads and processes it starts later get the default back unless
-    ``keep_for_children`` (``SCHED_FLAG_RESET_ON_FORK``)."""
+def _sched_setattr() -> tuple[ctypes.CDLL, int] | None:
+    """libc and sched_setattr's syscall number (sched_getattr's is the next), where both exist."""
     number = _SYSCALL.get(platform.machine())
-    if number is None or not hasattr(os, "sched_getscheduler"):
+    if number is None:
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True), number
+    except OSError:
+        return None
+
+
+def short_slice(slice_ns: int = SHORTEST_NS) -> bool:
+    """Ask for ``slice_ns`` slices for the calling thread at its current nice value; True if the
+    kernel took the request. Threads and processes it starts later get the default back
+    (``SCHED_FLAG_RESET_ON_FORK``)."""
+    call = _sched_setattr()
+    if call is None or not hasattr(os, "sched_getscheduler"):
         return False
+    libc, number = call
     try:
         if os.sched_getscheduler(0) != _SCHED_OTHER:
             return False  # a real-time or idle policy set by the administrator stays
         nice = os.getpriority(os.PRIO_PROCESS, 0)
-        libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return False
     attr = _SchedAttr(
         size=ctypes.sizeof(_SchedAttr),
         sched_policy=_SCHED_OTHER,
-        sched_flags=0 if keep_for_children else _RESET_ON_FORK,
+        sched_flags=_RESET_ON_FORK,
         sched_nice=nice,
         sched_runtime=slice_ns,
     )
@@ -72,13 +83,10 @@ def short_slice(slice_ns: int = SHORTEST_NS, *, keep_for_children: bool = False)
 
 def current_slice_ns() -> int | None:
     """The calling thread's requested slice (0: the kernel's default), None where unknown."""
-    number = _SYSCALL.get(platform.machine())
-    if number is None:
+    call = _sched_setattr()
+    if call is None:
         return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
+    libc, number = call
     attr = _SchedAttr()
     if libc.syscall(number + 1, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
         return None
@@ -94,9 +102,9 @@ class Backoff:
     down further than its nice value does.
 
     Short slices alone left a fit on one of two cores adding 0.5-1.5 ms to the p99 of 8 trials
-    reporting back to back (bench/report_latency.py --during-fit). Measured from the thread's own
-    ``schedstat`` (time on a CPU, time runnable but waiting), so it needs no word from the daemon
-    and does nothing on a machine with cores to spare; without the file it does nothing at all.
+    reporting back to back (bench/report_latency.py --during-fit). The waiting is measured from
+    the thread's own ``schedstat`` (time on a CPU, time runnable but waiting), so a machine with
+    cores to spare never pauses a fit; without that file, or without the flag, it does nothing.
     """
 
     def __init__(

@@ -27,8 +27,10 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_worker_hears_that_reports_come_fast_and_then_that_they_stopped() -> None:
-    fitter = Fitter(lambda: None)
+async def test_the_worker_hears_that_reports_come_fast_and_then_that_they_stopped(
+    tmp_path: Path,
+) -> None:
+    fitter = Fitter(lambda: None, flag_dir=tmp_path)
     worker = fitter.worker
     async with anyio.create_task_group() as tg:
         tg.start_soon(fitter._watch_load)
