@@ -13,7 +13,7 @@ it is committed).
 process, the same 8 back-to-back trials: it prints the round trips sent while a fit was running
 (between its request and its model's arrival, from the daemon's log) apart from the others.
 The worker would hold one of this machine's two cores for the whole run; with reports this fast
-it backs off (hpod.sched.Backoff), which is what the figure measures.
+it backs off (hpod.fit.cpu.Backoff), which is what the figure measures.
 
 ``--dyhpo-study`` measures a DyHPO study's own trials instead (rung at reports/2, slow fits):
 the study pauses and resumes trials as it goes, so its round trips also carry the start-up of

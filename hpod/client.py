@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hpod.errors import DaemonUnavailable, PermissionDenied, ProtocolError
+from hpod.paths import default_socket_path as daemon_default
 from hpod.wire import SyncConnection, no_daemon_message
 
 __all__ = ["Client", "default_socket_path"]
@@ -35,8 +36,6 @@ def default_socket_path(env: Mapping[str, str] = os.environ) -> str:
     explicit = env.get("HPOD_SOCKET")
     if explicit:
         return explicit
-    from hpod.config import default_socket_path as daemon_default
-
     return str(daemon_default(env=env))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh checkout: .venv with hpod (editable), its examples and its tests.
-# Needs only python3 >= 3.10 (or $PYTHON). Quiet when all is well, loud when anything fails.
+# Needs only python3 >= 3.11 (or $PYTHON). Quiet when all is well, loud when anything fails.
 # A second run with an unchanged pyproject.toml is a no-op of a few milliseconds.
 set -euo pipefail
 
@@ -14,11 +14,11 @@ TORCH_VERSION="2.13.0"
 trap 'echo "setup.sh: FAILED at line $LINENO (exit $?)" >&2' ERR
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    echo "setup.sh: $PYTHON not found; install Python 3.10 or newer (or set PYTHON=...)" >&2
+    echo "setup.sh: $PYTHON not found; install Python 3.11 or newer (or set PYTHON=...)" >&2
     exit 1
 fi
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-    echo "setup.sh: $("$PYTHON" --version 2>&1) is too old: hpod needs Python >= 3.10" >&2
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup.sh: $("$PYTHON" --version 2>&1) is too old: hpod needs Python >= 3.11" >&2
     exit 1
 fi
 

@@ -17,6 +17,7 @@ run() {
 }
 
 run .venv/bin/ruff check .
+run .venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 run .venv/bin/mypy            # files and --strict come from pyproject.toml
 # pytest exits 5 when it collected no tests: that is a failure too, not a pass.
 run .venv/bin/pytest -q "$@"

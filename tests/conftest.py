@@ -37,3 +37,9 @@ def clean_trial_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(trial, "_warned_outside", False)
     yield
     trial.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The daemon runs on asyncio (uvloop is not used), so its async tests do too."""
+    return "asyncio"

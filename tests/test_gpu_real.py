@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpod.gpus import NvmlUnavailable, discover, load_nvml
+from hpod.daemon.gpus import NvmlUnavailable, discover, load_nvml
 
 pytestmark = pytest.mark.gpu
 

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = _parser().parse_args(["serve", *(argv or sys.argv[1:])])
 
-    from hpod import logging as hlog
-    from hpod.config import DaemonConfig, default_socket_path, default_state_dir
+    from hpod.daemon import logging as hlog
+    from hpod.daemon.config import DaemonConfig, default_socket_path, default_state_dir
     from hpod.errors import HpodError
 
     try:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import anyio
 
-    from hpod.daemon import Daemon
+    from hpod.daemon.app import Daemon
 
     daemon = Daemon(
         config,

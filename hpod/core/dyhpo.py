@@ -10,7 +10,7 @@ their features into a GP with an RBF kernel, all trained jointly on the marginal
 
 The model is fitted off the decision path (:mod:`hpod.core.models`): ``wants_fit`` hands out the
 training set (one row per trial and rung it reached: its configuration, the rung, its curve below
-the rung, its value at the rung), :func:`hpod.dyhpo_model.fit_deep_kernel` trains it in torch,
+the rung, its value at the rung), :func:`hpod.fit.dyhpo_torch.fit_deep_kernel` trains it in torch,
 in whichever process runs the fit, and returns plain numpy weights (:class:`DeepKernel`). Scoring
 here is numpy only, so deciding never imports torch. While no model is installed the scheduler is
 ASHA (promotion type). Once the study may start no new trial the ASHA rule (final quotas) decides
@@ -132,7 +132,7 @@ class _Weights(Protocol):
 
 
 def features(w: _Weights, x: Array, budget: Array, curve: Array) -> Array:
-    """The feature network, in numpy; :mod:`hpod.dyhpo_model` is the same network in torch."""
+    """The feature network, in numpy; :mod:`hpod.fit.dyhpo_torch` is the same network in torch."""
     u = np.concatenate([x, budget[:, None]], axis=1)
     h = np.maximum(u @ w.w1.T + w.b1, 0.0)
     h = np.maximum(h @ w.w2.T + w.b2, 0.0)
@@ -268,7 +268,7 @@ class DyHPOScheduler:
         self._asked = n
         x, budget, curve, y = self._inputs(rows, *self._scale(rows))
         return FitRequest(
-            "hpod.dyhpo_model:fit_deep_kernel",
+            "hpod.fit.dyhpo_torch:fit_deep_kernel",
             key=("dyhpo", n),
             seed=self.seed,
             data={

@@ -42,7 +42,7 @@ def fit(request: FitRequest, between_steps: Callable[[], None] | None = None) ->
     """Run the request's fitting function. Pure: the same request gives the same model.
 
     ``between_steps`` is called between the steps of a long fit (DyHPO's training loop): the
-    worker process backs off there while the machine is busy (:class:`hpod.sched.Backoff`). It
+    worker process backs off there while the machine is busy (:class:`hpod.fit.cpu.Backoff`). It
     can delay a fit, never change it."""
     module, _, name = request.function.partition(":")
     fn = getattr(importlib.import_module(module), name)

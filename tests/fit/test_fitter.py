@@ -8,13 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from hpod import sched
-from hpod.fitter import BUSY_REPORTS_PER_S, LOAD_SECONDS, Fitter
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+from hpod.fit import cpu as sched
+from hpod.fit.fitter import BUSY_REPORTS_PER_S, LOAD_SECONDS, Fitter
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:

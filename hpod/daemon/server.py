@@ -19,11 +19,11 @@ import anyio.lowlevel
 import structlog
 
 from hpod import __version__, wire
-from hpod.answers import Answer
+from hpod.daemon.answers import Answer
+from hpod.daemon.peercred import Credentials, peer_credentials
 from hpod.errors import ErrorCode, HpodError, MethodNotFound, ProtocolError
-from hpod.peercred import Credentials, peer_credentials
 
-log = structlog.get_logger("hpod.server")
+log = structlog.get_logger("hpod.daemon.server")
 
 _CHUNK = 65536
 _EAGER_READS = 8  # reads in a row without yielding to the event loop

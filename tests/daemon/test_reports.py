@@ -7,7 +7,7 @@ from pathlib import Path
 from hpod.core.limits import Clocks
 from hpod.core.spec import StudySpec
 from hpod.core.study import Study
-from hpod.reports import build_report, report_summary, write_report
+from hpod.daemon.reports import build_report, report_summary, write_report
 
 SPEC = """
 name = "r"

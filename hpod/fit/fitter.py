@@ -1,4 +1,4 @@
-"""Model fits off the event loop: the daemon's side of :mod:`hpod.fitworker`.
+"""Model fits off the event loop: the daemon's side of :mod:`hpod.fit.worker`.
 
 A model-based study (BO, DyHPO) asks for a fit when its data moved (``Study.wants_fit``); the
 :class:`Fitter` sends the request to the worker process and goes back to serving; when the model
@@ -12,7 +12,7 @@ studies never starts it, and restarted if it dies.
 
 Reports come first: every report is counted (:meth:`Fitter.count_report`), and while they come
 faster than BUSY_REPORTS_PER_S the worker is told so and its fits back off
-(:class:`hpod.sched.Backoff`).
+(:class:`hpod.fit.cpu.Backoff`).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hpod.core.models import FitRequest
 from hpod.core.study import Study
-from hpod.fitworker import HEADER, frame
+from hpod.fit.worker import HEADER, frame
 
-log = structlog.get_logger("hpod.fitter")
+log = structlog.get_logger("hpod.fit.fitter")
 
 CHECK_SECONDS = 0.2
 # Above this many reports a second (all studies), the report path is busy: the worker then backs
-# off between a fit's steps while it has to wait for a CPU (hpod.sched.Backoff). Measured on 2
+# off between a fit's steps while it has to wait for a CPU (hpod.fit.cpu.Backoff). Measured on 2
 # cores with a fit running: 8 trials at 800 reports/s kept a p99 of 1.3-1.8 ms without backing
 # off; back to back (~7,800/s) the p99 went to 2.1-3.5 ms, and back to the 1.5-1.9 ms of no fit
 # with it. Below the rate a fit runs at nice 10, whatever the trials do with the CPUs.
@@ -125,7 +125,7 @@ class FitWorker:
             self.set_busy(self.busy)
         env = dict(os.environ, **_ONE_THREAD, HPOD_BUSY_FLAG=self._flag_path)
         self._proc = await anyio.open_process(
-            [sys.executable, "-m", "hpod.fitworker"], env=env, stderr=None
+            [sys.executable, "-m", "hpod.fit.worker"], env=env, stderr=None
         )
         assert self._proc.stdout is not None
         self._out = BufferedByteReceiveStream(self._proc.stdout)

@@ -177,7 +177,7 @@ def trial_environment(launch: TrialLaunch, base: Mapping[str, str]) -> dict[str,
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
 def _open_logs(launch: TrialLaunch) -> tuple[IO[bytes], IO[bytes]]:

@@ -11,10 +11,10 @@ import anyio
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.study import Launch, Study
-from hpod.fitter import FitStats
-from hpod.runner import TrialProcess
-from hpod.slots import Slot
-from hpod.views import summary_view
+from hpod.daemon.runner import TrialProcess
+from hpod.daemon.slots import Slot
+from hpod.daemon.views import summary_view
+from hpod.fit.fitter import FitStats
 
 
 @dataclass

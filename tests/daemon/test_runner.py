@@ -13,8 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from hpod.errors import HpodError, InvalidParams
-from hpod.runner import (
+from hpod.daemon.runner import (
     TrialLaunch,
     TrialProcess,
     TrialStartError,
@@ -23,11 +22,7 @@ from hpod.runner import (
     render_command,
     trial_environment,
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+from hpod.errors import HpodError, InvalidParams
 
 
 def make_launch(tmp_path: Path, command: list[str], **overrides: object) -> TrialLaunch:

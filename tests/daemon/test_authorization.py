@@ -17,11 +17,12 @@ from typing import Any
 import anyio
 import pytest
 
-from hpod import server, wire
-from hpod.config import DaemonConfig
-from hpod.daemon import Daemon
+from hpod import wire
+from hpod.daemon import server
+from hpod.daemon.app import Daemon
+from hpod.daemon.config import DaemonConfig
+from hpod.daemon.peercred import Credentials
 from hpod.errors import PermissionDenied
-from hpod.peercred import Credentials
 
 SPEC = """
 name = "owned"
@@ -36,11 +37,6 @@ x = { param_type = "uniform", range = [0, 1] }
 [limits]
 max_trials = 1
 """
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The model-fit worker: ``python -m hpod.fitworker``, started by the daemon, one per daemon.
+"""The model-fit worker: ``python -m hpod.fit.worker``, started by the daemon, one per daemon.
 
 It reads fit requests (:class:`hpod.core.models.FitRequest`) from stdin and writes each result to
 stdout, both as length-prefixed pickles, one at a time. It runs at a lower CPU priority than the
@@ -17,7 +17,7 @@ import sys
 import time
 from typing import BinaryIO
 
-from hpod import sched
+from hpod.fit import cpu as sched
 
 HEADER = 8
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from hpod.config import GpuConfig
-from hpod.slots import Lease, Slot, SlotPool
+from hpod.daemon.config import GpuConfig
+from hpod.daemon.slots import Lease, Slot, SlotPool
 
 __all__ = [
     "DevicePool",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpod.config import (
+from hpod.daemon.config import (
     ConfigError,
     DaemonConfig,
     GpuConfig,
@@ -18,7 +18,7 @@ from hpod.config import (
 )
 from hpod.errors import ErrorCode, HpodError
 
-ETC = Path(__file__).resolve().parent.parent / "etc" / "hpod.toml"
+ETC = Path(__file__).resolve().parents[2] / "etc" / "hpod.toml"
 # A setting in etc/hpod.toml is "#key = value" or "#[table]": no space after the #.
 SETTING = re.compile(r"^#(?=\[|[a-z_]+ = )", re.MULTILINE)
 

@@ -25,7 +25,7 @@ import structlog
 from hpod import wire
 from hpod.errors import HpodError
 
-log = structlog.get_logger("hpod.server")
+log = structlog.get_logger("hpod.daemon.server")
 
 # How long the writer thread may wait for a client to make room for its answer. A trial reads
 # each answer before it reports again, so its socket always has room; only a client that sends

@@ -14,8 +14,7 @@ import anyio
 import pytest
 
 from hpod.core.states import Decision, StudyState, TrialState
-from hpod.errors import HpodError, NotFound, ShuttingDown
-from hpod.store import (
+from hpod.daemon.store import (
     DB_NAME,
     SCHEMA_VERSION,
     EventRow,
@@ -32,13 +31,9 @@ from hpod.store import (
     update_study_op,
     update_trial_op,
 )
+from hpod.errors import HpodError, NotFound, ShuttingDown
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -203,7 +198,7 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
 
 
 def test_a_version_1_store_is_migrated_with_every_report(tmp_path: Path) -> None:
-    from hpod.store import _SCHEMA_V1
+    from hpod.daemon.store import _SCHEMA_V1
 
     path = tmp_path / DB_NAME
     conn = sqlite3.connect(path)
@@ -457,7 +452,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from hpod.store import Store
+    from hpod.daemon.store import Store
 
     async def main() -> None:
         store = Store.open(Path(sys.argv[1]))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hpod.config import DaemonConfig
 from hpod.core.durations import parse_duration
+from hpod.daemon.config import DaemonConfig
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "hpod.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "hpod.service"
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -79,7 +79,7 @@ def test_stop_timeout_outlasts_the_grace_period(unit):
 
 
 def test_socket_and_state_paths_match_the_root_defaults(unit):
-    from hpod.config import default_socket_path, default_state_dir
+    from hpod.daemon.config import default_socket_path, default_state_dir
 
     runtime = one(unit, "Service", "RuntimeDirectory")
     state = one(unit, "Service", "StateDirectory")

@@ -95,7 +95,7 @@ def current_slice_ns() -> int | None:
 
 class Backoff:
     """Called between a fit's steps in the worker process. While the daemon says its report path
-    is busy (a byte in the file ``flag``, see :mod:`hpod.fitter`) and the steps wait for a CPU
+    is busy (a byte in the file ``flag``, see :mod:`hpod.fit.fitter`) and the steps wait for a CPU
     more than ``threshold`` of the time, it sleeps ``pause`` seconds after each step: a fit then
     yields a saturated machine to the reports almost entirely, and goes on at full speed when the
     reports slow down or the machine has cores to spare. CPU-bound trials alone never slow a fit

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hpod import sched
-from hpod.fitworker import HEADER, frame
+from hpod.fit import cpu as sched
+from hpod.fit.worker import HEADER, frame
 
 
 def _in_a_thread() -> tuple[bool, int | None, int | None]:
@@ -33,7 +33,7 @@ def test_a_short_slice_is_taken_and_not_passed_on_to_children() -> None:
         pytest.skip(f"this kernel keeps no custom slice (took={took}, slice={after})")
     assert after == sched.SHORTEST_NS
     # A child started now (as the daemon starts trials) gets the kernel's default back.
-    code = "from hpod import sched; print(sched.current_slice_ns())"
+    code = "from hpod.fit import cpu; print(cpu.current_slice_ns())"
     child = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
     )
@@ -42,7 +42,7 @@ def test_a_short_slice_is_taken_and_not_passed_on_to_children() -> None:
 
 def test_the_fit_worker_runs_niced_with_short_slices() -> None:
     worker = subprocess.Popen(
-        [sys.executable, "-m", "hpod.fitworker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-m", "hpod.fit.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         assert worker.stdin is not None

@@ -13,11 +13,16 @@ import anyio
 import structlog
 
 from hpod import __version__
-from hpod.answers import Answer
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.core.study import Study
+from hpod.daemon.answers import Answer
+from hpod.daemon.runner import log_tail
+from hpod.daemon.runtime import StudyRuntime, TrialRun
+from hpod.daemon.server import AnsweringHandler, Handler, Peer
+from hpod.daemon.store import StudyRow, report_op
+from hpod.daemon.views import best_view, trial_view
 from hpod.errors import (
     BadState,
     InvalidParams,
@@ -27,14 +32,9 @@ from hpod.errors import (
     SpecError,
     TokenRejected,
 )
-from hpod.runner import log_tail
-from hpod.runtime import StudyRuntime, TrialRun
-from hpod.server import AnsweringHandler, Handler, Peer
-from hpod.store import StudyRow, report_op
-from hpod.views import best_view, trial_view
 
 if TYPE_CHECKING:
-    from hpod.daemon import Daemon
+    from hpod.daemon.app import Daemon
 
 log = structlog.get_logger("hpod.daemon")
 
@@ -78,7 +78,7 @@ class Methods:
         }
 
     def answering(self) -> dict[str, AnsweringHandler]:
-        """Methods that send their own answer (see :class:`hpod.server.Answer`)."""
+        """Methods that send their own answer (see :class:`hpod.daemon.server.Answer`)."""
         return {"trial.report": self._trial_report}
 
     async def _gpus(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -177,7 +177,7 @@ class Methods:
         out["running"] = sorted(study.runs)
         out["rungs"] = study.engine.rung_occupancy()
         out["decisions"] = study.fit_stats.view(study.engine.decisions)
-        # A fit that backs off while reports come fast (hpod.sched.Backoff) says so.
+        # A fit that backs off while reports come fast (hpod.fit.cpu.Backoff) says so.
         out["decisions"]["fit_yields_to_reports"] = (
             study.fit_stats.in_flight and self.d.fitter.worker.busy
         )

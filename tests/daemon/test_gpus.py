@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hpod.config import GpuConfig
-from hpod.gpus import DevicePool, GpuInfo, Nvml, NvmlUnavailable, discover, load_nvml
+from hpod.daemon.config import GpuConfig
+from hpod.daemon.gpus import DevicePool, GpuInfo, Nvml, NvmlUnavailable, discover, load_nvml
 from tests import fake_nvml
 
 

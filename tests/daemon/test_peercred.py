@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
+from hpod.daemon.peercred import Credentials, peer_credentials
 from hpod.errors import HpodError
-from hpod.peercred import Credentials, peer_credentials
 
 
 def test_socketpair_reports_our_own_credentials() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpod import notify
+from hpod.daemon import notify
 
 
 @pytest.fixture

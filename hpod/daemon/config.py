@@ -15,7 +15,7 @@ import difflib
 import grp
 import os
 import pwd
-import sys
+import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +23,7 @@ from typing import Any
 
 from hpod.core.durations import parse_duration
 from hpod.errors import ErrorCode, HpodError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from hpod.paths import MAX_SOCKET_PATH_BYTES, default_socket_path, default_state_dir
 
 __all__ = [
     "BUSY_POLICIES",
@@ -46,10 +42,6 @@ LOG_FORMATS = ("auto", "console", "json")
 DURABILITIES = ("normal", "fsync")
 BUSY_POLICIES = ("avoid", "share", "ignore")
 
-# sun_path is 108 bytes on Linux, one of them the terminating NUL.
-MAX_SOCKET_PATH_BYTES = 107
-
-
 class ConfigError(HpodError):
     """A daemon configuration with one or more problems, each naming its key path."""
 
@@ -65,42 +57,6 @@ class ConfigError(HpodError):
             f"{source} has {count} {noun}:\n{lines}",
             data={"problems": list(self.problems), "source": source},
         )
-
-
-# -- machine-dependent defaults ------------------------------------------------------------------
-
-
-def _is_root(uid: int | None) -> bool:
-    return (os.geteuid() if uid is None else uid) == 0
-
-
-def default_state_dir(*, uid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
-    """/var/lib/hpod for root (systemd's StateDirectory); else the user's XDG state folder."""
-    if _is_root(uid):
-        return Path("/var/lib/hpod")
-    env = os.environ if env is None else env
-    xdg = env.get("XDG_STATE_HOME", "")
-    # The XDG spec says a relative value is invalid and must be ignored.
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "hpod"
-    home = env.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "hpod"
-
-
-def default_socket_path(*, uid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
-    """/run/hpod/hpod.sock for root (systemd's RuntimeDirectory); else a per-user runtime path."""
-    if _is_root(uid):
-        return Path("/run/hpod/hpod.sock")
-    env = os.environ if env is None else env
-    runtime = env.get("XDG_RUNTIME_DIR", "")
-    if runtime and os.path.isabs(runtime):
-        return Path(runtime) / "hpod" / "hpod.sock"
-    real_uid = os.getuid() if uid is None else uid
-    run_user = Path(f"/run/user/{real_uid}")
-    if run_user.is_dir():
-        return run_user / "hpod" / "hpod.sock"
-    # /tmp is shared: the daemon must create this folder 0700 and check that it owns it.
-    return Path(f"/tmp/hpod-{real_uid}") / "hpod.sock"
 
 
 # -- the model ----------------------------------------------------------------------------------

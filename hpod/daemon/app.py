@@ -23,26 +23,27 @@ import anyio
 import anyio.abc
 import structlog
 
-from hpod import __version__, notify
-from hpod.config import DaemonConfig
+from hpod import __version__
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.states import StudyState, TrialState
 from hpod.core.study import Launch, Study, TrialRecord
+from hpod.daemon import notify
+from hpod.daemon.config import DaemonConfig
+from hpod.daemon.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
+from hpod.daemon.methods import Methods
+from hpod.daemon.reports import build_report, report_summary, write_report
+from hpod.daemon.runner import TrialLaunch, TrialProcess, TrialStartError, log_tail, looks_like_oom
+from hpod.daemon.runtime import StudyRuntime, TrialRun
+from hpod.daemon.server import Server
+from hpod.daemon.slots import Slot
+from hpod.daemon.store import Store, TrialRow
+from hpod.daemon.views import best_view
 from hpod.errors import (
     HpodError,
     SpecError,
 )
-from hpod.fitter import Fitter
-from hpod.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
-from hpod.methods import Methods
-from hpod.reports import build_report, report_summary, write_report
-from hpod.runner import TrialLaunch, TrialProcess, TrialStartError, log_tail, looks_like_oom
-from hpod.runtime import StudyRuntime, TrialRun
-from hpod.server import Server
-from hpod.slots import Slot
-from hpod.store import Store, TrialRow
-from hpod.views import best_view
+from hpod.fit.fitter import Fitter
 
 log = structlog.get_logger("hpod.daemon")
 

@@ -97,5 +97,5 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: TextIO | None =
 
 
 def get_logger(name: str, **context: Any) -> FilteringBoundLogger:
-    """A logger that names its component (`logger=hpod.runner`) and carries `context`."""
+    """A logger that names its component (`logger=hpod.daemon.runner`) and carries `context`."""
     return cast(FilteringBoundLogger, structlog.get_logger().bind(logger=name, **context))

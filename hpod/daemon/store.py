@@ -484,7 +484,7 @@ class Store:
 
         ``then`` gets the outcome (None once durable, else the error) on the writer thread,
         right after the commit and before any awaiting caller is woken; it must neither block
-        nor raise. The daemon answers reports this way (see hpod.answers).
+        nor raise. The daemon answers reports this way (see hpod.daemon.answers).
         """
         if not ops:
             raise ValueError("post() needs at least one op")

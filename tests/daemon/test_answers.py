@@ -13,18 +13,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from hpod import answers
-from hpod.answers import Answer
 from hpod.core.states import Decision
+from hpod.daemon import answers
+from hpod.daemon.answers import Answer
+from hpod.daemon.store import Op, Store, insert_study_op, report_op
 from hpod.errors import ErrorCode
-from hpod.store import Op, Store, insert_study_op, report_op
 
 from .test_store import study_row
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 from hpod import wire
 from hpod.core.limits import Clocks, usage
 from hpod.core.study import Study
-from hpod.views import best_view
+from hpod.daemon.views import best_view
 
 __all__ = ["build_report", "report_summary", "write_report"]
 
