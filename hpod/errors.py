@@ -143,13 +143,23 @@ class SpecError(HpodError):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        count = len(self.problems)
-        noun = "problem" if count == 1 else "problems"
         super().__init__(
-            f"the study spec has {count} {noun}:\n{lines}",
+            problems_message("the study spec", self.problems),
             data={"problems": list(self.problems)},
         )
+
+
+def problems_message(source: str, problems: Sequence[str]) -> str:
+    """``"the study spec has 2 problems:\\n  - a\\n  - b"``: how every error that lists problems
+    by key path (:class:`SpecError`, the daemon's ``ConfigError``) words them, one to a line.
+
+    Here rather than beside the readers in ``hpod.core.problems``: this module is the leaf that
+    everything, the stdlib-only trial reporter included, imports, and it imports nothing of hpod.
+    """
+    count = len(problems)
+    noun = "problem" if count == 1 else "problems"
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"{source} has {count} {noun}:\n{lines}"
 
 
 _BY_CODE: dict[ErrorCode, type[HpodError]] = {

@@ -11,17 +11,17 @@ is inside the range even when ``high - low`` is not a multiple of ``step``).
 
 from __future__ import annotations
 
-import difflib
 import enum
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from hpod.core.problems import did_you_mean, is_number, unknown_key
 from hpod.errors import SpecError
 
 ParamValue = float | int | str
@@ -36,26 +36,6 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _PARAM_KEYS = ("param_type", "range")
 # Float noise in ``low + k * step`` ("0.30000000000000004") is cut at this many digits.
 _SIGNIFICANT = 15
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest option, or "" when nothing is close."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def unknown_key(path: str, key: str, options: Iterable[str]) -> str:
-    """The problem line for an unknown key, with a did-you-mean where one is close."""
-    opts = list(options)
-    hint = did_you_mean(key, opts)
-    if not hint:
-        hint = f"; expected one of {', '.join(opts)}" if opts else ""
-    return f"{path}.{key}: unknown key{hint}" if path else f"{key}: unknown key{hint}"
-
-
-def is_number(value: object) -> bool:
-    """A real number from TOML or JSON: int or float, never bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _fmt(value: object) -> str:

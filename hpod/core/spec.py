@@ -1,8 +1,9 @@
 """The study spec: a TOML file read into frozen sections, with every problem listed by key path.
 
 A bad spec is refused whole at submit, so validation never stops at the first mistake: each
-section is read with a :class:`_Section` that records what is wrong and carries on with the
-default, and the problems of all sections are raised together in one :class:`SpecError`.
+section is read with a :class:`~hpod.core.problems.Section` that records what is wrong and
+carries on with the default, and the problems of all sections are raised together in one
+:class:`SpecError`.
 
 Pure: nothing here touches the filesystem except :meth:`StudySpec.from_file`; ``workdir`` is
 resolved against ``base_dir`` as a path only (the daemon checks that it exists).
@@ -11,7 +12,6 @@ resolved against ``base_dir`` as a path only (the daemon checks that it exists).
 from __future__ import annotations
 
 import enum
-import math
 import os
 import re
 import shlex
@@ -20,26 +20,18 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any
 
-from hpod.core.durations import format_duration, parse_duration
+from hpod.core.durations import format_duration
 from hpod.core.objective import Objective, ObjectiveMode
-from hpod.core.space import (
-    RESERVED_NAMES,
-    Config,
-    SearchSpace,
-    did_you_mean,
-    is_number,
-    unknown_key,
-)
+from hpod.core.problems import Section, did_you_mean, is_number
+from hpod.core.space import RESERVED_NAMES, Config, SearchSpace
 from hpod.errors import SpecError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The daemon sets these for every trial; a study overriding them would break the trial contract.
 _RESERVED_ENV = re.compile(r"HPOD_.*|CUDA_VISIBLE_DEVICES|CUDA_DEVICE_ORDER")
-
-_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 class SchedulerType(enum.StrEnum):
@@ -235,7 +227,7 @@ class StudySpec:
         if not isinstance(raw, Mapping):
             raise SpecError([f"expected a table at the top of the spec, got {type(raw).__name__}"])
         problems: list[str] = []
-        top = _Section(raw, "", problems, _TOP_KEYS)
+        top = Section(raw, "", problems, _TOP_KEYS)
 
         name = top.string("name", required=True)
         if name is not None and not _NAME.fullmatch(name):
@@ -357,152 +349,7 @@ def _placeholder_problems(command: Sequence[str], names: Sequence[str]) -> list[
     return out
 
 
-# -- reading sections ----------------------------------------------------------------------------
-
-
-class _Section:
-    """One table of the spec: typed reads that record problems and fall back to defaults."""
-
-    def __init__(
-        self,
-        raw: Mapping[str, Any],
-        path: str,
-        problems: list[str],
-        keys: Sequence[str],
-    ) -> None:
-        self.raw = raw
-        self.path = path
-        self.problems = problems
-        self.keys = tuple(keys)
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.where(key)}: {message}")
-
-    def get(self, key: str) -> Any:
-        return self.raw.get(key)
-
-    def has(self, key: str) -> bool:
-        return key in self.raw
-
-    def finish(self) -> None:
-        for key in self.raw:
-            if key not in self.keys:
-                self.problems.append(unknown_key(self.path, str(key), self.keys))
-
-    def table(self, key: str, *, required: bool = False) -> _Section | None:
-        """A sub-table; None (with a problem when required) when it is missing or no table."""
-        value = self.raw.get(key)
-        if value is None:
-            if required:
-                self.problem(key, f"missing; add a [{self.where(key)}] table")
-                return None
-            value = {}
-        if not isinstance(value, Mapping):
-            self.problem(key, f"expected a table, got {type(value).__name__} {value!r}")
-            return None
-        return _Section(value, self.where(key), self.problems, ())
-
-    @overload
-    def string(self, key: str, *, default: str) -> str: ...
-    @overload
-    def string(self, key: str, *, required: bool) -> str | None: ...
-    def string(self, key: str, *, default: str | None = None, required: bool = False) -> str | None:
-        if key not in self.raw:
-            if required:
-                self.problem(key, "missing")
-            return default
-        value = self.raw[key]
-        if not isinstance(value, str) or not value.strip():
-            self.problem(key, f"must be a non-empty string, got {value!r}")
-            return default
-        return value
-
-    @overload
-    def integer(self, key: str, *, default: int, minimum: int | None = None) -> int: ...
-    @overload
-    def integer(self, key: str, *, minimum: int | None = None) -> int | None: ...
-    def integer(
-        self, key: str, *, default: int | None = None, minimum: int | None = None
-    ) -> int | None:
-        if key not in self.raw:
-            return default
-        value = self.raw[key]
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok and (minimum is None or value >= minimum):
-            return int(value)
-        if minimum == 1:
-            self.problem(key, f"must be a positive integer, got {value!r}")
-        elif minimum == 0:
-            self.problem(key, f"must be an integer >= 0, got {value!r}")
-        elif minimum is not None:
-            self.problem(key, f"must be an integer >= {minimum}, got {value!r}")
-        else:
-            self.problem(key, f"must be an integer, got {value!r}")
-        return default
-
-    def number(
-        self,
-        key: str,
-        *,
-        default: float,
-        above: float | None = None,
-        at_least: float | None = None,
-        at_most: float | None = None,
-    ) -> float:
-        if key not in self.raw:
-            return default
-        value = self.raw[key]
-        if not is_number(value) or not math.isfinite(float(value)):
-            self.problem(key, f"must be a number, got {value!r}")
-            return default
-        v = float(value)
-        if above is not None and not v > above:
-            self.problem(key, f"must be > {above:g}, got {value!r}")
-        elif at_least is not None and v < at_least:
-            self.problem(key, f"must be >= {at_least:g}, got {value!r}")
-        elif at_most is not None and v > at_most:
-            self.problem(key, f"must be <= {at_most:g}, got {value!r}")
-        else:
-            return v
-        return default
-
-    @overload
-    def duration(self, key: str, *, default: float, positive: bool = True) -> float: ...
-    @overload
-    def duration(self, key: str, *, default: None, positive: bool = True) -> float | None: ...
-    def duration(self, key: str, *, default: float | None, positive: bool = True) -> float | None:
-        if key not in self.raw:
-            return default
-        value = self.raw[key]
-        try:
-            seconds = parse_duration(value, self.where(key))
-        except ValueError as exc:
-            self.problem(key, str(exc))
-            return default
-        if positive and seconds <= 0:
-            self.problem(key, f"must be longer than 0, got {value!r}")
-            return default
-        return seconds
-
-    @overload
-    def choice(self, key: str, enum_type: type[_E], default: _E) -> _E: ...
-    @overload
-    def choice(self, key: str, enum_type: type[_E], default: None) -> _E | None: ...
-    def choice(self, key: str, enum_type: type[_E], default: _E | None) -> _E | None:
-        if key not in self.raw:
-            if default is None:
-                self.problem(key, f"missing (one of {', '.join(e.value for e in enum_type)})")
-            return default
-        value = self.raw[key]
-        options = [e.value for e in enum_type]
-        if isinstance(value, str) and value in options:
-            return enum_type(value)
-        hint = did_you_mean(value, options) if isinstance(value, str) else ""
-        self.problem(key, f"{value!r} is not one of {', '.join(options)}{hint}")
-        return default
+# -- reading sections (each with a :class:`Section`) ---------------------------------------------
 
 
 def _read_command(value: Any, problems: list[str]) -> list[str]:
@@ -561,7 +408,7 @@ def _read_env(value: Any, problems: list[str]) -> dict[str, str]:
     return out
 
 
-def _read_objective(sec: _Section | None, problems: list[str]) -> Objective | None:
+def _read_objective(sec: Section | None, problems: list[str]) -> Objective | None:
     if sec is None:
         return None
     sec.keys = ("metric", "mode", "resource")
@@ -593,7 +440,7 @@ _SCHEDULER_KEYS = (
 )
 
 
-def _read_scheduler(sec: _Section | None, problems: list[str]) -> SchedulerSpec:
+def _read_scheduler(sec: Section | None, problems: list[str]) -> SchedulerSpec:
     if sec is None:
         return SchedulerSpec()
     sec.keys = _SCHEDULER_KEYS
@@ -658,7 +505,7 @@ def _read_scheduler(sec: _Section | None, problems: list[str]) -> SchedulerSpec:
     )
 
 
-def _read_rung_levels(sec: _Section, raw: Any, min_r: int, max_r: int) -> tuple[int, ...] | None:
+def _read_rung_levels(sec: Section, raw: Any, min_r: int, max_r: int) -> tuple[int, ...] | None:
     if not isinstance(raw, list | tuple) or not raw:
         sec.problem("rung_levels", f"must be a non-empty list of integers, got {raw!r}")
         return None
@@ -696,7 +543,7 @@ _SEARCHER_KEYS = (
 
 
 def _read_searcher(
-    sec: _Section | None,
+    sec: Section | None,
     space: SearchSpace | None,
     scheduler: SchedulerSpec,
     problems: list[str],
@@ -752,7 +599,7 @@ def _read_searcher(
     )
 
 
-def _read_resources(sec: _Section | None, problems: list[str]) -> ResourcesSpec:
+def _read_resources(sec: Section | None, problems: list[str]) -> ResourcesSpec:
     if sec is None:
         return ResourcesSpec()
     sec.keys = ("gpus_per_trial", "trials_per_gpu")
@@ -764,7 +611,7 @@ def _read_resources(sec: _Section | None, problems: list[str]) -> ResourcesSpec:
     return ResourcesSpec(gpus_per_trial=gpus, trials_per_gpu=per_gpu)
 
 
-def _read_limits(sec: _Section | None, problems: list[str]) -> LimitsSpec:
+def _read_limits(sec: Section | None, problems: list[str]) -> LimitsSpec:
     if sec is None:
         return LimitsSpec()
     sec.keys = ("max_trials", "max_concurrent", "optimization_time", "compute_time", "trial_time")
@@ -779,7 +626,7 @@ def _read_limits(sec: _Section | None, problems: list[str]) -> LimitsSpec:
     return spec
 
 
-def _read_report(sec: _Section | None, problems: list[str]) -> ReportSpec:
+def _read_report(sec: Section | None, problems: list[str]) -> ReportSpec:
     if sec is None:
         return ReportSpec()
     sec.keys = ("period", "top_k", "keep_checkpoints")

@@ -11,18 +11,18 @@ reading the environment.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import grp
 import os
 import pwd
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpod.core.durations import parse_duration
-from hpod.errors import ErrorCode, HpodError
+from hpod.core.problems import Section, did_you_mean, type_name
+from hpod.errors import ErrorCode, HpodError, problems_message
 from hpod.paths import MAX_SOCKET_PATH_BYTES, default_socket_path, default_state_dir
 
 __all__ = [
@@ -42,6 +42,7 @@ LOG_FORMATS = ("auto", "console", "json")
 DURABILITIES = ("normal", "fsync")
 BUSY_POLICIES = ("avoid", "share", "ignore")
 
+
 class ConfigError(HpodError):
     """A daemon configuration with one or more problems, each naming its key path."""
 
@@ -50,11 +51,8 @@ class ConfigError(HpodError):
     def __init__(self, problems: Sequence[str], *, source: str = "the configuration") -> None:
         self.problems = tuple(problems)
         self.source = source
-        count = len(self.problems)
-        noun = "problem" if count == 1 else "problems"
-        lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
-            f"{source} has {count} {noun}:\n{lines}",
+            problems_message(source, self.problems),
             data={"problems": list(self.problems), "source": source},
         )
 
@@ -137,18 +135,10 @@ class DaemonConfig:
     ) -> DaemonConfig:
         problems: list[str] = []
         base = Path(base_dir) if base_dir is not None else None
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key == "gpu":
-                continue
-            reader = _TOP_READERS.get(key)
-            if reader is None:
-                problems.append(_unknown_key("", key, [*_TOP_READERS, "gpu"]))
-                continue
-            parsed = _read(reader, value, key, problems, base)
-            if parsed is not _INVALID:
-                values[key] = parsed
+        top = Section(raw, "", problems, _TOP_KEYS)
+        values = top.values(_bound(_TOP_READERS, base))
         gpu = _read_gpu(raw.get("gpu", {}), problems)
+        top.finish()
         if problems:
             raise ConfigError(problems, source=source)
         return cls(**values, gpu=gpu)
@@ -160,25 +150,19 @@ class DaemonConfig:
         relative paths are made absolute against the current folder, where the flag was typed.
         """
         problems: list[str] = []
-        values: dict[str, Any] = {}
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key == "gpu":
-                if isinstance(value, GpuConfig):
-                    values[key] = value
-                else:
-                    problems.append(f"gpu: expected a GpuConfig, got {type(value).__name__}")
-                continue
-            reader = _TOP_READERS.get(key)
-            if reader is None:
-                problems.append(_unknown_key("", key, [*_TOP_READERS, "gpu"]))
-                continue
-            if isinstance(value, Path):
-                value = str(value)
-            parsed = _read(reader, value, key, problems, Path.cwd())
-            if parsed is not _INVALID:
-                values[key] = parsed
+        given = {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in overrides.items()
+            if value is not None
+        }
+        flags = Section(given, "", problems, _TOP_KEYS)
+        values = flags.values(_bound(_TOP_READERS, Path.cwd()))
+        gpu = given.get("gpu")
+        if isinstance(gpu, GpuConfig):
+            values["gpu"] = gpu
+        elif gpu is not None:
+            flags.problem("gpu", f"expected a GpuConfig, got {type(gpu).__name__}")
+        flags.finish()
         if problems:
             raise ConfigError(problems, source="the command line")
         return dataclasses.replace(self, **values)
@@ -222,36 +206,24 @@ class DaemonConfig:
 
 
 # -- readers: each takes (value, base_dir) and returns the parsed value or raises ValueError -----
-
-_INVALID: Any = object()
+# (a Section makes the ValueError that key's problem, so every bad key is listed at once)
 
 Reader = Callable[[Any, Path | None], Any]
 
 
-def _read(reader: Reader, value: Any, path: str, problems: list[str], base: Path | None) -> Any:
-    try:
-        return reader(value, base)
-    except ValueError as exc:
-        problems.append(f"{path}: {exc}")
-        return _INVALID
+def _bound(readers: Mapping[str, Reader], base: Path | None) -> dict[str, Callable[[Any], Any]]:
+    """Each reader with ``base`` (where relative paths start) filled in, as Section.values wants."""
 
+    def bind(read: Reader) -> Callable[[Any], Any]:
+        return lambda value: read(value, base)
 
-def _unknown_key(section: str, key: str, options: Iterable[str]) -> str:
-    opts = list(options)
-    close = difflib.get_close_matches(key, opts, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(opts)}"
-    where = f"{section}.{key}" if section else key
-    return f"{where}: unknown key{hint}"
-
-
-def _type_name(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+    return {key: bind(read) for key, read in readers.items()}
 
 
 def _optional_string(value: Any) -> str | None:
     # TOML has no null: an empty string is how the file says "the default".
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_type_name(value)}")
+        raise ValueError(f"expected a string, got {type_name(value)}")
     return value.strip() or None
 
 
@@ -286,7 +258,7 @@ def _state_dir(value: Any, base: Path | None) -> Path | None:
 
 def _integer(value: Any, *, minimum: int, what: str = "an integer") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected {what}, got {_type_name(value)}")
+        raise ValueError(f"expected {what}, got {type_name(value)}")
     if value < minimum:
         raise ValueError(f"must be >= {minimum}, got {value}")
     return value
@@ -296,7 +268,7 @@ def _cpu_slots(value: Any, base: Path | None) -> int | None:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f'expected a positive integer or "auto", got {_type_name(value)}')
+        raise ValueError(f'expected a positive integer or "auto", got {type_name(value)}')
     return _integer(value, minimum=1)
 
 
@@ -310,14 +282,14 @@ def _duration(value: Any, *, path: str, positive: bool) -> float:
 def _one_of(options: Sequence[str]) -> Reader:
     def read(value: Any, base: Path | None) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"expected one of {', '.join(options)}, got {_type_name(value)}")
+            raise ValueError(f"expected one of {', '.join(options)}, got {type_name(value)}")
         word = value.strip().lower()
         if word == "warn" and "warning" in options:
             word = "warning"  # the spelling everyone types
         if word not in options:
-            close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{value!r} is not one of {', '.join(options)}{hint}")
+            raise ValueError(
+                f"{value!r} is not one of {', '.join(options)}{did_you_mean(word, options)}"
+            )
         return word
 
     return read
@@ -334,7 +306,7 @@ def _socket_mode(value: Any, base: Path | None) -> int:
     elif isinstance(value, int) and not isinstance(value, bool):
         mode = value
     else:
-        raise ValueError(f'expected an octal mode such as 0o660 or "0660", got {_type_name(value)}')
+        raise ValueError(f'expected an octal mode such as 0o660 or "0660", got {type_name(value)}')
     if not 0 <= mode <= 0o777:
         raise ValueError(f"{value!r} is not a permission mode between 0000 and 0777")
     if mode & 0o600 != 0o600:
@@ -359,7 +331,7 @@ def _socket_group(value: Any, base: Path | None) -> str | None:
 
 def _admins(value: Any, base: Path | None) -> tuple[int, ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of user names or uids, got {_type_name(value)}")
+        raise ValueError(f"expected a list of user names or uids, got {type_name(value)}")
     uids: list[int] = []
     errors: list[str] = []
     for i, item in enumerate(value):
@@ -373,7 +345,7 @@ def _admins(value: Any, base: Path | None) -> tuple[int, ...]:
                 errors.append(f"[{i}] no user {name!r} on this machine")
                 continue
         else:
-            errors.append(f"[{i}] expected a user name or a uid >= 0, got {_type_name(item)}")
+            errors.append(f"[{i}] expected a user name or a uid >= 0, got {type_name(item)}")
             continue
         if uid not in uids:
             uids.append(uid)
@@ -395,11 +367,13 @@ _TOP_READERS: dict[str, Reader] = {
     "socket_group": _socket_group,
     "admins": _admins,
 }
+# [gpu] is a table of its own, read by _read_gpu.
+_TOP_KEYS = (*_TOP_READERS, "gpu")
 
 
 def _gpu_allowed(value: Any, base: Path | None) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of GPU indices or UUIDs, got {_type_name(value)}")
+        raise ValueError(f"expected a list of GPU indices or UUIDs, got {type_name(value)}")
     out: list[str] = []
     for i, item in enumerate(value):
         if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
@@ -407,7 +381,7 @@ def _gpu_allowed(value: Any, base: Path | None) -> tuple[str, ...]:
         elif isinstance(item, str) and item.strip():
             text = item.strip()
         else:
-            raise ValueError(f"[{i}] expected a GPU index or UUID, got {_type_name(item)}")
+            raise ValueError(f"[{i}] expected a GPU index or UUID, got {type_name(item)}")
         if text in out:
             raise ValueError(f"[{i}] {text!r} is listed twice")
         out.append(text)
@@ -424,15 +398,9 @@ _GPU_READERS: dict[str, Reader] = {
 
 def _read_gpu(raw: Any, problems: list[str]) -> GpuConfig:
     if not isinstance(raw, Mapping):
-        problems.append(f"gpu: expected a [gpu] table, got {_type_name(raw)}")
+        problems.append(f"gpu: expected a [gpu] table, got {type_name(raw)}")
         return GpuConfig()
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        reader = _GPU_READERS.get(key)
-        if reader is None:
-            problems.append(_unknown_key("gpu", key, _GPU_READERS))
-            continue
-        parsed = _read(reader, value, f"gpu.{key}", problems, None)
-        if parsed is not _INVALID:
-            values[key] = parsed
+    sec = Section(raw, "gpu", problems, tuple(_GPU_READERS))
+    values = sec.values(_bound(_GPU_READERS, None))
+    sec.finish()
     return GpuConfig(**values)

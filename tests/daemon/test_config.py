@@ -221,3 +221,22 @@ def test_default_paths_for_root_and_users():
     bare = {"HOME": "/h", "XDG_STATE_HOME": "rel"}
     assert default_state_dir(uid=1000, env=bare) == Path("/h/.local/state/hpod")
     assert default_socket_path(uid=1000, env=bare) == Path("/tmp/hpod-1000/hpod.sock")
+
+
+def test_config_errors_are_worded_as_spec_errors_are():
+    # One builder for both lists of problems, so hpod serve and hpodctl submit read alike.
+    from hpod.errors import SpecError, problems_message
+
+    err = ConfigError(["cpu_slots: must be >= 1, got 0"], source="etc/hpod.toml")
+    assert err.message == problems_message("etc/hpod.toml", err.problems)
+    assert SpecError(err.problems).message == problems_message("the study spec", err.problems)
+
+
+def test_config_reads_through_the_cores_section():
+    # The daemon's reader is the spec's: no copy of the unknown-key or type wording of its own.
+    from hpod.core import problems
+    from hpod.daemon import config
+
+    assert config.Section is problems.Section
+    assert not hasattr(config, "_unknown_key")
+    assert not hasattr(config, "_type_name")
