@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,43 @@ from hpod.core.study import Launch, Study
 from hpod.daemon.runner import TrialProcess
 from hpod.daemon.slots import Slot
 from hpod.daemon.views import summary_view
+from hpod.errors import BadState
 from hpod.fit.fitter import FitStats
+
+
+class RunState(enum.StrEnum):
+    """Where one run of a trial is; its task moves it along the table below."""
+
+    STARTING = "starting"  # the slot is taken, the process not started yet
+    RUNNING = "running"
+    # Told to end: at ``stop_at`` the run's cancel scope fires and TrialProcess.stop sends
+    # SIGTERM, waits the grace period, then SIGKILL to the group (supervisor's STOPPING).
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+_RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.STARTING: frozenset({RunState.RUNNING, RunState.STOPPING, RunState.EXITED}),
+    RunState.RUNNING: frozenset({RunState.STOPPING, RunState.EXITED}),
+    # STOPPING -> STOPPING: a sterner reason (a limit after a PAUSE answer) moves the deadline.
+    RunState.STOPPING: frozenset({RunState.STOPPING, RunState.EXITED}),
+    RunState.EXITED: frozenset(),
+}
+
+
+class StopReason(enum.IntEnum):
+    """Why the daemon ends a run, mildest first: a later request only ever raises it."""
+
+    DECISION = 1  # answered PAUSE or STOP: the grace period to exit by itself, then SIGTERM
+    TRIAL_TIME = 2  # the trial's trial_time is used up
+    LIMIT = 3  # the study ended for a limit
+    USER = 4  # `hpodctl stop`
+    SHUTDOWN = 5  # the daemon stops: the trial runs again after the restart
+
+    @property
+    def forces_stop(self) -> bool:
+        """Whether the run's next report is answered STOP, whatever the scheduler says."""
+        return self is not StopReason.DECISION
 
 
 @dataclass
@@ -28,8 +66,12 @@ class TrialRun:
     started: float  # monotonic
     proc: TrialProcess | None = None
     exited: anyio.Event = field(default_factory=anyio.Event)
-    stopping: bool = False  # the daemon is ending this run itself
-    interrupting: bool = False  # ... because it is shutting down: the trial runs again later
+    state: RunState = RunState.STARTING
+    stop_reason: StopReason | None = None
+    # The run's task waits for its process inside this scope; its deadline is the stop's (and
+    # trial_time's). Cancelling it is the one way a run is stopped.
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    time_cap: float = math.inf  # monotonic: where trial_time ends this run
     # The last counted report (monotonic time, resource level): the study's pace is measured
     # between consecutive ones.
     mark_time: float = 0.0
@@ -38,6 +80,41 @@ class TrialRun:
     @property
     def devices(self) -> int:
         return max(1, len(self.slot.devices))
+
+    def move(self, new: RunState) -> None:
+        if new not in _RUN_TRANSITIONS[self.state]:
+            raise BadState(f"run of trial {self.trial_id} cannot go from {self.state} to {new}")
+        self.state = new
+
+    @property
+    def forces_stop(self) -> bool:
+        """The daemon itself is ending this run (not merely waiting on a PAUSE/STOP answer)."""
+        return self.stop_reason is not None and self.stop_reason.forces_stop
+
+    @property
+    def interrupted(self) -> bool:
+        """Ended by the daemon's shutdown: the trial is resumed when the daemon is back."""
+        return self.stop_reason is StopReason.SHUTDOWN
+
+    def request_stop(self, reason: StopReason, at: float) -> bool:
+        """Ask the run to end at monotonic time ``at`` (now: at once); False if it has exited.
+
+        A milder reason never replaces a sterner one, and a deadline only ever comes nearer.
+        """
+        if self.state is RunState.EXITED:
+            return False
+        if self.stop_reason is None or reason > self.stop_reason:
+            self.stop_reason = reason
+        self.move(RunState.STOPPING)
+        if at < self.scope.deadline:
+            self.scope.deadline = at
+        return True
+
+    def cap_time(self, deadline: float) -> None:
+        """The run may not go past ``deadline`` (trial_time): then it is stopped."""
+        self.time_cap = deadline
+        if deadline < self.scope.deadline:
+            self.scope.deadline = deadline
 
 
 @dataclass

@@ -1,0 +1,401 @@
+"""The studies service: admit a study, restore the stored ones, end one, finish one, watch each.
+
+Admitting (a submit) and restoring (a start-up) build the same runtime through one constructor;
+ending for a user's stop and for a limit go through ``end``. It drives the trials service below it
+and hears back from it through the ``RunHooks`` it implements.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from hpod.core import limits as lim
+from hpod.core.spec import StudySpec
+from hpod.core.states import StudyState, TrialState
+from hpod.core.study import Study, TrialRecord
+from hpod.daemon.config import DaemonConfig
+from hpod.daemon.gpus import DevicePool
+from hpod.daemon.reports import build_report, report_summary, write_report
+from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
+from hpod.daemon.store import Store, StudyRow, TrialRow
+from hpod.daemon.trials import Trials, trial_dir
+from hpod.daemon.views import best_view
+from hpod.errors import BadState, NotFound, ShuttingDown, SpecError
+from hpod.fit.fitter import Fitter
+
+log = structlog.get_logger("hpod.daemon")
+
+# How often a study's clocks reach the store between exits: what a SIGKILL can lose of them.
+CLOCK_SAVE_SECONDS = 2.0
+
+
+class Studies:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        store: Store,
+        state_dir: Path,
+        fitter: Fitter,
+        pool: DevicePool,
+        trials: Trials,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.state_dir = state_dir
+        self.fitter = fitter
+        self.pool = pool
+        self.trials = trials
+        self.studies = trials.studies  # one registry, shared with the dispatcher
+        self.accepting = True
+        trials.hooks = self
+
+    # -- lookup ----------------------------------------------------------------------------------
+
+    def get(self, sid: str) -> StudyRuntime:
+        study = self.studies.get(sid)
+        if study is not None:
+            return study
+        # Let a user type the name when it is unambiguous.
+        named = [s for s in self.studies.values() if s.spec.name == sid]
+        if named:
+            return max(named, key=lambda s: s.seq)
+        known = ", ".join(sorted(self.studies)) or "none yet"
+        raise NotFound(f"no study {sid!r} (studies: {known}); list them with `hpodctl ls`")
+
+    def find(self, sid: str) -> StudyRuntime | None:
+        """The study with exactly this id (trial calls name it so), or None."""
+        return self.studies.get(sid)
+
+    def all(self) -> list[StudyRuntime]:
+        return sorted(self.studies.values(), key=lambda s: s.seq)
+
+    def trial_dir(self, study: StudyRuntime, trial_id: int) -> Path:
+        return trial_dir(study, trial_id)
+
+    # -- admit and restore -----------------------------------------------------------------------
+
+    def _runtime(self, row: StudyRow, spec: StudySpec, engine: Study) -> StudyRuntime:
+        return StudyRuntime(
+            id=row.id,
+            seq=row.seq,
+            owner=row.owner_uid,
+            spec=spec,
+            engine=engine,
+            folder=self.state_dir / "studies" / row.id,
+            created=row.created_at,
+            ended=row.ended_at,
+            elapsed_base=row.elapsed,
+            compute_base=row.compute,
+        )
+
+    def _serve(self, study: StudyRuntime, now: float) -> None:
+        """A running study starts its clock, its model fits and (once serving) its timers."""
+        self.studies[study.id] = study
+        if study.engine.state.is_final:
+            study.done.set()
+            return
+        if study.engine.state is StudyState.RUNNING:
+            study.start_clock(now)
+            study.fit_stats = self.fitter.add(study.id, study.engine)
+        if self.trials.tg is not None:
+            self.trials.spawn(self.watch, study)
+
+    def start_watching(self) -> None:
+        """Once the trial task group is open: the timers of every restored study."""
+        for study in self.studies.values():
+            if not study.done.is_set():
+                self.trials.spawn(self.watch, study)
+
+    async def admit(self, text: str, base_dir: Path, owner: int) -> StudyRuntime:
+        if not self.accepting:
+            raise ShuttingDown("the daemon is shutting down; submit again once it is back")
+        spec = StudySpec.from_toml(text, base_dir=base_dir)
+        if not spec.workdir.is_dir():
+            raise SpecError(
+                [
+                    f"workdir: {spec.workdir} is not a folder; fix `workdir` (relative "
+                    "to the spec file)"
+                ]
+            )
+        engine = Study.new(spec)
+        seq = max((s.seq for s in self.studies.values()), default=0) + 1
+        seq = max(seq, self.store.next_study_seq())
+        sid = f"{spec.name}-{seq}"
+        row = StudyRow(
+            id=sid,
+            seq=seq,
+            name=spec.name,
+            owner_uid=owner,
+            spec_toml=text,
+            base_dir=str(base_dir),
+            state=engine.state,
+            created_at=time.time(),
+            ended_at=None,
+            end_reason=None,
+            elapsed=0.0,
+            compute=0.0,
+        )
+        study = self._runtime(row, spec, engine)
+        study.folder.mkdir(parents=True, exist_ok=True)
+        await self.store.insert_study(row)
+        self._serve(study, time.monotonic())
+        log.info("study_submitted", study=sid, owner=owner)
+        self.trials.wake()
+        return study
+
+    async def restore(self) -> None:
+        for row in self.store.load_studies():
+            try:
+                spec = StudySpec.from_toml(row.spec_toml, base_dir=Path(row.base_dir))
+            except SpecError as exc:
+                log.error("study_unreadable", study=row.id, problems=list(exc.problems))
+                continue
+            trial_rows = self.store.load_trials(row.id)
+            records = self._trial_records(spec, row.id, trial_rows)
+            engine = Study.restore(
+                spec, records, state=StudyState(row.state), end_reason=row.end_reason
+            )
+            was = engine.state
+            engine.resume()
+            if engine.state is not was:
+                await self.store.update_study(row.id, state=engine.state.value)
+            study = self._runtime(row, spec, engine)
+            study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
+            study.compute_seconds = {t.trial_id: t.compute_seconds for t in trial_rows}
+            self._serve(study, time.monotonic())
+            log.info(
+                "study_restored",
+                study=row.id,
+                state=engine.state.value,
+                trials=len(records),
+                to_resume=engine.counts()[TrialState.INTERRUPTED.value],
+            )
+
+    def _trial_records(
+        self, spec: StudySpec, study_id: str, rows: list[TrialRow]
+    ) -> list[TrialRecord]:
+        curves: dict[int, dict[float, float]] = {}
+        for rep in self.store.load_reports(study_id):
+            if not rep.counted or rep.resource is None:
+                continue
+            value = rep.metrics.get(spec.objective.metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                curves.setdefault(rep.trial_id, {})[rep.resource] = float(value)
+            elif value is not None:
+                curves.setdefault(rep.trial_id, {})[rep.resource] = math.nan
+        return [
+            TrialRecord(
+                trial_id=t.trial_id,
+                config=dict(t.config),
+                state=TrialState(t.state),
+                bracket=t.bracket,
+                resume_from=t.resume_from,
+                max_resource=t.max_resource,
+                runs=t.runs,
+                curve=tuple(sorted(curves.get(t.trial_id, {}).items())),
+                error=t.error,
+            )
+            for t in rows
+        ]
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    async def end(
+        self, study: StudyRuntime, state: StudyState, reason: str, stop: StopReason
+    ) -> None:
+        """End a running study (a user's stop, a limit): its runs get STOP at their next report
+        and SIGTERM now, then the grace period to checkpoint, then SIGKILL."""
+        engine = study.engine
+        if engine.state.is_final:
+            raise BadState(f"study {study.id} has already ended ({engine.state.value})")
+        engine.end(state, reason)
+        event = "study_limit" if stop is StopReason.LIMIT else "study_stop"
+        log.info(event, study=study.id, reason=reason, running=sorted(study.runs))
+        await self.store.update_study(study.id, state=engine.state.value, end_reason=reason)
+        if stop is StopReason.USER:
+            # The stop answers once every run is reaped, so `hpodctl stop` returns to a quiet
+            # machine.
+            await self.trials.stop_and_wait(study, stop)
+        else:
+            self.trials.stop_all(study, stop)
+        await self.maybe_finish(study)
+
+    async def _end_for_limit(self, study: StudyRuntime, reason: str) -> None:
+        if study.engine.state is StudyState.RUNNING:
+            await self.end(study, StudyState.COMPLETED, reason, StopReason.LIMIT)
+
+    async def maybe_finish(self, study: StudyRuntime) -> None:
+        engine = study.engine
+        if study.done.is_set() or study.ended is not None or not self.accepting:
+            return
+        if not engine.finished:
+            return
+        if engine.state is StudyState.RUNNING:
+            reason = lim.max_trials_reason(study.spec.limits, study.clocks(time.monotonic()))
+            engine.conclude(reason)
+        study.ended = time.time()
+        study.stop_clock(time.monotonic())
+        await self.store.update_study(
+            study.id,
+            state=engine.state.value,
+            ended_at=study.ended,
+            end_reason=engine.end_reason,
+            elapsed=study.elapsed_base,
+            compute=study.compute_base,
+        )
+        await self._prune_checkpoints(study)
+        await self._write_report(study)
+        log.info(
+            "study_end",
+            study=study.id,
+            state=engine.state.value,
+            reason=engine.end_reason,
+            best=best_view(study.id, engine.best()),
+        )
+        study.done.set()
+
+    # -- what the trials service tells ----------------------------------------------------------
+
+    async def run_ended(self, study: StudyRuntime) -> None:
+        await self._save_clocks(study)
+        await self._prune_checkpoints(study)
+        await self.maybe_finish(study)
+
+    async def nothing_to_run(self, study: StudyRuntime, reason: str) -> None:
+        await self._end_for_limit(study, reason)
+
+    async def settle(self, study: StudyRuntime) -> None:
+        await self.maybe_finish(study)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop every run as interrupted, wait until each is recorded, then the studies."""
+        self.accepting = False
+        self.trials.close()
+        log.info("shutting_down", running=sum(len(s.runs) for s in self.studies.values()))
+        now = time.monotonic()
+        runs: list[TrialRun] = []
+        for study in self.studies.values():
+            # The daemon being down does not count against optimization_time.
+            study.stop_clock(now)
+            study.wake()
+            runs.extend(study.runs.values())
+            self.trials.stop_all(study, StopReason.SHUTDOWN)
+        for run in runs:
+            await run.exited.wait()
+        for study in self.studies.values():
+            if study.engine.state is StudyState.RUNNING:
+                study.engine.interrupt()
+                await self.store.update_study(study.id, state=study.engine.state.value)
+            if not study.done.is_set():
+                await self._save_clocks(study)
+
+    # -- clocks, reports, checkpoints, timers ----------------------------------------------------
+
+    async def _save_clocks(self, study: StudyRuntime) -> None:
+        mono = time.monotonic()
+        await self.store.update_study(
+            study.id, elapsed=study.elapsed(mono), compute=study.compute(mono)
+        )
+
+    def report(self, study: StudyRuntime) -> dict[str, Any]:
+        held = []
+        for gpu in self.pool.view()["gpus"]:
+            trials = [h["trial"] for h in gpu["holders"] if h["study"] == study.id]
+            if trials:
+                held.append(
+                    {
+                        "index": gpu["index"],
+                        "uuid": gpu["uuid"],
+                        "name": gpu["name"],
+                        "trials": trials,
+                        "utilization": gpu["utilization"],
+                        "memory_used_mib": gpu["memory_used_mib"],
+                        "memory_total_mib": gpu["memory_total_mib"],
+                    }
+                )
+        return build_report(
+            study.id,
+            study.engine,
+            clocks=study.clocks(time.monotonic()),
+            now=time.time(),
+            created=study.created,
+            ended=study.ended,
+            run_seconds=study.run_seconds,
+            compute_seconds=study.compute_seconds,
+            gpus=held,
+        )
+
+    async def _write_report(self, study: StudyRuntime) -> None:
+        report = self.report(study)
+        try:
+            await anyio.to_thread.run_sync(write_report, study.folder, report)
+        except OSError as exc:
+            log.warning("report_write_failed", study=study.id, error=str(exc))
+        log.info("objective_report", **report_summary(report))
+
+    async def _prune_checkpoints(self, study: StudyRuntime) -> None:
+        keep = study.spec.report.keep_checkpoints
+        if keep is None:
+            return
+        engine = study.engine
+        rows = [
+            (t.trial_id, t.state, engine.value_of(t.trial_id) if t.curve else None)
+            for t in engine.trials
+        ]
+        doomed = [
+            tid
+            for tid in lim.checkpoints_to_delete(engine.objective, rows, keep)
+            if tid not in study.pruned
+        ]
+        for tid in doomed:
+            study.pruned.add(tid)
+            path = self.trial_dir(study, tid) / "checkpoint"
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
+        if doomed:
+            log.info("checkpoints_deleted", study=study.id, trials=doomed, keep=keep)
+
+    async def watch(self, study: StudyRuntime) -> None:
+        """The study's timers: its limits' deadline, its report period, saving its clocks.
+
+        It sleeps until the nearest of them, or until poked (a run started or ended, which
+        moves the compute deadline), instead of polling.
+        """
+        period = study.spec.report.period
+        mono = time.monotonic()
+        next_report = mono + period
+        next_save = mono + CLOCK_SAVE_SECONDS
+        while not study.done.is_set() and self.accepting:
+            mono = time.monotonic()
+            if study.engine.state is StudyState.RUNNING:
+                hit = lim.limit_hit(study.spec.limits, study.clocks(mono))
+                if hit is not None:
+                    await self._end_for_limit(study, hit.reason)
+            if study.done.is_set():
+                break
+            if mono >= next_report:
+                await self._write_report(study)
+                next_report = max(next_report + period, mono + period / 2)
+            if mono >= next_save:
+                await self._save_clocks(study)
+                next_save = mono + CLOCK_SAVE_SECONDS
+            delay = min(next_report, next_save) - mono
+            if study.engine.state is StudyState.RUNNING:
+                delay = min(
+                    delay,
+                    lim.seconds_to_limit(
+                        study.spec.limits, study.clocks(mono), study.devices_running()
+                    ),
+                )
+            with anyio.move_on_after(max(delay, 0.005)):
+                await study.poke.wait()
+            study.poke = anyio.Event()

@@ -1,0 +1,394 @@
+"""The trials service: free slots go to studies, each run is a task that owns its process.
+
+A run's task starts the process, waits for it inside the run's cancel scope, and reaps it; the
+scope's deadline is the run's stop (a PAUSE answer's grace period, a limit, a user's stop, the
+shutdown, trial_time). So stopping a run is moving that deadline, and the SIGTERM / grace / SIGKILL
+recipe runs in exactly one place, after the scope is cancelled (trio's ``run_process`` shape).
+
+This module never imports the studies service: it tells it about ends through ``RunHooks``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import structlog
+
+from hpod.core import limits as lim
+from hpod.core.states import Decision, StudyState
+from hpod.core.study import Launch, ReportOutcome
+from hpod.daemon.config import DaemonConfig
+from hpod.daemon.gpus import DevicePool
+from hpod.daemon.runner import TrialLaunch, TrialProcess, TrialStartError, log_tail, looks_like_oom
+from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
+from hpod.daemon.slots import Slot
+from hpod.daemon.store import Store, TrialRow
+from hpod.errors import HpodError
+
+log = structlog.get_logger("hpod.daemon")
+
+
+class RunHooks(Protocol):
+    """What the studies service hears from the trials service."""
+
+    async def run_ended(self, study: StudyRuntime) -> None:
+        """A run was reaped and recorded: clocks, checkpoints and the study's end follow."""
+
+    async def nothing_to_run(self, study: StudyRuntime, reason: str) -> None:
+        """Nothing runs and no run may start before the study's time limit: end it now."""
+
+    async def settle(self, study: StudyRuntime) -> None:
+        """After a round of dispatching: the study may have nothing left to do."""
+
+
+def trial_dir(study: StudyRuntime, trial_id: int) -> Path:
+    return study.folder / "trials" / str(trial_id)
+
+
+class Trials:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        pool: DevicePool,
+        store: Store,
+        studies: dict[str, StudyRuntime],
+        *,
+        trial_socket: str,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.store = store
+        self.studies = studies
+        self.trial_socket = trial_socket
+        self.hooks: RunHooks | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.closed = False  # the daemon is shutting down: nothing new starts
+        self._wake = anyio.Event()
+        self._rotation = 0
+
+    def _hooks(self) -> RunHooks:
+        assert self.hooks is not None, "the studies service attaches itself at start-up"
+        return self.hooks
+
+    def spawn(self, fn: object, *args: object) -> None:
+        assert self.tg is not None, "runs are started only while the daemon serves"
+        self.tg.start_soon(fn, *args)  # type: ignore[arg-type]
+
+    # -- dispatching -----------------------------------------------------------------------------
+
+    async def dispatch(self) -> None:
+        while not self.closed:
+            await self.fill_slots()
+            await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wants_slot(self, study: StudyRuntime, now: float) -> bool:
+        """Whether ``study`` may start a run now: under its cap, room in the pool, time left."""
+        if study.engine.state is not StudyState.RUNNING:
+            return False
+        cap = study.spec.limits.max_concurrent
+        if cap is not None and len(study.runs) >= cap:
+            return False
+        res = study.spec.resources
+        if not self.pool.fits(res.gpus_per_trial, res.trials_per_gpu):
+            return False
+        return self.time_allows(study, now)
+
+    @staticmethod
+    def time_allows(study: StudyRuntime, now: float) -> bool:
+        """No run starts that could not finish its rung before a limit, at the measured pace."""
+        spec = study.spec
+        if spec.limits.optimization_time is None and spec.limits.compute_time is None:
+            return True
+        left = lim.time_left_for(
+            spec.limits,
+            study.clocks(now),
+            study.devices_running(),
+            spec.resources.gpus_per_trial,
+        )
+        return lim.could_finish(study.pace, lim.first_rung_span(spec.scheduler), left)
+
+    async def fill_slots(self) -> None:
+        """Hand free slots to studies with work waiting, each up to its max_concurrent.
+
+        The next slot goes to the study with the fewest runs for its priority, so studies
+        submitted together share the pool in proportion to their priorities.
+        """
+        passed: set[str] = set()
+        while not self.closed:
+            mono = time.monotonic()
+            active = [
+                s for s in self.studies.values() if s.id not in passed and self.wants_slot(s, mono)
+            ]
+            if not active:
+                break
+            study = min(
+                active,
+                key=lambda s: ((len(s.runs) + 1) / max(s.spec.priority, 1e-3), s.launch_order),
+            )
+            started = time.perf_counter()
+            launch = study.engine.next_launch(time.time())
+            study.fit_stats.decide_seconds.append(time.perf_counter() - started)
+            if launch is None:
+                passed.add(study.id)
+                continue
+            res = study.spec.resources
+            slot = self.pool.acquire(
+                study.id, launch.trial_id, res.gpus_per_trial, res.trials_per_gpu
+            )
+            assert slot is not None, "fits() said there was room"
+            self._rotation += 1
+            study.launch_order = self._rotation
+            await self._begin(study, launch, slot)
+        if self.closed:
+            return
+        mono = time.monotonic()
+        for study in list(self.studies.values()):
+            if (
+                study.engine.state is StudyState.RUNNING
+                and not study.runs
+                and not study.engine.finished
+                and not self.time_allows(study, mono)
+            ):
+                # Nothing runs and nothing may start: waiting for the deadline would only idle.
+                await self._hooks().nothing_to_run(study, self._time_reason(study, mono))
+            await self._hooks().settle(study)
+
+    @staticmethod
+    def _time_reason(study: StudyRuntime, now: float) -> str:
+        hit = lim.limit_hit(study.spec.limits, study.clocks(now))
+        if hit is not None:
+            return hit.reason
+        per_unit = study.pace.per_unit or 0.0
+        span = lim.first_rung_span(study.spec.scheduler)
+        name = "optimization_time" if study.spec.limits.optimization_time else "compute_time"
+        return (
+            f"{name} limit nearly reached: too little time left for another rung "
+            f"({span:g} {study.spec.objective.resource} at {per_unit:.3g}s each)"
+        )
+
+    async def _begin(self, study: StudyRuntime, launch: Launch, slot: Slot) -> None:
+        token = secrets.token_hex(16)
+        run = TrialRun(launch.trial_id, token, launch, slot, time.monotonic())
+        run.mark_time, run.mark_resource = run.started, launch.resume_from
+        study.runs[launch.trial_id] = run
+        study.wake()  # the compute clock now runs faster: the deadline moves
+        rec = study.engine.record(launch.trial_id)
+        now = time.time()
+        if launch.fresh and rec.runs == 1:
+            await self.store.insert_trial(
+                TrialRow(
+                    study_id=study.id,
+                    trial_id=rec.trial_id,
+                    config=rec.config,
+                    state=rec.state,
+                    token=token,
+                    bracket=rec.bracket,
+                    resume_from=rec.resume_from,
+                    max_resource=rec.max_resource,
+                    runs=rec.runs,
+                    created_at=now,
+                    started_at=now,
+                    ended_at=None,
+                    exit_code=None,
+                    run_seconds=0.0,
+                    compute_seconds=0.0,
+                    error=None,
+                )
+            )
+        else:
+            await self.store.update_trial(
+                study.id,
+                rec.trial_id,
+                state=rec.state.value,
+                token=token,
+                resume_from=rec.resume_from,
+                max_resource=rec.max_resource,
+                runs=rec.runs,
+                started_at=now,
+                ended_at=None,
+            )
+        log.info(
+            "trial_launch",
+            study=study.id,
+            trial=launch.trial_id,
+            resume_from=launch.resume_from,
+            max_resource=launch.max_resource,
+            config=launch.config,
+        )
+        self.spawn(self._run, study, run)
+
+    # -- one run ---------------------------------------------------------------------------------
+
+    def _trial_launch(self, study: StudyRuntime, run: TrialRun) -> TrialLaunch:
+        folder = trial_dir(study, run.trial_id)
+        as_user = study.owner if os.geteuid() == 0 and study.owner != 0 else None
+        return TrialLaunch(
+            study_id=study.id,
+            trial_id=run.trial_id,
+            command=study.spec.command,
+            config=run.launch.config,
+            workdir=study.spec.workdir,
+            trial_dir=folder,
+            checkpoint_dir=folder / "checkpoint",
+            socket_path=self.trial_socket,
+            token=run.token,
+            resume_from=run.launch.resume_from,
+            max_resource=run.launch.max_resource,
+            devices=run.slot.devices,
+            extra_env=study.spec.env,
+            user=as_user,
+        )
+
+    async def _run(self, study: StudyRuntime, run: TrialRun) -> None:
+        """The run's task: start, wait inside the run's scope, stop when it fires, reap."""
+        returncode: int | None = None
+        error: str | None = None
+        try:
+            try:
+                run.proc = await TrialProcess.start(self._trial_launch(study, run))
+            except TrialStartError as exc:
+                error = exc.message
+            except (HpodError, OSError, ValueError) as exc:
+                # Whatever goes wrong launching one trial fails that trial, never the daemon.
+                error = f"could not start: {getattr(exc, 'message', None) or exc}"
+                log.warning("trial_start_error", study=study.id, trial=run.trial_id, error=error)
+            if run.proc is not None:
+                if run.state is RunState.STARTING:
+                    run.move(RunState.RUNNING)
+                limit = study.spec.limits.trial_time
+                if limit is not None:
+                    used = study.run_seconds.get(run.trial_id, 0.0)
+                    run.cap_time(run.started + max(0.0, limit - used))
+                returncode = await self._wait(study, run, run.proc)
+                if returncode != 0 and not run.forces_stop:
+                    tail = log_tail(trial_dir(study, run.trial_id), "stderr", 20)
+                    error = f"exited with status {returncode}"
+                    if looks_like_oom(tail):
+                        error += " (out of memory)"
+        finally:
+            if run.proc is not None and returncode is None:
+                # Cancelled from outside (the daemon's own trouble): the trial did nothing wrong.
+                # Stop it, and record it as interrupted so that it runs again, not as failed.
+                run.request_stop(StopReason.SHUTDOWN, time.monotonic())
+                with anyio.CancelScope(shield=True):
+                    returncode = await run.proc.stop(
+                        min(study.spec.stop_grace, self.config.stop_grace)
+                    )
+            run.move(RunState.EXITED)
+            run.exited.set()
+            with anyio.CancelScope(shield=True):
+                await self._after_exit(study, run, returncode, error)
+
+    async def _wait(self, study: StudyRuntime, run: TrialRun, proc: TrialProcess) -> int:
+        with run.scope:
+            return await proc.wait()
+        # The scope fired: a stop was asked for (or trial_time ran out). The one stop recipe.
+        if run.stop_reason in (None, StopReason.DECISION) and time.monotonic() >= run.time_cap:
+            limit = study.spec.limits.trial_time
+            log.info(
+                "trial_time_limit",
+                study=study.id,
+                trial=run.trial_id,
+                reason=f"trial_time limit of {limit:g}s reached",
+            )
+            run.request_stop(StopReason.TRIAL_TIME, time.monotonic())
+            study.engine.mark_stopping(run.trial_id)
+        elif run.stop_reason is StopReason.DECISION:
+            log.warning("trial_ignored_decision", study=study.id, trial=run.trial_id)
+        grace = study.spec.stop_grace
+        if run.stop_reason is StopReason.SHUTDOWN:
+            # The daemon's own stop_grace bounds a shutdown, whatever a study asks for: the
+            # service manager's TimeoutStopSec is set against it.
+            grace = min(grace, self.config.stop_grace)
+        with anyio.CancelScope(shield=True):
+            returncode = await proc.stop(grace)
+        return returncode
+
+    async def _after_exit(
+        self, study: StudyRuntime, run: TrialRun, returncode: int | None, error: str | None
+    ) -> None:
+        engine = study.engine
+        now = time.time()
+        elapsed = time.monotonic() - run.started
+        if run.interrupted:
+            engine.on_interrupted(run.trial_id)
+        elif returncode is None:
+            engine.on_start_failed(run.trial_id, error or "could not start")
+        else:
+            engine.on_exit(run.trial_id, returncode, now, error)
+        rec = engine.record(run.trial_id)
+        study.runs.pop(run.trial_id, None)
+        self.pool.release(run.slot)
+        tid = run.trial_id
+        study.run_seconds[tid] = study.run_seconds.get(tid, 0.0) + elapsed
+        study.compute_seconds[tid] = study.compute_seconds.get(tid, 0.0) + elapsed * run.devices
+        study.compute_base += elapsed * run.devices
+        study.wake()
+        await self.store.update_trial(
+            study.id,
+            tid,
+            state=rec.state.value,
+            ended_at=now,
+            exit_code=returncode,
+            run_seconds=study.run_seconds[tid],
+            compute_seconds=study.compute_seconds[tid],
+            error=rec.error,
+        )
+        log.info(
+            "trial_exit",
+            study=study.id,
+            trial=run.trial_id,
+            state=rec.state.value,
+            returncode=returncode,
+            seconds=round(elapsed, 3),
+            error=rec.error,
+        )
+        await self._hooks().run_ended(study)
+        if not self.closed:
+            self.wake()
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def stop_run(self, study: StudyRuntime, run: TrialRun, reason: StopReason) -> None:
+        """End ``run`` now (SIGTERM, the grace period, SIGKILL): its task does the rest."""
+        if reason.forces_stop:
+            study.engine.mark_stopping(run.trial_id)
+        run.request_stop(reason, time.monotonic())
+
+    def stop_all(self, study: StudyRuntime, reason: StopReason) -> None:
+        for run in list(study.runs.values()):
+            self.stop_run(study, run, reason)
+
+    async def stop_and_wait(self, study: StudyRuntime, reason: StopReason) -> None:
+        """Stop every run of ``study`` and return once each is reaped and recorded."""
+        runs = list(study.runs.values())
+        self.stop_all(study, reason)
+        for run in runs:
+            await run.exited.wait()
+
+    def close(self) -> None:
+        """Start nothing more (the daemon is shutting down)."""
+        self.closed = True
+        self.wake()
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def after_report(self, study: StudyRuntime, run: TrialRun, outcome: ReportOutcome) -> None:
+        """The pace the limits plan with, and the grace period of a PAUSE or STOP answer."""
+        if outcome.counted and outcome.resource > run.mark_resource:
+            mono = time.monotonic()
+            study.pace = study.pace.add(mono - run.mark_time, outcome.resource - run.mark_resource)
+            run.mark_time, run.mark_resource = mono, outcome.resource
+        if outcome.decision is not Decision.CONTINUE and run.stop_reason is None:
+            # The trial has the grace period to save its checkpoint and exit by itself.
+            run.request_stop(StopReason.DECISION, time.monotonic() + study.spec.stop_grace)
