@@ -24,3 +24,12 @@ def test_example_specs_are_valid() -> None:
     assert len(specs) >= 4
     for path in specs:
         StudySpec.from_file(path)
+
+
+def test_docs_link_only_to_files_a_clone_has() -> None:
+    """A clone has no steering repository beside it: the design contract is docs/design.md."""
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert "../shared" not in text, f"{path.name} links outside the repository"
+        for target in re.findall(r"`(docs/[\w.-]+\.md)`", text):
+            assert (ROOT / target).is_file(), f"{path.name} names {target}, which does not exist"
