@@ -21,15 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from hpod.core.command import RESERVED_PLACEHOLDERS
 from hpod.core.problems import did_you_mean, is_number, unknown_key
 from hpod.errors import SpecError
 
 ParamValue = float | int | str
 Config = dict[str, ParamValue]
-
-# Placeholders such as {trial_id} are filled from these; a parameter of the same name would be
-# shadowed (or shadow them), so the names are reserved.
-RESERVED_NAMES = frozenset({"trial_id", "trial_dir", "checkpoint_dir"})
 
 # Dots and dashes are allowed: OTX names its parameters "learning_parameters.learning_rate".
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
@@ -341,7 +338,7 @@ def _parse_param(name: str, raw: object, path: str) -> tuple[Param | None, list[
             f"{path}: the name {name!r} must start with a letter or _ and hold only letters, "
             "digits, _ . -"
         )
-    elif name in RESERVED_NAMES:
+    elif name in RESERVED_PLACEHOLDERS:
         problems.append(f"{path}: the name {name!r} is reserved for the {{{name}}} placeholder")
     if not isinstance(raw, Mapping):
         problems.append(

@@ -15,17 +15,17 @@ import enum
 import os
 import re
 import shlex
-import string
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpod.core.command import command_problems
 from hpod.core.durations import format_duration
 from hpod.core.objective import Objective, ObjectiveMode
-from hpod.core.problems import Section, did_you_mean, is_number
-from hpod.core.space import RESERVED_NAMES, Config, SearchSpace
+from hpod.core.problems import Section, is_number
+from hpod.core.space import Config, Param, ParamType, ParamValue, SearchSpace
 from hpod.errors import SpecError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -261,8 +261,11 @@ class StudySpec:
         raw_space = raw.get("space")
         if command and isinstance(raw_space, Mapping):
             # Checked against the keys as written, so a mistake in one parameter's range does
-            # not hide a misspelt placeholder.
-            problems.extend(_placeholder_problems(command, [str(k) for k in raw_space]))
+            # not hide a misspelt placeholder; only a parameter that was read has values to try.
+            examples = {
+                str(k): _examples(space[str(k)]) if space is not None else () for k in raw_space
+            }
+            problems.extend(command_problems(command, examples))
 
         if problems:
             raise SpecError(problems)
@@ -321,32 +324,14 @@ class StudySpec:
 # -- placeholders ---------------------------------------------------------------------------------
 
 
-def placeholders(arg: str) -> list[str]:
-    """The ``{key}`` names in one command argument (``{{`` and ``}}`` are literal braces).
-
-    Raises ValueError for an unbalanced brace.
-    """
-    return [name for _, name, _, _ in string.Formatter().parse(arg) if name is not None]
-
-
-def _placeholder_problems(command: Sequence[str], names: Sequence[str]) -> list[str]:
-    allowed = [*names, *sorted(RESERVED_NAMES)]
-    out: list[str] = []
-    for arg in command:
-        try:
-            names = placeholders(arg)
-        except ValueError as exc:
-            out.append(f"command: {arg!r}: {exc} (write {{{{ and }}}} for literal braces)")
-            continue
-        for name in names:
-            if name == "":
-                out.append(f"command: {arg!r} has an empty placeholder {{}}")
-            elif name not in allowed:
-                out.append(
-                    f"command: placeholder {{{name}}} is not a key of [space] nor one of "
-                    f"{', '.join(sorted(RESERVED_NAMES))}{did_you_mean(name, allowed)}"
-                )
-    return out
+def _examples(param: Param) -> tuple[ParamValue, ...]:
+    """Values to try a placeholder's format on: every choice, and a range's two ends in the form
+    a trial gets them (an int for an integral quniform, so ``{w:04d}`` passes and ``{lr:d}`` is
+    refused). Whether a format applies hangs on the value's type, which is the same across a
+    range, and rarely on its size, which the ends bound."""
+    if param.type is ParamType.CHOICE:
+        return param.choices
+    return (param.normalize(param.low), param.normalize(param.high))
 
 
 # -- reading sections (each with a :class:`Section`) ---------------------------------------------

@@ -16,10 +16,9 @@ import os
 import pwd
 import re
 import signal
-import string
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -27,12 +26,10 @@ from typing import IO, Any
 import anyio
 from anyio.abc import Process
 
+# The placeholder rules are the core's, so the spec check at submit and the launch here agree;
+# render_command is imported from here too (tests/daemon/test_runner.py).
+from hpod.core.command import ConfigValue, format_value, render_command
 from hpod.errors import HpodError, InvalidParams
-
-ConfigValue = float | int | str | bool
-
-# Placeholders the daemon fills in besides the configuration's own keys.
-RESERVED_PLACEHOLDERS = ("trial_id", "trial_dir", "checkpoint_dir")
 
 # Variables meant for the daemon itself (systemd's notify/socket-activation/watchdog protocol):
 # a trial that inherited them could tell systemd the daemon is ready, or claim its sockets.
@@ -72,74 +69,11 @@ class TrialLaunch:
     user: int | None = None  # uid to run as when the daemon is root
 
 
-def format_value(value: ConfigValue) -> str:
-    """How a configuration value is written into a command line."""
-    # bool before int: bool is an int subclass. Lower case matches TOML and JSON, which is how
-    # the user wrote the value in the spec and how HPOD_CONFIG shows it.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)  # shortest round-tripping form: 0.001, not 0.0010000000000000002
-    return str(value)
-
-
 def _format_number(value: float) -> str:
     # Resource levels are usually whole epochs: "3" is what a shell script wants, not "3.0".
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return format_value(value)
-
-
-def render_command(
-    command: Sequence[str],
-    config: Mapping[str, ConfigValue],
-    *,
-    trial_id: int,
-    trial_dir: Path | str,
-    checkpoint_dir: Path | str,
-) -> list[str]:
-    """Fill `{key}` placeholders in each argument; `{{` and `}}` are literal braces."""
-    values: dict[str, Any] = dict(config)
-    # The documented names win over a configuration key that happens to share one.
-    values.update(trial_id=trial_id, trial_dir=str(trial_dir), checkpoint_dir=str(checkpoint_dir))
-    known = ", ".join(sorted(values))
-    formatter = string.Formatter()
-    out: list[str] = []
-    for index, arg in enumerate(command):
-        pieces: list[str] = []
-        try:
-            parsed = list(formatter.parse(arg))
-        except ValueError as exc:
-            raise HpodError(
-                f"command argument {index} {arg!r} has a malformed placeholder ({exc}); "
-                "write a literal brace as '{{' or '}}'"
-            ) from exc
-        for literal, name, spec, conversion in parsed:
-            pieces.append(literal)
-            if name is None:
-                continue
-            if name not in values:
-                shown = "{" + name + "}"
-                raise HpodError(
-                    f"unknown placeholder {shown} in command argument {index} {arg!r}; "
-                    f"known placeholders: {known}"
-                )
-            value = values[name]
-            if not conversion and not spec:
-                pieces.append(format_value(value))
-                continue
-            # An explicit format (`{lr:.2e}`) applies to the value itself, as str.format would.
-            try:
-                if conversion:
-                    value = formatter.convert_field(value, conversion)
-                pieces.append(format(value, spec or ""))
-            except ValueError as exc:
-                raise HpodError(
-                    f"cannot format placeholder {{{name}}} in command argument {index} "
-                    f"{arg!r}: {exc}"
-                ) from exc
-        out.append("".join(pieces))
-    return out
 
 
 def trial_environment(launch: TrialLaunch, base: Mapping[str, str]) -> dict[str, str]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from hpod.core.command import placeholders
 from hpod.core.objective import ObjectiveMode
 from hpod.core.spec import (
     Acquisition,
@@ -12,7 +13,6 @@ from hpod.core.spec import (
     SchedulerType,
     SearcherType,
     StudySpec,
-    placeholders,
 )
 from hpod.errors import SpecError
 
@@ -275,7 +275,7 @@ def test_reserved_placeholders_and_braces():
         '"python train.py --x {x}"',
         '["run", "{trial_id}", "{trial_dir}/{checkpoint_dir}", "{{literal}}", "{x:.3f}"]',
     )
-    # Rendering is the runner's (tests/test_runner.py); the spec only checks the names.
+    # Filling is core/command.py's (tests/core/test_command.py), with the rules checked here.
     StudySpec.from_toml(text, base_dir=BASE)
     found = problems_of(MINIMAL.replace("{x}", "{x"))
     assert len(found) == 1
@@ -287,6 +287,37 @@ def test_reserved_placeholders_and_braces():
 
 def test_placeholders():
     assert placeholders("--lr={lr} {model.depth}") == ["lr", "model.depth"]
+
+
+def test_a_placeholder_that_cannot_be_formatted_is_refused_at_submit():
+    # Found at launch, it failed every trial (and took the daemon down); now submit refuses it.
+    found = problems_of(MINIMAL.replace('"python train.py --x {x}"', '["echo", "{x:zz}"]'))
+    assert len(found) == 1
+    assert found[0].startswith("command[1]: cannot format {x:zz}: ")
+    assert "(x = 0.0)" in found[0]
+
+
+def test_formats_are_tried_on_every_choice_and_both_ends_of_a_range():
+    command = '["run", "--w={w:04d}", "--o={o:>6}", "--b={b:d}", "--id={trial_id:03d}", "{x!r}"]'
+    space = """
+w = { param_type = "quniform", range = [1, 64, 1] }
+o = { param_type = "choice", range = ["sgd", "adam"] }
+b = { param_type = "choice", range = [true, false] }
+"""
+    good = MINIMAL.replace('"python train.py --x {x}"', command) + space
+    spec = StudySpec.from_toml(good, base_dir=BASE)
+    assert spec.command[1] == "--w={w:04d}"
+    # A float range has no integer form; one string among the choices is enough to refuse.
+    bad = good.replace("range = [1, 64, 1]", "range = [1, 64]").replace("quniform", "uniform")
+    bad = bad.replace('["sgd", "adam"]', '[1, 2, "auto"]').replace("{o:>6}", "{o:+d}")
+    found = problems_of(bad)
+    assert [p.split(": ")[0] for p in found] == ["command[1]", "command[2]"]
+    assert "(w = 1.0)" in found[0]
+    assert "(o = 'auto')" in found[1]
+    found = problems_of(good.replace("{trial_id:03d}", "{trial_dir:03d}").replace("{x!r}", "{x!z}"))
+    assert [p.split(": ")[0] for p in found] == ["command[4]", "command[5]"]
+    assert found[0].startswith("command[4]: cannot format {trial_dir:03d}: ")
+    assert found[1].startswith("command[5]: cannot format {x!z}: Unknown conversion specifier z")
 
 
 def test_command_string_is_split_like_a_shell():

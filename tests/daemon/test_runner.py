@@ -19,7 +19,6 @@ from hpod.daemon.runner import (
     TrialStartError,
     log_tail,
     looks_like_oom,
-    render_command,
     trial_environment,
 )
 from hpod.errors import HpodError, InvalidParams
@@ -79,56 +78,6 @@ def atomic_write(path, text):
         f.write(text)
     os.replace(tmp, path)
 """
-
-
-# --- render_command -------------------------------------------------------------------------
-
-
-def test_render_command_fills_values_and_reserved_names(tmp_path: Path) -> None:
-    argv = render_command(
-        ["train", "--lr={lr}", "--width", "{width}", "{opt}", "--bn={bn}", "--small={tiny}",
-         "--id={trial_id}", "{trial_dir}/x", "--ckpt={checkpoint_dir}", "{{literal}}"],
-        {"lr": 0.001, "width": 128, "opt": "adam", "bn": False, "tiny": 1e-05},
-        trial_id=3,
-        trial_dir=tmp_path / "t",
-        checkpoint_dir=tmp_path / "t" / "c",
-    )  # fmt: skip
-    assert argv == [
-        "train",
-        "--lr=0.001",
-        "--width",
-        "128",
-        "adam",
-        "--bn=false",
-        "--small=1e-05",
-        "--id=3",
-        f"{tmp_path / 't'}/x",
-        f"--ckpt={tmp_path / 't' / 'c'}",
-        "{literal}",
-    ]
-
-
-def test_render_command_dotted_names_and_literal_braces() -> None:
-    argv = render_command(["--d={model.depth}", "{{literal}}"], {"model.depth": 3}, **RESERVED)
-    assert argv == ["--d=3", "{literal}"]
-
-
-def test_render_command_explicit_format_spec() -> None:
-    argv = render_command(["{lr:.1e}", "{w:04d}"], {"lr": 0.00123, "w": 7}, **RESERVED)
-    assert argv == ["1.2e-03", "0007"]
-
-
-RESERVED: dict[str, object] = {"trial_id": 1, "trial_dir": "/t", "checkpoint_dir": "/c"}
-
-
-def test_render_command_unknown_placeholder_is_named() -> None:
-    with pytest.raises(HpodError, match=r"unknown placeholder \{lrr\}.*known placeholders: .*lr"):
-        render_command(["train", "--lr={lrr}"], {"lr": 0.1}, **RESERVED)  # type: ignore[arg-type]
-
-
-def test_render_command_malformed_brace() -> None:
-    with pytest.raises(HpodError, match="malformed placeholder"):
-        render_command(["--x={lr"], {"lr": 0.1}, **RESERVED)  # type: ignore[arg-type]
 
 
 # --- environment ----------------------------------------------------------------------------
