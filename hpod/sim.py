@@ -30,12 +30,11 @@ from typing import Any
 
 from hpod.benchmarks import BUILTIN, Benchmark, StepFn
 from hpod.core.models import fit
-from hpod.core.schedulers import make_scheduler
-from hpod.core.searchers import Searcher
+from hpod.core.plans import Searcher
 from hpod.core.space import Config
 from hpod.core.spec import StudySpec
 from hpod.core.states import Decision
-from hpod.core.study import Study
+from hpod.core.study import Study, make_scheduler
 
 
 @dataclass(frozen=True)

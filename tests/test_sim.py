@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpod.benchmarks import BUILTIN
+from hpod.core.plans import Suggestion
 from hpod.core.spec import StudySpec
 from hpod.sim import main, parse_seeds, simulate
 
@@ -54,9 +55,11 @@ def test_a_given_searcher_decides_the_configurations() -> None:
     asked: list[int] = []
 
     class Fixed:
-        def suggest(self, number: int, history: object) -> dict[str, float]:
+        needs_history = True
+
+        def suggest(self, number: int, history: object) -> Suggestion:
             asked.append(number)
-            return configs[number]
+            return Suggestion(configs[number])
 
     res = simulate(spec_for("curves-parallel", ASHA), b.step, budget=200, seed=3, searcher=Fixed())
     assert asked == list(range(len(asked)))

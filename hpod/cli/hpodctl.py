@@ -410,7 +410,7 @@ def _parse_number(raw: str) -> int | float | None:
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     # Pure computation on the spec: no daemon is asked.
-    from hpod.core.rungs import preview
+    from hpod.core.preview import preview
     from hpod.core.spec import StudySpec
 
     out = preview(StudySpec.from_file(args.spec))

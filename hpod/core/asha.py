@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView
 from hpod.core.rungs import (
     bracket_levels,
     bracket_weights,
@@ -27,7 +28,6 @@ from hpod.core.rungs import (
     promotion_quota,
     ranked,
 )
-from hpod.core.schedulers import NewTrial, Plan, Promote, StudyView, TrialView
 from hpod.core.states import Decision, TrialState
 
 

@@ -28,8 +28,8 @@ import numpy as np
 from scipy import linalg
 
 from hpod.core.gp import GP, Array, fit_gp, log_expected_improvement, matern52
-from hpod.core.models import FitRequest, refit_due
-from hpod.core.searchers import Observation, config_key
+from hpod.core.models import FitRequest, Owner, refit_due
+from hpod.core.plans import Observation, Suggestion, config_key
 from hpod.core.space import Config, ParamValue, SearchSpace
 from hpod.core.spec import Acquisition
 
@@ -59,7 +59,7 @@ def level_data(
     """The highest level with at least ``min_points`` configurations (or the given ``level``):
     each one's value there is its last report at or below the level, from those whose curve
     reached it. An observation at resource 0 with a NaN value only says the configuration was
-    launched (see :class:`~hpod.core.searchers.Observation`)."""
+    launched (see :class:`~hpod.core.plans.Observation`)."""
     by_config: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
     configs: dict[tuple[Any, ...], Mapping[str, ParamValue]] = {}
     for obs in history:
@@ -108,6 +108,8 @@ def fit_level_gp(request: FitRequest, between_steps: Callable[[], None] | None =
 class BOSearcher:
     """A GP-based searcher; see the module's docstring."""
 
+    needs_history = True  # each fit's data and the pending configurations come from it
+
     def __init__(
         self,
         space: SearchSpace,
@@ -134,7 +136,6 @@ class BOSearcher:
         self.model: GP | None = None
         self.model_level: float | None = None
         self._asked: tuple[float, int] = (-1.0, 0)  # (level, points) of the last request
-        self.last_how = "random"  # how the last suggestion was made: "random" or "model"
 
     # -- fits ------------------------------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class BOSearcher:
         y = np.asarray(data.losses, dtype=np.float64)
         return FitRequest(
             "hpod.core.bo:fit_level_gp",
+            owner=Owner.SEARCHER,
             key=("bo", data.level, n),
             seed=self.seed,
             data={"x": x, "y": y, "level": data.level},
@@ -163,17 +165,15 @@ class BOSearcher:
 
     # -- suggestions -----------------------------------------------------------------------------
 
-    def suggest(self, number: int, history: Sequence[Observation]) -> Config | None:
+    def suggest(self, number: int, history: Sequence[Observation]) -> Suggestion | None:
         if number < 0:
             raise ValueError(f"trial numbers start at 0, got {number}")
-        self.last_how = "random"
         if number < len(self.points):
-            return dict(self.points[number])
+            return Suggestion(dict(self.points[number]), how="random")
         rng = np.random.default_rng([self.seed, number])
         if self.model is None or number < len(self.points) + self.num_init:
-            return self.space.sample(rng)
-        self.last_how = "model"
-        return self._propose(number, history, rng)
+            return Suggestion(self.space.sample(rng), how="random")
+        return Suggestion(self._propose(number, history, rng), how="model")
 
     def _kappa(self, number: int) -> float:
         # OTX's hpopt (bayes_opt's UtilityFunction): kappa *= kappa_decay once per suggestion
@@ -203,16 +203,7 @@ class BOSearcher:
         # Local moves around the best points the model was fitted on: most of the gain of a
         # proper acquisition optimizer for a fraction of its cost.
         top = gp.x[np.argsort(gp.y, kind="stable")[:8]]
-        return np.concatenate([rand, local_moves(self.space, top, N_LOCAL, 0.08, rng)])
-
-
-def local_moves(
-    space: SearchSpace, top: Array, n: int, sd: float, rng: np.random.Generator
-) -> Array:
-    """``n`` candidates, each a Gaussian step (``sd`` in the unit cube) from one of ``top``'s
-    encoded configurations, snapped back into the space."""
-    base = top[rng.integers(len(top), size=n)]
-    return space.snap(base + rng.normal(0.0, sd, size=base.shape))
+        return np.concatenate([rand, self.space.neighbours(top, N_LOCAL, 0.08, rng)])
 
 
 def _believer(gp: GP, pending: Array | None, xs: Array) -> tuple[Array, Array]:

@@ -33,10 +33,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import linalg
 
 from hpod.core.asha import RungScheduler
-from hpod.core.bo import local_moves
 from hpod.core.gp import Array, log_expected_improvement, robust_cholesky
-from hpod.core.models import FitRequest, refit_due
-from hpod.core.schedulers import NewTrial, Plan, Promote, StudyView, TrialView
+from hpod.core.models import FitRequest, Owner, refit_due
+from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView
 from hpod.core.space import SearchSpace
 from hpod.core.states import Decision, TrialState
 
@@ -269,6 +268,7 @@ class DyHPOScheduler:
         x, budget, curve, y = self._inputs(rows, *self._scale(rows))
         return FitRequest(
             "hpod.fit.dyhpo_torch:fit_deep_kernel",
+            owner=Owner.SCHEDULER,
             key=("dyhpo", n),
             seed=self.seed,
             data={
@@ -378,7 +378,7 @@ class DyHPOScheduler:
             (r for r in rows if r.level == top and math.isfinite(r.loss)), key=lambda r: r.loss
         )
         best = np.stack([r.x for r in at[:5]] or [rows[0].x])
-        return local_moves(self.space, best, self.n_local, LOCAL_SD, rng)
+        return self.space.neighbours(best, self.n_local, LOCAL_SD, rng)
 
     def _posterior(
         self, model: Surrogate, rows: Sequence[_Row], lo: float, span: float

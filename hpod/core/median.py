@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from hpod.core.schedulers import NewTrial, Plan, StudyView, TrialView
+from hpod.core.plans import NewTrial, Plan, StudyView, TrialView
 from hpod.core.states import Decision
 
 

@@ -2,9 +2,9 @@
 
 A model-based component (the BO searcher, the DyHPO scheduler) never fits a model while deciding.
 It says what it wants fitted (``wants_fit`` returns a :class:`FitRequest`: the data as plain
-arrays, a seed, and a key naming the data), somebody runs :func:`fit` on it, and the result comes
-back through ``install``. Decisions use the last installed model, or the model-free rule while none
-is installed: never a wait.
+arrays, a seed, a key naming the data, and its :class:`Owner`), somebody runs :func:`fit` on it,
+and the result comes back through ``install``. Decisions use the last installed model, or the
+model-free rule while none is installed: never a wait.
 
 Who runs the fit is the shell's choice. The simulator runs it at once, at the decision point that
 asked, so the same seed gives the same trace; the daemon runs it in a worker process while it
@@ -18,17 +18,27 @@ process runs it, and nothing else ever does.
 
 from __future__ import annotations
 
+import enum
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+class Owner(enum.StrEnum):
+    """Which part of a study a model is for: the study installs the model there."""
+
+    SCHEDULER = "scheduler"
+    SEARCHER = "searcher"
+
+
 @dataclass(frozen=True)
 class FitRequest:
-    """What to fit: ``function`` (``module:name``) applied to ``data`` with ``seed``."""
+    """What to fit: ``function`` (``module:name``) applied to ``data`` with ``seed``, for
+    ``owner``."""
 
     function: str
+    owner: Owner
     key: tuple[Any, ...]  # names the data: a component ignores a model fitted on older data
     seed: int
     data: Mapping[str, Any] = field(repr=False)

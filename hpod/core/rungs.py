@@ -1,4 +1,4 @@
-"""Rung levels, how many trials a rung promotes, Hyperband's brackets, and the preview.
+"""Rung levels, how many trials a rung promotes, and Hyperband's brackets.
 
 A rung is a resource level at which a trial is compared with the others that reached it. The levels
 are ``min_resource * eta**k`` for k = 0, 1, ... strictly below ``max_resource`` (or the spec's
@@ -15,19 +15,34 @@ n trials that reached it so far (itself included) is below ``max(1, floor(n / et
 (:func:`continue_quota`): the top 1/eta of the rung, as Li et al. 2020 state it (and as Optuna's
 SuccessiveHalvingPruner applies it), and the single best while the rung holds fewer than eta.
 
-Pure: no I/O, and everything is derived from the trials, so it holds after a restart.
+Pure: no I/O, and everything is derived from the trials, so it holds after a restart. Arithmetic
+only: the preview of a spec and the rung occupancy of a study are in :mod:`hpod.core.preview`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from hpod.core.objective import Objective
-    from hpod.core.schedulers import TrialView
-    from hpod.core.spec import SchedulerSpec, StudySpec
+    from hpod.core.plans import TrialView
+
+
+class RungSpec(Protocol):
+    """What the rung arithmetic reads of a scheduler spec (:class:`hpod.core.spec.SchedulerSpec`):
+    declared here, so that the spec, which counts the default rungs, and the rungs do not import
+    each other."""
+
+    @property
+    def min_resource(self) -> float: ...
+    @property
+    def max_resource(self) -> float: ...
+    @property
+    def reduction_factor(self) -> float: ...
+    @property
+    def rung_levels(self) -> Sequence[float] | None: ...
 
 
 def default_levels(min_resource: float, max_resource: float, eta: float) -> tuple[float, ...]:
@@ -41,14 +56,14 @@ def default_levels(min_resource: float, max_resource: float, eta: float) -> tupl
     return tuple(out)
 
 
-def rung_levels(s: SchedulerSpec) -> tuple[float, ...]:
+def rung_levels(s: RungSpec) -> tuple[float, ...]:
     """The rung levels of a scheduler spec, lowest first; ``max_resource`` is not among them."""
     if s.rung_levels is not None:
         return tuple(float(v) for v in s.rung_levels if v < s.max_resource)
     return default_levels(s.min_resource, s.max_resource, s.reduction_factor)
 
 
-def max_brackets(s: SchedulerSpec) -> int:
+def max_brackets(s: RungSpec) -> int:
     """Hyperband's bracket count at most: one per rung, plus the one that starts at the top."""
     return len(rung_levels(s)) + 1
 
@@ -122,137 +137,3 @@ def ranked(objective: Objective, trials: Sequence[TrialView], level: float) -> l
     return sorted(
         at, key=lambda t: (objective.sort_key(rung_value(objective, t, level)), t.trial_id)
     )
-
-
-def occupancy(spec: StudySpec, trials: Sequence[TrialView]) -> list[dict[str, Any]]:
-    """Each bracket's rungs: how many trials reached each, run toward it, wait paused at it, and
-    were promoted past it. Empty for schedulers without rungs."""
-    from hpod.core.spec import SchedulerType
-    from hpod.core.states import TrialState
-
-    s = spec.scheduler
-    if s.type not in (SchedulerType.ASHA, SchedulerType.HYPERBAND):
-        return []
-    levels = rung_levels(s)
-    out: list[dict[str, Any]] = []
-    for b in range(_brackets(s)):
-        mine = [t for t in trials if t.bracket == b]
-        blevels = [*bracket_levels(levels, b), float(s.max_resource)]
-        for k, level in enumerate(blevels):
-            at = [t for t in mine if reached(t, level)]
-            below = blevels[k - 1] if k else 0.0
-            running = [
-                t
-                for t in mine
-                if t.state is TrialState.RUNNING
-                and t.max_resource >= level
-                and max(t.curve, default=0.0) < level
-                and max(t.curve, default=0.0) >= below
-            ]
-            paused = [t for t in at if t.state is TrialState.PAUSED and t.max_resource <= level]
-            nxt = blevels[k + 1] if k + 1 < len(blevels) else None
-            promoted = [t for t in at if nxt is not None and t.max_resource >= nxt]
-            out.append(
-                {
-                    "bracket": b,
-                    "rung": k,
-                    "level": _num(level),
-                    "top": nxt is None,
-                    "reached": len(at),
-                    "running": len(running),
-                    "paused": len(paused),
-                    "promoted": len(promoted),
-                    "quota": None if nxt is None else promotion_quota(len(at), s.reduction_factor),
-                }
-            )
-    return out
-
-
-def _brackets(s: SchedulerSpec) -> int:
-    from hpod.core.spec import SchedulerType
-
-    if s.type is SchedulerType.HYPERBAND:
-        return min(s.brackets, max_brackets(s))
-    return 1
-
-
-def _num(v: float) -> float | int:
-    return int(v) if float(v).is_integer() else v
-
-
-def preview(spec: StudySpec) -> dict[str, Any]:
-    """What a study will do before anything runs: its rungs, how many trials each bracket and
-    rung will see, and the budget in resource units.
-
-    With ``limits.max_trials`` the trials are split between brackets as :func:`pick_bracket` will
-    split them; without it, one round of synchronous Hyperband's numbers (``n_s`` trials in bracket
-    s) stands in. Each rung then sees ``promotion_quota`` of the rung below (at least one, as when
-    the study has started its last trial). The budget counts each resource unit trained once:
-    promoted trials resume from their checkpoint. It is what the rung system spends when every
-    rung fills; trials that fail or a study stopped early spend less.
-    """
-    from hpod.core.spec import RungType, SchedulerType
-
-    s = spec.scheduler
-    max_r = float(s.max_resource)
-    limit = spec.limits.max_trials
-    out: dict[str, Any] = {
-        "name": spec.name,
-        "scheduler": s.type.value,
-        "max_resource": _num(max_r),
-        "max_trials": limit,
-        "resource": spec.objective.resource,
-    }
-    if s.type not in (SchedulerType.ASHA, SchedulerType.HYPERBAND):
-        out["rung_levels"] = []
-        out["brackets"] = []
-        note = "every trial runs to max_resource"
-        if s.type is SchedulerType.MEDIAN:
-            note = (
-                f"median stopping after {s.grace_period} {spec.objective.resource}(s) and "
-                f"{s.min_trials} trials; the budget is the most it can spend"
-            )
-        out["note"] = note
-        out["budget"] = None if limit is None else _num(limit * max_r)
-        return out
-    levels = rung_levels(s)
-    eta = s.reduction_factor
-    nb = _brackets(s)
-    weights = bracket_weights(len(levels), nb, eta)
-    if limit is not None:
-        counts = [0] * nb
-        for _ in range(limit):
-            counts[pick_bracket(counts, weights)] += 1
-    else:
-        counts = [math.ceil(w - 1e-9) for w in weights]
-    brackets: list[dict[str, Any]] = []
-    total = 0.0
-    for b in range(nb):
-        blevels = [*bracket_levels(levels, b), max_r]
-        n = counts[b]
-        rungs: list[dict[str, Any]] = []
-        budget = 0.0
-        prev = 0.0
-        for k, level in enumerate(blevels):
-            if k == 0:
-                seen = n
-            elif s.rung_type is RungType.STOPPING:
-                # A trial's rank is taken against those before it (the first always goes on), so
-                # asynchronously a few more than this go on.
-                seen = continue_quota(rungs[-1]["trials"], eta)
-            else:
-                seen = promotion_quota(rungs[-1]["trials"], eta, final=True)
-            rungs.append({"level": _num(level), "trials": seen, "top": k == len(blevels) - 1})
-            budget += seen * (level - prev)
-            prev = level
-        total += budget
-        brackets.append({"bracket": b, "trials": n, "rungs": rungs, "budget": _num(budget)})
-    out["rung_levels"] = [_num(v) for v in levels]
-    out["reduction_factor"] = eta
-    out["rung_type"] = s.rung_type.value
-    out["brackets"] = brackets
-    out["budget"] = _num(total)
-    out["fifo_budget"] = _num(sum(counts) * max_r)
-    if limit is None:
-        out["note"] = "no limits.max_trials: one round of Hyperband's bracket sizes shown"
-    return out

@@ -501,6 +501,14 @@ class SearchSpace:
         candidates, of which only the chosen one is decoded."""
         return self.snap(rng.random((n, self.dim)))
 
+    def neighbours(
+        self, top: np.ndarray[Any, Any], n: int, sd: float, rng: np.random.Generator
+    ) -> np.ndarray[Any, Any]:
+        """``n`` candidates, each a Gaussian step (``sd`` in the unit cube) from one of ``top``'s
+        encoded configurations, snapped back into the space."""
+        base = top[rng.integers(len(top), size=n)]
+        return self.snap(base + rng.normal(0.0, sd, size=base.shape))
+
     def snap(self, points: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Encoded points moved onto what a configuration can encode to: a one-hot per
         ``choice`` (its largest entry), quantized parameters onto their lattice. Vectorized; the

@@ -13,13 +13,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpod.core.models import FitRequest
+from hpod.core.asha import RungScheduler
+from hpod.core.bo import BOSearcher
+from hpod.core.dyhpo import DyHPOScheduler
+from hpod.core.median import MedianStoppingScheduler
+from hpod.core.models import FitRequest, Owner
 from hpod.core.objective import Objective
-from hpod.core.rungs import occupancy
-from hpod.core.schedulers import NewTrial, Promote, Scheduler, make_scheduler, ranking_value
-from hpod.core.searchers import Observation, Searcher, make_searcher
+from hpod.core.plans import (
+    ModeledScheduler,
+    ModeledSearcher,
+    NewTrial,
+    Observation,
+    Promote,
+    Scheduler,
+    Searcher,
+    ranking_value,
+)
+from hpod.core.preview import occupancy
+from hpod.core.rungs import max_brackets, rung_levels
+from hpod.core.schedulers import FifoScheduler
+from hpod.core.searchers import GridSearcher, RandomSearcher
 from hpod.core.space import Config
-from hpod.core.spec import StudySpec
+from hpod.core.spec import RungType, SchedulerType, SearcherType, StudySpec
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import BadState, InvalidParams, NotFound
 
@@ -115,6 +130,9 @@ class Study:
         self.objective: Objective = spec.objective
         self._searcher = searcher
         self._scheduler = scheduler
+        # The model-based parts, found once: those that declare the Modeled* protocols.
+        self._modeled_scheduler = scheduler if isinstance(scheduler, ModeledScheduler) else None
+        self._modeled_searcher = searcher if isinstance(searcher, ModeledSearcher) else None
         self._trials: list[_Trial] = []
         self._exhausted = False
         self.state = StudyState.RUNNING
@@ -213,15 +231,13 @@ class Study:
             how = plan.how
             config: Config | None = plan.config
             if config is None:
-                history = (
-                    self._observations() if getattr(self._searcher, "needs_history", True) else ()
-                )
-                config = self._searcher.suggest(len(self._trials), history)
-                how = getattr(self._searcher, "last_how", "random")
-            if config is None:
-                # The searcher has nothing left (a finished grid); ask again for a promotion.
-                self._exhausted = True
-                continue
+                history = self._observations() if self._searcher.needs_history else ()
+                suggestion = self._searcher.suggest(len(self._trials), history)
+                if suggestion is None:
+                    # The searcher has nothing left (a finished grid); ask again for a promotion.
+                    self._exhausted = True
+                    continue
+                config, how = suggestion.config, suggestion.how
             self._count(f"{how}_starts")
             t = _Trial(
                 trial_id=len(self._trials),
@@ -245,7 +261,7 @@ class Study:
     @property
     def modeled(self) -> bool:
         """Whether the searcher or the scheduler decides with a fitted model."""
-        return any(hasattr(c, "wants_fit") for c in (self._scheduler, self._searcher))
+        return self._modeled_scheduler is not None or self._modeled_searcher is not None
 
     def wants_fit(self) -> FitRequest | None:
         """A model to fit for the next decisions, or None (no model-based component, nothing new
@@ -255,24 +271,22 @@ class Study:
         if self._version == self._fit_checked:
             return None
         self._fit_checked = self._version
-        scheduler_fit = getattr(self._scheduler, "wants_fit", None)
-        if scheduler_fit is not None:
-            req: FitRequest | None = scheduler_fit(self)
+        if self._modeled_scheduler is not None:
+            req = self._modeled_scheduler.wants_fit(self)
             if req is not None:
                 return req
-        searcher_fit = getattr(self._searcher, "wants_fit", None)
-        if searcher_fit is not None:
-            req = searcher_fit(self._observations())
-            return req
+        if self._modeled_searcher is not None:
+            return self._modeled_searcher.wants_fit(self._observations())
         return None
 
     def install(self, request: FitRequest, model: Any) -> None:
         """Decide with ``model`` (``fit(request)``) from now on."""
-        # The scheduler asks first in wants_fit; a request's key names whose it is.
-        component: object = self._scheduler if request.key[0] == "dyhpo" else self._searcher
-        install = getattr(component, "install", None)
-        if install is not None:
-            install(request, model)
+        # The scheduler asks first in wants_fit; a request's owner says whose it is.
+        component = (
+            self._modeled_scheduler if request.owner is Owner.SCHEDULER else self._modeled_searcher
+        )
+        if component is not None:
+            component.install(request, model)
 
     def _launch(self, t: _Trial, *, fresh: bool) -> Launch:
         self._version += 1
@@ -504,3 +518,59 @@ class Study:
             return None
         t = self._trials[best[2]]
         return Best(t.trial_id, dict(t.config), ranking_value(self.objective, t), t.last_resource)
+
+
+# -- composition: the one place that knows every scheduler and searcher --------------------------
+
+
+def make_scheduler(spec: StudySpec) -> Scheduler:
+    """The scheduler a study spec asks for."""
+    s = spec.scheduler
+    kind = s.type
+    if kind is SchedulerType.FIFO:
+        return FifoScheduler(s.max_resource)
+    if kind in (SchedulerType.ASHA, SchedulerType.HYPERBAND):
+        brackets = min(s.brackets, max_brackets(s)) if kind is SchedulerType.HYPERBAND else 1
+        return RungScheduler(
+            rung_levels(s),
+            s.max_resource,
+            s.reduction_factor,
+            promotion=s.rung_type is RungType.PROMOTION,
+            brackets=brackets,
+        )
+    if kind is SchedulerType.MEDIAN:
+        return MedianStoppingScheduler(s.max_resource, s.grace_period, s.min_trials)
+    assert kind is SchedulerType.DYHPO
+    return DyHPOScheduler(
+        spec.space,
+        rung_levels(s),
+        s.max_resource,
+        s.reduction_factor,
+        probability_sh=s.probability_sh,
+        seed=spec.searcher.seed,
+        maximize=spec.objective.maximize,
+        min_points=spec.searcher.num_init_trials,
+        options=s.options,
+    )
+
+
+def make_searcher(spec: StudySpec) -> Searcher:
+    """The searcher a study spec asks for."""
+    s = spec.searcher
+    if s.type is SearcherType.GRID:
+        return GridSearcher(spec.space, s.grid_points, s.points_to_evaluate)
+    if s.type is SearcherType.BO:
+        return BOSearcher(
+            spec.space,
+            s.seed,
+            s.points_to_evaluate,
+            maximize=spec.objective.maximize,
+            num_init_trials=s.num_init_trials,
+            acquisition=s.acquisition,
+            kappa=s.kappa,
+            kappa_decay=s.kappa_decay,
+            kappa_decay_delay=s.kappa_decay_delay,
+        )
+    # random, and dyhpo: the DyHPO scheduler picks its new configurations itself and hands them
+    # over with its plan; this one stands in while it has no model.
+    return RandomSearcher(spec.space, s.seed, s.points_to_evaluate)

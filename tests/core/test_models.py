@@ -15,10 +15,10 @@ from hpod.benchmarks import BUILTIN
 from hpod.core.bo import BOSearcher
 from hpod.core.dyhpo import CURVE_LEN, DeepKernel, DyHPOScheduler
 from hpod.core.gp import expected_improvement, fit_gp, log_expected_improvement
-from hpod.core.models import FitRequest, fit
-from hpod.core.schedulers import NewTrial, Promote
+from hpod.core.models import FitRequest, Owner, fit
+from hpod.core.plans import ModeledScheduler, ModeledSearcher, NewTrial, Promote
 from hpod.core.spec import StudySpec
-from hpod.core.study import Study
+from hpod.core.study import Study, make_scheduler, make_searcher
 from hpod.sim import simulate
 
 Array = np.ndarray[Any, Any]
@@ -120,6 +120,26 @@ DYHPO = {
     "reduction_factor": 3,
     "options": {"fit_iterations": 40},
 }
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "searcher", "modeled"),
+    [
+        (ASHA, {"type": "random"}, (False, False)),
+        (ASHA, {"type": "bo"}, (False, True)),
+        (DYHPO, {"type": "dyhpo"}, (True, False)),
+    ],
+)
+def test_the_model_based_parts_declare_themselves(
+    scheduler: Mapping[str, Any], searcher: Mapping[str, Any], modeled: tuple[bool, bool]
+) -> None:
+    spec = _spec("curves-parallel", scheduler, searcher)
+    found = (
+        isinstance(make_scheduler(spec), ModeledScheduler),
+        isinstance(make_searcher(spec), ModeledSearcher),
+    )
+    assert found == modeled
+    assert Study.new(spec).modeled is any(modeled)
 
 
 def test_bo_beats_random_search_in_the_simulator() -> None:
@@ -376,6 +396,8 @@ def test_a_restored_study_refits_the_same_model_and_decides_the_same(
     if req_a is None:  # the original's last fit was on these same data: ask for it again
         req_a = req_b
     assert req_a.key == req_b.key
+    # The request says whose model it is: the study installs it there.
+    assert req_a.owner is (Owner.SEARCHER if searcher["type"] == "bo" else Owner.SCHEDULER)
     for k, v in req_a.data.items():
         assert np.array_equal(np.asarray(v), np.asarray(req_b.data[k])), k
     model_a, model_b = fit(req_a), fit(req_b)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from hpod.core.preview import preview
 from hpod.core.rungs import (
     bracket_weights,
     continue_quota,
     default_levels,
     pick_bracket,
-    preview,
     promotion_quota,
 )
 from hpod.core.spec import StudySpec

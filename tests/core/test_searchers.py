@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 
 from hpod.core.bo import BOSearcher
-from hpod.core.searchers import GridSearcher, Observation, RandomSearcher, make_searcher
-from hpod.core.space import Param, SearchSpace
+from hpod.core.plans import Observation, Searcher
+from hpod.core.searchers import GridSearcher, RandomSearcher
+from hpod.core.space import Config, Param, SearchSpace
 from hpod.core.spec import StudySpec
+from hpod.core.study import make_searcher
 
 SPACE = SearchSpace.of(
     Param.loguniform("lr", 1e-4, 1e-1),
@@ -17,11 +19,16 @@ SPACE = SearchSpace.of(
 POINT = {"lr": 0.01, "bs": 64, "opt": "adam"}
 
 
+def _config(s: Searcher, number: int, history: list[Observation]) -> Config | None:
+    suggestion = s.suggest(number, history)
+    return None if suggestion is None else suggestion.config
+
+
 def test_random_gives_points_first_then_samples_in_the_space():
     s = RandomSearcher(SPACE, seed=3, points_to_evaluate=[POINT])
-    assert s.suggest(0, []) == POINT
+    assert _config(s, 0, []) == POINT
     for n in range(1, 50):
-        config = s.suggest(n, [])
+        config = _config(s, n, [])
         assert config is not None
         assert SPACE.problems(config, "c") == []
 
@@ -30,26 +37,26 @@ def test_random_is_deterministic_per_seed_and_number():
     a = RandomSearcher(SPACE, seed=1)
     b = RandomSearcher(SPACE, seed=1)
     c = RandomSearcher(SPACE, seed=2)
-    forward = [a.suggest(n, []) for n in range(10)]
+    forward = [_config(a, n, []) for n in range(10)]
     # A restored study may ask out of order, and with a different history: same answers.
     history = [Observation(POINT, 1.0, 0.5)]
-    backward = [b.suggest(n, history) for n in reversed(range(10))][::-1]
+    backward = [_config(b, n, history) for n in reversed(range(10))][::-1]
     assert forward == backward
-    assert forward != [c.suggest(n, []) for n in range(10)]
+    assert forward != [_config(c, n, []) for n in range(10)]
     assert len({repr(f) for f in forward}) == 10
 
 
 def test_random_returns_copies():
     s = RandomSearcher(SPACE, points_to_evaluate=[POINT])
-    first = s.suggest(0, [])
+    first = _config(s, 0, [])
     assert first is not None
     first["bs"] = 96
-    assert s.suggest(0, []) == POINT
+    assert _config(s, 0, []) == POINT
 
 
 def test_grid_order_and_exhaustion():
     s = GridSearcher(SPACE, points_per_param=4)
-    configs = [s.suggest(n, []) for n in range(len(s))]
+    configs = [_config(s, n, []) for n in range(len(s))]
     assert len(configs) == 4 * 4 * 2
     assert configs[0] == {"lr": 1e-4, "bs": 32, "opt": "sgd"}
     assert configs[1] == {"lr": 1e-4, "bs": 32, "opt": "adam"}
@@ -61,16 +68,16 @@ def test_grid_order_and_exhaustion():
         32,
         128,
     ]
-    assert s.suggest(len(s), []) is None
-    assert s.suggest(len(s) + 5, []) is None
+    assert _config(s, len(s), []) is None
+    assert _config(s, len(s) + 5, []) is None
 
 
 def test_grid_puts_points_first_and_skips_their_duplicates():
     given = {"lr": 1e-4, "bs": 64.0, "opt": "adam"}
     s = GridSearcher(SPACE, points_per_param=4, points_to_evaluate=[given])
     assert len(s) == 32
-    assert s.suggest(0, []) == {"lr": 1e-4, "bs": 64, "opt": "adam"}
-    rest = [s.suggest(n, []) for n in range(1, 32)]
+    assert _config(s, 0, []) == {"lr": 1e-4, "bs": 64, "opt": "adam"}
+    rest = [_config(s, n, []) for n in range(1, 32)]
     assert {"lr": 1e-4, "bs": 64, "opt": "adam"} not in rest
 
 
@@ -115,6 +122,6 @@ def test_make_searcher(scheduler, searcher, kind):
     s = make_searcher(spec)
     assert isinstance(s, kind)
     if isinstance(s, GridSearcher):
-        assert [s.suggest(n, []) for n in range(4)] == [{"x": 0}, {"x": 2}, {"x": 4}, None]
+        assert [_config(s, n, []) for n in range(4)] == [{"x": 0}, {"x": 2}, {"x": 4}, None]
     else:
-        assert s.suggest(0, []) == RandomSearcher(spec.space, seed=5).suggest(0, [])
+        assert _config(s, 0, []) == _config(RandomSearcher(spec.space, seed=5), 0, [])

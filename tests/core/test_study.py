@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from hpod.core.schedulers import make_scheduler
-from hpod.core.searchers import Observation, RandomSearcher
+from hpod.core.plans import Observation, Suggestion
+from hpod.core.searchers import RandomSearcher
 from hpod.core.spec import StudySpec
 from hpod.core.states import Decision, StudyState, TrialState
-from hpod.core.study import FAILURES_BEFORE_GIVING_UP, Study
+from hpod.core.study import FAILURES_BEFORE_GIVING_UP, Study, make_scheduler
 from hpod.errors import BadState, NotFound
 
 SPEC = """
@@ -206,19 +205,18 @@ def test_a_study_with_one_success_ends_completed() -> None:
 class _Recording:
     """A searcher that notes the history it is handed."""
 
-    def __init__(self, needs_history: bool | None) -> None:
-        if needs_history is not None:
-            self.needs_history = needs_history
+    def __init__(self, needs_history: bool) -> None:
+        self.needs_history = needs_history
         self.seen: list[int] = []
 
-    def suggest(self, number: int, history: Sequence[Observation]) -> dict[str, Any] | None:
+    def suggest(self, number: int, history: Sequence[Observation]) -> Suggestion | None:
         self.seen.append(len(history))
-        return {"x": 1 + number % 3}
+        return Suggestion({"x": 1 + number % 3})
 
 
-@pytest.mark.parametrize(("needs", "expect_history"), [(None, True), (False, False)])
+@pytest.mark.parametrize(("needs", "expect_history"), [(True, True), (False, False)])
 def test_the_history_is_built_only_for_searchers_that_read_it(
-    needs: bool | None, expect_history: bool
+    needs: bool, expect_history: bool
 ) -> None:
     # Building it walks every report of the study on the event loop (40 ms at 16,000 reports,
     # bench/report_latency.py --during-fit), so random and grid, which ignore it, get none.
@@ -236,5 +234,5 @@ def test_the_history_is_built_only_for_searchers_that_read_it(
 def test_random_and_grid_searchers_do_not_ask_for_the_history() -> None:
     grid = make()
     assert grid.spec.searcher.type.value == "grid"
-    assert getattr(grid._searcher, "needs_history", True) is False
+    assert grid._searcher.needs_history is False
     assert RandomSearcher(grid.spec.space).needs_history is False
