@@ -477,3 +477,23 @@ def test_show_says_when_a_fit_waits_for_the_reports() -> None:
     assert _render_decisions(quiet).splitlines()[1] == "  fits: 2, one running now"
     busy = {**quiet, "fit_yields_to_reports": True}
     assert "paused while reports come faster than 1,000 a second" in _render_decisions(busy)
+
+
+def test_preview_says_how_many_points_a_grid_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "grid.toml"
+    spec.write_text(
+        'name = "g"\ncommand = ["train", "{x}"]\n[objective]\nmetric = "loss"\nmode = "min"\n'
+        '[space]\nx = { param_type = "quniform", range = [0.0, 1.0, 0.1] }\n'
+        '[searcher]\ntype = "grid"\npartial_grid = true\n[limits]\nmax_trials = 5\n'
+    )
+    assert main(["preview", str(spec)]) == 0
+    out = capsys.readouterr().out
+    line = "grid      11 points (5 per continuous parameter); partial_grid: the first 5 in grid"
+    line += " order"
+    assert line in out.splitlines()
+    # Without partial_grid the same spec is refused, with the way out in the problem.
+    spec.write_text(spec.read_text().replace("partial_grid = true\n", ""))
+    assert main(["preview", str(spec)]) == ErrorCode.INVALID_SPEC.exit_status
+    assert "searcher.partial_grid = true" in capsys.readouterr().err

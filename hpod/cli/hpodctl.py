@@ -423,6 +423,12 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     if out["rung_levels"]:
         levels = ", ".join(str(v) for v in out["rung_levels"])
         print(f"rungs     {levels} (eta {out['reduction_factor']:g}, {out['rung_type']})")
+    grid = out.get("grid")
+    if grid:
+        line = f"grid      {grid['points']} points ({grid['grid_points']} per continuous parameter)"
+        if grid["partial"]:
+            line += f"; partial_grid: the first {out['max_trials']} in grid order"
+        print(line)
     for b in out["brackets"]:
         rungs = ", ".join(f"{r['trials']} at {r['level']}" for r in b["rungs"])
         print(f"bracket {b['bracket']} {b['trials']} trials: {rungs}; {b['budget']} {unit}s")

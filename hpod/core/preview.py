@@ -19,7 +19,8 @@ from hpod.core.rungs import (
     reached,
     rung_levels,
 )
-from hpod.core.spec import RungType, SchedulerSpec, SchedulerType, StudySpec
+from hpod.core.searchers import GridSearcher
+from hpod.core.spec import RungType, SchedulerSpec, SchedulerType, SearcherType, StudySpec
 from hpod.core.states import TrialState
 
 
@@ -70,6 +71,21 @@ def _brackets(s: SchedulerSpec) -> int:
     return 1
 
 
+def _grid(spec: StudySpec) -> dict[str, Any] | None:
+    """A grid study's size (points_to_evaluate included), and whether max_trials cuts it short:
+    with a quantized parameter's whole lattice on the grid, that is easy to miss."""
+    s = spec.searcher
+    if s.type is not SearcherType.GRID:
+        return None
+    points = GridSearcher(spec.space, s.grid_points, s.points_to_evaluate).size
+    limit = spec.limits.max_trials
+    return {
+        "points": points,
+        "grid_points": s.grid_points,
+        "partial": limit is not None and points > limit,
+    }
+
+
 def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else v
 
@@ -94,6 +110,7 @@ def preview(spec: StudySpec) -> dict[str, Any]:
         "max_resource": _num(max_r),
         "max_trials": limit,
         "resource": spec.objective.resource,
+        "grid": _grid(spec),
     }
     if s.type not in (SchedulerType.ASHA, SchedulerType.HYPERBAND):
         out["rung_levels"] = []

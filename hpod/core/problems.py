@@ -151,6 +151,15 @@ class Section:
             self.problem(key, f"must be an integer, got {value!r}")
         return default
 
+    def boolean(self, key: str, *, default: bool) -> bool:
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        if isinstance(value, bool):
+            return value
+        self.problem(key, f"must be true or false, got {value!r}")
+        return default
+
     def number(
         self,
         key: str,

@@ -59,7 +59,12 @@ class RandomSearcher:
 
 
 class GridSearcher:
-    """``points_to_evaluate`` first, then the grid in its stable order, then None."""
+    """``points_to_evaluate`` first, then the grid in its stable order, then None.
+
+    The grid is never listed: a quantized parameter brings its whole lattice, so the grid can be
+    far larger than the trials a study runs (``searcher.partial_grid``). Trial ``n``'s point is
+    computed from ``n``, skipping the grid points that ``points_to_evaluate`` already ran.
+    """
 
     needs_history = False
 
@@ -70,16 +75,36 @@ class GridSearcher:
         points_to_evaluate: Sequence[Mapping[str, ParamValue]] = (),
     ) -> None:
         self.space = space
-        points = [space.normalize(p) for p in points_to_evaluate]
-        grid = [g for g in space.grid(points_per_param) if not any(_same(g, p) for p in points)]
-        self.configs: tuple[Config, ...] = (*points, *grid)
+        self.points_per_param = points_per_param
+        self.points: tuple[Config, ...] = tuple(space.normalize(p) for p in points_to_evaluate)
+        self._grid_size = space.grid_size(points_per_param)
+        on_grid = {self._grid_index(p) for p in self.points}
+        self._skipped = sorted(i for i in on_grid if i is not None)
+
+    def _grid_index(self, point: Config) -> int | None:
+        index = self.space.grid_index(point, self.points_per_param)
+        if index is None or not _same(self.space.grid_point(index, self.points_per_param), point):
+            return None
+        return index
+
+    @property
+    def size(self) -> int:
+        """How many configurations it suggests before None (points_to_evaluate included)."""
+        return len(self.points) + self._grid_size - len(self._skipped)
 
     def __len__(self) -> int:
-        return len(self.configs)
+        return self.size
 
     def suggest(self, number: int, history: Sequence[Observation]) -> Suggestion | None:
         if number < 0:
             raise ValueError(f"trial numbers start at 0, got {number}")
-        if number >= len(self.configs):
+        if number < len(self.points):
+            return Suggestion(dict(self.points[number]))
+        index = number - len(self.points)
+        if index >= self._grid_size - len(self._skipped):
             return None
-        return Suggestion(dict(self.configs[number]))
+        for skipped in self._skipped:  # sorted: each one at or before the index moves it on
+            if skipped > index:
+                break
+            index += 1
+        return Suggestion(self.space.grid_point(index, self.points_per_param))

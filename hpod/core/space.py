@@ -249,14 +249,15 @@ class Param:
         return value
 
     def grid_values(self, n: int) -> list[ParamValue]:
-        """Values for a grid: every choice; every lattice point when there are at most ``n``,
-        else ``n`` evenly spread (log-spaced for log types) ones; ``n`` points ends included for
-        continuous types (the middle one when ``n`` is 1)."""
+        """Values for a grid: every choice and every lattice point of a quantized type (its
+        values are the lattice, and a spread of ``n`` would skip the optimum between two of
+        them); ``n`` evenly spread ones, log-spaced for loguniform, ends included (the middle
+        one when ``n`` is 1), for a continuous type."""
         if n < 1:
             raise ValueError(f"points per parameter must be >= 1, got {n}")
         if self.type is ParamType.CHOICE:
             return list(self.choices)
-        if self.type.is_quantized and self._levels <= n:
+        if self.type.is_quantized:
             return [self._level_value(k) for k in range(self._levels)]
         units = [0.5] if n == 1 else [i / (n - 1) for i in range(n)]
         out: list[ParamValue] = []
@@ -267,6 +268,38 @@ class Param:
             if value not in out:
                 out.append(value)
         return out
+
+    # A quantized lattice may hold millions of points: these three never list it.
+
+    def grid_count(self, n: int) -> int:
+        """How many values :meth:`grid_values` has."""
+        if self.type.is_quantized and n >= 1:
+            return self._levels
+        return len(self.grid_values(n))
+
+    def grid_value(self, k: int, n: int) -> ParamValue:
+        """``grid_values(n)[k]``."""
+        if self.type.is_quantized and n >= 1:
+            if not 0 <= k < self._levels:
+                raise IndexError(f"{self.name}: grid value {k} of {self._levels}")
+            return self._level_value(k)
+        return self.grid_values(n)[k]
+
+    def grid_position(self, value: ParamValue, n: int) -> int | None:
+        """Where a normalized ``value`` is in :meth:`grid_values`, or None when it is not there."""
+        if self.type is ParamType.CHOICE:
+            return self._choice_index(value)
+        if not is_number(value):
+            return None
+        if self.type.is_quantized:
+            assert self.step is not None
+            k = round((float(value) - self.low) / self.step)
+            inside = 0 <= k < self._levels and self._level_value(k) == value
+            return k if inside else None
+        for k, v in enumerate(self.grid_values(n)):
+            if v == value:
+                return k
+        return None
 
     def contains(self, value: object) -> bool:
         if self.type is ParamType.CHOICE:
@@ -555,6 +588,36 @@ class SearchSpace:
         axes = [p.grid_values(points_per_param) for p in self.params]
         names = self.names
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
+
+    def grid_size(self, points_per_param: int) -> int:
+        """``len(grid(points_per_param))``, without listing it."""
+        return math.prod(p.grid_count(points_per_param) for p in self.params)
+
+    def grid_point(self, index: int, points_per_param: int) -> Config:
+        """``grid(points_per_param)[index]``, without listing the grid: the index written in
+        the mixed radix of the parameters' value counts, the last parameter's digit lowest."""
+        size = self.grid_size(points_per_param)
+        if not 0 <= index < size:
+            raise IndexError(f"grid point {index} of {size}")
+        digits: list[int] = []
+        for p in reversed(self.params):
+            index, k = divmod(index, p.grid_count(points_per_param))
+            digits.append(k)
+        return {
+            p.name: p.grid_value(k, points_per_param)
+            for p, k in zip(self.params, reversed(digits), strict=True)
+        }
+
+    def grid_index(self, config: Mapping[str, ParamValue], points_per_param: int) -> int | None:
+        """The index of a normalized ``config`` in :meth:`grid`, or None when it is off the
+        grid."""
+        index = 0
+        for p in self.params:
+            k = p.grid_position(config[p.name], points_per_param) if p.name in config else None
+            if k is None:
+                return None
+            index = index * p.grid_count(points_per_param) + k
+        return index
 
     def normalize(self, config: Mapping[str, ParamValue]) -> Config:
         """``config`` in the space's order with canonical values (ints for int parameters)."""

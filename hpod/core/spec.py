@@ -25,6 +25,7 @@ from hpod.core.command import command_problems
 from hpod.core.durations import format_duration
 from hpod.core.objective import Objective, ObjectiveMode
 from hpod.core.problems import Section, is_number
+from hpod.core.searchers import GridSearcher
 from hpod.core.space import Config, Param, ParamType, ParamValue, SearchSpace
 from hpod.errors import SpecError
 
@@ -104,6 +105,8 @@ class SearcherSpec:
     seed: int = 0
     points_to_evaluate: tuple[Config, ...] = ()
     grid_points: int = 5  # grid: values per continuous parameter
+    # grid: a grid larger than limits.max_trials runs its first max_trials points, not refused
+    partial_grid: bool = False
     # bo:
     num_init_trials: int = 5  # random configurations before the model is used
     acquisition: Acquisition = Acquisition.UCB
@@ -117,6 +120,7 @@ class SearcherSpec:
             "seed": self.seed,
             "points_to_evaluate": [dict(p) for p in self.points_to_evaluate],
             "grid_points": self.grid_points,
+            "partial_grid": self.partial_grid,
             "num_init_trials": self.num_init_trials,
             "acquisition": self.acquisition.value,
             "kappa": self.kappa,
@@ -257,6 +261,8 @@ class StudySpec:
         limits = _read_limits(top.table("limits"), problems)
         report = _read_report(top.table("report"), problems)
         top.finish()
+        if space is not None:
+            problems.extend(_grid_problems(space, searcher, limits))
 
         raw_space = raw.get("space")
         if command and isinstance(raw_space, Mapping):
@@ -332,6 +338,23 @@ def _examples(param: Param) -> tuple[ParamValue, ...]:
     if param.type is ParamType.CHOICE:
         return param.choices
     return (param.normalize(param.low), param.normalize(param.high))
+
+
+def _grid_problems(space: SearchSpace, searcher: SearcherSpec, limits: LimitsSpec) -> list[str]:
+    # A quantized parameter's whole lattice is on the grid, so a grid is easily larger than the
+    # trials allowed; cut short, it runs in grid order, where the first parameter barely moves.
+    # That is refused unless asked for, rather than found out after the study.
+    limit = limits.max_trials
+    if searcher.type is not SearcherType.GRID or searcher.partial_grid or limit is None:
+        return []
+    # The searcher's own count: points_to_evaluate first, each grid point once.
+    size = GridSearcher(space, searcher.grid_points, searcher.points_to_evaluate).size
+    if size <= limit:
+        return []
+    return [
+        f"limits.max_trials: {limit} trials cannot run the grid's {size} points; raise it, or "
+        f"set searcher.partial_grid = true to run the first {limit} in grid order"
+    ]
 
 
 # -- reading sections (each with a :class:`Section`) ---------------------------------------------
@@ -519,6 +542,7 @@ _SEARCHER_KEYS = (
     "seed",
     "points_to_evaluate",
     "grid_points",
+    "partial_grid",
     "num_init_trials",
     "acquisition",
     "kappa",
@@ -549,6 +573,7 @@ def _read_searcher(
         )
     seed = sec.integer("seed", default=0, minimum=0)
     grid_points = sec.integer("grid_points", default=5, minimum=1)
+    partial_grid = sec.boolean("partial_grid", default=False)
     num_init = sec.integer("num_init_trials", default=5, minimum=1)
     acquisition = sec.choice("acquisition", Acquisition, Acquisition.UCB)
     kappa = sec.number("kappa", default=2.0, at_least=0.0)
@@ -576,6 +601,7 @@ def _read_searcher(
         seed=seed,
         points_to_evaluate=tuple(points),
         grid_points=grid_points,
+        partial_grid=partial_grid,
         num_init_trials=num_init,
         acquisition=acquisition,
         kappa=kappa,

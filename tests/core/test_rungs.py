@@ -33,6 +33,7 @@ x = {{ param_type = "choice", range = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] }}
 {scheduler}
 [searcher]
 type = "grid"
+partial_grid = true
 [limits]
 max_trials = {max_trials}
 """

@@ -63,10 +63,12 @@ def test_grid_order_and_exhaustion():
     assert configs[2] == {"lr": 1e-4, "bs": 64, "opt": "sgd"}
     assert configs[8] == {"lr": 1e-3, "bs": 32, "opt": "sgd"}
     assert configs[-1] == {"lr": 1e-1, "bs": 128, "opt": "adam"}
-    # Fewer points than a quantized parameter's levels: spread over its range, ends included.
-    assert [c["bs"] for c in GridSearcher(SPACE, points_per_param=2).configs[::2][:2]] == [
-        32,
-        128,
+    # Fewer grid points than a quantized parameter's levels: still its whole lattice (only the
+    # continuous lr is spread, over 2).
+    two = GridSearcher(SPACE, points_per_param=2)
+    assert len(two) == 2 * 4 * 2
+    assert [_config(two, n, []) for n in range(0, 8, 2)] == [
+        {"lr": 1e-4, "bs": bs, "opt": "sgd"} for bs in (32, 64, 96, 128)
     ]
     assert _config(s, len(s), []) is None
     assert _config(s, len(s) + 5, []) is None
@@ -122,6 +124,7 @@ def test_make_searcher(scheduler, searcher, kind):
     s = make_searcher(spec)
     assert isinstance(s, kind)
     if isinstance(s, GridSearcher):
-        assert [_config(s, n, []) for n in range(4)] == [{"x": 0}, {"x": 2}, {"x": 4}, None]
+        # grid_points = 3 spreads only continuous parameters: x's whole lattice runs.
+        assert [_config(s, n, []) for n in range(6)] == [{"x": k} for k in range(5)] + [None]
     else:
         assert _config(s, 0, []) == _config(RandomSearcher(spec.space, seed=5), 0, [])

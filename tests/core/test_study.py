@@ -29,6 +29,7 @@ type = "fifo"
 max_resource = 3
 [searcher]
 type = "grid"
+partial_grid = true
 [limits]
 max_trials = {max_trials}
 """

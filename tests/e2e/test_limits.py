@@ -177,6 +177,7 @@ def test_trial_time_ends_a_hanging_trial(daemon_factory: Any) -> None:
             steps=100,
             extra='hang = { param_type = "choice", range = [true] }',
             limits='trial_time = "2s"\nmax_trials = 1',
+            points="partial_grid = true",  # one of the grid's 12 points
             grace="1s",
         ),
     )
