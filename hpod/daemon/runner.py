@@ -26,8 +26,7 @@ from typing import IO, Any
 import anyio
 from anyio.abc import Process
 
-# The placeholder rules are the core's, so the spec check at submit and the launch here agree;
-# render_command is imported from here too (tests/daemon/test_runner.py).
+# The placeholder rules are the core's, so the spec check at submit and the launch here agree.
 from hpod.core.command import ConfigValue, format_value, render_command
 from hpod.errors import HpodError, InvalidParams
 
