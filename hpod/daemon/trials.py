@@ -276,10 +276,12 @@ class Trials:
                     if looks_like_oom(tail):
                         error += " (out of memory)"
         finally:
-            if run.proc is not None and returncode is None:
-                # Cancelled from outside (the daemon's own trouble): the trial did nothing wrong.
-                # Stop it, and record it as interrupted so that it runs again, not as failed.
+            if returncode is None and error is None:
+                # Cancelled from outside (the daemon's own trouble), while starting or running:
+                # the trial did nothing wrong. Record it as interrupted so that it runs again,
+                # not as failed, and stop its process if it has one.
                 run.request_stop(StopReason.SHUTDOWN, time.monotonic())
+            if run.proc is not None and returncode is None:
                 with anyio.CancelScope(shield=True):
                     returncode = await run.proc.stop(
                         min(study.spec.stop_grace, self.config.stop_grace)

@@ -1,0 +1,416 @@
+"""Every wire method of :class:`Methods`, alone, against fake services (tests/daemon/fakes.py).
+
+The studies are real core objects built from a spec; the studies and trials services, the pool,
+the fitter and the store are fakes that record what the methods asked of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from hpod import __version__
+from hpod.core.states import Decision, StudyState, TrialState
+from hpod.daemon.config import DaemonConfig
+from hpod.daemon.methods import Methods
+from hpod.daemon.peercred import Credentials
+from hpod.daemon.runtime import StopReason, StudyRuntime
+from hpod.daemon.server import Peer
+from hpod.errors import InvalidParams, NotFound, PermissionDenied, TokenRejected
+from tests.daemon.fakes import (
+    FakeAnswer,
+    FakeFitter,
+    FakePool,
+    FakeStudies,
+    FakeTrials,
+    make_study,
+    spec_toml,
+    start_run,
+)
+
+pytestmark = pytest.mark.anyio
+
+OWNER = 1000
+ADMIN = 4242
+
+
+def peer(uid: int = OWNER) -> Peer:
+    return Peer(Credentials(pid=1, uid=uid, gid=uid))
+
+
+@dataclass
+class World:
+    methods: Methods
+    studies: FakeStudies
+    trials: FakeTrials
+    fitter: FakeFitter
+    study: StudyRuntime
+
+    async def call(self, method: str, params: dict[str, Any], uid: int = OWNER) -> Any:
+        return await self.methods.table()[method](peer(uid), params)
+
+    def report(self, params: dict[str, Any], uid: int = OWNER) -> FakeAnswer:
+        answer = FakeAnswer()
+        self.methods.answering()["trial.report"](peer(uid), params, answer)  # type: ignore[arg-type]
+        return answer
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    study = make_study(tmp_path, owner=OWNER)
+    studies, trials, fitter = FakeStudies(study), FakeTrials(), FakeFitter()
+    config = DaemonConfig.defaults().with_overrides(admins=[ADMIN])
+    methods = Methods(
+        studies,  # type: ignore[arg-type]
+        trials,  # type: ignore[arg-type]
+        FakePool(),  # type: ignore[arg-type]
+        fitter,  # type: ignore[arg-type]
+        config,
+        started_at=0.0,
+    )
+    return World(methods, studies, trials, fitter, study)
+
+
+def test_the_tables_name_every_wire_method(world: World) -> None:
+    assert set(world.methods.table()) == {
+        "ping", "submit", "studies", "study", "trials", "best", "stop", "wait", "logs",
+        "report", "gpus", "trial.oom",
+    }  # fmt: skip
+    assert set(world.methods.answering()) == {"trial.report"}
+
+
+# -- control methods ------------------------------------------------------------------------------
+
+
+async def test_ping_reports_the_pool_and_the_fit_workers(world: World) -> None:
+    out = await world.call("ping", {})
+    assert out["pong"] is True
+    assert out["version"] == __version__
+    assert (out["slots"], out["free_slots"]) == (4, 3)
+    assert out["fit_workers_started"] == 2
+    assert out["uptime"] > 0
+
+
+async def test_gpus_is_the_pools_view(world: World) -> None:
+    assert await world.call("gpus", {}) == FakePool().view()
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"base_dir": "/tmp"}, "'spec'"),
+        ({"spec": "", "base_dir": "/tmp"}, "'spec'"),
+        ({"spec": "x"}, "'base_dir'"),
+        ({"spec": "x", "base_dir": 3}, "'base_dir'"),
+    ],
+)
+async def test_submit_names_a_missing_or_empty_parameter(
+    world: World, params: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(InvalidParams, match=named):
+        await world.call("submit", params)
+    assert world.studies.admitted == []
+
+
+async def test_submit_admits_the_spec_as_the_callers_uid(world: World, tmp_path: Path) -> None:
+    text = spec_toml("fresh")
+    out = await world.call("submit", {"spec": text, "base_dir": str(tmp_path)}, uid=77)
+    assert world.studies.admitted == [(text, tmp_path, 77)]
+    assert out == {"study": "fresh-2", "name": "fresh"}
+
+
+async def test_studies_lists_every_summary_in_submission_order(
+    world: World, tmp_path: Path
+) -> None:
+    later = make_study(tmp_path, name="later", seq=5)
+    world.studies.studies = {later.id: later, world.study.id: world.study}
+    out = await world.call("studies", {})
+    assert [s["study"] for s in out] == ["s-1", "later-5"]
+    assert out[0] == world.study.summary()
+
+
+@pytest.mark.parametrize("method", ["study", "trials", "best", "stop", "wait", "logs", "report"])
+async def test_a_study_method_names_its_study_parameter(world: World, method: str) -> None:
+    with pytest.raises(InvalidParams, match="'study'"):
+        await world.call(method, {"trial": 0})
+    with pytest.raises(InvalidParams, match="'study'"):
+        await world.call(method, {"study": 12, "trial": 0})
+
+
+@pytest.mark.parametrize("method", ["study", "trials", "best", "stop", "wait", "logs", "report"])
+async def test_a_study_method_answers_not_found_for_an_unknown_study(
+    world: World, method: str
+) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        await world.call(method, {"study": "nope", "trial": 0})
+
+
+async def test_study_shows_the_spec_the_runs_and_the_failures_with_their_stderr(
+    world: World,
+) -> None:
+    study = world.study
+    run = start_run(study)
+    failed = start_run(study)
+    study.runs.pop(failed.trial_id)
+    study.engine.on_exit(failed.trial_id, 2, 0.0, "exited with status 2")
+    folder = world.studies.trial_dir(study, failed.trial_id)
+    folder.mkdir(parents=True)
+    (folder / "stderr.log").write_text("Traceback\nValueError: bad x\n")
+
+    out = await world.call("study", {"study": study.id})
+    assert out["study"] == study.id
+    assert out["spec"] == study.spec.to_dict()
+    assert out["running"] == [run.trial_id]
+    assert out["failures"] == [
+        {
+            "trial": failed.trial_id,
+            "error": "exited with status 2",
+            "stderr_tail": "Traceback\nValueError: bad x",
+        }
+    ]
+    assert out["limits"]["max_trials"].startswith("2 of 4")
+    assert out["decisions"]["fit_yields_to_reports"] is False
+
+
+async def test_study_may_be_named_by_what_the_studies_service_resolves(world: World) -> None:
+    out = await world.call("study", {"study": "s-1"})
+    assert out["name"] == "s"
+
+
+async def test_trials_lists_a_view_of_every_trial(world: World) -> None:
+    first = start_run(world.study)
+    world.study.engine.on_report(first.trial_id, {"epoch": 1, "loss": 0.5}, 0.0)
+    start_run(world.study)
+    out = await world.call("trials", {"study": world.study.id})
+    assert [(t["trial"], t["state"]) for t in out] == [(0, "running"), (1, "running")]
+    assert out[0]["objective"] == 0.5
+    assert out[1]["objective"] is None
+
+
+async def test_best_is_not_found_until_a_trial_reports_the_metric(world: World) -> None:
+    run = start_run(world.study)
+    with pytest.raises(NotFound, match=r"no result yet.*'loss'"):
+        await world.call("best", {"study": world.study.id})
+    world.study.engine.on_report(run.trial_id, {"epoch": 1, "loss": 0.25}, 0.0)
+    out = await world.call("best", {"study": world.study.id})
+    assert (out["study"], out["trial"], out["objective"]) == (world.study.id, 0, 0.25)
+
+
+@pytest.mark.parametrize("uid", [OWNER, 0, ADMIN])
+async def test_stop_is_allowed_for_the_owner_root_and_an_admin(world: World, uid: int) -> None:
+    out = await world.call("stop", {"study": world.study.id}, uid=uid)
+    assert out == {"study": world.study.id, "state": "stopped"}
+    assert world.studies.ended == [
+        (world.study, StudyState.STOPPED, f"stopped by uid {uid}", StopReason.USER)
+    ]
+
+
+async def test_stop_by_anyone_else_is_denied_and_ends_nothing(world: World) -> None:
+    with pytest.raises(PermissionDenied, match=f"belongs to uid {OWNER}"):
+        await world.call("stop", {"study": world.study.id}, uid=2000)
+    assert world.studies.ended == []
+    assert world.study.engine.state is StudyState.RUNNING
+
+
+async def test_wait_with_a_timeout_returns_the_summary_of_a_study_still_running(
+    world: World,
+) -> None:
+    with anyio.fail_after(5):
+        out = await world.call("wait", {"study": world.study.id, "timeout": 0.05})
+    assert out == world.study.summary()
+    assert out["state"] == "running"
+
+
+async def test_wait_returns_once_the_study_is_done(world: World) -> None:
+    out: list[Any] = []
+
+    async def waiter() -> None:
+        out.append(await world.call("wait", {"study": world.study.id}))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert out == []
+            world.study.engine.end(StudyState.STOPPED, "test")
+            world.study.done.set()
+    assert out[0]["state"] == "stopped"
+
+
+@pytest.mark.parametrize("timeout", ["5", True, [1]])
+async def test_wait_names_a_timeout_that_is_not_a_number(world: World, timeout: Any) -> None:
+    with pytest.raises(InvalidParams, match="'timeout'"):
+        await world.call("wait", {"study": world.study.id, "timeout": timeout})
+
+
+async def test_report_is_the_studies_services_report(world: World) -> None:
+    out = await world.call("report", {"study": world.study.id})
+    assert out == {"study": world.study.id, "report": True}
+    assert world.studies.reported == [world.study]
+
+
+async def test_logs_tails_the_chosen_stream_of_a_trial(world: World) -> None:
+    run = start_run(world.study)
+    folder = world.studies.trial_dir(world.study, run.trial_id)
+    folder.mkdir(parents=True)
+    (folder / "stdout.log").write_text("".join(f"line {i}\n" for i in range(10)))
+    out = await world.call(
+        "logs", {"study": world.study.id, "trial": "0", "stream": "stdout", "tail": 2}
+    )
+    assert out == {"text": "line 8\nline 9"}
+    # No log yet is an empty text, not an error.
+    assert await world.call("logs", {"study": world.study.id, "trial": 0}) == {"text": ""}
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({}, "'trial'"),
+        ({"trial": "one"}, "'trial'"),
+        ({"trial": True}, "'trial'"),
+        ({"trial": 0, "stream": "stdin"}, "'stream'"),
+        ({"trial": 0, "tail": 0}, "'tail'"),
+        ({"trial": 0, "tail": "5"}, "'tail'"),
+    ],
+)
+async def test_logs_names_a_bad_parameter(world: World, extra: dict[str, Any], named: str) -> None:
+    start_run(world.study)
+    with pytest.raises(InvalidParams, match=named):
+        await world.call("logs", {"study": world.study.id, **extra})
+
+
+async def test_logs_of_an_unknown_trial_is_not_found(world: World) -> None:
+    with pytest.raises(NotFound):
+        await world.call("logs", {"study": world.study.id, "trial": 9})
+
+
+# -- trial methods --------------------------------------------------------------------------------
+
+
+def trial_params(study: StudyRuntime, trial: int, token: Any, **extra: Any) -> dict[str, Any]:
+    return {"study": study.id, "trial": trial, "token": token, **extra}
+
+
+async def test_a_wrong_token_gets_the_same_answer_whatever_part_is_wrong(world: World) -> None:
+    study = world.study
+    run = start_run(study)
+    tid = run.trial_id
+    metrics = {"metrics": {"epoch": 1, "loss": 0.5}}
+    cases: list[dict[str, Any]] = [
+        trial_params(study, tid, "not-the-token", **metrics),
+        trial_params(study, tid, run.token.upper() + "0", **metrics),
+        trial_params(study, tid, 12345, **metrics),
+        {"study": study.id, "trial": tid, **metrics},  # no token at all
+    ]
+    messages = []
+    for params in cases:
+        with pytest.raises(TokenRejected) as exc:
+            world.report(params)
+        messages.append(str(exc.value))
+        with pytest.raises(TokenRejected) as exc:
+            await world.call("trial.oom", params)
+        messages.append(str(exc.value))
+    # The right token, but the run has ended; then the study is gone.
+    study.runs.pop(tid)
+    with pytest.raises(TokenRejected) as exc:
+        world.report(trial_params(study, tid, run.token, **metrics))
+    messages.append(str(exc.value))
+    world.studies.studies.clear()
+    with pytest.raises(TokenRejected) as exc:
+        await world.call("trial.oom", trial_params(study, tid, run.token))
+    messages.append(str(exc.value))
+    assert len(set(messages)) == 1, messages
+    assert f"{study.id}/{tid}" in messages[0]
+    assert world.studies.store.posts == []
+    assert world.studies.store.events == []
+
+
+@pytest.mark.parametrize(
+    ("params", "named"), [({"trial": 0}, "'study'"), ({"study": "s-1"}, "'trial'")]
+)
+async def test_a_trial_call_names_a_missing_study_or_trial(
+    world: World, params: dict[str, Any], named: str
+) -> None:
+    start_run(world.study)
+    with pytest.raises(InvalidParams, match=named):
+        world.report({**params, "token": "t", "metrics": {"loss": 1}})
+    with pytest.raises(InvalidParams, match=named):
+        await world.call("trial.oom", {**params, "token": "t"})
+
+
+@pytest.mark.parametrize("metrics", [None, {}, [1, 2], "loss=1"])
+async def test_a_report_without_metrics_is_refused(world: World, metrics: Any) -> None:
+    run = start_run(world.study)
+    with pytest.raises(InvalidParams, match="'metrics'"):
+        world.report(trial_params(world.study, run.trial_id, run.token, metrics=metrics))
+    assert world.studies.store.posts == []
+
+
+async def test_a_report_is_answered_once_stored_and_handed_to_the_trials_service(
+    world: World,
+) -> None:
+    run = start_run(world.study)
+    answer = world.report(
+        trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 0.5})
+    )
+    assert answer.result == {"decision": "CONTINUE"}
+    assert answer.settled == [None]
+    assert len(world.studies.store.posts) == 1
+    assert world.fitter.reports == 1
+    assert world.fitter.pokes == 0  # a random searcher: no model to refit
+    [(study, got_run, outcome)] = world.trials.after
+    assert (study, got_run) == (world.study, run)
+    assert (outcome.decision, outcome.resource, outcome.counted) == (Decision.CONTINUE, 1.0, True)
+    assert world.study.engine.record(run.trial_id).curve == ((1.0, 0.5),)
+
+
+async def test_a_report_of_a_modeled_study_pokes_the_fitter(world: World) -> None:
+    run = start_run(world.study)
+    world.fitter.studies[world.study.id] = object()
+    world.report(trial_params(world.study, run.trial_id, run.token, metrics={"loss": 0.5}))
+    assert world.fitter.pokes == 1
+
+
+@pytest.mark.parametrize("reason", [StopReason.LIMIT, StopReason.USER, StopReason.SHUTDOWN])
+async def test_a_report_of_a_run_the_daemon_is_stopping_is_answered_stop(
+    world: World, reason: StopReason
+) -> None:
+    run = start_run(world.study)
+    run.request_stop(reason, math.inf)
+    answer = world.report(
+        trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 0.5})
+    )
+    assert answer.result == {"decision": "STOP"}
+    assert world.trials.after[0][2].decision is Decision.STOP
+
+
+async def test_a_report_while_the_daemon_stops_accepting_is_answered_stop(world: World) -> None:
+    run = start_run(world.study)
+    world.studies.accepting = False
+    answer = world.report(
+        trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 0.5})
+    )
+    assert answer.result == {"decision": "STOP"}
+
+
+async def test_a_report_after_a_pause_answer_is_not_forced(world: World) -> None:
+    """A run merely waiting out a PAUSE/STOP answer's grace period is asked the scheduler."""
+    run = start_run(world.study)
+    run.request_stop(StopReason.DECISION, math.inf)
+    answer = world.report(
+        trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 0.5})
+    )
+    assert answer.result == {"decision": "CONTINUE"}
+
+
+async def test_trial_oom_records_an_event_for_the_run(world: World) -> None:
+    run = start_run(world.study)
+    out = await world.call("trial.oom", trial_params(world.study, run.trial_id, run.token))
+    assert out == {"recorded": True}
+    assert world.studies.store.events == [(world.study.id, run.trial_id, "oom", {})]
+    assert world.study.engine.record(run.trial_id).state is TrialState.RUNNING

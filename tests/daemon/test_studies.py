@@ -1,0 +1,132 @@
+"""The studies service with a real store: admit, restore, end, shut down.
+
+No dispatcher runs here (the trials service's task group is never opened), so no trial starts:
+these are the studies' own lifecycles, and what the store keeps of them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from hpod.core.states import StudyState
+from hpod.daemon.config import DaemonConfig
+from hpod.daemon.gpus import DevicePool
+from hpod.daemon.runtime import StopReason, StudyRuntime
+from hpod.daemon.store import Store, StudyRow
+from hpod.daemon.studies import Studies
+from hpod.daemon.trials import Trials
+from hpod.errors import BadState, ShuttingDown
+from hpod.fit.fitter import Fitter
+from tests.daemon.fakes import spec_toml
+
+pytestmark = pytest.mark.anyio
+
+
+def services(store: Store, root: Path) -> Studies:
+    """A studies service as the daemon builds one at start-up, with a registry of its own."""
+    config = DaemonConfig.defaults()
+    pool = DevicePool(1)
+    trials = Trials(config, pool, store, {}, trial_socket=str(root / "s"))
+    fitter = Fitter(lambda: None, flag_dir=root / "state")
+    return Studies(config, store, root / "state", fitter, pool, trials)
+
+
+def seen(study: StudyRuntime) -> tuple[Any, ...]:
+    return (
+        study.id,
+        study.seq,
+        study.owner,
+        study.spec,
+        study.engine.state,
+        study.engine.end_reason,
+        study.folder,
+        study.created,
+        study.ended,
+        study.done.is_set(),
+    )
+
+
+async def admit(studies: Studies, root: Path, name: str, owner: int = 1000) -> StudyRuntime:
+    return await studies.admit(spec_toml(name, limits="max_trials = 3"), root, owner)
+
+
+async def test_restored_studies_are_the_admitted_ones(store: Store, root: Path) -> None:
+    first = services(store, root)
+    await admit(first, root, "one", owner=1000)
+    two = await admit(first, root, "two", owner=2000)
+    await first.end(two, StudyState.STOPPED, "stopped by a test", StopReason.USER)
+    assert two.done.is_set()
+
+    second = services(store, root)
+    await second.restore()
+    assert [seen(s) for s in second.all()] == [seen(s) for s in first.all()]
+    assert [s.id for s in second.all()] == ["one-1", "two-2"]
+    # A study admitted after the restart takes the next number, never a used one.
+    assert (await admit(second, root, "one")).id == "one-3"
+
+
+async def test_ending_an_ended_study_raises_bad_state(store: Store, root: Path) -> None:
+    studies = services(store, root)
+    study = await admit(studies, root, "one")
+    await studies.end(study, StudyState.STOPPED, "first", StopReason.USER)
+    with pytest.raises(BadState, match="one-1 has already ended"):
+        await studies.end(study, StudyState.COMPLETED, "second", StopReason.LIMIT)
+    row = store.load_study(study.id)
+    assert row is not None
+    assert (row.state, row.end_reason) == (StudyState.STOPPED, "first")
+    assert row.ended_at is not None
+
+
+async def test_shutdown_marks_running_studies_interrupted(store: Store, root: Path) -> None:
+    studies = services(store, root)
+    running = await admit(studies, root, "one")
+    ended = await admit(studies, root, "two")
+    await studies.end(ended, StudyState.STOPPED, "stopped by a test", StopReason.USER)
+
+    await studies.shutdown()
+    assert running.engine.state is StudyState.INTERRUPTED
+    assert ended.engine.state is StudyState.STOPPED
+    states = {row.id: row.state for row in store.load_studies()}
+    assert states == {"one-1": StudyState.INTERRUPTED, "two-2": StudyState.STOPPED}
+    with pytest.raises(ShuttingDown):
+        await admit(studies, root, "three")
+
+    # The next start resumes what the shutdown interrupted.
+    again = services(store, root)
+    await again.restore()
+    assert again.get("one-1").engine.state is StudyState.RUNNING
+    assert again.get("two-2").engine.state is StudyState.STOPPED
+    row = store.load_study("one-1")
+    assert row is not None
+    assert row.state is StudyState.RUNNING
+
+
+async def test_a_bad_stored_spec_is_skipped_with_a_log_line(store: Store, root: Path) -> None:
+    first = services(store, root)
+    await admit(first, root, "good")
+    await store.insert_study(
+        StudyRow(
+            id="broken-2",
+            seq=2,
+            name="broken",
+            owner_uid=1000,
+            spec_toml='name = "broken"\ncommand = ["true"]\n',  # no space, no objective
+            base_dir=str(root),
+            state=StudyState.RUNNING,
+            created_at=time.time(),
+        )
+    )
+
+    second = services(store, root)
+    with capture_logs() as logs:
+        await second.restore()
+    assert [s.id for s in second.all()] == ["good-1"]
+    [line] = [entry for entry in logs if entry["event"] == "study_unreadable"]
+    assert line["study"] == "broken-2"
+    assert line["log_level"] == "error"
+    assert any("space" in problem for problem in line["problems"])
