@@ -208,12 +208,12 @@ class StudySpec:
     # -- named constructors -------------------------------------------------------------------
 
     @classmethod
-    def from_toml(cls, text: str, *, base_dir: Path | str) -> StudySpec:
+    def from_toml(cls, text: str, *, base_dir: Path | str, stored: bool = False) -> StudySpec:
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SpecError([f"TOML syntax error: {exc}"]) from None
-        return cls.from_mapping(raw, base_dir=base_dir)
+        return cls.from_mapping(raw, base_dir=base_dir, stored=stored)
 
     @classmethod
     def from_file(cls, path: Path | str) -> StudySpec:
@@ -226,8 +226,16 @@ class StudySpec:
         return cls.from_toml(text, base_dir=p.absolute().parent)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], *, base_dir: Path | str) -> StudySpec:
-        """A parsed spec (TOML tables, or :meth:`to_dict`'s output); SpecError lists all."""
+    def from_mapping(
+        cls, raw: Mapping[str, Any], *, base_dir: Path | str, stored: bool = False
+    ) -> StudySpec:
+        """A parsed spec (TOML tables, or :meth:`to_dict`'s output); SpecError lists all.
+
+        ``stored``: a spec read back from the store, admitted by an older hpod. The checks that
+        only guard a submit (the grid's size, placeholder formats) are not held against it, or
+        a study that was running would be dropped at the restart; a command that cannot be
+        rendered fails its trials instead.
+        """
         if not isinstance(raw, Mapping):
             raise SpecError([f"expected a table at the top of the spec, got {type(raw).__name__}"])
         problems: list[str] = []
@@ -261,11 +269,11 @@ class StudySpec:
         limits = _read_limits(top.table("limits"), problems)
         report = _read_report(top.table("report"), problems)
         top.finish()
-        if space is not None:
+        if space is not None and not stored:
             problems.extend(_grid_problems(space, searcher, limits))
 
         raw_space = raw.get("space")
-        if command and isinstance(raw_space, Mapping):
+        if command and isinstance(raw_space, Mapping) and not stored:
             # Checked against the keys as written, so a mistake in one parameter's range does
             # not hide a misspelt placeholder; only a parameter that was read has values to try.
             examples = {

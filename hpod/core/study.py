@@ -67,6 +67,13 @@ class TrialRecord:
     runs: int = 0
     curve: tuple[tuple[float, float], ...] = ()
     error: str | None = None
+    # The answer to the last report of its latest run (None: it has not reported), and whether
+    # that answer was the STOP a shutting-down daemon forces: they say how a run the store still
+    # calls running would have ended had its exit been recorded (see ``Study.restore``). The
+    # shell keeps both with each report. A live study's record carries the scheduler's PAUSE or
+    # STOP once given, not a shell's forced STOP: only the shell knows why it forced one.
+    last_decision: Decision | None = None
+    interrupting: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class ReportOutcome:
     decision: Decision
     resource: float
     counted: bool
+    # The answer is the shell's ``force``, not the scheduler's: the shell records why it forced
+    # it, since a shutdown's STOP interrupts the run where a limit's ends it.
+    forced: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,7 @@ class _Trial:
             runs=self.runs,
             curve=tuple(sorted(self.curve.items())),
             error=self.error,
+            last_decision=self.ending,
         )
 
 
@@ -165,23 +176,34 @@ class Study:
         for rec in sorted(records, key=lambda r: r.trial_id):
             if rec.trial_id != len(study._trials):
                 raise BadState(f"trial records are not numbered 0..n-1 (found {rec.trial_id})")
-            # A trial the store still calls running lost its daemon without being told
-            # (SIGKILL, power loss): it was interrupted as surely as by a clean shutdown.
-            st = TrialState.INTERRUPTED if rec.state is TrialState.RUNNING else rec.state
-            study._trials.append(
-                _Trial(
-                    trial_id=rec.trial_id,
-                    config=dict(rec.config),
-                    state=st,
-                    bracket=rec.bracket,
-                    resume_from=rec.resume_from,
-                    max_resource=rec.max_resource,
-                    runs=rec.runs,
-                    curve=dict(rec.curve),
-                    error=rec.error,
-                )
+            t = _Trial(
+                trial_id=rec.trial_id,
+                config=dict(rec.config),
+                state=rec.state,
+                bracket=rec.bracket,
+                resume_from=rec.resume_from,
+                max_resource=rec.max_resource,
+                runs=rec.runs,
+                curve=dict(rec.curve),
+                error=rec.error,
             )
+            t.state = study._restored_state(t, rec)
+            study._trials.append(t)
         return study
+
+    def _restored_state(self, t: _Trial, rec: TrialRecord) -> TrialState:
+        if rec.state is TrialState.RUNNING:
+            # Its daemon died before recording the exit (SIGKILL, power loss). The last answer the
+            # run acknowledged says how that exit went: after a PAUSE or a STOP the trial saved
+            # its checkpoint and left, as on_exit would have recorded. A shutdown's forced STOP,
+            # a CONTINUE or no report leave it interrupted, as a clean shutdown would have.
+            answer = rec.last_decision
+            if answer is Decision.PAUSE or (answer is Decision.STOP and not rec.interrupting):
+                return self._end(t, answer)
+            return self._interrupted(t)
+        if rec.state is TrialState.INTERRUPTED:
+            return self._interrupted(t)
+        return rec.state
 
     # -- the view schedulers read --------------------------------------------------------------
 
@@ -344,7 +366,9 @@ class Study:
             return ReportOutcome(t.ending, resource, counted=False)
         if resource <= t.resume_from:
             # A resumed trial that had to start over re-reports levels already counted.
-            return ReportOutcome(force or Decision.CONTINUE, resource, counted=False)
+            return ReportOutcome(
+                force or Decision.CONTINUE, resource, counted=False, forced=force is not None
+            )
         raw = metrics.get(self.objective.metric)
         if raw is not None:
             value = (
@@ -359,7 +383,7 @@ class Study:
                 # Keep the curve in resource order; reports nearly always arrive in order.
                 t.curve = dict(sorted(t.curve.items()))
         if force is not None:
-            return ReportOutcome(force, resource, counted=True)
+            return ReportOutcome(force, resource, counted=True, forced=True)
         decision = self._scheduler.on_report(self, t, resource)
         if decision is Decision.CONTINUE and resource >= t.max_resource:
             # Never let a trial run past what it was launched for, whatever the scheduler says.
@@ -384,10 +408,8 @@ class Study:
         t = self._get(trial_id)
         if t.state is not TrialState.RUNNING:
             raise BadState(f"trial {trial_id} is {t.state.value}; it has no process to exit")
-        if t.ending is Decision.PAUSE:
-            new = TrialState.PAUSED
-        elif t.ending is Decision.STOP:
-            new = self._finished_state(t)
+        if t.ending is not None:
+            new = self._end(t, t.ending)
         elif t.stopped_by_shell:
             new = TrialState.STOPPED
         elif returncode == 0:
@@ -400,9 +422,23 @@ class Study:
         self._check_hopeless()
         return new
 
+    def _end(self, t: _Trial, decision: Decision) -> TrialState:
+        """The state a run ended by ``decision`` (PAUSE or STOP) leaves its trial in."""
+        return TrialState.PAUSED if decision is Decision.PAUSE else self._finished_state(t)
+
     def _finished_state(self, t: _Trial) -> TrialState:
         done = t.last_resource >= self.spec.scheduler.max_resource
         return TrialState.COMPLETED if done else TrialState.STOPPED
+
+    def _interrupted(self, t: _Trial) -> TrialState:
+        """The state of a trial whose run a shutdown cut off before any PAUSE or STOP."""
+        if t.curve and t.last_resource >= t.max_resource:
+            # It had counted its launch's level (a shutdown's STOP answered the report there):
+            # nothing is left of the run, so it ends as the study would have ended it, paused at
+            # its rung or finished. Relaunched to "resume", it would run from that level to that
+            # level, report nothing and come back completed at a rung, never promoted.
+            return self._end(t, self._end_of_run(t))
+        return TrialState.INTERRUPTED
 
     def on_start_failed(self, trial_id: int, error: str) -> None:
         """The process could not even be started (bad command, missing workdir)."""
@@ -414,12 +450,7 @@ class Study:
     def on_interrupted(self, trial_id: int) -> None:
         """The daemon shut down under this trial: it runs again at the next start."""
         t = self._get(trial_id)
-        if t.ending is Decision.PAUSE:
-            t.move(TrialState.PAUSED)
-        elif t.ending is Decision.STOP:
-            t.move(self._finished_state(t))
-        else:
-            t.move(TrialState.INTERRUPTED)
+        t.move(self._interrupted(t) if t.ending is None else self._end(t, t.ending))
         t.ending = None
 
     def _check_hopeless(self) -> None:

@@ -248,6 +248,9 @@ class Methods:
                 outcome.decision.value,
                 now,
                 counted=outcome.counted,
+                # A shutdown's STOP interrupts the run: a restart resumes it, where any other
+                # STOP the trial acknowledged ends it (Study.restore).
+                interrupting=outcome.forced and (not self.studies.accepting or run.interrupted),
             ),
             then=answer.settle,
         )

@@ -33,7 +33,7 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import HpodError, NotFound, ShuttingDown
 from hpod.wire import loads_json, tag
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "hpod.sqlite3"
 
 Durability = Literal["normal", "fsync"]
@@ -136,6 +136,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE reports_v2 RENAME TO reports",
         "CREATE INDEX reports_by_study ON reports (study_id, id)",
     ),
+    # 2 -> 3: whether a report's answer was the STOP of a shutting-down daemon. A restart reads
+    # the last answer of a trial whose exit was never written (the daemon was killed) to end its
+    # run as that exit would have; a shutdown's STOP interrupted the run, any other ended it.
+    2: ("ALTER TABLE reports ADD COLUMN interrupting INTEGER NOT NULL DEFAULT 0",),
 }
 
 
@@ -195,6 +199,7 @@ class ReportRow:
     decision: Decision
     at: float
     counted: bool = True  # False: kept for the record, but not replayed into the scheduler
+    interrupting: bool = False  # the answer was a STOP forced by the daemon's shutdown
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,10 +321,11 @@ def report_op(
     at: float,
     *,
     counted: bool = True,
+    interrupting: bool = False,
 ) -> Op:
     return Op(
-        "INSERT INTO reports (study_id, trial_id, run, resource, metrics, decision, at, counted)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO reports (study_id, trial_id, run, resource, metrics, decision, at, counted,"
+        " interrupting) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             study_id,
             trial_id,
@@ -329,6 +335,7 @@ def report_op(
             _sql_value("decision", Decision(decision)),
             at,
             int(counted),
+            int(interrupting),
         ),
     )
 
@@ -529,9 +536,20 @@ class Store:
         at: float,
         *,
         counted: bool = True,
+        interrupting: bool = False,
     ) -> None:
         await self.write(
-            report_op(study_id, trial_id, run, resource, metrics, decision, at, counted=counted)
+            report_op(
+                study_id,
+                trial_id,
+                run,
+                resource,
+                metrics,
+                decision,
+                at,
+                counted=counted,
+                interrupting=interrupting,
+            )
         )
 
     async def add_event(
@@ -847,6 +865,7 @@ def _report_row(r: sqlite3.Row) -> ReportRow:
         decision=Decision(r["decision"]),
         at=float(r["at"]),
         counted=bool(r["counted"]),
+        interrupting=bool(r["interrupting"]),
     )
 
 

@@ -25,7 +25,7 @@ from hpod.daemon.config import DaemonConfig
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.reports import build_report, report_summary, write_report
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
-from hpod.daemon.store import Store, StudyRow, TrialRow
+from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
 from hpod.errors import BadState, NotFound, ShuttingDown, SpecError
@@ -183,7 +183,13 @@ class Studies:
         self, spec: StudySpec, study_id: str, rows: list[TrialRow]
     ) -> list[TrialRecord]:
         curves: dict[int, dict[float, float]] = {}
+        # The last report of each trial's latest run (reports come in order): its answer says how
+        # a run the store still calls running ended.
+        latest = {t.trial_id: t.runs for t in rows}
+        last: dict[int, ReportRow] = {}
         for rep in self.store.load_reports(study_id):
+            if rep.run == latest.get(rep.trial_id):
+                last[rep.trial_id] = rep
             if not rep.counted or rep.resource is None:
                 continue
             value = rep.metrics.get(spec.objective.metric)
@@ -202,6 +208,8 @@ class Studies:
                 runs=t.runs,
                 curve=tuple(sorted(curves.get(t.trial_id, {}).items())),
                 error=t.error,
+                last_decision=last[t.trial_id].decision if t.trial_id in last else None,
+                interrupting=t.trial_id in last and last[t.trial_id].interrupting,
             )
             for t in rows
         ]

@@ -258,9 +258,13 @@ class Trials:
                 run.proc = await TrialProcess.start(self._trial_launch(study, run))
             except TrialStartError as exc:
                 error = exc.message
-            except (HpodError, OSError, ValueError) as exc:
-                # Whatever goes wrong launching one trial fails that trial, never the daemon.
-                error = f"could not start: {getattr(exc, 'message', None) or exc}"
+            except Exception as exc:
+                # Whatever goes wrong launching one trial (a spec stored before a check existed,
+                # a folder it cannot make) fails that trial, never the daemon.
+                detail = (
+                    exc.message if isinstance(exc, HpodError) else f"{type(exc).__name__}: {exc}"
+                )
+                error = f"could not start: {detail}"
                 log.warning("trial_start_error", study=study.id, trial=run.trial_id, error=error)
             if run.proc is not None:
                 if run.state is RunState.STARTING:

@@ -386,3 +386,12 @@ def test_describe_limits():
         "compute_time": "12h00m",
         "trial_time": "30m00s",
     }
+
+
+def test_a_stored_spec_is_not_held_to_checks_that_only_guard_a_submit():
+    # A study admitted before the format check existed must come back at a restart (its trials
+    # then fail with the message), not be dropped from the daemon as unreadable.
+    bad = MINIMAL.replace('"python train.py --x {x}"', '["echo", "{x:zz}"]')
+    assert problems_of(bad)
+    spec = StudySpec.from_toml(bad, base_dir=BASE, stored=True)
+    assert spec.command == ("echo", "{x:zz}")

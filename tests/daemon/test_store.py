@@ -128,7 +128,9 @@ async def test_trial_round_trip(store: Store) -> None:
 @pytest.mark.anyio
 async def test_report_and_event_round_trip(store: Store) -> None:
     await store.add_report("s1", 0, 1, 1.0, {"val_acc": 0.5, "epoch": 1}, Decision.CONTINUE, 10.0)
-    await store.add_report("s1", 1, 1, None, {"loss": 2.0}, "STOP", 11.0, counted=False)
+    await store.add_report(
+        "s1", 1, 1, None, {"loss": 2.0}, "STOP", 11.0, counted=False, interrupting=True
+    )
     await store.add_report("s1", 0, 1, 2.0, {"val_acc": 0.6}, Decision.PAUSE, 12.0)
     reports = store.load_reports("s1")
     assert [r.at for r in reports] == [10.0, 11.0, 12.0]
@@ -146,6 +148,7 @@ async def test_report_and_event_round_trip(store: Store) -> None:
     assert not reports[1].counted
     assert reports[1].resource is None
     assert reports[1].decision is Decision.STOP
+    assert [r.interrupting for r in reports] == [False, True, False]
     assert [r.resource for r in store.load_reports("s1", 0)] == [1.0, 2.0]
 
     await store.add_event(None, None, "daemon.start", {"pid": 7}, 1.0)
@@ -192,7 +195,7 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 2
+    assert int(version) == SCHEMA_VERSION == 3
     conn.close()
     assert (path.stat().st_mode & 0o777) == 0o600  # it holds trial tokens
 
@@ -219,8 +222,9 @@ def test_a_version_1_store_is_migrated_with_every_report(tmp_path: Path) -> None
             (i + 1, i % 3, 100.0 + i) for i in range(7)
         ]
         assert [r.resource for r in store.load_reports("s1", 1)] == [1.0, 4.0]
+        assert not any(r.interrupting for r in before)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM meta").fetchone()[0] == "3"
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "reports_by_study" in indexes
     assert "reports_by_trial" not in indexes
