@@ -92,7 +92,10 @@ class HpodError(Exception):
                 return SpecError([str(p) for p in problems])
         cls = _BY_CODE.get(code, HpodError)
         exc = cls(message, data=data)
-        exc.code = code
+        if exc.code is not code:
+            # A code without a class of its own (INTERNAL, or one from a newer daemon's
+            # spelling) keeps its number, so the exit status still says what happened.
+            exc.code = code
         return exc
 
 
@@ -100,6 +103,30 @@ class ProtocolError(HpodError):
     """A peer broke the wire contract: bad JSON, bad envelope, line too long, no hello."""
 
     code = ErrorCode.INVALID_REQUEST
+
+
+class ParseError(ProtocolError):
+    """A line that is not UTF-8 JSON."""
+
+    code = ErrorCode.PARSE_ERROR
+
+
+class LineTooLong(ProtocolError):
+    """A line over the wire's cap (it is discarded; the connection keeps serving)."""
+
+    code = ErrorCode.LINE_TOO_LONG
+
+
+class HelloRequired(ProtocolError):
+    """A call before the connection's hello."""
+
+    code = ErrorCode.HELLO_REQUIRED
+
+
+class ProtocolMismatch(ProtocolError):
+    """A hello asking for a protocol version this side does not speak."""
+
+    code = ErrorCode.PROTOCOL_VERSION
 
 
 class InvalidParams(HpodError):
@@ -163,11 +190,11 @@ def problems_message(source: str, problems: Sequence[str]) -> str:
 
 
 _BY_CODE: dict[ErrorCode, type[HpodError]] = {
-    ErrorCode.PARSE_ERROR: ProtocolError,
+    ErrorCode.PARSE_ERROR: ParseError,
     ErrorCode.INVALID_REQUEST: ProtocolError,
-    ErrorCode.LINE_TOO_LONG: ProtocolError,
-    ErrorCode.HELLO_REQUIRED: ProtocolError,
-    ErrorCode.PROTOCOL_VERSION: ProtocolError,
+    ErrorCode.LINE_TOO_LONG: LineTooLong,
+    ErrorCode.HELLO_REQUIRED: HelloRequired,
+    ErrorCode.PROTOCOL_VERSION: ProtocolMismatch,
     ErrorCode.INVALID_PARAMS: InvalidParams,
     ErrorCode.METHOD_NOT_FOUND: MethodNotFound,
     ErrorCode.BAD_TOKEN: TokenRejected,

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpod.errors import DaemonUnavailable, ErrorCode, HpodError, ProtocolError
+from hpod.errors import (
+    DaemonUnavailable,
+    HpodError,
+    InvalidParams,
+    LineTooLong,
+    ParseError,
+    ProtocolError,
+)
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20
@@ -61,21 +68,15 @@ def dumps(obj: Any) -> bytes:
 def loads(line: bytes) -> Any:
     """Parse one wire line; every malformation is a :class:`ProtocolError` naming it."""
     if len(line) > MAX_LINE:
-        err = ProtocolError(f"line of {len(line)} bytes is over the {MAX_LINE}-byte cap")
-        err.code = ErrorCode.LINE_TOO_LONG
-        raise err
+        raise LineTooLong(f"line of {len(line)} bytes is over the {MAX_LINE}-byte cap")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        err = ProtocolError(f"line is not UTF-8 ({exc.reason} at byte {exc.start})")
-        err.code = ErrorCode.PARSE_ERROR
-        raise err from None
+        raise ParseError(f"line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         return json.loads(text, object_hook=_untag_hook, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        err = ProtocolError(f"line is not JSON: {exc.msg} at column {exc.colno}")
-        err.code = ErrorCode.PARSE_ERROR
-        raise err from None
+        raise ParseError(f"line is not JSON: {exc.msg} at column {exc.colno}") from None
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,7 @@ class Request:
         if params is None:
             params = {}
         if not isinstance(params, dict):
-            err = ProtocolError('"params" must be an object of named parameters')
-            err.code = ErrorCode.INVALID_PARAMS
-            raise err
+            raise InvalidParams('"params" must be an object of named parameters')
         return cls(rid, method, params)
 
     def line(self) -> bytes:

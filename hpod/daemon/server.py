@@ -21,7 +21,13 @@ import structlog
 from hpod import __version__, wire
 from hpod.daemon.answers import Answer
 from hpod.daemon.peercred import Credentials, peer_credentials
-from hpod.errors import ErrorCode, HpodError, MethodNotFound, ProtocolError
+from hpod.errors import (
+    HelloRequired,
+    HpodError,
+    LineTooLong,
+    MethodNotFound,
+    ProtocolMismatch,
+)
 
 log = structlog.get_logger("hpod.daemon.server")
 
@@ -130,13 +136,11 @@ async def _send(stream: anyio.abc.SocketStream, raw: socket.socket, data: bytes)
         await stream.send(data[sent:])
 
 
-def _too_long(size: int | None, cap: int) -> ProtocolError:
+def _too_long(size: int | None, cap: int) -> LineTooLong:
     what = f"{size} bytes" if size is not None else "more than the cap"
-    err = ProtocolError(
+    return LineTooLong(
         f"line of {what} is over the {cap}-byte cap and was discarded; send one request a line"
     )
-    err.code = ErrorCode.LINE_TOO_LONG
-    return err
 
 
 class _Connection:
@@ -194,9 +198,7 @@ class Server:
                         rid = maybe
                 req = wire.Request.from_obj(obj)
                 if not conn.greeted and req.method != "hello":
-                    err = ProtocolError(f"call hello first (got {req.method!r} before hello)")
-                    err.code = ErrorCode.HELLO_REQUIRED
-                    raise err
+                    raise HelloRequired(f"call hello first (got {req.method!r} before hello)")
                 if req.method == "hello":
                     result = self._hello(conn.peer, req.params)
                     conn.greeted = True
@@ -224,12 +226,10 @@ class Server:
     def _hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
         want = params.get("protocol", wire.PROTOCOL_VERSION)
         if want != wire.PROTOCOL_VERSION:
-            err = ProtocolError(
+            raise ProtocolMismatch(
                 f"protocol {want!r} is not spoken here; this daemon speaks "
                 f"{wire.PROTOCOL_VERSION} (upgrade hpodctl or the daemon so they match)"
             )
-            err.code = ErrorCode.PROTOCOL_VERSION
-            raise err
         return {
             "protocol": wire.PROTOCOL_VERSION,
             "server": f"hpod {__version__}",
