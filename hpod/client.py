@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,10 @@ from hpod.wire import SyncConnection, no_daemon_message
 __all__ = ["Client", "default_socket_path"]
 
 _CLIENT = "hpod.Client"
+
+# What a submit waits between its tries when the daemon is away (a restart): about 4 s in all.
+# Sending it again is safe: its request id makes the daemon answer with the study it made.
+SUBMIT_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
 
 
 def default_socket_path(env: Mapping[str, str] = os.environ) -> str:
@@ -58,19 +64,42 @@ class Client:
         """``{"pong": true, "version", "uptime"}``."""
         return self._dict(self.call("ping"))
 
-    def submit(self, spec_path: str | os.PathLike[str]) -> dict[str, Any]:
-        """Submit a study spec file: ``{"study": id, "name"}``.
+    def submit(
+        self, spec_path: str | os.PathLike[str], *, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Submit a study spec file: ``{"study": id, "name", "existing"}``.
 
         The spec's relative paths (``workdir``) are resolved against the file's folder.
+        See :meth:`submit_text` for ``request_id`` and the retries.
         """
         path = Path(spec_path).absolute()
-        return self.submit_text(path.read_text(encoding="utf-8"), path.parent)
+        return self.submit_text(
+            path.read_text(encoding="utf-8"), path.parent, request_id=request_id
+        )
 
-    def submit_text(self, text: str, base_dir: str | os.PathLike[str]) -> dict[str, Any]:
-        """Submit a study spec given as TOML text, relative paths taken from ``base_dir``."""
-        params = {"spec": text, "base_dir": str(Path(base_dir).absolute())}
-        # Not retried on a lost connection: the daemon may have created the study already.
-        return self._dict(self.call("submit", params, retry=False))
+    def submit_text(
+        self, text: str, base_dir: str | os.PathLike[str], *, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Submit a study spec given as TOML text, relative paths taken from ``base_dir``.
+
+        The submit carries ``request_id`` (a fresh uuid4 when None): while the daemon is away
+        or the connection is lost it is sent again, up to ``len(SUBMIT_BACKOFF_S)`` more times,
+        and the daemon answers a repeat with the study the first one made (``"existing":
+        true``), so a retry never makes a second study. A daemon older than request ids ignores
+        the id (its answer has no ``existing``); there a retry could.
+        """
+        params = {
+            "spec": text,
+            "base_dir": str(Path(base_dir).absolute()),
+            "request_id": request_id or str(uuid.uuid4()),
+        }
+        for delay in SUBMIT_BACKOFF_S:
+            try:
+                return self._dict(self.call("submit", params))
+            except DaemonUnavailable:
+                # Also a lost answer: the study may be stored, and the same id finds it.
+                time.sleep(delay)
+        return self._dict(self.call("submit", params))
 
     def studies(self) -> list[dict[str, Any]]:
         """A summary of every study."""

@@ -38,6 +38,29 @@ def _param_str(params: Mapping[str, Any], key: str) -> str:
     return value
 
 
+# A submit's request id is stored with its study and named back in errors: short and printable.
+REQUEST_ID_MAX = 128
+
+
+def _param_request_id(params: Mapping[str, Any]) -> str | None:
+    """The submit's ``request_id``, or None from an old client that sends none."""
+    value = params.get("request_id")
+    if value is None:
+        return None
+    if isinstance(value, str) and 0 < len(value) <= REQUEST_ID_MAX and value.isprintable():
+        return value
+    if not isinstance(value, str):
+        got = f"a {type(value).__name__}"
+    elif len(value) > REQUEST_ID_MAX:
+        got = f"{len(value)} characters"
+    else:
+        got = repr(value)
+    raise InvalidParams(
+        f"parameter 'request_id' must be a string of 1 to {REQUEST_ID_MAX} printable characters "
+        f"(a uuid4 does), not {got}"
+    )
+
+
 def _param_int(params: Mapping[str, Any], key: str) -> int:
     value = params.get(key)
     if isinstance(value, str) and value.isdigit():
@@ -118,8 +141,15 @@ class Methods:
     async def _submit(self, peer: Peer, params: dict[str, Any]) -> Any:
         text = _param_str(params, "spec")
         base_dir = Path(_param_str(params, "base_dir"))
-        study = await self.studies.admit(text, base_dir, peer.uid)
-        return {"study": study.id, "name": study.spec.name}
+        request_id = _param_request_id(params)
+        if request_id is None:
+            study = await self.studies.admit(text, base_dir, peer.uid)
+            return {"study": study.id, "name": study.spec.name}
+        # With a request id a submit may be sent again (its answer lost with a killed daemon):
+        # the answer is the study the first one made, and says so.
+        admitted = await self.studies.admit_once(text, base_dir, peer.uid, request_id)
+        study = admitted.study
+        return {"study": study.id, "name": study.spec.name, "existing": admitted.existing}
 
     async def _studies(self, peer: Peer, params: dict[str, Any]) -> Any:
         return [s.summary() for s in self.studies.all()]

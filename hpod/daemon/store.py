@@ -33,7 +33,7 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import HpodError, NotFound, ShuttingDown
 from hpod.wire import loads_json, tag
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "hpod.sqlite3"
 
 Durability = Literal["normal", "fsync"]
@@ -140,6 +140,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # the last answer of a trial whose exit was never written (the daemon was killed) to end its
     # run as that exit would have; a shutdown's STOP interrupted the run, any other ended it.
     2: ("ALTER TABLE reports ADD COLUMN interrupting INTEGER NOT NULL DEFAULT 0",),
+    # 3 -> 4: a submit's client-chosen request id, so that a retried submit (its answer lost with
+    # a killed daemon) finds the study the first one made. Unique per owner: each uid picks its
+    # own ids. Studies from before have none (NULL), and NULLs never collide.
+    3: (
+        "ALTER TABLE studies ADD COLUMN request_id TEXT",
+        "CREATE UNIQUE INDEX studies_by_request ON studies (owner_uid, request_id)"
+        " WHERE request_id IS NOT NULL",
+    ),
 }
 
 
@@ -160,6 +168,7 @@ class StudyRow:
     end_reason: str | None = None
     elapsed: float = 0.0  # optimization seconds used, summed across daemon restarts
     compute: float = 0.0  # device-seconds used by its trials
+    request_id: str | None = None  # the submit's, unique per owner; None from old clients
 
     def replace(self, **changes: Any) -> StudyRow:
         return dataclasses.replace(self, **changes)
@@ -216,7 +225,8 @@ _JSON_COLUMNS = frozenset({"config", "metrics", "data"})
 _STUDY_COLUMNS = tuple(f.name for f in dataclasses.fields(StudyRow))
 _TRIAL_COLUMNS = tuple(f.name for f in dataclasses.fields(TrialRow))
 # The key columns name a row; an update may not change them.
-_STUDY_UPDATABLE = frozenset(_STUDY_COLUMNS) - {"id"}
+# A request id names the submit that made the study, once and for all.
+_STUDY_UPDATABLE = frozenset(_STUDY_COLUMNS) - {"id", "request_id"}
 _TRIAL_UPDATABLE = frozenset(_TRIAL_COLUMNS) - {"study_id", "trial_id"}
 
 
@@ -697,6 +707,15 @@ class Store:
         rows = self._query("SELECT * FROM studies WHERE id = ?", (study_id,), _study_row)
         return rows[0] if rows else None
 
+    def load_study_by_request(self, owner_uid: int, request_id: str) -> StudyRow | None:
+        """The study that ``owner_uid``'s submit with ``request_id`` made, if one did."""
+        rows = self._query(
+            "SELECT * FROM studies WHERE owner_uid = ? AND request_id = ?",
+            (owner_uid, request_id),
+            _study_row,
+        )
+        return rows[0] if rows else None
+
     def load_trials(self, study_id: str) -> list[TrialRow]:
         return self._query(
             "SELECT * FROM trials WHERE study_id = ? ORDER BY trial_id", (study_id,), _trial_row
@@ -830,6 +849,7 @@ def _study_row(r: sqlite3.Row) -> StudyRow:
         end_reason=r["end_reason"],
         elapsed=float(r["elapsed"]),
         compute=float(r["compute"]),
+        request_id=r["request_id"],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,21 @@ from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
-from hpod.errors import BadState, NotFound, ShuttingDown, SpecError
+from hpod.errors import BadState, InvalidParams, NotFound, ShuttingDown, SpecError
 from hpod.fit.fitter import Fitter
 
 log = structlog.get_logger("hpod.daemon")
 
 # How often a study's clocks reach the store between exits: what a SIGKILL can lose of them.
 CLOCK_SAVE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What a submit with a request id got: its study, and whether an earlier submit made it."""
+
+    study: StudyRuntime
+    existing: bool
 
 
 class Studies:
@@ -55,6 +64,9 @@ class Studies:
         self.trials = trials
         self.studies = trials.studies  # one registry, shared with the dispatcher
         self.accepting = True
+        # One admit at a time: a submit retried while its first try is still committing must
+        # find that study, and two at once would both take the same seq.
+        self._admitting = anyio.Lock()
         trials.hooks = self
 
     # -- lookup ----------------------------------------------------------------------------------
@@ -115,8 +127,42 @@ class Studies:
                 self.trials.spawn(self.watch, study)
 
     async def admit(self, text: str, base_dir: Path, owner: int) -> StudyRuntime:
+        """A new study (a submit without a request id: an old client's)."""
+        self._check_accepting()
+        async with self._admitting:
+            return await self._admit(text, base_dir, owner, None)
+
+    async def admit_once(self, text: str, base_dir: Path, owner: int, request_id: str) -> Admitted:
+        """The study of ``owner``'s submit ``request_id``: the one stored (made by a try whose
+        answer was lost, before a restart too), else a new one that keeps the id."""
+        self._check_accepting()
+        async with self._admitting:
+            # The store, not the registry: it has every committed study, also one whose spec
+            # could not be restored.
+            row = self.store.load_study_by_request(owner, request_id)
+            if row is None:
+                return Admitted(await self._admit(text, base_dir, owner, request_id), False)
+        if (row.spec_toml, row.base_dir) != (text, str(base_dir)):
+            raise InvalidParams(
+                f"request id {request_id!r} already made study {row.id} from another spec (or "
+                "base_dir); a new submit needs a new request id"
+            )
+        study = self.studies.get(row.id)
+        if study is None:
+            raise BadState(
+                f"request id {request_id!r} made study {row.id}, which this daemon could not "
+                "restore (its log says why)"
+            )
+        log.info("study_resubmitted", study=row.id, owner=owner, request_id=request_id)
+        return Admitted(study, True)
+
+    def _check_accepting(self) -> None:
         if not self.accepting:
             raise ShuttingDown("the daemon is shutting down; submit again once it is back")
+
+    async def _admit(
+        self, text: str, base_dir: Path, owner: int, request_id: str | None
+    ) -> StudyRuntime:
         spec = StudySpec.from_toml(text, base_dir=base_dir)
         if not spec.workdir.is_dir():
             raise SpecError(
@@ -142,6 +188,7 @@ class Studies:
             end_reason=None,
             elapsed=0.0,
             compute=0.0,
+            request_id=request_id,
         )
         study = self._runtime(row, spec, engine)
         study.folder.mkdir(parents=True, exist_ok=True)

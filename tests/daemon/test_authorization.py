@@ -1,4 +1,5 @@
-"""Only a study's owner (or root, or a configured admin) may stop it.
+"""Only a study's owner (or root, or a configured admin) may stop it; a submit's request id names
+one study per owner.
 
 The daemon runs in-process here with the SO_PEERCRED seam swapped for one that says which uid
 each connection belongs to: this machine's tests run as root and cannot connect as someone else.
@@ -22,7 +23,7 @@ from hpod.daemon import server
 from hpod.daemon.app import Daemon
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.peercred import Credentials
-from hpod.errors import PermissionDenied
+from hpod.errors import InvalidParams, PermissionDenied
 
 SPEC = """
 name = "owned"
@@ -101,3 +102,61 @@ async def test_root_may_stop_anyones_study(daemon: tuple[str, Uids], root: Path)
         "study"
     ]
     assert (await call_as(path, uids, 0, "stop", {"study": sid}))["state"] == "stopped"
+
+
+async def submit_as(
+    path: str, uids: Uids, uid: int, root: Path, request_id: str, spec: str = SPEC
+) -> dict[str, Any]:
+    params = {"spec": spec, "base_dir": str(root), "request_id": request_id}
+    result: dict[str, Any] = await call_as(path, uids, uid, "submit", params)
+    return result
+
+
+@pytest.mark.anyio
+async def test_the_same_request_id_is_one_study_per_owner(
+    daemon: tuple[str, Uids], root: Path
+) -> None:
+    path, uids = daemon
+    mine = await submit_as(path, uids, 1000, root, "r-1")
+    theirs = await submit_as(path, uids, 2000, root, "r-1")
+    assert theirs["study"] != mine["study"]
+    assert theirs["existing"] is False
+    assert (await submit_as(path, uids, 2000, root, "r-1"))["study"] == theirs["study"]
+    again = await submit_as(path, uids, 1000, root, "r-1")
+    assert again == {"study": mine["study"], "name": "owned", "existing": True}
+    listed = await call_as(path, uids, 1000, "studies", {})
+    assert sorted((s["study"], s["owner"]) for s in listed) == sorted(
+        [(mine["study"], 1000), (theirs["study"], 2000)]
+    )
+
+
+@pytest.mark.anyio
+async def test_a_request_id_sent_again_with_another_spec_is_refused(
+    daemon: tuple[str, Uids], root: Path
+) -> None:
+    path, uids = daemon
+    first = await submit_as(path, uids, 1000, root, "r-1")
+    changed = SPEC.replace('"owned"', '"changed"')
+    with pytest.raises(InvalidParams, match=f"already made study {first['study']}"):
+        await submit_as(path, uids, 1000, root, "r-1", changed)
+    listed = await call_as(path, uids, 1000, "studies", {})
+    assert [s["study"] for s in listed] == [first["study"]]
+
+
+@pytest.mark.anyio
+async def test_submits_racing_with_one_request_id_make_one_study(
+    daemon: tuple[str, Uids], root: Path
+) -> None:
+    """A retry that overtakes its first try (a client that gave up waiting) finds the study the
+    first one is committing, not a free request id."""
+    path, uids = daemon
+    results: list[dict[str, Any]] = []
+
+    async def one() -> None:
+        results.append(await submit_as(path, uids, 1000, root, "r-race"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(one)
+    assert len({r["study"] for r in results}) == 1
+    assert sorted(r["existing"] for r in results) == [False, True, True, True]

@@ -195,7 +195,7 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
     conn.close()
     assert (path.stat().st_mode & 0o777) == 0o600  # it holds trial tokens
 
@@ -224,11 +224,67 @@ def test_a_version_1_store_is_migrated_with_every_report(tmp_path: Path) -> None
         assert [r.resource for r in store.load_reports("s1", 1)] == [1.0, 4.0]
         assert not any(r.interrupting for r in before)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta").fetchone()[0] == "3"
+    assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "reports_by_study" in indexes
     assert "reports_by_trial" not in indexes
     conn.close()
+
+
+def test_a_version_3_store_is_migrated_with_its_studies_request_ids_unique_per_owner(
+    tmp_path: Path,
+) -> None:
+    from hpod.daemon.store import _MIGRATIONS, _SCHEMA_V1
+
+    path = tmp_path / DB_NAME
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    for sql in (*_SCHEMA_V1, *_MIGRATIONS[1], *_MIGRATIONS[2]):
+        conn.execute(sql)
+    conn.execute(
+        "INSERT INTO studies (id, seq, name, owner_uid, spec_toml, base_dir, state, created_at)"
+        " VALUES ('old-1', 1, 'old', 1000, 'name = \"old\"', '/srv', 'running', 50.0)"
+    )
+    conn.commit()
+    conn.close()
+    with Store.open(tmp_path) as store:
+        old = store.load_study("old-1")
+        assert old is not None
+        assert old.request_id is None  # submitted before request ids: never matched
+        assert old.name == "old"
+        new = study_row("new-2", 2).replace(request_id="r-1")
+        store.write_sync(insert_study_op(new))
+        assert store.load_study_by_request(1000, "r-1") == new
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+    indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "studies_by_request" in indexes
+    conn.close()
+    with Store.open(tmp_path) as store:  # the request id is read back after a restart
+        assert store.load_study_by_request(1000, "r-1") == new
+
+
+def test_a_study_is_found_by_its_owner_and_request_id(store: Store) -> None:
+    mine = study_row("s1", 1).replace(request_id="r-1")
+    theirs = study_row("s2", 2).replace(owner_uid=2000, request_id="r-1")
+    store.write_sync(
+        insert_study_op(mine),
+        insert_study_op(theirs),
+        # Any number of studies without one (old clients): no id, nothing to collide.
+        insert_study_op(study_row("s3", 3)),
+        insert_study_op(study_row("s4", 4)),
+    )
+    assert store.load_study_by_request(1000, "r-1") == mine
+    assert store.load_study_by_request(2000, "r-1") == theirs
+    assert store.load_study_by_request(1000, "r-2") is None
+    assert store.load_study_by_request(3000, "r-1") is None
+    # The unique index backs the daemon's check: a second (owner, request id) never commits.
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        store.write_sync(insert_study_op(study_row("s5", 5).replace(request_id="r-1")))
+    assert store.load_study("s5") is None
+    with pytest.raises(ValueError, match="cannot update request_id"):
+        update_study_op("s1", request_id="r-9")
 
 
 @pytest.mark.anyio
