@@ -74,6 +74,9 @@ class TrialRecord:
     # STOP once given, not a shell's forced STOP: only the shell knows why it forced one.
     last_decision: Decision | None = None
     interrupting: bool = False
+    # Every metric name its reports carried, in any run, sorted: what a trial that never reported
+    # the objective did report (a misspelt name), for its error.
+    reported_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class _Trial:
     # Set when the shell stops the process itself (a limit, the user, shutdown).
     stopped_by_shell: bool = False
     error: str | None = None
+    # Every metric name its reports carried (TrialRecord.reported_keys).
+    reported_keys: set[str] = field(default_factory=set)
 
     @property
     def last_resource(self) -> float:
@@ -132,6 +137,7 @@ class _Trial:
             curve=tuple(sorted(self.curve.items())),
             error=self.error,
             last_decision=self.ending,
+            reported_keys=tuple(sorted(self.reported_keys)),
         )
 
 
@@ -186,6 +192,7 @@ class Study:
                 runs=rec.runs,
                 curve=dict(rec.curve),
                 error=rec.error,
+                reported_keys=set(rec.reported_keys),
             )
             t.state = study._restored_state(t, rec)
             study._trials.append(t)
@@ -360,6 +367,7 @@ class Study:
                 f"trial {trial_id} is {t.state.value}, not running; its report is refused"
             )
         resource = self.resource_of(trial_id, metrics)
+        t.reported_keys.update(metrics)
         if t.ending is not None:
             # Reports past a PAUSE or STOP are kept in the store but not ranked: the trial should
             # have stopped, and will be made to.
@@ -384,7 +392,12 @@ class Study:
                 t.curve = dict(sorted(t.curve.items()))
         if force is not None:
             return ReportOutcome(force, resource, counted=True, forced=True)
-        decision = self._scheduler.on_report(self, t, resource)
+        # Only a report that carries the objective is judged: one without it (a misspelt name, a
+        # metric reported between validations) leaves nothing to rank at a rung it crosses, and
+        # the next one that carries it is judged at that rung.
+        decision = (
+            Decision.CONTINUE if raw is None else self._scheduler.on_report(self, t, resource)
+        )
         if decision is Decision.CONTINUE and resource >= t.max_resource:
             # Never let a trial run past what it was launched for, whatever the scheduler says.
             decision = self._end_of_run(t)
@@ -413,7 +426,7 @@ class Study:
         elif t.stopped_by_shell:
             new = TrialState.STOPPED
         elif returncode == 0:
-            new = TrialState.COMPLETED
+            new = TrialState.COMPLETED if self._measured(t) else self._unmeasured(t)
         else:
             new = TrialState.FAILED
             t.error = error or f"exited with status {returncode}"
@@ -424,7 +437,32 @@ class Study:
 
     def _end(self, t: _Trial, decision: Decision) -> TrialState:
         """The state a run ended by ``decision`` (PAUSE or STOP) leaves its trial in."""
+        if not self._measured(t):
+            # Its reports reached its launch's level without the objective: paused, it would
+            # never be promoted nor ranked; it is the trial's code that is wrong.
+            return self._unmeasured(t)
         return TrialState.PAUSED if decision is Decision.PAUSE else self._finished_state(t)
+
+    def _measured(self, t: _Trial) -> bool:
+        """Whether any report of the trial carried the objective metric."""
+        return bool(t.curve) or self.objective.metric in t.reported_keys
+
+    def _unmeasured(self, t: _Trial) -> TrialState:
+        """Fail a trial that ended by itself without reporting the objective, saying what it did
+        report. (One the shell stopped first, a limit's or the user's, is only stopped.)"""
+        metric, resource = self.objective.metric, self.objective.resource
+        if t.reported_keys:
+            t.error = (
+                f"exited without reporting {metric!r}; it reported: "
+                f"{', '.join(sorted(t.reported_keys))} "
+                "(check objective.metric or the trial's report call)"
+            )
+        else:
+            t.error = (
+                "exited without reporting anything; report with "
+                f"hpod.trial.report({resource}=..., {metric}=...)"
+            )
+        return TrialState.FAILED
 
     def _finished_state(self, t: _Trial) -> TrialState:
         done = t.last_resource >= self.spec.scheduler.max_resource
@@ -486,7 +524,8 @@ class Study:
         return self._scheduler.next(self, can_start_new=self._can_start_new()) is None
 
     def conclude(self, reason: str | None = None) -> None:
-        """Once ``finished``: a running study ends completed, unless every trial failed."""
+        """Once ``finished``: a running study ends completed, unless every trial failed or none
+        measured anything."""
         if self.state is not StudyState.RUNNING:
             return
         failed = [t for t in self._trials if t.state is TrialState.FAILED]
@@ -495,6 +534,15 @@ class Study:
                 StudyState.FAILED,
                 f"all {len(failed)} trials failed (last: {failed[-1].error}); "
                 "check the command with `hpodctl show` and `hpodctl logs`",
+            )
+        elif not any(t.curve for t in self._trials):
+            # Trials stopped (a limit, the user) or failed before one measurement: no best to hand
+            # over, so the study did not complete its search.
+            last = next((f" (last failure: {t.error})" for t in reversed(failed) if t.error), "")
+            self.end(
+                StudyState.FAILED,
+                f"no trial reported {self.objective.metric!r} (objective.metric): nothing was "
+                f"measured{last}; check the trials with `hpodctl show` and `hpodctl logs`",
             )
         else:
             self.end(StudyState.COMPLETED, reason or "the search is done: no trial left to run")

@@ -201,7 +201,7 @@ class Studies:
     async def restore(self) -> None:
         for row in self.store.load_studies():
             try:
-                spec = StudySpec.from_toml(row.spec_toml, base_dir=Path(row.base_dir), stored=True)
+                spec = StudySpec.from_toml(row.spec_toml, base_dir=Path(row.base_dir))
             except SpecError as exc:
                 log.error("study_unreadable", study=row.id, problems=list(exc.problems))
                 continue
@@ -230,11 +230,13 @@ class Studies:
         self, spec: StudySpec, study_id: str, rows: list[TrialRow]
     ) -> list[TrialRecord]:
         curves: dict[int, dict[float, float]] = {}
+        keys: dict[int, set[str]] = {}
         # The last report of each trial's latest run (reports come in order): its answer says how
         # a run the store still calls running ended.
         latest = {t.trial_id: t.runs for t in rows}
         last: dict[int, ReportRow] = {}
         for rep in self.store.load_reports(study_id):
+            keys.setdefault(rep.trial_id, set()).update(rep.metrics)
             if rep.run == latest.get(rep.trial_id):
                 last[rep.trial_id] = rep
             if not rep.counted or rep.resource is None:
@@ -257,6 +259,7 @@ class Studies:
                 error=t.error,
                 last_decision=last[t.trial_id].decision if t.trial_id in last else None,
                 interrupting=t.trial_id in last and last[t.trial_id].interrupting,
+                reported_keys=tuple(sorted(keys.get(t.trial_id, ()))),
             )
             for t in rows
         ]
