@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpod: {exc.message}", file=sys.stderr)
         return exc.code.exit_status
     hlog.configure(level=config.log_level, fmt=config.log_format)
+    # Every setting in force, file and flags merged: what `log_level = "debug"` is there to show.
+    hlog.get_logger("hpod.serve").debug("config", **config.to_dict())
 
     import anyio
 

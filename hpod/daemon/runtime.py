@@ -71,6 +71,9 @@ class TrialRun:
     # The run's task waits for its process inside this scope; its deadline is the stop's (and
     # trial_time's). Cancelling it is the one way a run is stopped.
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    # Then (SIGTERM sent, SIGKILL due) its grace period runs inside this one: a shutdown during
+    # it brings the SIGKILL to the daemon's stop_grace from then, whatever the study's grace.
+    grace: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     time_cap: float = math.inf  # monotonic: where trial_time ends this run
     # The last counted report (monotonic time, resource level): the study's pace is measured
     # between consecutive ones.

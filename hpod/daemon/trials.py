@@ -317,7 +317,11 @@ class Trials:
             # service manager's TimeoutStopSec is set against it.
             grace = min(grace, self.config.stop_grace)
         with anyio.CancelScope(shield=True):
-            returncode = await proc.stop(grace)
+            with run.grace:
+                await proc.stop(grace)
+            # Cut short by a shutdown (stop_run) or not, the stop has reaped the process.
+            returncode = proc.returncode
+        assert returncode is not None
         return returncode
 
     async def _after_exit(
@@ -370,6 +374,11 @@ class Trials:
         if reason.forces_stop:
             study.engine.mark_stopping(run.trial_id)
         run.request_stop(reason, time.monotonic())
+        if reason is StopReason.SHUTDOWN:
+            # A run already in its grace period (a user's stop, a limit) keeps only the daemon's
+            # stop_grace of it: systemd's TimeoutStopSec is set against that.
+            until = time.monotonic() + self.config.stop_grace
+            run.grace.deadline = min(run.grace.deadline, until)
 
     def stop_all(self, study: StudyRuntime, reason: StopReason) -> None:
         for run in list(study.runs.values()):

@@ -35,8 +35,29 @@ class DaemonHandle:
         # Trials run `python`: make it this interpreter, the one with hpod installed.
         self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
         self.env.pop("HPOD_SOCKET", None)
+        # What `start` runs before its own arguments; a test may replace it (a config file in
+        # place of the flags, `taskset` in front).
+        self.command = [
+            sys.executable,
+            "-m",
+            "hpod",
+            "serve",
+            "--socket",
+            self.socket,
+            "--state-dir",
+            str(self.state_dir),
+            "--cpu-slots",
+            str(slots),
+            "--log-format",
+            "json",
+        ]
+        # $NOTIFY_SOCKET of the running daemon, open until `stop`: what it says after READY=1.
+        self.notify: socket.socket | None = None
 
     def start(self, *extra: str) -> None:
+        if self.notify is not None:  # started again without `stop`
+            self.notify.close()
+            self.notify = None
         notify_path = str(self.root / f"n{self.starts}")
         self.starts += 1
         ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -45,21 +66,7 @@ class DaemonHandle:
         env = dict(self.env, NOTIFY_SOCKET=notify_path)
         self.log = open(self.root / f"daemon{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hpod",
-                "serve",
-                "--socket",
-                self.socket,
-                "--state-dir",
-                str(self.state_dir),
-                "--cpu-slots",
-                str(self.slots),
-                "--log-format",
-                "json",
-                *extra,
-            ],
+            [*self.command, *extra],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -68,13 +75,15 @@ class DaemonHandle:
             while True:
                 msg = ready.recv(4096).decode()
                 if "READY=1" in msg.split("\n"):
+                    self.notify = ready
                     return
         except TimeoutError:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"daemon never said READY=1:\n{self.output()}") from None
         finally:
-            ready.close()
+            if self.notify is not ready:
+                ready.close()
 
     def output(self) -> str:
         return (self.root / f"daemon{self.starts}.log").read_text(errors="replace")
@@ -85,6 +94,9 @@ class DaemonHandle:
             self.proc.send_signal(sig)
         rc = self.proc.wait(timeout=timeout)
         self.log.close()
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
         self.proc = None
         return rc
 

@@ -1,0 +1,485 @@
+"""Every key of etc/hpod.toml changes what a user of the daemon sees: one test per key.
+
+A key's test is ``test_setting_<key>`` (``test_setting_gpu_<key>`` for the [gpu] table), and
+``test_every_key_has_a_test`` fails for a key added to etc/hpod.toml without one. The tests start
+real daemons as ``hpod serve --config FILE`` with no other flag (flags win over the file), except
+``admins``, which needs connections from other uids (faked at the SO_PEERCRED seam, as in
+tests/daemon/test_authorization.py), and ``durability``, which only the store's own connection
+can show: those two run the daemon in-process. The [gpu] keys run against tests/fake_nvml.py.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from hpod import wire
+from hpod.daemon import server
+from hpod.daemon.app import Daemon
+from hpod.daemon.config import DaemonConfig
+from hpod.errors import PermissionDenied
+from tests import fake_nvml
+from tests.daemon.test_authorization import SPEC as OWNED_SPEC
+from tests.daemon.test_authorization import Uids, call_as
+from tests.daemon.test_config import uncommented_etc
+from tests.e2e.conftest import DaemonHandle
+from tests.e2e.specs import spec
+
+REPO = Path(__file__).resolve().parents[2]
+e2e = pytest.mark.e2e
+
+# A trial that writes down what the daemon told it, then reports once.
+ENV_TRIAL = """
+import json, os
+from hpod import trial
+with open(os.path.join(os.environ["HPOD_TRIAL_DIR"], "env.json"), "w") as f:
+    json.dump({k: os.environ.get(k) for k in ("HPOD_SOCKET", "CUDA_VISIBLE_DEVICES")}, f)
+trial.report(step=1, loss=1.0)
+"""
+
+# A trial that reports, then never exits by itself: SIGTERM is only noted (file `sigterm`).
+STUBBORN_TRIAL = """
+import os, pathlib, signal, time
+from hpod import trial
+folder = pathlib.Path(os.environ["HPOD_TRIAL_DIR"])
+signal.signal(signal.SIGTERM, lambda signum, frame: (folder / "sigterm").touch())
+(folder / "pid").write_text(str(os.getpid()))
+trial.report(step=1, loss=1.0)
+(folder / "reported").touch()
+while True:
+    time.sleep(0.05)
+"""
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string, for the paths and words used here
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def serve(
+    daemon_factory: Any,
+    *,
+    prefix: tuple[str, ...] = (),
+    gpus: list[dict[str, Any]] | None = None,
+    gpu: dict[str, Any] | None = None,
+    **settings: Any,
+) -> DaemonHandle:
+    """`hpod serve --config FILE` and no flag; FILE puts the socket and the state folder in the
+    handle's folder unless ``settings`` says otherwise ("{root}" in a value is that folder).
+    ``gpus``: the fake NVML's GPUs."""
+    d: DaemonHandle = daemon_factory(start=False)
+    values = {"socket": d.socket, "state_dir": str(d.state_dir), **settings}
+    values = {k: v.format(root=d.root) if isinstance(v, str) else v for k, v in values.items()}
+    lines = [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    if gpu:
+        lines += ["[gpu]", *(f"{key} = {toml_value(value)}" for key, value in gpu.items())]
+    config = d.root / "hpod.toml"
+    config.write_text("\n".join(lines) + "\n")
+    d.socket = str(values["socket"])
+    d.state_dir = d.root / values["state_dir"]  # a relative state_dir is from the file's folder
+    if gpus is not None:
+        layout = d.root / "gpus.json"
+        layout.write_text(json.dumps({"gpus": gpus}))
+        path = [p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p]
+        d.env.update(
+            HPOD_NVML_MODULE="tests.fake_nvml",
+            HPOD_FAKE_NVML=str(layout),
+            PYTHONPATH=os.pathsep.join(path),
+        )
+    d.command = [*prefix, sys.executable, "-m", "hpod", "serve", "--config", str(config)]
+    d.start()
+    return d
+
+
+def call(path: str | Path, method: str, params: dict[str, Any] | None = None) -> Any:
+    with wire.SyncConnection(str(path), client="test") as conn:
+        return conn.call(method, params or {})
+
+
+def events(d: DaemonHandle) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in d.output().splitlines() if line.startswith("{")]
+
+
+def submit(d: DaemonHandle, script: str, *, wait: bool = True, **knobs: Any) -> str:
+    """A one-trial study of ``script``; its id."""
+    text = spec("one", steps=3, limits="max_trials = 1", script="one.py", **knobs)
+    path = d.write_spec("one", text.replace('type = "grid"', 'type = "random"'))
+    (path.parent / "one.py").write_text(script)
+    args = ("submit", str(path), "--wait") if wait else ("submit", str(path))
+    return str(d.ctl_json(*args)["study"])
+
+
+def trial_dir(d: DaemonHandle, sid: str, trial: int = 0) -> Path:
+    return d.state_dir / "studies" / sid / "trials" / str(trial)
+
+
+def wait_for(what: str, ready: Any, timeout: float = 20.0) -> None:
+    """Poll ``ready()`` (a file appearing, a view changing) until it is true."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}")
+        time.sleep(0.01)
+
+
+def gpu_view(d: DaemonHandle) -> list[bool]:
+    return [g["usable"] for g in call(d.socket, "gpus")["gpus"]]
+
+
+# -- the keys ------------------------------------------------------------------------------------
+
+
+@e2e
+def test_setting_socket(daemon_factory: Any) -> None:
+    d = serve(daemon_factory, socket="{root}/control")
+    assert call(d.root / "control", "ping")["pong"] is True
+    assert d.ctl("ping").returncode == 0  # hpodctl --socket <it>
+    assert not (d.root / "s").exists()
+
+
+@e2e
+def test_setting_trial_socket(daemon_factory: Any) -> None:
+    d = serve(daemon_factory, trial_socket="{root}/trials")
+    trials = str(d.root / "trials")
+    sid = submit(d, ENV_TRIAL)
+    assert [t["state"] for t in d.ctl_json("trials", sid)] == ["completed"]
+    seen = json.loads((trial_dir(d, sid) / "env.json").read_text())
+    assert seen["HPOD_SOCKET"] == trials  # it reported through the trial socket
+    assert call(trials, "ping")["pong"] is True
+    assert call(d.socket, "ping")["pong"] is True  # and the control socket still answers
+
+
+@e2e
+def test_setting_state_dir(daemon_factory: Any) -> None:
+    d = serve(daemon_factory, state_dir="relative/state")
+    assert (d.root / "relative" / "state" / "hpod.sqlite3").is_file()
+    assert not (Path.cwd() / "relative").exists()  # from the config file's folder, not the cwd
+    serving = next(e for e in events(d) if e["event"] == "serving")
+    assert serving["state_dir"] == str(d.root / "relative" / "state")
+
+
+@e2e
+@pytest.mark.parametrize(("value", "pinned"), [("auto", True), ("auto", False), (3, False)])
+def test_setting_cpu_slots(daemon_factory: Any, value: Any, pinned: bool) -> None:
+    mask = os.sched_getaffinity(0)
+    prefix: tuple[str, ...] = ()
+    if pinned:
+        if shutil.which("taskset") is None:
+            pytest.skip("taskset is not installed")
+        prefix = ("taskset", "-c", str(min(mask)))
+    expected = value if isinstance(value, int) else 1 if pinned else len(mask)
+    d = serve(daemon_factory, prefix=prefix, cpu_slots=value)
+    assert call(d.socket, "ping")["slots"] == expected
+    assert d.ctl_json("gpus")["cpu_slots"]["size"] == expected
+
+
+def _stubborn_study(d: DaemonHandle) -> tuple[str, Path]:
+    sid = submit(d, STUBBORN_TRIAL, wait=False, grace="1h")
+    folder = trial_dir(d, sid)
+    wait_for("the trial reported", (folder / "reported").exists)
+    return sid, folder
+
+
+def with_pid_gone(pid: int) -> None:
+    """The trial is gone (the daemon killed it); if not, kill it: the test must not leave it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    os.kill(pid, signal.SIGKILL)
+
+
+@e2e
+@pytest.mark.parametrize("when", ["running", "stopping"])
+def test_setting_stop_grace(daemon_factory: Any, when: str) -> None:
+    # The study allows 1h between SIGTERM and SIGKILL, the daemon's stop_grace 1.5s: a shutdown
+    # takes the shorter, also for a trial already in its grace period (stopped by a user).
+    d = serve(daemon_factory, stop_grace=1.5)
+    sid, folder = _stubborn_study(d)
+    pid = int((folder / "pid").read_text())
+    stopper = None
+    try:
+        if when == "stopping":
+            stopper = subprocess.Popen(
+                [sys.executable, "-m", "hpod.cli.hpodctl", "--socket", d.socket, "stop", sid],
+                env=d.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_for("the user's stop sent SIGTERM", (folder / "sigterm").exists)
+        assert d.proc is not None
+        began = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(timeout=10)
+        took = time.monotonic() - began
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.stop()
+        with_pid_gone(pid)
+        if stopper is not None:
+            stopper.wait(timeout=20)
+    assert rc == 0, d.output()
+    assert 1.5 <= took < 6, f"the shutdown took {took:.1f}s"
+    assert (folder / "sigterm").exists()
+    conn = sqlite3.connect(d.state_dir / "hpod.sqlite3")
+    try:
+        (state,) = conn.execute("SELECT state FROM trials WHERE study_id = ?", (sid,)).fetchone()
+    finally:
+        conn.close()
+    assert state == "interrupted", state
+    d.stop()
+
+
+@e2e
+@pytest.mark.parametrize("level", ["debug", "info", "warning"])
+def test_setting_log_level(daemon_factory: Any, level: str) -> None:
+    d = serve(daemon_factory, log_level=level, log_format="json")
+    assert d.stop() == 0
+    levels = {e["level"] for e in events(d)}
+    names = {e["event"] for e in events(d)}
+    assert ("debug" in levels) is (level == "debug")
+    assert ("config" in names) is (level == "debug")  # the settings in use, at debug
+    assert ("info" in levels) is (level != "warning")
+    assert ("stopped" in names) is (level != "warning")
+
+
+@e2e
+@pytest.mark.parametrize("fmt", ["json", "console", "auto"])
+def test_setting_log_format(daemon_factory: Any, fmt: str) -> None:
+    d = serve(daemon_factory, log_format=fmt)
+    lines = [line for line in d.output().splitlines() if line.strip()]
+    assert any("serving" in line for line in lines)
+    json_lines = [line for line in lines if line.startswith("{") and json.loads(line)]
+    if fmt == "console":
+        assert json_lines == []
+    else:  # auto: the log is a file, not a terminal, so JSON lines (as for the journal)
+        assert json_lines == lines
+
+
+@asynccontextmanager
+async def in_process(**settings: Any) -> AsyncIterator[tuple[Daemon, Path]]:
+    root = Path(tempfile.mkdtemp(prefix="hpod"))
+    config = DaemonConfig.defaults().with_overrides(cpu_slots=1, **settings)
+    d = Daemon(config, socket_path=str(root / "s"), state_dir=root / "state")
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(d.serve)
+            yield d, root
+            d.request_shutdown()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("fsync", 2)])
+async def test_setting_durability(durability: str, synchronous: int) -> None:
+    async with in_process(durability=durability) as (d, _):
+        # synchronous is the connection's own: only the daemon's writer can say (2 = FULL).
+        got = d.store._writer.execute("PRAGMA synchronous").fetchone()[0]
+    assert got == synchronous
+
+
+@e2e
+@pytest.mark.parametrize("mode", [0o600, 0o666, "0640"], ids=["0o600", "0o666", "str-0640"])
+def test_setting_socket_mode(daemon_factory: Any, mode: int | str) -> None:
+    d = serve(daemon_factory, socket_mode=mode, trial_socket="{root}/t")
+    want = mode if isinstance(mode, int) else int(mode, 8)
+    for path in (d.socket, str(d.root / "t")):
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == want, f"{path}: {stat.S_IMODE(st.st_mode):04o}"
+
+
+def connects_as(path: str, uid: int, gid: int, groups: list[int]) -> bool:
+    """Whether a process with these ids may connect to the socket at ``path``."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(path)
+            code = 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 13), f"the child exited {code}"
+    return code == 0
+
+
+@e2e
+@pytest.mark.parametrize("by", ["gid", "name"])
+def test_setting_socket_group(daemon_factory: Any, by: str) -> None:
+    # A group other than the daemon's own (which the socket would get anyway): as root any
+    # group will do; otherwise a supplementary group of this user.
+    mine = os.getgid()
+    candidates = (
+        [g.gr_gid for g in grp.getgrall() if g.gr_gid not in (0, mine, 65534)]
+        if os.geteuid() == 0
+        else [g for g in os.getgroups() if g != mine]
+    )
+    if not candidates:
+        pytest.skip("no group other than the daemon's own to give the socket")
+    gid = candidates[0]
+    group = str(gid) if by == "gid" else grp.getgrgid(gid).gr_name
+    d = serve(daemon_factory, socket_group=group, trial_socket="{root}/t")
+    for path in (d.socket, str(d.root / "t")):
+        assert os.stat(path).st_gid == gid
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    if os.geteuid() != 0:
+        return
+    # Members of the group get in through socket_mode's group bits; others do not.
+    d.root.chmod(0o755)
+    nobody = 65534
+    assert connects_as(d.socket, nobody, nobody, [gid])
+    assert not connects_as(d.socket, nobody, nobody, [])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("admins", [[4242], []])
+async def test_setting_admins(admins: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    uids = Uids()
+    monkeypatch.setattr(server, "peer_credentials", uids.creds)
+    async with in_process(admins=admins) as (_, root):
+        path = str(root / "s")
+        params = {"spec": OWNED_SPEC, "base_dir": str(root)}
+        sid = (await call_as(path, uids, 1000, "submit", params))["study"]
+        if admins:
+            stopped = await call_as(path, uids, 4242, "stop", {"study": sid})
+            assert stopped["state"] == "stopped"
+        else:
+            with pytest.raises(PermissionDenied, match="belongs to uid 1000"):
+                await call_as(path, uids, 4242, "stop", {"study": sid})
+            await call_as(path, uids, 1000, "stop", {"study": sid})
+
+
+@e2e
+def test_setting_gpu_allowed(daemon_factory: Any) -> None:
+    layout = [fake_nvml.gpu(i) for i in range(3)]
+    d = serve(daemon_factory, gpus=layout, gpu={"allowed": ["1"]})
+    view = call(d.socket, "gpus")["gpus"]
+    assert [g["allowed"] for g in view] == [False, True, False]
+    assert gpu_view(d) == [False, True, False]
+    sid = submit(d, ENV_TRIAL, gpus=1)
+    assert [t["state"] for t in d.ctl_json("trials", sid)] == ["completed"]
+    seen = json.loads((trial_dir(d, sid) / "env.json").read_text())
+    assert seen["CUDA_VISIBLE_DEVICES"] == layout[1]["uuid"]
+
+
+@e2e
+@pytest.mark.parametrize(
+    ("policy", "usable"),
+    [("avoid", [True, False, False]), ("share", [True, True, False]), ("ignore", [True] * 3)],
+)
+def test_setting_gpu_busy_policy(daemon_factory: Any, policy: str, usable: list[bool]) -> None:
+    layout = [
+        fake_nvml.gpu(0),
+        fake_nvml.gpu(1, used_mib=2048, pids=(999999,)),  # someone else's, memory to spare
+        fake_nvml.gpu(2, used_mib=16000),  # 384 MiB free: under min_free_memory_mib
+    ]
+    d = serve(daemon_factory, gpus=layout, gpu={"busy_policy": policy})
+    assert gpu_view(d) == usable
+    assert call(d.socket, "gpus")["busy_policy"] == policy
+
+
+@e2e
+@pytest.mark.parametrize(("floor", "usable"), [(1024, True), (2048, False)])
+def test_setting_gpu_min_free_memory_mib(daemon_factory: Any, floor: int, usable: bool) -> None:
+    layout = [fake_nvml.gpu(0, used_mib=15000)]  # 1384 MiB free
+    d = serve(daemon_factory, gpus=layout, gpu={"min_free_memory_mib": floor})
+    assert gpu_view(d) == [usable]
+
+
+@e2e
+def test_setting_gpu_refresh_seconds(daemon_factory: Any) -> None:
+    # Two daemons, each with a fake NVML of one free GPU; a foreign process arrives on both.
+    # The one polling every 0.1s sees it; the one polling every hour still shows the GPU free.
+    fast = serve(daemon_factory, gpus=[fake_nvml.gpu(0)], gpu={"refresh_seconds": 0.1})
+    slow = serve(daemon_factory, gpus=[fake_nvml.gpu(0)], gpu={"refresh_seconds": "1h"})
+    assert gpu_view(fast) == gpu_view(slow) == [True]
+    busy = {"gpus": [fake_nvml.gpu(0, used_mib=2048, pids=(999999,))]}
+    for d in (fast, slow):
+        Path(d.env["HPOD_FAKE_NVML"]).write_text(json.dumps(busy))
+    wait_for("the fast daemon saw the foreign process", lambda: gpu_view(fast) == [False])
+    assert gpu_view(slow) == [True]
+
+
+# -- READY=1 and SIGTERM -------------------------------------------------------------------------
+
+
+def datagrams(sock: socket.socket) -> list[str]:
+    """What the daemon sent to $NOTIFY_SOCKET and the test has not read yet."""
+    out = []
+    sock.setblocking(False)
+    try:
+        while True:
+            out.extend(sock.recv(4096).decode().split("\n"))
+    except BlockingIOError:
+        return out
+
+
+@e2e
+@pytest.mark.parametrize("attempt", range(3))
+def test_sigterm_the_moment_ready_arrives_is_a_graceful_stop(
+    daemon_factory: Any, attempt: int
+) -> None:
+    # systemd may stop a unit as soon as it says READY=1: the SIGTERM handler must already be
+    # there, or the default action kills the daemon (-15) without a word.
+    d: DaemonHandle = daemon_factory(slots=1)  # returns the instant READY=1 arrives
+    assert d.proc is not None
+    assert d.notify is not None
+    d.proc.send_signal(signal.SIGTERM)
+    d.proc.wait(timeout=20)
+    said = datagrams(d.notify)
+    rc = d.stop()
+    assert rc == 0, f"exit {rc}:\n{d.output()}"
+    assert "STOPPING=1" in said
+    assert "stopped" in {e["event"] for e in events(d)}
+
+
+# -- every key has its test ----------------------------------------------------------------------
+
+
+def _etc_keys() -> list[str]:
+    raw = tomllib.loads(uncommented_etc())
+    gpu = raw.pop("gpu")
+    return [*raw, *(f"gpu_{key}" for key in gpu)]
+
+
+@pytest.mark.parametrize("key", _etc_keys())
+def test_every_key_has_a_test(key: str) -> None:
+    assert callable(globals().get(f"test_setting_{key}")), f"no test_setting_{key} for {key}"
