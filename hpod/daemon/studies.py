@@ -201,7 +201,7 @@ class Studies:
     async def restore(self) -> None:
         for row in self.store.load_studies():
             try:
-                spec = StudySpec.from_toml(row.spec_toml, base_dir=Path(row.base_dir))
+                spec = StudySpec.from_toml(row.spec_toml, base_dir=Path(row.base_dir), stored=True)
             except SpecError as exc:
                 log.error("study_unreadable", study=row.id, problems=list(exc.problems))
                 continue
