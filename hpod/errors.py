@@ -29,6 +29,10 @@ class ErrorCode(enum.IntEnum):
     BAD_STATE = -32007
     PROTOCOL_VERSION = -32008
     SHUTTING_DOWN = -32009
+    # The wire's limits on what a line may hold (hpod.wire.loads): valid JSON, but more than a
+    # request here can mean.
+    NESTING_TOO_DEEP = -32020
+    NUMBER_OUT_OF_RANGE = -32021
     # Never sent by the daemon: raised by a client that could not reach one.
     UNAVAILABLE = -32099
 
@@ -53,6 +57,8 @@ _EXIT_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_STATE: 7,
     ErrorCode.PROTOCOL_VERSION: 14,
     ErrorCode.SHUTTING_DOWN: 8,
+    ErrorCode.NESTING_TOO_DEEP: 10,
+    ErrorCode.NUMBER_OUT_OF_RANGE: 10,
     ErrorCode.UNAVAILABLE: 3,
 }
 
@@ -129,6 +135,18 @@ class ProtocolMismatch(ProtocolError):
     code = ErrorCode.PROTOCOL_VERSION
 
 
+class NestingTooDeep(ProtocolError):
+    """A line whose objects and arrays nest deeper than :data:`hpod.wire.MAX_DEPTH`."""
+
+    code = ErrorCode.NESTING_TOO_DEEP
+
+
+class NumberOutOfRange(ProtocolError):
+    """A number in a line that a double cannot hold: an integer of hundreds of digits, 1e400."""
+
+    code = ErrorCode.NUMBER_OUT_OF_RANGE
+
+
 class InvalidParams(HpodError):
     code = ErrorCode.INVALID_PARAMS
 
@@ -195,6 +213,8 @@ _BY_CODE: dict[ErrorCode, type[HpodError]] = {
     ErrorCode.LINE_TOO_LONG: LineTooLong,
     ErrorCode.HELLO_REQUIRED: HelloRequired,
     ErrorCode.PROTOCOL_VERSION: ProtocolMismatch,
+    ErrorCode.NESTING_TOO_DEEP: NestingTooDeep,
+    ErrorCode.NUMBER_OUT_OF_RANGE: NumberOutOfRange,
     ErrorCode.INVALID_PARAMS: InvalidParams,
     ErrorCode.METHOD_NOT_FOUND: MethodNotFound,
     ErrorCode.BAD_TOKEN: TokenRejected,

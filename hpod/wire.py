@@ -4,13 +4,21 @@ Stdlib only, shared by the daemon, the control client and the trial reporter. On
 response per line, UTF-8, at most :data:`MAX_LINE` bytes including the newline. JSON has no NaN or
 infinity, so a non-finite float travels as a tagged object ``{"$float": "nan"}`` and ranks as the
 worst value wherever it is compared.
+
+A line is also held to what a request here can mean, so that no handler meets a value it cannot
+take: objects and arrays at most :data:`MAX_DEPTH` deep, every number one a double can hold (an
+integer of 4,301 digits, or 1e400, is refused, not read as an int too big to print or as an
+infinity), every string Unicode text (no lone surrogate: ``"\\ud800"`` is valid JSON but no
+character, and cannot be encoded to UTF-8 for a path, a token or the store).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +28,21 @@ from hpod.errors import (
     HpodError,
     InvalidParams,
     LineTooLong,
+    NestingTooDeep,
+    NumberOutOfRange,
     ParseError,
     ProtocolError,
 )
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20
+# The deepest nesting of objects and arrays a line may hold: a request is a few levels deep (the
+# envelope, params, a report's metrics), and a cap this low keeps every recursive walk (tagging an
+# answer, serializing a metric, a repr in a message) far from the interpreter's recursion limit.
+MAX_DEPTH = 64
+# A double holds at most 1.8e308: an integer of more digits is refused before int() reads it
+# (which would take quadratic time, and past 4,300 digits raises).
+_MAX_INT_DIGITS = 309
 
 _TAG = "$float"
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -42,17 +59,103 @@ def tag(value: Any) -> Any:
     return value
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: what a message may echo of a peer's
+    input (a 1 MiB string, a list nested 60 deep) without growing with it."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**limit:
+        return f"an integer of {len(str(value))} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _untag_hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and _TAG in obj:
         raw = obj[_TAG]
-        if raw in _NONFINITE:
+        # A string first: anything else (a list) is not even hashable, let alone a tag.
+        if isinstance(raw, str) and raw in _NONFINITE:
             return _NONFINITE[raw]
-        raise ProtocolError(f"bad tagged float {raw!r}: use 'nan', 'inf' or '-inf'")
+        raise ProtocolError(f"bad tagged float {shown(raw)}: use 'nan', 'inf' or '-inf'")
     return obj
 
 
 def _reject_constant(name: str) -> Any:
     raise ProtocolError(f'bare {name} is not JSON: send a non-finite number as {{"{_TAG}": "nan"}}')
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > _MAX_INT_DIGITS:
+        raise NumberOutOfRange(
+            f"an integer of {digits} digits is out of range: a number on the wire must fit a "
+            "double (at most about 1.8e308)"
+        )
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise NumberOutOfRange(f"{text[:12]}... is out of range: a number must fit a double")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: Python reads it as an infinity nobody sent
+        raise NumberOutOfRange(
+            f"{shown(text, 40)} is out of a double's range; send an infinity as "
+            f'{{"{_TAG}": "inf"}}'
+        )
+    return value
+
+
+# Escaped surrogates, the only way a lone one gets into a line (raw ones are not UTF-8).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_shape(obj: Any, line: bytes, max_depth: int) -> None:
+    """NestingTooDeep, or ParseError for a lone surrogate, in a parsed line. Walks it only when
+    the bytes say it could be either: nearly every line has few brackets and no escape."""
+    deep = line.count(b"[") + line.count(b"{") > max_depth
+    strings = _SURROGATE_ESCAPE.search(line) is not None
+    if not (deep or strings):
+        return
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+            continue
+        if isinstance(item, dict):
+            children: Any = item.values()
+            if strings:
+                for key in item:
+                    _check_text(key)
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            raise _too_deep(max_depth)
+        stack.extend((c, depth + 1) for c in children if strings or isinstance(c, (dict, list)))
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        raise ParseError(
+            f"a string holds a lone surrogate (\\u{ord(char):04x}), which is no character: send "
+            "UTF-8 text (a name or path that is not UTF-8 cannot be sent)"
+        ) from None
+
+
+def _too_deep(max_depth: int) -> NestingTooDeep:
+    return NestingTooDeep(
+        f"the line nests objects and arrays more than {max_depth} deep; a request needs a few "
+        "levels (report flat metrics, or objects a few levels deep)"
+    )
 
 
 def loads_json(text: str) -> Any:
@@ -65,7 +168,7 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(tag(obj), separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
-def loads(line: bytes) -> Any:
+def loads(line: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse one wire line; every malformation is a :class:`ProtocolError` naming it."""
     if len(line) > MAX_LINE:
         raise LineTooLong(f"line of {len(line)} bytes is over the {MAX_LINE}-byte cap")
@@ -74,9 +177,20 @@ def loads(line: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ParseError(f"line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(text, object_hook=_untag_hook, parse_constant=_reject_constant)
+        obj = json.loads(
+            text,
+            object_hook=_untag_hook,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+        )
     except json.JSONDecodeError as exc:
         raise ParseError(f"line is not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        # Deeper than the parser's stack, whatever is left of it here: past the cap either way.
+        raise _too_deep(max_depth) from None
+    _check_shape(obj, line, max_depth)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -165,11 +279,19 @@ class SyncConnection:
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         self._next_id += 1
         rid = self._next_id
-        self._sock.sendall(Request(rid, method, dict(params or {})).line())
-        line = self._file.readline(MAX_LINE + 1)
+        try:
+            self._sock.sendall(Request(rid, method, dict(params or {})).line())
+        except BrokenPipeError:
+            # A daemon that refused the connection (too many open) said why in one line before
+            # it closed; that line, when there is one, tells more than the broken pipe.
+            if not (line := self._file.readline(MAX_LINE + 1)):
+                raise
+        else:
+            line = self._file.readline(MAX_LINE + 1)
         if not line:
             raise DaemonUnavailable(f"the daemon on {self.path} closed the connection")
-        return unwrap_response(loads(line), rid)
+        # An answer may echo a request's values (a report's metrics) a few levels further in.
+        return unwrap_response(loads(line, max_depth=2 * MAX_DEPTH), rid)
 
     def close(self) -> None:
         try:

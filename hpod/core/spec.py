@@ -29,6 +29,50 @@ from hpod.core.searchers import GridSearcher
 from hpod.core.space import Config, Param, ParamType, ParamValue, SearchSpace
 from hpod.errors import SpecError
 
+# The deepest a spec's tables and arrays nest (a parameter's range in its table in [space] is 3).
+MAX_SPEC_DEPTH = 16
+# TOML's integers are 64-bit (its spec: one that does not fit "must" be an error); tomllib reads
+# any, and 0xfff... of 5,000 digits is one no message can print and no float can hold.
+_INT64 = 2**63
+# A dotted key (or table header) of more parts than a spec nests: tomllib takes time quadratic in
+# the parts (20,000 of them: 5 s on the event loop), so such a spec is refused before it is read.
+# A key starts a line or follows one of { , [ (an inline table, a header); a string is one part.
+_DEEP_KEY = re.compile(
+    r"""(?:^|[{,\[])[ \t]*(?:(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')[ \t]*\.[ \t]*)"""
+    + f"{{{MAX_SPEC_DEPTH}}}",
+    re.MULTILINE,
+)
+
+
+def _too_deep() -> str:
+    return (
+        f"the spec nests arrays or tables more than {MAX_SPEC_DEPTH} deep; no key takes that "
+        "(see docs/spec.md)"
+    )
+
+
+def _shape_problems(raw: dict[str, Any]) -> list[str]:
+    """What no reader of the spec's tables should meet: nesting past :data:`MAX_SPEC_DEPTH`,
+    integers past 64 bits. Walked without recursing: a spec may be as deep as TOML allows."""
+    problems: list[str] = []
+    stack: list[tuple[str, Any, int]] = [("", raw, 1)]
+    while stack:
+        path, item, depth = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not -_INT64 <= item < _INT64:
+                problems.append(f"{path}: integer out of TOML's 64-bit range")
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > MAX_SPEC_DEPTH:
+            return [_too_deep()]
+        if isinstance(item, list):
+            stack.extend((f"{path}[{i}]", value, depth + 1) for i, value in enumerate(item))
+        else:
+            stack.extend((f"{path}.{k}" if path else k, v, depth + 1) for k, v in item.items())
+    return sorted(problems)
+
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The daemon sets these for every trial; a study overriding them would break the trial contract.
@@ -209,10 +253,22 @@ class StudySpec:
 
     @classmethod
     def from_toml(cls, text: str, *, base_dir: Path | str, stored: bool = False) -> StudySpec:
+        if _DEEP_KEY.search(text):
+            raise SpecError([_too_deep()])
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SpecError([f"TOML syntax error: {exc}"]) from None
+        except RecursionError:  # tomllib recurses once per level of an array or inline table
+            raise SpecError([_too_deep()]) from None
+        except ValueError:  # not a TOMLDecodeError: int() refused an integer of 4,301+ digits
+            raise SpecError(
+                ["an integer in the spec has thousands of digits; no key takes a number that large"]
+            ) from None
+        # Dotted keys and table headers nest without recursing; what reads the tables does.
+        shape = _shape_problems(raw)
+        if shape:
+            raise SpecError(shape)
         return cls.from_mapping(raw, base_dir=base_dir, stored=stored)
 
     @classmethod

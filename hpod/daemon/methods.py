@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import structlog
 
-from hpod import __version__
+from hpod import __version__, wire
 from hpod.core import limits as lim
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.daemon.answers import Answer
@@ -63,11 +63,45 @@ def _param_request_id(params: Mapping[str, Any]) -> str | None:
 
 def _param_int(params: Mapping[str, Any], key: str) -> int:
     value = params.get(key)
-    if isinstance(value, str) and value.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses. And few of them, so
+    # int() never meets a string it takes long over, or refuses past 4,300 digits.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParams(f"parameter {key!r} must be an integer")
+        raise InvalidParams(
+            f"parameter {key!r} must be an integer (a number, or a string of ASCII digits), "
+            f"not {wire.shown(value)}"
+        )
     return value
+
+
+# The longest `wait` the daemon takes: a year. Without a timeout a wait lasts as long as the study.
+WAIT_MAX = 366 * 86400.0
+
+
+def _param_timeout(params: Mapping[str, Any]) -> float | None:
+    value = params.get("timeout")
+    if value is None:
+        return None
+    # NaN fails both comparisons: a deadline of NaN is no deadline anyio can keep.
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= WAIT_MAX:
+        return float(value)
+    raise InvalidParams(
+        f"parameter 'timeout' must be a number of seconds from 0 to {WAIT_MAX:.0f} (omit it to "
+        f"wait until the study ends), not {wire.shown(value)}"
+    )
+
+
+def _token_bytes(token: Any) -> bytes | None:
+    """A token's bytes to compare, or None for one no run has (not a string; not UTF-8, as a
+    string with a lone surrogate is not: the wire refuses those, this keeps any other caller
+    from an encode error)."""
+    if not isinstance(token, str):
+        return None
+    try:
+        return token.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 class Methods:
@@ -214,11 +248,7 @@ class Methods:
 
     async def _wait(self, peer: Peer, params: dict[str, Any]) -> Any:
         study = self._get_study(params)
-        timeout = params.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-        ):
-            raise InvalidParams("parameter 'timeout' must be a number of seconds")
+        timeout = _param_timeout(params)
         with anyio.move_on_after(timeout):
             await study.done.wait()
         return study.summary()
@@ -240,14 +270,14 @@ class Methods:
     def _authenticate(self, params: Mapping[str, Any]) -> tuple[StudyRuntime, TrialRun]:
         sid = _param_str(params, "study")
         trial_id = _param_int(params, "trial")
-        token = params.get("token")
+        token = _token_bytes(params.get("token"))
         study = self.studies.find(sid)
         run = study.runs.get(trial_id) if study is not None else None
         if (
             study is None
             or run is None
-            or not isinstance(token, str)
-            or not hmac.compare_digest(token.encode(), run.token.encode())
+            or token is None
+            or not hmac.compare_digest(token, run.token.encode())
         ):
             # One answer for every mismatch, so a guesser learns nothing about which part was wrong.
             raise TokenRejected(

@@ -21,6 +21,7 @@ import structlog
 from hpod import __version__, wire
 from hpod.daemon.answers import Answer
 from hpod.daemon.peercred import Credentials, peer_credentials
+from hpod.daemon.refusals import RefusalLog
 from hpod.errors import (
     HelloRequired,
     HpodError,
@@ -168,6 +169,7 @@ class Server:
         self._answering = answering or {}
         self._started_at = started_at
         self.connections = 0
+        self.refusals = RefusalLog()
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         self.connections += 1
@@ -187,6 +189,7 @@ class Server:
     async def _serve_lines(self, conn: _Connection) -> None:
         while True:
             rid: int | str | None = None
+            method: str | None = None
             try:
                 line = await conn.reader.next()
                 if line is None:
@@ -197,6 +200,7 @@ class Server:
                     if isinstance(maybe, (int, str)) and not isinstance(maybe, bool):
                         rid = maybe
                 req = wire.Request.from_obj(obj)
+                method = req.method
                 if not conn.greeted and req.method != "hello":
                     raise HelloRequired(f"call hello first (got {req.method!r} before hello)")
                 if req.method == "hello":
@@ -215,7 +219,8 @@ class Server:
                     result = await self._call(conn.peer, req)
                 if req.id is not None:
                     await _send(conn.stream, conn.raw, wire.result_line(req.id, result))
-            except HpodError as exc:
+            except HpodError as exc:  # a bad request: its own code, one line (rate-limited)
+                self.refusals.refused(conn.peer.uid, method, exc)
                 await conn.stream.send(wire.error_line(rid, exc))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
                 return
@@ -227,7 +232,7 @@ class Server:
         want = params.get("protocol", wire.PROTOCOL_VERSION)
         if want != wire.PROTOCOL_VERSION:
             raise ProtocolMismatch(
-                f"protocol {want!r} is not spoken here; this daemon speaks "
+                f"protocol {wire.shown(want)} is not spoken here; this daemon speaks "
                 f"{wire.PROTOCOL_VERSION} (upgrade hpodctl or the daemon so they match)"
             )
         return {
@@ -241,5 +246,5 @@ class Server:
         handler = self._methods.get(req.method)
         if handler is None:
             known = ", ".join(sorted(["hello", *self._methods, *self._answering]))
-            raise MethodNotFound(f"no method {req.method!r}; known: {known}")
+            raise MethodNotFound(f"no method {wire.shown(req.method)}; known: {known}")
         return await handler(peer, req.params)
