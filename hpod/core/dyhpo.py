@@ -228,9 +228,17 @@ class DyHPOScheduler:
 
     # -- fits -------------------------------------------------------------------------------------
 
+    def forget(self, trial_id: int, resource: float) -> None:
+        # A row at a level holds the curve up to that level: those at or above the retracted
+        # point are stale; the posterior conditioned on them too.
+        for key in [k for k in self._rows if k[0] == trial_id and k[1] >= resource]:
+            del self._rows[key]
+        self._conditioned = None
+
     def _training_rows(self, study: StudyView) -> list[_Row]:
         # A trial's curve below a rung it reached never changes again (reports past a pause are
-        # not counted), so each (trial, rung) row is built once.
+        # not counted; a report taken back drops its rows, see forget), so each (trial, rung) row
+        # is built once.
         for t in study.trials:
             if not t.curve:
                 continue

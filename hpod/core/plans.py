@@ -107,6 +107,11 @@ class ModeledScheduler(Scheduler, Modeled, Protocol):
         """A model to fit from the study as it is now, or None (nothing new, too little data)."""
         ...
 
+    def forget(self, trial_id: int, resource: float) -> None:
+        """Drop what it derived from ``trial_id``'s curve at ``resource`` and above: the point
+        there was taken back (``Study.retract_report``), so a cache of it is stale."""
+        ...
+
 
 def ranking_value(objective: Objective, trial: TrialView, upto: float | None = None) -> float:
     """The value a trial ranks by, over its counted reports up to ``upto`` (all when None)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hpod.core.asha import RungScheduler
 from hpod.core.bo import BOSearcher
@@ -89,6 +89,21 @@ class ReportOutcome:
     # The answer is the shell's ``force``, not the scheduler's: the shell records why it forced
     # it, since a shutdown's STOP interrupts the run where a limit's ends it.
     forced: bool = False
+    # What taking the report changed, for ``Study.retract_report`` (None: not from on_report).
+    undo: _Undo | None = field(default=None, compare=False, repr=False)
+
+
+class _Undo(NamedTuple):
+    """What one ``on_report`` changed besides ``ending``: the metric names it was the first to
+    carry, and whether it set the curve's point at its resource, over what (None: no point).
+    A tuple: a frozen dataclass cost the report path a microsecond to build."""
+
+    new_keys: frozenset[str]
+    point: bool = False
+    before: float | None = None
+
+
+_NO_KEYS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -367,31 +382,40 @@ class Study:
                 f"trial {trial_id} is {t.state.value}, not running; its report is refused"
             )
         resource = self.resource_of(trial_id, metrics)
-        t.reported_keys.update(metrics)
+        keys = t.reported_keys
+        new_keys = _NO_KEYS if keys.issuperset(metrics) else frozenset(metrics.keys() - keys)
+        keys.update(metrics)
         if t.ending is not None:
             # Reports past a PAUSE or STOP are kept in the store but not ranked: the trial should
             # have stopped, and will be made to.
-            return ReportOutcome(t.ending, resource, counted=False)
+            return ReportOutcome(t.ending, resource, counted=False, undo=_Undo(new_keys))
         if resource <= t.resume_from:
             # A resumed trial that had to start over re-reports levels already counted.
             return ReportOutcome(
-                force or Decision.CONTINUE, resource, counted=False, forced=force is not None
+                force or Decision.CONTINUE,
+                resource,
+                counted=False,
+                forced=force is not None,
+                undo=_Undo(new_keys),
             )
         raw = metrics.get(self.objective.metric)
-        if raw is not None:
+        if raw is None:
+            undo = _Undo(new_keys)
+        else:
             value = (
                 float(raw)
                 if isinstance(raw, (int, float)) and not isinstance(raw, bool)
                 else math.nan
             )
             out_of_order = bool(t.curve) and resource < next(reversed(t.curve))
+            undo = _Undo(new_keys, True, t.curve.get(resource))
             t.curve[resource] = value
             self._version += 1
             if out_of_order:
                 # Keep the curve in resource order; reports nearly always arrive in order.
                 t.curve = dict(sorted(t.curve.items()))
         if force is not None:
-            return ReportOutcome(force, resource, counted=True, forced=True)
+            return ReportOutcome(force, resource, counted=True, forced=True, undo=undo)
         # Only a report that carries the objective is judged: one without it (a misspelt name, a
         # metric reported between validations) leaves nothing to rank at a rung it crosses, and
         # the next one that carries it is judged at that rung.
@@ -403,7 +427,39 @@ class Study:
             decision = self._end_of_run(t)
         if decision is not Decision.CONTINUE:
             t.ending = decision
-        return ReportOutcome(decision, resource, counted=True)
+        return ReportOutcome(decision, resource, counted=True, undo=undo)
+
+    def retract_report(self, trial_id: int, outcome: ReportOutcome) -> None:
+        """Take back a report :meth:`on_report` took (``outcome`` is its answer) that the shell
+        could not store: its commit failed, and the trial was answered with an error.
+
+        Why not decide first and count only once stored: the answer is sent from the store's
+        writer thread right after the commit (``hpod.daemon.answers``), so counting after it
+        would cost every report a wake-up of the loop, and every report meanwhile would be
+        decided on curves without the ones still in flight. A commit fails only when the store
+        cannot write (a full disk), so that rare path pays instead: what the report changed is
+        put back, and the trial holds what a restart would rebuild from the store (its curve,
+        its metric names, no PAUSE or STOP pending). The decisions other trials were answered
+        meanwhile stand, as they do in the store. The scheduler forgets what it derived from the
+        point; a model fitted on it meanwhile guides choices until the next fit replaces it."""
+        undo = outcome.undo
+        if undo is None:
+            raise BadState(f"trial {trial_id}: only an outcome of on_report can be retracted")
+        t = self._get(trial_id)
+        t.reported_keys.difference_update(undo.new_keys)
+        if undo.point:
+            if undo.before is None:
+                t.curve.pop(outcome.resource, None)
+            else:
+                t.curve[outcome.resource] = undo.before
+            self._version += 1
+            if self._modeled_scheduler is not None:
+                self._modeled_scheduler.forget(trial_id, outcome.resource)
+        decided = outcome.decision is not Decision.CONTINUE and not outcome.forced
+        if decided and outcome.counted and t.state is TrialState.RUNNING:
+            # The PAUSE or STOP it was answered never reached the trial. (A trial that has
+            # exited since has had its state recorded from it, in the store too.)
+            t.ending = None
 
     def _end_of_run(self, t: _Trial) -> Decision:
         return (

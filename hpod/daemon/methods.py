@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,11 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.daemon.answers import Answer
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.gpus import DevicePool
-from hpod.daemon.runner import log_tail
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.server import AnsweringHandler, Handler, Peer
-from hpod.daemon.store import report_op
+from hpod.daemon.store import metrics_text, report_op
 from hpod.daemon.studies import Studies
-from hpod.daemon.trials import Trials
+from hpod.daemon.trials import Trials, trial_log, trial_log_or_refusal
 from hpod.daemon.views import best_view, trial_view
 from hpod.errors import InvalidParams, NotFound, PermissionDenied, TokenRejected
 from hpod.fit.fitter import Fitter
@@ -210,7 +211,7 @@ class Methods:
             {
                 "trial": rec.trial_id,
                 "error": rec.error,
-                "stderr_tail": log_tail(self.studies.trial_dir(study, rec.trial_id), "stderr", 20),
+                "stderr_tail": trial_log_or_refusal(study, rec.trial_id, "stderr", 20),
             }
             for rec in study.engine.records()
             if rec.state is TrialState.FAILED
@@ -263,7 +264,8 @@ class Methods:
         tail = params.get("tail", 50)
         if isinstance(tail, bool) or not isinstance(tail, int) or tail < 1:
             raise InvalidParams("parameter 'tail' must be a positive integer")
-        return {"text": log_tail(self.studies.trial_dir(study, trial_id), stream, tail)}
+        # A log the trial swapped for a link (or anything not its own file) is refused, unread.
+        return {"text": trial_log(study, trial_id, stream, tail)}
 
     # -- trial methods ---------------------------------------------------------------------------
 
@@ -291,11 +293,18 @@ class Methods:
         metrics = params.get("metrics")
         if not isinstance(metrics, dict) or not metrics:
             raise InvalidParams("parameter 'metrics' must be a non-empty object of name: number")
+        # Serialized before the study sees it: a report the store could not keep (a metric too
+        # deep) is refused with the study untouched. The in-memory study never holds a report
+        # the store does not.
+        text = metrics_text(metrics)
         engine = study.engine
         now = time.time()
         force = Decision.STOP if (not self.studies.accepting or run.forces_stop) else None
         outcome = engine.on_report(run.trial_id, metrics, now, force=force)
         answer.prepare({"decision": outcome.decision.value})
+        # The scheduler's PAUSE or STOP is acted on (the grace period, then SIGTERM) only once
+        # the trial has been told it: a report whose commit fails was answered with an error.
+        decided = outcome.decision is not Decision.CONTINUE and not outcome.forced
         # The writer thread sends the answer the moment the report is committed (acknowledged
         # only once durable, as the trial contract says), without a detour through this loop.
         self.studies.store.post(
@@ -304,7 +313,7 @@ class Methods:
                 run.trial_id,
                 engine.trials[run.trial_id].runs,
                 outcome.resource,
-                metrics,
+                text,
                 outcome.decision.value,
                 now,
                 counted=outcome.counted,
@@ -312,14 +321,46 @@ class Methods:
                 # STOP the trial acknowledged ends it (Study.restore).
                 interrupting=outcome.forced and (not self.studies.accepting or run.interrupted),
             ),
-            then=answer.settle,
+            then=_settle_report(
+                answer,
+                asyncio.get_running_loop(),
+                undo=lambda: engine.retract_report(run.trial_id, outcome),
+                then=(lambda: self.trials.after_report(study, run, outcome)) if decided else None,
+            ),
         )
         self.fitter.count_report()
         if outcome.counted and study.id in self.fitter.studies:
             self.fitter.poke()  # an event only: the fitter looks later, off this path
-        self.trials.after_report(study, run, outcome)
+        if not decided:
+            self.trials.after_report(study, run, outcome)
 
     async def _trial_oom(self, peer: Peer, params: dict[str, Any]) -> Any:
         study, run = self._authenticate(params)
         await self.studies.store.add_event(study.id, run.trial_id, "oom", {}, time.time())
         return {"recorded": True}
+
+
+def _settle_report(
+    answer: Answer,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    undo: Callable[[], None],
+    then: Callable[[], None] | None,
+) -> Callable[[BaseException | None], None]:
+    """The writer thread's callback for one report: the loop's follow-up, then the answer.
+
+    The report was counted on the loop before it was stored (``Study.retract_report`` says why
+    that order): if the commit failed, ``undo`` takes it back, on the loop, which owns the
+    study. Either follow-up is queued before the answer goes out, so it runs before anything
+    the trial does in reply (its next report, its exit). A report committed with nothing to
+    follow (nearly every one: CONTINUE) costs the loop no wake-up at all."""
+
+    def settle(error: BaseException | None) -> None:
+        follow = undo if error is not None else then
+        if follow is not None:
+            # The loop is gone only when the daemon is: nothing in memory outlives it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(follow)
+        answer.settle(error)
+
+    return settle

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from hpod.core.states import Decision, StudyState, TrialState
-from hpod.errors import HpodError, NotFound, ShuttingDown
+from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown
 from hpod.wire import loads_json, tag
 
 SCHEMA_VERSION = 4
@@ -321,12 +321,35 @@ def update_trial_op(study_id: str, trial_id: int, **fields: Any) -> Op:
     )
 
 
+def metrics_text(metrics: Mapping[str, Any]) -> str:
+    """A report's metrics as the store keeps them; InvalidParams for one it cannot keep.
+
+    The daemon calls it before the study counts the report, so that a report refused here
+    changes nothing. Over the wire a metric can only be JSON, and a non-finite number is
+    tagged, so what fails is one nested deeper than serializing can recurse (a few hundred
+    levels); finding which metric is the slow path, taken only then."""
+    try:
+        return _dump_json(metrics)
+    except (RecursionError, ValueError, TypeError) as exc:
+        for name, value in metrics.items():
+            try:
+                _dump_json({name: value})
+            except RecursionError:
+                raise InvalidParams(
+                    f"metric {name!r} is nested too deeply to be stored; report numbers, or "
+                    "objects a few levels deep"
+                ) from None
+            except (ValueError, TypeError) as bad:
+                raise InvalidParams(f"metric {name!r} cannot be stored: {bad}") from None
+        raise InvalidParams(f"the metrics cannot be stored: {exc}") from None
+
+
 def report_op(
     study_id: str,
     trial_id: int,
     run: int,
     resource: float | None,
-    metrics: Mapping[str, Any],
+    metrics: Mapping[str, Any] | str,
     decision: Decision | str,
     at: float,
     *,
@@ -341,7 +364,8 @@ def report_op(
             trial_id,
             run,
             resource,
-            _dump_json(metrics),
+            # Text: what metrics_text made of them.
+            metrics if isinstance(metrics, str) else _dump_json(metrics),
             _sql_value("decision", Decision(decision)),
             at,
             int(counted),
