@@ -29,6 +29,9 @@ class ErrorCode(enum.IntEnum):
     BAD_STATE = -32007
     PROTOCOL_VERSION = -32008
     SHUTTING_DOWN = -32009
+    # A connection over the daemon's caps (max_connections, max_connections_per_uid): refused
+    # with this one line, then closed.
+    TOO_MANY_CONNECTIONS = -32030
     # The wire's limits on what a line may hold (hpod.wire.loads): valid JSON, but more than a
     # request here can mean.
     NESTING_TOO_DEEP = -32020
@@ -57,6 +60,7 @@ _EXIT_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_STATE: 7,
     ErrorCode.PROTOCOL_VERSION: 14,
     ErrorCode.SHUTTING_DOWN: 8,
+    ErrorCode.TOO_MANY_CONNECTIONS: 15,
     ErrorCode.NESTING_TOO_DEEP: 10,
     ErrorCode.NUMBER_OUT_OF_RANGE: 10,
     ErrorCode.UNAVAILABLE: 3,
@@ -177,6 +181,12 @@ class ShuttingDown(HpodError):
     code = ErrorCode.SHUTTING_DOWN
 
 
+class TooManyConnections(HpodError):
+    """The daemon refused a connection: its owner's, or everyone's, cap of open connections."""
+
+    code = ErrorCode.TOO_MANY_CONNECTIONS
+
+
 class DaemonUnavailable(HpodError):
     code = ErrorCode.UNAVAILABLE
 
@@ -222,5 +232,6 @@ _BY_CODE: dict[ErrorCode, type[HpodError]] = {
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.BAD_STATE: BadState,
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
+    ErrorCode.TOO_MANY_CONNECTIONS: TooManyConnections,
     ErrorCode.UNAVAILABLE: DaemonUnavailable,
 }

@@ -272,9 +272,13 @@ class SyncConnection:
         self._sock = sock
         self._file = sock.makefile("rb")
         self._next_id = 0
-        self.server: dict[str, Any] = self.call(
-            "hello", {"protocol": PROTOCOL_VERSION, "client": client}
-        )
+        try:
+            self.server: dict[str, Any] = self.call(
+                "hello", {"protocol": PROTOCOL_VERSION, "client": client}
+            )
+        except BaseException:  # refused (too many connections), or no answer: not left open
+            self.close()
+            raise
 
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         self._next_id += 1

@@ -25,6 +25,7 @@ import structlog
 from hpod import __version__
 from hpod.daemon import notify
 from hpod.daemon.config import DaemonConfig
+from hpod.daemon.connections import ConnectionLimits
 from hpod.daemon.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
 from hpod.daemon.methods import Methods
 from hpod.daemon.runtime import StudyRuntime
@@ -127,7 +128,19 @@ class Daemon:
             self.config,
             started_at=self.started_at,
         )
-        server = Server(methods.table(), answering=methods.answering(), started_at=self.started_at)
+        limits = ConnectionLimits(
+            max_connections=self.config.max_connections,
+            max_per_uid=self.config.max_connections_per_uid,
+            idle_timeout=self.config.idle_timeout or None,
+            slots=self.pool.size,
+            running_trials=self._running_trials,
+        )
+        server = Server(
+            methods.table(),
+            answering=methods.answering(),
+            started_at=self.started_at,
+            limits=limits,
+        )
         tg.start_soon(self.fitter.run)
         listeners = [
             await self._listen(path) for path in sorted({self.socket_path, self.trial_socket})
@@ -135,7 +148,9 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             for listener in listeners:
                 await stack.enter_async_context(listener)
-                tg.start_soon(listener.serve, server.handle)
+                # Server.serve, not listener.serve: a failed accept() (EMFILE) is backed off there,
+                # where anyio's ends the task group and the daemon.
+                tg.start_soon(server.serve, listener)
             async with anyio.create_task_group() as trial_tg:
                 self._trials.tg = trial_tg
                 trial_tg.start_soon(self._trials.dispatch)
@@ -160,6 +175,16 @@ class Daemon:
                 await self.studies.shutdown()
             # The servers go before their sockets close, so no accept sees a closed listener.
             tg.cancel_scope.cancel()
+
+    def _running_trials(self) -> dict[int, int]:
+        """Running trials by the uid their process runs as (a root daemon's: the owner's)."""
+        me = os.geteuid()
+        counts: dict[int, int] = {}
+        for study in self.registry.values():
+            if study.runs:
+                uid = study.owner if me == 0 else me
+                counts[uid] = counts.get(uid, 0) + len(study.runs)
+        return counts
 
     async def _listen(self, path: str) -> anyio.abc.SocketListener:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

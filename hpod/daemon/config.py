@@ -94,6 +94,13 @@ class DaemonConfig:
     socket_mode: int = 0o660
     socket_group: str | None = None  # None = the daemon's own group
     admins: tuple[int, ...] = ()  # uids that may stop anyone's study (root always may)
+    # Open connections at once: everyone's (lowered to what RLIMIT_NOFILE leaves room for), and
+    # one uid's (each of its running trials adds one); over either, refused with one line.
+    max_connections: int = 512
+    max_connections_per_uid: int = 64
+    # Seconds a control connection may sit between requests before it is closed; 0 = never. A
+    # connection a trial reported on, and a request in progress (a wait), are never idle.
+    idle_timeout: float = 60.0
     gpu: GpuConfig = field(default_factory=GpuConfig)
 
     # -- named constructors ---------------------------------------------------------------------
@@ -201,6 +208,9 @@ class DaemonConfig:
             "socket_mode": f"{self.socket_mode:04o}",
             "socket_group": self.socket_group,
             "admins": list(self.admins),
+            "max_connections": self.max_connections,
+            "max_connections_per_uid": self.max_connections_per_uid,
+            "idle_timeout": self.idle_timeout,
             "gpu": self.gpu.to_dict(),
         }
 
@@ -366,6 +376,9 @@ _TOP_READERS: dict[str, Reader] = {
     "socket_mode": _socket_mode,
     "socket_group": _socket_group,
     "admins": _admins,
+    "max_connections": lambda v, b: _integer(v, minimum=1),
+    "max_connections_per_uid": lambda v, b: _integer(v, minimum=1),
+    "idle_timeout": lambda v, b: _duration(v, path="idle_timeout", positive=False),
 }
 # [gpu] is a table of its own, read by _read_gpu.
 _TOP_KEYS = (*_TOP_READERS, "gpu")

@@ -7,7 +7,9 @@ its newline without ever being held in memory whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import structlog
 
 from hpod import __version__, wire
 from hpod.daemon.answers import Answer
+from hpod.daemon.connections import ConnectionLimits, Gate, accept_forever
 from hpod.daemon.peercred import Credentials, peer_credentials
 from hpod.daemon.refusals import RefusalLog
 from hpod.errors import (
@@ -34,6 +37,12 @@ log = structlog.get_logger("hpod.daemon.server")
 
 _CHUNK = 65536
 _EAGER_READS = 8  # reads in a row without yielding to the event loop
+# Methods that end when their client hangs up: a wait is answered only when its study ends, and
+# one abandoned by its client kept its task and descriptor until then (200 waits held 200 fds).
+_ENDS_ON_HANGUP = frozenset({"wait"})
+# How often a call racing its client's hang-up looks again once the peer has shut its writing
+# side (a half-closed peer still reads its answer) or sent more than the line cap meanwhile.
+_HANGUP_POLL = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class LineReader:
         self._buf = bytearray()
         self._discarding = False
         self._eager = 0
+        self._eof = False
 
     async def next(self) -> bytes | None:
         """The next line (without its newline), ``b""``-free; None at end of stream.
@@ -95,6 +105,34 @@ class LineReader:
                 return None
             self._buf += chunk
 
+    async def wait_hangup(self) -> None:
+        """Return once the peer has closed its end for good (run while a call is in progress).
+
+        What the peer sends meanwhile is kept for :meth:`next`, up to the line cap. An end of
+        stream alone may be a peer that shut only its writing side and still reads: a close shows
+        as POLLHUP (both directions shut), which is then looked for every ``_HANGUP_POLL`` s.
+        """
+        while True:
+            if self._eof or len(self._buf) > self._cap:
+                if _hung_up(self._raw):
+                    return
+                await anyio.sleep(_HANGUP_POLL)
+                continue
+            try:
+                chunk = self._raw.recv(_CHUNK)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(self._raw)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
+                continue
+            except OSError:
+                return
+            if chunk:
+                self._buf += chunk
+            else:
+                self._eof = True
+
     async def _receive(self) -> bytes:
         """The next bytes from the socket, b"" at its end.
 
@@ -106,6 +144,8 @@ class LineReader:
             if self._eager >= _EAGER_READS:
                 self._eager = 0
                 await anyio.lowlevel.checkpoint()
+            if self._eof:  # seen by wait_hangup
+                return b""
             try:
                 chunk = self._raw.recv(_CHUNK)
             except BlockingIOError:
@@ -119,6 +159,13 @@ class LineReader:
                 return b""
             self._eager += 1
             return chunk
+
+
+def _hung_up(raw: socket.socket) -> bool:
+    """Whether both directions of a Unix socket are shut: its peer closed it."""
+    poller = select.poll()
+    poller.register(raw, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 async def _send(stream: anyio.abc.SocketStream, raw: socket.socket, data: bytes) -> None:
@@ -153,6 +200,9 @@ class _Connection:
         self.reader = LineReader(self.raw)
         self.peer = peer
         self.greeted = False
+        # A trial's connection (a trial call authenticated on it) is never idle: a trial keeps
+        # it between reports that may be hours apart, and each running trial may hold one.
+        self.trial = False
 
 
 class Server:
@@ -164,24 +214,54 @@ class Server:
         *,
         started_at: float,
         answering: dict[str, AnsweringHandler] | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self._methods = methods
         self._answering = answering or {}
         self._started_at = started_at
+        self.limits = limits or ConnectionLimits()
+        self.gate = Gate(self.limits)
         self.connections = 0
         self.refusals = RefusalLog()
 
-    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+    async def serve(self, listener: anyio.abc.SocketListener) -> None:
+        """Accept and serve connections until the listener closes; never ends otherwise."""
+        where = str(listener.extra(anyio.abc.SocketAttribute.local_address, "?"))
+        async with anyio.create_task_group() as tg:
+            await accept_forever(listener, lambda stream: self._admit(tg, stream), where=where)
+            tg.cancel_scope.cancel()
+
+    def _admit(self, tg: anyio.abc.TaskGroup, stream: anyio.abc.SocketStream) -> None:
+        """Start serving a new connection, or refuse it: one line, closed before it costs a task."""
+        raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        try:
+            peer = Peer(peer_credentials(raw))
+        except HpodError as exc:
+            log.warning("connection_unidentified", error=exc.message)
+            raw.close()
+            return
+        refusal = self.gate.refusal(peer.uid)
+        if refusal is not None:
+            self.gate.refused(peer.uid, refusal)
+            with contextlib.suppress(OSError):  # a fresh socket takes one line whole
+                raw.send(wire.error_line(None, refusal))
+            raw.close()
+            return
+        self.gate.opened(peer.uid)
+        tg.start_soon(self.handle, stream, peer)
+
+    async def handle(self, stream: anyio.abc.SocketStream, peer: Peer) -> None:
         self.connections += 1
         try:
             async with stream:
-                raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-                peer = Peer(peer_credentials(raw))
                 await self._serve(stream, peer)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             pass
+        except Exception as exc:  # a bug of ours ends this connection, never the task group
+            log.exception("connection_crashed", uid=peer.uid, error=str(exc))
         finally:
             self.connections -= 1
+            self.gate.closed(peer.uid)
 
     async def _serve(self, stream: anyio.abc.SocketStream, peer: Peer) -> None:
         await self._serve_lines(_Connection(stream, peer))
@@ -191,7 +271,7 @@ class Server:
             rid: int | str | None = None
             method: str | None = None
             try:
-                line = await conn.reader.next()
+                line = await self._next_line(conn)
                 if line is None:
                     return
                 obj = wire.loads(line)
@@ -209,14 +289,18 @@ class Server:
                 elif req.method in self._answering:
                     answer = Answer(conn.raw, req.id)
                     self._answering[req.method](conn.peer, req.params, answer)
+                    conn.trial = conn.trial or req.method.startswith("trial.")
                     # Waited for before the next line: answers stay in order, the socket is not
                     # closed under the writer, and (measured, bench/report_latency.py) a loop
                     # that waits here serves 8 reporting trials faster than one that reads ahead.
                     if not await answer.sent():
                         return
                     continue
+                elif req.method in _ENDS_ON_HANGUP:
+                    result = await self._call_until_hangup(conn, req)
                 else:
                     result = await self._call(conn.peer, req)
+                    conn.trial = conn.trial or req.method.startswith("trial.")
                 if req.id is not None:
                     await _send(conn.stream, conn.raw, wire.result_line(req.id, result))
             except HpodError as exc:  # a bad request: its own code, one line (rate-limited)
@@ -227,6 +311,41 @@ class Server:
             except Exception as exc:  # a bug of ours: answer it, log it, keep serving
                 log.exception("handler_crashed", error=str(exc))
                 await conn.stream.send(wire.error_line(rid, HpodError(f"internal error: {exc}")))
+
+    async def _next_line(self, conn: _Connection) -> bytes | None:
+        """The connection's next request line; None at its end, or once it sat idle too long."""
+        idle = self.limits.idle_timeout
+        if conn.trial or idle is None:
+            return await conn.reader.next()
+        with anyio.move_on_after(idle):
+            return await conn.reader.next()
+        log.debug("connection_idle", uid=conn.peer.uid, pid=conn.peer.creds.pid, seconds=idle)
+        return None
+
+    async def _call_until_hangup(self, conn: _Connection, req: wire.Request) -> Any:
+        """The call, ended early (BrokenResourceError) if its client hangs up meanwhile."""
+        hung_up = False
+        result: Any = None
+        error: Exception | None = None
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            nonlocal hung_up
+            await conn.reader.wait_hangup()
+            hung_up = True
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            try:
+                result = await self._call(conn.peer, req)
+            except Exception as exc:  # raised below, outside the group (no ExceptionGroup)
+                error = exc
+            tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if hung_up:
+            raise anyio.BrokenResourceError(f"the client hung up during {req.method}")
+        return result
 
     def _hello(self, peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
         want = params.get("protocol", wire.PROTOCOL_VERSION)

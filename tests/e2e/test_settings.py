@@ -13,6 +13,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -35,7 +36,8 @@ from hpod import wire
 from hpod.daemon import server
 from hpod.daemon.app import Daemon
 from hpod.daemon.config import DaemonConfig
-from hpod.errors import PermissionDenied
+from hpod.daemon.connections import ROOT_RESERVE
+from hpod.errors import PermissionDenied, TooManyConnections
 from tests import fake_nvml
 from tests.daemon.test_authorization import SPEC as OWNED_SPEC
 from tests.daemon.test_authorization import Uids, call_as
@@ -385,6 +387,63 @@ async def test_setting_admins(admins: list[int], monkeypatch: pytest.MonkeyPatch
             with pytest.raises(PermissionDenied, match="belongs to uid 1000"):
                 await call_as(path, uids, 4242, "stop", {"study": sid})
             await call_as(path, uids, 1000, "stop", {"study": sid})
+
+
+def held_until_refused(d: DaemonHandle, most: int) -> tuple[list[wire.SyncConnection], str]:
+    """Connections opened (each after its hello) until one is refused; the refusal's message."""
+    held: list[wire.SyncConnection] = []
+    for _ in range(most):
+        try:
+            held.append(wire.SyncConnection(d.socket, client="test", timeout=10))
+        except TooManyConnections as exc:
+            return held, exc.message
+    raise AssertionError(f"{most} connections and none refused")
+
+
+@e2e
+def test_setting_max_connections(daemon_factory: Any) -> None:
+    d = serve(daemon_factory, max_connections=4)
+    held, why = held_until_refused(d, 50)
+    # Root (these tests, when run as root) may open a few past the cap.
+    assert len(held) == 4 + (ROOT_RESERVE if os.geteuid() == 0 else 0)
+    assert "max_connections = 4" in why
+    refused = d.ctl("ping")
+    assert refused.returncode == 15, refused.stderr
+    held.pop().close()
+    wait_for("the freed place taken", lambda: d.ctl("ping").returncode == 0)
+    for conn in held:
+        conn.close()
+
+
+@e2e
+def test_setting_max_connections_per_uid(daemon_factory: Any) -> None:
+    d = serve(daemon_factory, max_connections_per_uid=3)
+    held, why = held_until_refused(d, 50)
+    assert len(held) == 3
+    assert f"uid {os.geteuid()} already has 3 connections" in why
+    assert "max_connections_per_uid = 3" in why
+    assert d.ctl("ping").returncode == 15
+    for conn in held:
+        conn.close()
+
+
+@e2e
+@pytest.mark.parametrize("idle", ["1s", 0])
+def test_setting_idle_timeout(daemon_factory: Any, idle: str | int) -> None:
+    d = serve(daemon_factory, idle_timeout=idle)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(d.socket)
+        sock.sendall(wire.Request(1, "hello", {"protocol": wire.PROTOCOL_VERSION}).line())
+        assert b'"result"' in sock.recv(4096)
+        began = time.monotonic()
+        readable, _, _ = select.select([sock], [], [], 10.0 if idle else 2.0)
+        if idle:  # closed by the daemon after a second with nothing asked
+            assert readable
+            assert sock.recv(4096) == b""
+            assert 0.9 <= time.monotonic() - began < 5
+        else:  # 0: never
+            assert not readable
+            assert call(d.socket, "ping")["pong"] is True
 
 
 @e2e
