@@ -414,3 +414,27 @@ async def test_trial_oom_records_an_event_for_the_run(world: World) -> None:
     assert out == {"recorded": True}
     assert world.studies.store.events == [(world.study.id, run.trial_id, "oom", {})]
     assert world.study.engine.record(run.trial_id).state is TrialState.RUNNING
+
+
+async def test_a_report_too_deep_to_store_is_refused_before_the_study_counts_it(
+    world: World,
+) -> None:
+    """The wire refuses such a line first (hpod.wire.MAX_DEPTH); the handler does not count on
+    it: the metrics are serialized before the study sees them."""
+    run = start_run(world.study)
+    deep: Any = 0
+    for _ in range(5000):  # built in a loop: deeper than any recursion can walk
+        deep = {"a": deep}
+    before = world.study.engine.record(run.trial_id)
+    with pytest.raises(InvalidParams, match="metric 'deep' is nested too deeply"):
+        world.report(
+            trial_params(
+                world.study,
+                run.trial_id,
+                run.token,
+                metrics={"epoch": 1, "loss": 0.1, "deep": deep},
+            )
+        )
+    assert world.study.engine.record(run.trial_id) == before
+    assert world.studies.store.posts == []
+    assert world.trials.after == []
