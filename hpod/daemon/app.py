@@ -30,6 +30,7 @@ from hpod.daemon.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
 from hpod.daemon.methods import Methods
 from hpod.daemon.runtime import StudyRuntime
 from hpod.daemon.server import Server
+from hpod.daemon.statetree import prepare_state_dir
 from hpod.daemon.store import Store
 from hpod.daemon.studies import Studies
 from hpod.daemon.trials import Trials
@@ -76,7 +77,8 @@ class Daemon:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # 0711 root's (0700 a user's), studies/ too; each study folder is its owner's.
+        prepare_state_dir(self.state_dir)
         for path in {self.socket_path, self.trial_socket}:
             _check_not_already_served(path)
         self._store = Store.open(

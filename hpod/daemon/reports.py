@@ -3,7 +3,8 @@
 ``build_report`` is pure (the study, its clocks and GPU use in, a JSON-able dict out), so the
 daemon's `report` method, the files and the ``objective_report`` log event all say the same.
 ``write_report`` replaces both files atomically: a reader sees the old report or the new one,
-never half of one.
+never half of one. The study's folder is its owner's, so the files are written as
+``hpod.daemon.statetree`` says: no link followed, 0600 and the owner's before the rename.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from hpod import wire
 from hpod.core.limits import Clocks, usage
 from hpod.core.study import Study
+from hpod.daemon.statetree import Ids, open_dir, replace_file
 from hpod.daemon.views import best_view
 
 __all__ = ["build_report", "report_summary", "write_report"]
@@ -140,24 +142,25 @@ def _csv_text(report: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_report(
+    folder: Path,
+    report: Mapping[str, Any],
+    *,
+    within: Path | None = None,
+    ids: Ids | None = None,
+) -> None:
+    """Replace ``report.json`` and ``report.csv`` atomically. Blocking: call it off the loop.
 
-
-def write_report(folder: Path, report: Mapping[str, Any]) -> None:
-    """Replace ``report.json`` and ``report.csv`` atomically. Blocking: call it off the loop."""
-    folder.mkdir(parents=True, exist_ok=True)
+    ``folder`` is walked from ``within`` (default: its parent) without following links; the
+    files are 0600 and belong to ``ids`` (None: the daemon's user). UnsafePath for a folder
+    the daemon will not write in."""
     text = json.dumps(wire.tag(dict(report)), indent=2, allow_nan=False) + "\n"
-    _replace(folder / "report.json", text)
-    _replace(folder / "report.csv", _csv_text(report))
-    # The renames are durable once the folder is.
-    fd = os.open(folder, os.O_RDONLY)
+    top = within if within is not None else folder.parent
+    fd = open_dir(top, folder, ids, create=True)
     try:
+        replace_file(fd, "report.json", text.encode("utf-8"), ids, folder)
+        replace_file(fd, "report.csv", _csv_text(report).encode("utf-8"), ids, folder)
+        # The renames are durable once the folder is.
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -5,6 +5,10 @@ appended to files in its trial directory, never to pipes: a trial that prints a 
 block on a full pipe, and a grandchild that keeps the log open can never make `wait()` hang.
 Stopping is SIGTERM to the whole group, a grace period, then SIGKILL to the group; whatever is
 left of the group after the leader exits is killed too, so no orphan keeps holding a GPU.
+
+The trial folder is the trial's owner's (it runs as them and writes there), so the daemon, root,
+reaches it and its logs only through ``hpod.daemon.statetree``: no link is followed, nothing
+that is not the owner's regular file is opened, and only what the daemon made is chowned.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from anyio.abc import Process
 
 # The placeholder rules are the core's, so the spec check at submit and the launch here agree.
 from hpod.core.command import ConfigValue, format_value, render_command
+from hpod.daemon.statetree import Ids, UnsafePath, open_append, open_dir, read_tail, walk_dir
 from hpod.errors import HpodError, InvalidParams
 
 # Variables meant for the daemon itself (systemd's notify/socket-activation/watchdog protocol):
@@ -66,6 +71,13 @@ class TrialLaunch:
     devices: tuple[str, ...] = ()  # GPU UUIDs; empty = a CPU slot
     extra_env: Mapping[str, str] = field(default_factory=dict)
     user: int | None = None  # uid to run as when the daemon is root
+    # The daemon's own folder the trial folder lies below (state_dir/studies): the walk from
+    # it follows no link. None: the trial folder's parent.
+    within: Path | None = None
+
+    @property
+    def top(self) -> Path:
+        return self.within if self.within is not None else self.trial_dir.parent
 
 
 def _format_number(value: float) -> str:
@@ -113,7 +125,7 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
-def _open_logs(launch: TrialLaunch) -> tuple[IO[bytes], IO[bytes]]:
+def _open_logs(launch: TrialLaunch, trial_fd: int, ids: Ids | None) -> tuple[IO[bytes], IO[bytes]]:
     header = (
         f"=== run started {_now_iso()} resume_from={_format_number(launch.resume_from)} "
         f"max_resource={_format_number(launch.max_resource)} ===\n"
@@ -122,7 +134,8 @@ def _open_logs(launch: TrialLaunch) -> tuple[IO[bytes], IO[bytes]]:
     try:
         for stream in LOG_STREAMS:
             # Append: a resumed trial's output continues the same file, run after run.
-            log: IO[bytes] = open(launch.trial_dir / f"{stream}.log", "ab")  # noqa: SIM115
+            fd = open_append(trial_fd, f"{stream}.log", ids, launch.trial_dir)
+            log: IO[bytes] = os.fdopen(fd, "ab")
             files.append(log)
             log.write(header)
             log.flush()
@@ -131,6 +144,21 @@ def _open_logs(launch: TrialLaunch) -> tuple[IO[bytes], IO[bytes]]:
             opened.close()
         raise
     return files[0], files[1]
+
+
+def _prepare_folders(launch: TrialLaunch, ids: Ids | None) -> tuple[IO[bytes], IO[bytes]]:
+    """The trial folder and its checkpoint folder (kept across runs), made the owner's, and
+    its logs opened for appending; TrialStartError for a path the daemon will not use."""
+    try:
+        # exist_ok: the checkpoint directory is kept across pause and resume.
+        os.close(open_dir(launch.top, launch.checkpoint_dir, ids, create=True))
+        trial_fd = open_dir(launch.top, launch.trial_dir, ids, create=True)
+        try:
+            return _open_logs(launch, trial_fd, ids)
+        finally:
+            os.close(trial_fd)
+    except UnsafePath as exc:
+        raise TrialStartError(f"could not start: {exc.message}") from None
 
 
 def _missing_workdir(launch: TrialLaunch) -> str:
@@ -200,21 +228,10 @@ class TrialProcess:
                 "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid),
             }
 
-        # exist_ok: the checkpoint directory is kept across pause and resume.
-        launch.trial_dir.mkdir(parents=True, exist_ok=True)
-        launch.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        stdout, stderr = _open_logs(launch)
+        # The trial writes its checkpoints as its owner, who also reads its logs.
+        ids = Ids(user_kwargs["user"], user_kwargs["group"]) if user_kwargs else None
+        stdout, stderr = _prepare_folders(launch, ids)
         try:
-            if switch_user and launch.user is not None:
-                # The trial writes its checkpoints as its owner, who also reads its logs.
-                pw = pwd.getpwuid(launch.user)
-                for path in (
-                    launch.trial_dir,
-                    launch.checkpoint_dir,
-                    launch.trial_dir / "stdout.log",
-                    launch.trial_dir / "stderr.log",
-                ):
-                    os.chown(path, launch.user, pw.pw_gid)
             if not launch.workdir.is_dir():
                 message = _missing_workdir(launch)
                 stderr.write(f"=== could not start: {message} ===\n".encode())
@@ -286,25 +303,35 @@ class TrialProcess:
 
 
 def log_tail(
-    trial_dir: Path, stream: str = "stderr", lines: int = 20, max_bytes: int = 64 * 1024
+    trial_dir: Path,
+    stream: str = "stderr",
+    lines: int = 20,
+    max_bytes: int = 64 * 1024,
+    *,
+    within: Path | None = None,
+    ids: Ids | None = None,
 ) -> str:
-    """The last `lines` lines of a trial's log, reading at most `max_bytes` from its end."""
+    """The last `lines` lines of a trial's log, reading at most `max_bytes` from its end.
+
+    The folder is walked from ``within`` (default: its parent) and the log opened as
+    :mod:`hpod.daemon.statetree` says: a link, a FIFO or a file not of the owner ``ids`` is
+    refused with :class:`UnsafePath`, never read."""
     if stream not in LOG_STREAMS:
         raise InvalidParams(f"unknown log stream {stream!r}; use 'stdout' or 'stderr'")
     if lines <= 0:
         return ""
-    path = trial_dir / f"{stream}.log"
+    top = within if within is not None else trial_dir.parent
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            start = max(0, size - max_bytes)
-            f.seek(start)
-            data = f.read(size - start)
+        fd, trusted = walk_dir(top, trial_dir, ids, create=False)
     except FileNotFoundError:
         return ""
+    try:
+        data, cut = read_tail(fd, f"{stream}.log", ids, trial_dir, max_bytes, trusted=trusted)
+    finally:
+        os.close(fd)
     text = data.decode("utf-8", errors="replace")
     parts = text.splitlines()
-    if start > 0 and parts and not data.startswith(b"\n"):
+    if cut and parts and not data.startswith(b"\n"):
         parts = parts[1:]  # cut in the middle of a line: drop the fragment
     return "\n".join(parts[-lines:])
 

@@ -8,7 +8,7 @@ and hears back from it through the ``RunHooks`` it implements.
 from __future__ import annotations
 
 import math
-import shutil
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +26,7 @@ from hpod.daemon.config import DaemonConfig
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.reports import build_report, report_summary, write_report
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
+from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids, remove_tree
 from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
@@ -191,7 +192,8 @@ class Studies:
             request_id=request_id,
         )
         study = self._runtime(row, spec, engine)
-        study.folder.mkdir(parents=True, exist_ok=True)
+        # 0700 and the owner's (a root daemon's studies/ is 0711): no one else reads it.
+        os.close(open_dir(study.folder.parent, study.folder, owner_ids(owner), create=True))
         await self.store.insert_study(row)
         self._serve(study, time.monotonic())
         log.info("study_submitted", study=sid, owner=owner)
@@ -215,6 +217,7 @@ class Studies:
             if engine.state is not was:
                 await self.store.update_study(row.id, state=engine.state.value)
             study = self._runtime(row, spec, engine)
+            self._claim_folder(study)
             study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
             study.compute_seconds = {t.trial_id: t.compute_seconds for t in trial_rows}
             self._serve(study, time.monotonic())
@@ -225,6 +228,19 @@ class Studies:
                 trials=len(records),
                 to_resume=engine.counts()[TrialState.INTERRUPTED.value],
             )
+
+    def _claim_folder(self, study: StudyRuntime) -> None:
+        """A restored study's folder made its owner's and 0700 if an older hpod left it root's
+        and 0755 (with its ``trials/``, in one walk: ``statetree.open_dir``)."""
+        ids = owner_ids(study.owner)
+        for path in (study.folder / "trials", study.folder):
+            try:
+                os.close(open_dir(study.folder.parent, path, ids, create=False, claim=True))
+            except FileNotFoundError:
+                continue
+            except UnsafePath as exc:
+                log.warning("study_folder_refused", study=study.id, problem=exc.message)
+            return
 
     def _trial_records(
         self, spec: StudySpec, study_id: str, rows: list[TrialRow]
@@ -395,10 +411,19 @@ class Studies:
 
     async def _write_report(self, study: StudyRuntime) -> None:
         report = self.report(study)
+        write = partial(
+            write_report,
+            study.folder,
+            report,
+            within=study.folder.parent,
+            ids=owner_ids(study.owner),
+        )
         try:
-            await anyio.to_thread.run_sync(write_report, study.folder, report)
+            await anyio.to_thread.run_sync(write)
         except OSError as exc:
             log.warning("report_write_failed", study=study.id, error=str(exc))
+        except UnsafePath as exc:
+            log.warning("report_write_failed", study=study.id, error=exc.message)
         log.info("objective_report", **report_summary(report))
 
     async def _prune_checkpoints(self, study: StudyRuntime) -> None:
@@ -417,10 +442,31 @@ class Studies:
         ]
         for tid in doomed:
             study.pruned.add(tid)
-            path = self.trial_dir(study, tid) / "checkpoint"
-            await anyio.to_thread.run_sync(partial(shutil.rmtree, path, ignore_errors=True))
+            problems = await anyio.to_thread.run_sync(self._delete_checkpoint, study, tid)
+            if problems:
+                log.warning(
+                    "checkpoint_delete_problems", study=study.id, trial=tid, problems=problems
+                )
         if doomed:
             log.info("checkpoints_deleted", study=study.id, trials=doomed, keep=keep)
+
+    def _delete_checkpoint(self, study: StudyRuntime, trial_id: int) -> list[str]:
+        """Delete a trial's checkpoint folder, which its owner controls: walked to without
+        following a link, deleted by descriptor (a link in it is removed, never followed; a
+        checkpoint that is itself a link loses the link only). The problems met."""
+        folder = self.trial_dir(study, trial_id)
+        try:
+            fd = open_dir(study.folder.parent, folder, owner_ids(study.owner), create=False)
+        except FileNotFoundError:
+            return []
+        except UnsafePath as exc:
+            return [exc.message]
+        try:
+            return remove_tree(fd, "checkpoint", folder)
+        except OSError as exc:
+            return [str(exc)]
+        finally:
+            os.close(fd)
 
     async def watch(self, study: StudyRuntime) -> None:
         """The study's timers: its limits' deadline, its report period, saving its clocks.

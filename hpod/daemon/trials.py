@@ -28,6 +28,7 @@ from hpod.daemon.gpus import DevicePool
 from hpod.daemon.runner import TrialLaunch, TrialProcess, TrialStartError, log_tail, looks_like_oom
 from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
+from hpod.daemon.statetree import UnsafePath, owner_ids
 from hpod.daemon.store import Store, TrialRow
 from hpod.errors import HpodError
 
@@ -49,6 +50,29 @@ class RunHooks(Protocol):
 
 def trial_dir(study: StudyRuntime, trial_id: int) -> Path:
     return study.folder / "trials" / str(trial_id)
+
+
+def trial_log(study: StudyRuntime, trial_id: int, stream: str = "stderr", lines: int = 20) -> str:
+    """The tail of a trial's log, read as ``hpod.daemon.statetree`` says: walked from the
+    daemon's ``studies/`` folder without following a link, and only the owner's regular file;
+    UnsafePath for anything else (never read)."""
+    return log_tail(
+        trial_dir(study, trial_id),
+        stream,
+        lines,
+        within=study.folder.parent,
+        ids=owner_ids(study.owner),
+    )
+
+
+def trial_log_or_refusal(
+    study: StudyRuntime, trial_id: int, stream: str = "stderr", lines: int = 20
+) -> str:
+    """:func:`trial_log`, or the reason it was refused, in brackets, for a view."""
+    try:
+        return trial_log(study, trial_id, stream, lines)
+    except UnsafePath as exc:
+        return f"[{stream}.log not shown: {exc.message}]"
 
 
 class Trials:
@@ -247,6 +271,7 @@ class Trials:
             devices=run.slot.devices,
             extra_env=study.spec.env,
             user=as_user,
+            within=study.folder.parent,
         )
 
     async def _run(self, study: StudyRuntime, run: TrialRun) -> None:
@@ -275,7 +300,7 @@ class Trials:
                     run.cap_time(run.started + max(0.0, limit - used))
                 returncode = await self._wait(study, run, run.proc)
                 if returncode != 0 and not run.forces_stop:
-                    tail = log_tail(trial_dir(study, run.trial_id), "stderr", 20)
+                    tail = trial_log_or_refusal(study, run.trial_id, "stderr", 20)
                     error = f"exited with status {returncode}"
                     if looks_like_oom(tail):
                         error += " (out of memory)"

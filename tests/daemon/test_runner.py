@@ -21,6 +21,7 @@ from hpod.daemon.runner import (
     looks_like_oom,
     trial_environment,
 )
+from hpod.daemon.statetree import Ids
 from hpod.errors import HpodError, InvalidParams
 
 
@@ -365,9 +366,16 @@ async def test_root_runs_the_trial_as_its_owner() -> None:
         launch = make_launch(root, ["/bin/sh", "-c", code], user=pw.pw_uid)
         proc = await TrialProcess.start(launch, base_env={"PATH": "/usr/bin:/bin"})
         assert await proc.wait() == 0
-        seen = log_tail(launch.trial_dir, "stdout", lines=1)
+        # The log is the trial's owner's: read as theirs (root's own would be refused).
+        ids = Ids(pw.pw_uid, pw.pw_gid)
+        seen = log_tail(launch.trial_dir, "stdout", lines=1, ids=ids)
         assert seen == f"{pw.pw_uid} {pw.pw_gid} nobody"
-        assert launch.checkpoint_dir.stat().st_uid == pw.pw_uid
+        for folder in (launch.trial_dir, launch.checkpoint_dir):
+            st = folder.stat()
+            assert (st.st_uid, st.st_mode & 0o777) == (pw.pw_uid, 0o700)
+        for stream in ("stdout", "stderr"):
+            st = (launch.trial_dir / f"{stream}.log").stat()
+            assert (st.st_uid, st.st_mode & 0o777) == (pw.pw_uid, 0o600)
     finally:
         for path in sorted(root.rglob("*"), reverse=True):
             if path.is_dir() and not path.is_symlink():
