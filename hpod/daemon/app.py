@@ -30,6 +30,7 @@ from hpod.daemon.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
 from hpod.daemon.methods import Methods
 from hpod.daemon.runtime import StudyRuntime
 from hpod.daemon.server import Server
+from hpod.daemon.statelock import StateLock
 from hpod.daemon.statetree import prepare_state_dir
 from hpod.daemon.store import Store
 from hpod.daemon.studies import Studies
@@ -79,11 +80,20 @@ class Daemon:
     ) -> None:
         # 0711 root's (0700 a user's), studies/ too; each study folder is its owner's.
         prepare_state_dir(self.state_dir)
-        for path in {self.socket_path, self.trial_socket}:
-            _check_not_already_served(path)
-        self._store = Store.open(
-            self.state_dir, durability="fsync" if self.config.durability == "fsync" else "normal"
-        )
+        # One daemon per state dir, before the store opens and until it is closed: two on one
+        # store each resumed the same interrupted trial (the socket probe below only sees a
+        # daemon on the same socket).
+        lock = StateLock.acquire(self.state_dir)
+        try:
+            for path in {self.socket_path, self.trial_socket}:
+                _check_not_already_served(path)
+            self._store = Store.open(
+                self.state_dir,
+                durability="fsync" if self.config.durability == "fsync" else "normal",
+            )
+        except BaseException:
+            lock.release()
+            raise
         try:
             # The signal receiver first: a SIGTERM that comes right after READY=1 (or during the
             # start-up) is a graceful stop, never the default action's sudden death.
@@ -95,6 +105,7 @@ class Daemon:
                     tg.cancel_scope.cancel()
         finally:
             self.store.close()
+            lock.release()
             for path in {self.socket_path, self.trial_socket}:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
