@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hpod.core.passenv import submit_env
 from hpod.errors import DaemonUnavailable, PermissionDenied, ProtocolError
 from hpod.paths import default_socket_path as daemon_default
 from hpod.wire import SyncConnection, no_daemon_message
@@ -65,22 +67,36 @@ class Client:
         return self._dict(self.call("ping"))
 
     def submit(
-        self, spec_path: str | os.PathLike[str], *, request_id: str | None = None
+        self,
+        spec_path: str | os.PathLike[str],
+        *,
+        request_id: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Submit a study spec file: ``{"study": id, "name", "existing"}``.
 
         The spec's relative paths (``workdir``) are resolved against the file's folder.
-        See :meth:`submit_text` for ``request_id`` and the retries.
+        See :meth:`submit_text` for ``request_id``, ``env`` and the retries.
         """
         path = Path(spec_path).absolute()
         return self.submit_text(
-            path.read_text(encoding="utf-8"), path.parent, request_id=request_id
+            path.read_text(encoding="utf-8"), path.parent, request_id=request_id, env=env
         )
 
     def submit_text(
-        self, text: str, base_dir: str | os.PathLike[str], *, request_id: str | None = None
+        self,
+        text: str,
+        base_dir: str | os.PathLike[str],
+        *,
+        request_id: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Submit a study spec given as TOML text, relative paths taken from ``base_dir``.
+
+        The study's trials run in the submitter's environment: the submit carries the part of
+        ``env`` (default: this process's) that finds programs and packages (``PATH``,
+        ``VIRTUAL_ENV``, ``CONDA_PREFIX``, ``PYTHONPATH``, ... see :mod:`hpod.core.passenv`)
+        and the names the spec's ``pass_env`` lists; nothing else of it leaves this process.
 
         The submit carries ``request_id`` (a fresh uuid4 when None): while the daemon is away
         or the connection is lost it is sent again, up to ``len(SUBMIT_BACKOFF_S)`` more times,
@@ -92,6 +108,7 @@ class Client:
             "spec": text,
             "base_dir": str(Path(base_dir).absolute()),
             "request_id": request_id or str(uuid.uuid4()),
+            "env": submit_env(os.environ if env is None else env, _pass_env(text)),
         }
         for delay in SUBMIT_BACKOFF_S:
             try:
@@ -234,6 +251,18 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.socket_path!r})"
+
+
+def _pass_env(text: str) -> list[str]:
+    """The names a spec's ``pass_env`` lists, read as well as a spec the daemon may yet refuse
+    can be: what is not a list of strings is left to the daemon's check to name."""
+    try:
+        value = tomllib.loads(text).get("pass_env")
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+        return []
+    if not isinstance(value, list):
+        return []
+    return [name for name in value if isinstance(name, str)]
 
 
 class _ConnectionLost(Exception):

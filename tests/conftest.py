@@ -9,12 +9,20 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from hpod import trial
+
+# A study's trials run in its submitter's environment (hpod.core.passenv): a test that submits
+# from this process passes on its PATH, and the specs' `python` must be this interpreter, the one
+# with hpod installed, however pytest was started (.venv/bin/pytest without an activated venv).
+_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 # The machine is small and shared with trial processes the e2e tests start: time-based health
 # checks and deadlines would fail a correct test for being slow. derandomize keeps every run of a

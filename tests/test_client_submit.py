@@ -3,6 +3,7 @@ bounded number of times (tests/wire_server.py is the daemon)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +86,46 @@ def test_an_answered_error_is_not_retried(
         client.submit_text('name = "quad"\n', tmp_path)
     assert len(server.calls("submit")) == 1
     assert sleeps == []
+
+
+def test_a_submit_carries_the_environment_that_finds_programs_and_what_pass_env_names(
+    server: WireServer, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": "/home/u/venv/bin:/usr/bin",
+        "VIRTUAL_ENV": "/home/u/venv",
+        "CONDA_PREFIX": "/opt/conda/envs/x",
+        "LC_ALL": "C.UTF-8",
+        "WANDB_API_KEY": "listed",
+        "AWS_SECRET_ACCESS_KEY": "not listed",
+        "HPOD_SOCKET": "/run/hpod.sock",  # the daemon's to set, even when listed
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "BAD_BYTES": "caf\udce9",  # from bytes that are not UTF-8: the wire cannot carry it
+    }
+    text = 'name = "quad"\npass_env = ["WANDB_API_KEY", "HPOD_SOCKET"]\n'
+    with Client(server.path) as client:
+        client.submit_text(text, tmp_path, env=env)
+        client.submit_text('name = "quad"\n', tmp_path, env={"PATH": "/bin"})
+        # A spec the daemon will refuse still goes there to be refused, with the usual names.
+        client.submit_text("name = [", tmp_path, env=env)
+    sent = [params["env"] for params in server.calls("submit")]
+    assert sent[0] == {
+        "CONDA_PREFIX": "/opt/conda/envs/x",
+        "LC_ALL": "C.UTF-8",
+        "PATH": "/home/u/venv/bin:/usr/bin",
+        "VIRTUAL_ENV": "/home/u/venv",
+        "WANDB_API_KEY": "listed",
+    }
+    assert sent[1] == {"PATH": "/bin"}
+    assert sent[2] == {k: sent[0][k] for k in sent[0] if k != "WANDB_API_KEY"}
+
+
+def test_a_submit_without_env_carries_this_processs_environment(
+    server: WireServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIRTUAL_ENV", "/home/u/venv")
+    with Client(server.path) as client:
+        client.submit_text('name = "quad"\n', tmp_path)
+    (params,) = server.calls("submit")
+    assert params["env"]["VIRTUAL_ENV"] == "/home/u/venv"
+    assert params["env"]["PATH"] == os.environ["PATH"]

@@ -324,14 +324,31 @@ class _AnyUuid4:
 ANY_ID = _AnyUuid4()
 
 
-def test_submit(server: WireServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit(
+    server: WireServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     spec = tmp_path / "study.toml"
     spec.write_text(GOOD_SPEC)
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PATH", "/home/u/venv/bin:/usr/bin")
+    monkeypatch.setenv("VIRTUAL_ENV", "/home/u/venv")
+    monkeypatch.setenv("WANDB_API_KEY", "secret")  # not listed in the spec's pass_env
+    monkeypatch.setenv("HPOD_TOKEN", "never")
     assert run(server, "submit", str(spec)) == 0
     assert capsys.readouterr().out == "submitted study s1 (quad)\n"
     (params,) = server.calls("submit")
-    # Through hpod.Client: a request id of its own, so a retry after a lost answer is safe.
-    assert params == {"spec": GOOD_SPEC, "base_dir": str(tmp_path), "request_id": ANY_ID}
+    # Through hpod.Client: a request id of its own, so a retry after a lost answer is safe; the
+    # environment that finds the submitter's programs, nothing else of it.
+    assert params == {
+        "spec": GOOD_SPEC,
+        "base_dir": str(tmp_path),
+        "request_id": ANY_ID,
+        "env": {"PATH": "/home/u/venv/bin:/usr/bin", "VIRTUAL_ENV": "/home/u/venv"},
+    }
     assert run(server, "submit", str(spec), "--json") == 0
     assert json_out(capsys)["study"] == "s1"
 

@@ -182,6 +182,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         _print_json(detail)
         return 0
     print(_render_summary(detail))
+    environment = detail.get("environment")
+    if isinstance(environment, Mapping):
+        print(_render_environment(environment))
     limits = detail.get("limits")
     if isinstance(limits, Mapping) and limits:
         print("limits:")
@@ -198,6 +201,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for failure in failures:
             _print_failure(failure)
     return 0
+
+
+def _render_environment(env: Mapping[str, Any]) -> str:
+    """Whose environment the study's trials start from (hpod.core.passenv)."""
+    if env.get("from") != "submitter":
+        return "environment: the daemon's (submitted by a client that sent none)"
+    names = ", ".join(str(n) for n in env.get("names") or ()) or "nothing"
+    return f"environment: the submitter's ({names})"
 
 
 def _render_decisions(d: Mapping[str, Any]) -> str:

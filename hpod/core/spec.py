@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpod.core import passenv
 from hpod.core.command import command_problems
 from hpod.core.durations import format_duration
 from hpod.core.objective import Objective, ObjectiveMode
@@ -74,7 +75,7 @@ def _shape_problems(raw: dict[str, Any]) -> list[str]:
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAME = passenv.ENV_NAME
 # The daemon sets these for every trial; a study overriding them would break the trial contract.
 _RESERVED_ENV = re.compile(r"HPOD_.*|CUDA_VISIBLE_DEVICES|CUDA_DEVICE_ORDER")
 
@@ -221,6 +222,7 @@ _TOP_KEYS = (
     "command",
     "workdir",
     "env",
+    "pass_env",
     "priority",
     "stop_grace_period",
     "objective",
@@ -241,6 +243,8 @@ class StudySpec:
     objective: Objective
     space: SearchSpace
     env: dict[str, str] = field(default_factory=dict)
+    # Names of the submitter's environment its trials get, beyond hpod.core.passenv.PASSED.
+    pass_env: tuple[str, ...] = ()
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     searcher: SearcherSpec = field(default_factory=SearcherSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
@@ -306,6 +310,7 @@ class StudySpec:
         command = _read_command(top.get("command"), problems)
         workdir = _resolve_workdir(top.string("workdir", default="."), base_dir)
         env = _read_env(top.get("env"), problems)
+        pass_env = _read_pass_env(top.get("pass_env"), problems)
         priority = top.integer("priority", default=1, minimum=0)
         stop_grace = top.duration("stop_grace_period", default=10.0, positive=False)
 
@@ -350,6 +355,7 @@ class StudySpec:
             objective=objective,
             space=space,
             env=env,
+            pass_env=pass_env,
             scheduler=scheduler,
             searcher=searcher,
             resources=resources,
@@ -379,6 +385,8 @@ class StudySpec:
         }
         if self.env:
             out["env"] = dict(self.env)
+        if self.pass_env:
+            out["pass_env"] = list(self.pass_env)
         return out
 
     def describe_limits(self) -> dict[str, str]:
@@ -478,6 +486,27 @@ def _read_env(value: Any, problems: list[str]) -> dict[str, str]:
         else:
             problems.append(f"{where}: must be a string, got {v!r}")
     return out
+
+
+def _read_pass_env(value: Any, problems: list[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.append(f'pass_env: expected a list of names like ["HF_HOME"], got {value!r}')
+        return ()
+    names: list[str] = []
+    for i, name in enumerate(value):
+        where = f"pass_env[{i}]"
+        if not isinstance(name, str) or not passenv.ENV_NAME.fullmatch(name):
+            problems.append(f"{where}: {name!r} is not a valid environment variable name")
+        elif passenv.never_passed(name):
+            problems.append(
+                f"{where}: {name} is the daemon's to set (or the service manager's); it is "
+                "never passed to a trial"
+            )
+        elif name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _read_objective(sec: Section | None, problems: list[str]) -> Objective | None:

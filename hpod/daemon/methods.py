@@ -16,6 +16,7 @@ import structlog
 
 from hpod import __version__, wire
 from hpod.core import limits as lim
+from hpod.core import passenv
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.daemon.answers import Answer
 from hpod.daemon.config import DaemonConfig
@@ -41,6 +42,18 @@ def _param_str(params: Mapping[str, Any], key: str) -> str:
 
 # A submit's request id is stored with its study and named back in errors: short and printable.
 REQUEST_ID_MAX = 128
+
+
+def _param_env(params: Mapping[str, Any]) -> dict[str, str] | None:
+    """The submit's ``env`` (the submitter's environment, hpod.core.passenv), or None from an
+    old client that sends none: its study's trials then get the daemon's own, as before."""
+    value = params.get("env")
+    if value is None:
+        return None
+    problem = passenv.env_problem(value)
+    if problem is not None:
+        raise InvalidParams(f"parameter 'env' {problem}")
+    return dict(value)
 
 
 def _param_request_id(params: Mapping[str, Any]) -> str | None:
@@ -177,12 +190,13 @@ class Methods:
         text = _param_str(params, "spec")
         base_dir = Path(_param_str(params, "base_dir"))
         request_id = _param_request_id(params)
+        env = _param_env(params)
         if request_id is None:
-            study = await self.studies.admit(text, base_dir, peer.uid)
+            study = await self.studies.admit(text, base_dir, peer.uid, env=env)
             return {"study": study.id, "name": study.spec.name}
         # With a request id a submit may be sent again (its answer lost with a killed daemon):
         # the answer is the study the first one made, and says so.
-        admitted = await self.studies.admit_once(text, base_dir, peer.uid, request_id)
+        admitted = await self.studies.admit_once(text, base_dir, peer.uid, request_id, env=env)
         study = admitted.study
         return {"study": study.id, "name": study.spec.name, "existing": admitted.existing}
 
@@ -193,6 +207,12 @@ class Methods:
         study = self._get_study(params)
         out = study.summary()
         out["spec"] = study.spec.to_dict()
+        # Whose environment its trials start from; the names only, since `show` answers anyone
+        # on the socket and a value may be a secret (pass_env = ["WANDB_API_KEY"]).
+        out["environment"] = {
+            "from": "daemon" if study.client_env is None else "submitter",
+            "names": sorted(study.client_env or ()),
+        }
         out["running"] = sorted(study.runs)
         out["rungs"] = study.engine.rung_occupancy()
         out["decisions"] = study.fit_stats.view(study.engine.decisions)

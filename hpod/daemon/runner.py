@@ -88,7 +88,8 @@ def _format_number(value: float) -> str:
 
 
 def trial_environment(launch: TrialLaunch, base: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a trial: the daemon's, the study's `env`, then the trial contract."""
+    """The environment of a trial: ``base`` (the submitter's, as the submit carried it, or the
+    daemon's own for an old client's study), the study's `env`, then the trial contract."""
     env = {k: v for k, v in base.items() if k not in _DAEMON_ONLY_ENV}
     # Before extra_env, so a study that really wants buffered output can say so.
     env["PYTHONUNBUFFERED"] = "1"

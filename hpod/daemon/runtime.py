@@ -130,6 +130,9 @@ class StudyRuntime:
     folder: Path
     created: float
     ended: float | None = None
+    # The base of its trials' environment: what the submit carried of the submitter's
+    # (hpod.core.passenv); None, from an old client: the daemon's own.
+    client_env: dict[str, str] | None = None
     runs: dict[int, TrialRun] = field(default_factory=dict)
     done: anyio.Event = field(default_factory=anyio.Event)
     # Seconds summed over a trial's runs (and x devices held), as the store keeps them.

@@ -33,7 +33,7 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown
 from hpod.wire import loads_json, tag
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "hpod.sqlite3"
 
 Durability = Literal["normal", "fsync"]
@@ -148,6 +148,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE UNIQUE INDEX studies_by_request ON studies (owner_uid, request_id)"
         " WHERE request_id IS NOT NULL",
     ),
+    # 4 -> 5: the part of the submitter's environment a submit carried (hpod.core.passenv), as
+    # JSON: the base of the study's trials' environment, so a restart resumes them with it.
+    # Studies from before (and from old clients) have none (NULL): the daemon's own, as then.
+    4: ("ALTER TABLE studies ADD COLUMN client_env TEXT",),
 }
 
 
@@ -169,6 +173,8 @@ class StudyRow:
     elapsed: float = 0.0  # optimization seconds used, summed across daemon restarts
     compute: float = 0.0  # device-seconds used by its trials
     request_id: str | None = None  # the submit's, unique per owner; None from old clients
+    # The submitter's environment for its trials (hpod.core.passenv); None: the daemon's own.
+    client_env: dict[str, str] | None = None
 
     def replace(self, **changes: Any) -> StudyRow:
         return dataclasses.replace(self, **changes)
@@ -221,12 +227,12 @@ class EventRow:
     data: dict[str, Any]
 
 
-_JSON_COLUMNS = frozenset({"config", "metrics", "data"})
+_JSON_COLUMNS = frozenset({"config", "metrics", "data", "client_env"})
 _STUDY_COLUMNS = tuple(f.name for f in dataclasses.fields(StudyRow))
 _TRIAL_COLUMNS = tuple(f.name for f in dataclasses.fields(TrialRow))
 # The key columns name a row; an update may not change them.
-# A request id names the submit that made the study, once and for all.
-_STUDY_UPDATABLE = frozenset(_STUDY_COLUMNS) - {"id", "request_id"}
+# A request id names the submit that made the study, once and for all; so does its environment.
+_STUDY_UPDATABLE = frozenset(_STUDY_COLUMNS) - {"id", "request_id", "client_env"}
 _TRIAL_UPDATABLE = frozenset(_TRIAL_COLUMNS) - {"study_id", "trial_id"}
 
 
@@ -254,7 +260,7 @@ def _dump_json(value: Mapping[str, Any]) -> str:
 
 
 def _sql_value(column: str, value: Any) -> Any:
-    if column in _JSON_COLUMNS:
+    if column in _JSON_COLUMNS and value is not None:  # client_env may be NULL
         return _dump_json(value)
     if isinstance(value, enum.Enum):
         return value.value
@@ -851,6 +857,13 @@ def _load_json(text: str) -> dict[str, Any]:
     return value
 
 
+def _load_env(text: str) -> dict[str, str]:
+    env = _load_json(text)
+    if not all(isinstance(v, str) for v in env.values()):
+        raise HpodError("the store holds an environment whose values are not all strings")
+    return env
+
+
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -874,6 +887,7 @@ def _study_row(r: sqlite3.Row) -> StudyRow:
         elapsed=float(r["elapsed"]),
         compute=float(r["compute"]),
         request_id=r["request_id"],
+        client_env=None if r["client_env"] is None else _load_env(r["client_env"]),
     )
 
 

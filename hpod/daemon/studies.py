@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,6 +20,7 @@ import anyio
 import structlog
 
 from hpod.core import limits as lim
+from hpod.core.passenv import submit_env
 from hpod.core.spec import StudySpec
 from hpod.core.states import StudyState, TrialState
 from hpod.core.study import Study, TrialRecord
@@ -107,6 +109,7 @@ class Studies:
             ended=row.ended_at,
             elapsed_base=row.elapsed,
             compute_base=row.compute,
+            client_env=row.client_env,
         )
 
     def _serve(self, study: StudyRuntime, now: float) -> None:
@@ -127,13 +130,26 @@ class Studies:
             if not study.done.is_set():
                 self.trials.spawn(self.watch, study)
 
-    async def admit(self, text: str, base_dir: Path, owner: int) -> StudyRuntime:
-        """A new study (a submit without a request id: an old client's)."""
+    async def admit(
+        self, text: str, base_dir: Path, owner: int, *, env: Mapping[str, str] | None = None
+    ) -> StudyRuntime:
+        """A new study (a submit without a request id: an old client's).
+
+        ``env``: the submitter's environment as the submit carried it, the base of the study's
+        trials' (only the names hpod.core.passenv passes are kept); None: the daemon's own."""
         self._check_accepting()
         async with self._admitting:
-            return await self._admit(text, base_dir, owner, None)
+            return await self._admit(text, base_dir, owner, None, env)
 
-    async def admit_once(self, text: str, base_dir: Path, owner: int, request_id: str) -> Admitted:
+    async def admit_once(
+        self,
+        text: str,
+        base_dir: Path,
+        owner: int,
+        request_id: str,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> Admitted:
         """The study of ``owner``'s submit ``request_id``: the one stored (made by a try whose
         answer was lost, before a restart too), else a new one that keeps the id."""
         self._check_accepting()
@@ -142,7 +158,9 @@ class Studies:
             # could not be restored.
             row = self.store.load_study_by_request(owner, request_id)
             if row is None:
-                return Admitted(await self._admit(text, base_dir, owner, request_id), False)
+                return Admitted(
+                    await self._admit(text, base_dir, owner, request_id, env), False
+                )
         if (row.spec_toml, row.base_dir) != (text, str(base_dir)):
             raise InvalidParams(
                 f"request id {request_id!r} already made study {row.id} from another spec (or "
@@ -162,7 +180,12 @@ class Studies:
             raise ShuttingDown("the daemon is shutting down; submit again once it is back")
 
     async def _admit(
-        self, text: str, base_dir: Path, owner: int, request_id: str | None
+        self,
+        text: str,
+        base_dir: Path,
+        owner: int,
+        request_id: str | None,
+        env: Mapping[str, str] | None,
     ) -> StudyRuntime:
         spec = StudySpec.from_toml(text, base_dir=base_dir)
         if not spec.workdir.is_dir():
@@ -190,6 +213,9 @@ class Studies:
             elapsed=0.0,
             compute=0.0,
             request_id=request_id,
+            # The daemon's own filter too, whatever the client sent: what PASSED and the
+            # spec's pass_env name, never the daemon's or the service manager's variables.
+            client_env=None if env is None else submit_env(env, spec.pass_env),
         )
         study = self._runtime(row, spec, engine)
         # 0700 and the owner's (a root daemon's studies/ is 0711): no one else reads it.

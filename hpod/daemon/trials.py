@@ -280,7 +280,11 @@ class Trials:
         error: str | None = None
         try:
             try:
-                run.proc = await TrialProcess.start(self._trial_launch(study, run))
+                # The submitter's environment as its submit carried it (a PATH that finds its
+                # venv's python), else (an old client's study) the daemon's own.
+                run.proc = await TrialProcess.start(
+                    self._trial_launch(study, run), base_env=study.client_env
+                )
             except TrialStartError as exc:
                 error = exc.message
             except Exception as exc:

@@ -130,6 +130,34 @@ def test_to_dict_is_json_and_reads_back_equal():
     assert StudySpec.from_mapping(data, base_dir="/elsewhere") == spec
 
 
+def test_pass_env_names_what_else_of_the_submitters_environment_the_trials_get():
+    text = 'pass_env = ["WANDB_API_KEY", "HF_HOME", "WANDB_API_KEY"]\n' + MINIMAL
+    spec = StudySpec.from_toml(text, base_dir=BASE)
+    assert spec.pass_env == ("WANDB_API_KEY", "HF_HOME")
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert data["pass_env"] == ["WANDB_API_KEY", "HF_HOME"]
+    assert StudySpec.from_mapping(data, base_dir=BASE) == spec
+    assert StudySpec.from_toml(MINIMAL, base_dir=BASE).pass_env == ()
+    assert "pass_env" not in StudySpec.from_toml(MINIMAL, base_dir=BASE).to_dict()
+
+
+def test_pass_env_refuses_what_is_no_name_and_the_daemons_own_names():
+    text = 'pass_env = ["1X", 3, "HPOD_TOKEN", "CUDA_VISIBLE_DEVICES", "NOTIFY_SOCKET"]\n'
+    assert problems_of(text + MINIMAL) == [
+        "pass_env[0]: '1X' is not a valid environment variable name",
+        "pass_env[1]: 3 is not a valid environment variable name",
+        "pass_env[2]: HPOD_TOKEN is the daemon's to set (or the service manager's); it is "
+        "never passed to a trial",
+        "pass_env[3]: CUDA_VISIBLE_DEVICES is the daemon's to set (or the service manager's); "
+        "it is never passed to a trial",
+        "pass_env[4]: NOTIFY_SOCKET is the daemon's to set (or the service manager's); it is "
+        "never passed to a trial",
+    ]
+    assert problems_of('pass_env = "HF_HOME"\n' + MINIMAL) == [
+        "pass_env: expected a list of names like [\"HF_HOME\"], got 'HF_HOME'"
+    ]
+
+
 def test_three_mistakes_are_all_listed_with_their_key_paths():
     text = MINIMAL.replace('mode = "min"', 'mode = "maxx"') + ("[limits]\nmax_trials = -3\n")
     text = text.replace("{x}", "{lrr}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,6 +94,7 @@ class FakeStudies:
         self.accepting = True
         self.store = FakeStore()
         self.admitted: list[tuple[str, Path, int]] = []
+        self.admitted_env: list[dict[str, str] | None] = []
         self.ended: list[tuple[StudyRuntime, StudyState, str, StopReason]] = []
         self.reported: list[StudyRuntime] = []
 
@@ -110,8 +112,11 @@ class FakeStudies:
     def trial_dir(self, study: StudyRuntime, trial_id: int) -> Path:
         return study.folder / "trials" / str(trial_id)
 
-    async def admit(self, text: str, base_dir: Path, owner: int) -> StudyRuntime:
+    async def admit(
+        self, text: str, base_dir: Path, owner: int, *, env: Mapping[str, str] | None = None
+    ) -> StudyRuntime:
         self.admitted.append((text, base_dir, owner))
+        self.admitted_env.append(None if env is None else dict(env))
         name = StudySpec.from_toml(text, base_dir=base_dir).name
         study = make_study(base_dir, name=name, seq=len(self.studies) + 1, owner=owner)
         self.studies[study.id] = study

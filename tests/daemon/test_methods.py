@@ -124,6 +124,43 @@ async def test_submit_admits_the_spec_as_the_callers_uid(world: World, tmp_path:
     assert out == {"study": "fresh-2", "name": "fresh"}
 
 
+async def test_submit_hands_the_callers_environment_to_the_study_and_none_from_an_old_client(
+    world: World, tmp_path: Path
+) -> None:
+    env = {"PATH": "/home/u/venv/bin:/usr/bin", "VIRTUAL_ENV": "/home/u/venv"}
+    params = {"spec": spec_toml("fresh"), "base_dir": str(tmp_path)}
+    await world.call("submit", {**params, "env": env}, uid=77)
+    await world.call("submit", params, uid=77)  # an old client: the daemon's own, as before
+    assert world.studies.admitted_env == [env, None]
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (["PATH=/bin"], "must be an object of NAME: value strings, not a list"),
+        ("PATH=/bin", "not a str"),
+        ({"PATH": 3}, "PATH: the value must be a string, not a int"),
+        ({"PATH": None}, "PATH: the value must be a string"),
+        ({"1PATH": "/bin"}, "'1PATH' is not a variable name"),
+        ({"A=B": "/bin"}, "'A=B' is not a variable name"),
+        ({"": "x"}, "'' is not a variable name"),
+        ({"X" * 300: "x"}, "a long name is not a variable name"),
+        ({"PATH": "/bin\0/evil"}, "PATH: the value holds a NUL character"),
+        ({"PATH": "x" * (128 * 1024 + 1)}, "PATH: the value has 131073 characters"),
+        ({f"V{i}": "x" for i in range(257)}, "holds 257 variables; at most 256"),
+        ({f"V{i}": "x" * 100_000 for i in range(3)}, "characters in all; at most 262144"),
+    ],
+)
+async def test_submit_refuses_an_env_that_is_not_a_small_object_of_names_and_strings(
+    world: World, tmp_path: Path, env: Any, says: str
+) -> None:
+    params = {"spec": spec_toml("fresh"), "base_dir": str(tmp_path), "env": env}
+    with pytest.raises(InvalidParams, match="parameter 'env'") as refused:
+        await world.call("submit", params)
+    assert says in refused.value.message
+    assert world.studies.admitted == []
+
+
 async def test_studies_lists_every_summary_in_submission_order(
     world: World, tmp_path: Path
 ) -> None:

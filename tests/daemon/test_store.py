@@ -195,7 +195,7 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 4
+    assert int(version) == SCHEMA_VERSION == 5
     conn.close()
     assert (path.stat().st_mode & 0o777) == 0o600  # it holds trial tokens
 
@@ -231,23 +231,34 @@ def test_a_version_1_store_is_migrated_with_every_report(tmp_path: Path) -> None
     conn.close()
 
 
+def _store_of_version(path: Path, version: int, *statements: str) -> None:
+    """A database at ``path`` as hpod's schema ``version`` made it, with ``statements`` run."""
+    from hpod.daemon.store import _MIGRATIONS, _SCHEMA_V1
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+    for sql in _SCHEMA_V1:
+        conn.execute(sql)
+    for step in range(1, version):
+        for sql in _MIGRATIONS[step]:
+            conn.execute(sql)
+    for sql in statements:
+        conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
 def test_a_version_3_store_is_migrated_with_its_studies_request_ids_unique_per_owner(
     tmp_path: Path,
 ) -> None:
-    from hpod.daemon.store import _MIGRATIONS, _SCHEMA_V1
-
     path = tmp_path / DB_NAME
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
-    for sql in (*_SCHEMA_V1, *_MIGRATIONS[1], *_MIGRATIONS[2]):
-        conn.execute(sql)
-    conn.execute(
+    _store_of_version(
+        path,
+        3,
         "INSERT INTO studies (id, seq, name, owner_uid, spec_toml, base_dir, state, created_at)"
-        " VALUES ('old-1', 1, 'old', 1000, 'name = \"old\"', '/srv', 'running', 50.0)"
+        " VALUES ('old-1', 1, 'old', 1000, 'name = \"old\"', '/srv', 'running', 50.0)",
     )
-    conn.commit()
-    conn.close()
     with Store.open(tmp_path) as store:
         old = store.load_study("old-1")
         assert old is not None
@@ -263,6 +274,41 @@ def test_a_version_3_store_is_migrated_with_its_studies_request_ids_unique_per_o
     conn.close()
     with Store.open(tmp_path) as store:  # the request id is read back after a restart
         assert store.load_study_by_request(1000, "r-1") == new
+
+
+def test_a_version_4_store_is_migrated_with_its_studies_keeping_the_daemons_environment(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DB_NAME
+    _store_of_version(
+        path,
+        4,
+        "INSERT INTO studies (id, seq, name, owner_uid, spec_toml, base_dir, state, created_at,"
+        " request_id) VALUES ('old-1', 1, 'old', 1000, 'name = \"old\"', '/srv', 'running',"
+        " 50.0, 'r-0')",
+    )
+    env = {"PATH": "/home/u/venv/bin:/usr/bin", "VIRTUAL_ENV": "/home/u/venv", "LC_ALL": "C"}
+    with Store.open(tmp_path) as store:
+        old = store.load_study("old-1")
+        assert old is not None
+        assert old.client_env is None  # submitted before: its trials keep the daemon's own
+        assert old.request_id == "r-0"
+        new = study_row("new-2", 2).replace(client_env=env)
+        store.write_sync(insert_study_op(new))
+        assert store.load_study("new-2") == new
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+    conn.close()
+    with Store.open(tmp_path) as store:  # kept across a restart
+        again = store.load_study("new-2")
+        assert again is not None
+        assert again.client_env == env
+
+
+def test_a_studys_environment_is_never_updated(store: Store) -> None:
+    store.write_sync(insert_study_op(study_row().replace(client_env={"PATH": "/bin"})))
+    with pytest.raises(ValueError, match="cannot update client_env"):
+        update_study_op("s1", client_env={"PATH": "/evil"})
 
 
 def test_a_study_is_found_by_its_owner_and_request_id(store: Store) -> None:

@@ -70,6 +70,36 @@ async def test_restored_studies_are_the_admitted_ones(store: Store, root: Path) 
     assert (await admit(second, root, "one")).id == "one-3"
 
 
+async def test_a_submitted_environment_is_kept_filtered_by_the_daemon_and_restored(
+    store: Store, root: Path
+) -> None:
+    first = services(store, root)
+    sent = {
+        "PATH": "/home/u/venv/bin:/usr/bin",
+        "VIRTUAL_ENV": "/home/u/venv",
+        "HF_HOME": "/scratch/hf",  # named by the spec's pass_env
+        "AWS_SECRET_ACCESS_KEY": "x",  # named by nothing: a client that sent all it had
+        "HPOD_TOKEN": "forged",  # the trial contract's: never the submitter's
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+    }
+    text = spec_toml("env", top='pass_env = ["HF_HOME", "AWS_ACCESS_KEY_ID"]')
+    study = await first.admit(text, root, 1000, env=sent)
+    kept = {"PATH": sent["PATH"], "VIRTUAL_ENV": sent["VIRTUAL_ENV"], "HF_HOME": "/scratch/hf"}
+    assert study.client_env == kept
+    old = await first.admit(spec_toml("old"), root, 1000)  # an old client: the daemon's own
+    assert old.client_env is None
+    once = await first.admit_once(spec_toml("once"), root, 1000, "r-1", env={"PATH": "/bin"})
+    assert once.study.client_env == {"PATH": "/bin"}
+
+    second = services(store, root)
+    await second.restore()
+    assert {s.id: s.client_env for s in second.all()} == {
+        study.id: kept,
+        old.id: None,
+        once.study.id: {"PATH": "/bin"},
+    }
+
+
 async def test_ending_an_ended_study_raises_bad_state(store: Store, root: Path) -> None:
     studies = services(store, root)
     study = await admit(studies, root, "one")
