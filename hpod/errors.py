@@ -36,6 +36,10 @@ class ErrorCode(enum.IntEnum):
     # request here can mean.
     NESTING_TOO_DEEP = -32020
     NUMBER_OUT_OF_RANGE = -32021
+    # A submit asking for GPUs this daemon does not have (no NVML, none allowed, fewer than a
+    # trial needs). Not INVALID_SPEC: the same spec is right on a machine with GPUs, and the fix
+    # may be the machine, not the file; not BAD_STATE: no study exists yet to be in one.
+    NO_GPUS = -32040
     # Never sent by the daemon: raised by a client that could not reach one.
     UNAVAILABLE = -32099
 
@@ -63,6 +67,7 @@ _EXIT_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_CONNECTIONS: 15,
     ErrorCode.NESTING_TOO_DEEP: 10,
     ErrorCode.NUMBER_OUT_OF_RANGE: 10,
+    ErrorCode.NO_GPUS: 16,
     ErrorCode.UNAVAILABLE: 3,
 }
 
@@ -187,6 +192,12 @@ class TooManyConnections(HpodError):
     code = ErrorCode.TOO_MANY_CONNECTIONS
 
 
+class NoGpus(HpodError):
+    """A study asks for GPUs where the daemon has none for it, and does not accept CPU slots."""
+
+    code = ErrorCode.NO_GPUS
+
+
 class DaemonUnavailable(HpodError):
     code = ErrorCode.UNAVAILABLE
 
@@ -233,5 +244,6 @@ _BY_CODE: dict[ErrorCode, type[HpodError]] = {
     ErrorCode.BAD_STATE: BadState,
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
     ErrorCode.TOO_MANY_CONNECTIONS: TooManyConnections,
+    ErrorCode.NO_GPUS: NoGpus,
     ErrorCode.UNAVAILABLE: DaemonUnavailable,
 }

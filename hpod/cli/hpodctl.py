@@ -185,6 +185,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     environment = detail.get("environment")
     if isinstance(environment, Mapping):
         print(_render_environment(environment))
+    devices = detail.get("devices")
+    if isinstance(devices, Mapping):
+        print(_render_devices(devices))
     limits = detail.get("limits")
     if isinstance(limits, Mapping) and limits:
         print("limits:")
@@ -201,6 +204,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for failure in failures:
             _print_failure(failure)
     return 0
+
+
+def _render_devices(devices: Mapping[str, Any]) -> str:
+    """Where the study's trials run: GPUs, CPU slots (and why), or nowhere yet."""
+    kind = {"gpu": "GPUs", "cpu": "CPU slots", "none": "waiting for GPUs"}.get(
+        str(devices.get("kind")), str(devices.get("kind"))
+    )
+    return f"devices: {kind}: {devices.get('reason', '')}"
 
 
 def _render_environment(env: Mapping[str, Any]) -> str:

@@ -180,9 +180,17 @@ class ResourcesSpec:
     # so a spec without [resources] runs anywhere, including the CI machines.
     gpus_per_trial: int = 0
     trials_per_gpu: int = 1  # > 1 shares one GPU between that many trials
+    # Where the daemon has no GPU, run on CPU slots instead of refusing the submit.
+    cpu_fallback: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gpus_per_trial": self.gpus_per_trial, "trials_per_gpu": self.trials_per_gpu}
+        out: dict[str, Any] = {
+            "gpus_per_trial": self.gpus_per_trial,
+            "trials_per_gpu": self.trials_per_gpu,
+        }
+        if self.cpu_fallback:
+            out["cpu_fallback"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,13 +714,14 @@ def _read_searcher(
 def _read_resources(sec: Section | None, problems: list[str]) -> ResourcesSpec:
     if sec is None:
         return ResourcesSpec()
-    sec.keys = ("gpus_per_trial", "trials_per_gpu")
+    sec.keys = ("gpus_per_trial", "trials_per_gpu", "cpu_fallback")
     gpus = sec.integer("gpus_per_trial", default=0, minimum=0)
     per_gpu = sec.integer("trials_per_gpu", default=1, minimum=1)
+    fallback = sec.boolean("cpu_fallback", default=False)
     if per_gpu > 1 and gpus != 1:
         sec.problem("trials_per_gpu", f"sharing a GPU needs gpus_per_trial = 1, got {gpus}")
     sec.finish()
-    return ResourcesSpec(gpus_per_trial=gpus, trials_per_gpu=per_gpu)
+    return ResourcesSpec(gpus_per_trial=gpus, trials_per_gpu=per_gpu, cpu_fallback=fallback)
 
 
 def _read_limits(sec: Section | None, problems: list[str]) -> LimitsSpec:

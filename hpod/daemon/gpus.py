@@ -227,6 +227,55 @@ class DevicePool:
     def _uses_gpus(self, gpus_per_trial: int) -> bool:
         return gpus_per_trial > 0 and self.has_gpus
 
+    def _no_cpu_for(self, gpus_per_trial: int, cpu_fallback: bool) -> bool:
+        # A study that asks for GPUs where there are none never gets a CPU slot unless it says
+        # it accepts one: it ran on CPU slots silently (a restored one, or one whose GPUs went
+        # at a refresh, now waits for GPUs instead).
+        return gpus_per_trial > 0 and not self.has_gpus and not cpu_fallback
+
+    def _no_gpu(self) -> str:
+        if not self.nvml:
+            return "this daemon has no GPU (NVML is not available)"
+        return (
+            f"this daemon has no GPU it may use (NVML sees {len(self._all)}; [gpu] allowed "
+            "and CUDA_VISIBLE_DEVICES leave none)"
+        )
+
+    def gpu_refusal(self, gpus_per_trial: int, cpu_fallback: bool = False) -> str | None:
+        """Why a study asking for ``gpus_per_trial`` could never run here, or None.
+
+        No GPU at all: refused unless it accepts CPU slots. Fewer GPUs than one trial takes:
+        refused whatever it accepts, since no trial of it could ever start."""
+        asks = f"asks for {gpus_per_trial} GPU{'s' if gpus_per_trial > 1 else ''} per trial"
+        if self._no_cpu_for(gpus_per_trial, cpu_fallback):
+            return (
+                f"{asks}; {self._no_gpu()}. Set [resources] cpu_fallback = true to run its "
+                "trials on CPU slots, or gpus_per_trial = 0, or submit it to a daemon on a "
+                "machine with GPUs"
+            )
+        if self._uses_gpus(gpus_per_trial) and gpus_per_trial > len(self._gpus):
+            return (
+                f"{asks}; this daemon may use {len(self._gpus)}, so no trial could ever "
+                f"start. Lower gpus_per_trial to at most {len(self._gpus)}"
+            )
+        return None
+
+    def placement(self, gpus_per_trial: int, cpu_fallback: bool = False) -> dict[str, str]:
+        """Where a study's trials run, for `hpodctl show`: ``kind`` gpu, cpu or none (they wait
+        for GPUs), and why."""
+        if gpus_per_trial == 0:
+            return {"kind": "cpu", "reason": "gpus_per_trial = 0"}
+        asks = f"asks for {gpus_per_trial} GPU{'s' if gpus_per_trial > 1 else ''} per trial"
+        if self._uses_gpus(gpus_per_trial):
+            return {"kind": "gpu", "reason": asks}
+        if cpu_fallback:
+            return {
+                "kind": "cpu",
+                "reason": f"{asks}; {self._no_gpu()}, and the spec accepts CPU slots "
+                "(cpu_fallback = true)",
+            }
+        return {"kind": "none", "reason": f"{asks}; {self._no_gpu()}: its trials wait for GPUs"}
+
     def _pick(self, gpus_per_trial: int, trials_per_gpu: int) -> list[GpuInfo] | None:
         share = 1.0 / trials_per_gpu
         fitting = [g for g in self._gpus if self.usable(g, share)]
@@ -236,14 +285,26 @@ class DevicePool:
         fitting.sort(key=lambda g: (-self.load(g.uuid), g.index))
         return fitting[:gpus_per_trial]
 
-    def fits(self, gpus_per_trial: int, trials_per_gpu: int = 1) -> bool:
+    def fits(
+        self, gpus_per_trial: int, trials_per_gpu: int = 1, *, cpu_fallback: bool = False
+    ) -> bool:
         if self._uses_gpus(gpus_per_trial):
             return self._pick(gpus_per_trial, trials_per_gpu) is not None
+        if self._no_cpu_for(gpus_per_trial, cpu_fallback):
+            return False
         return self._cpu.free > 0
 
     def acquire(
-        self, study: str, trial: int, gpus_per_trial: int = 0, trials_per_gpu: int = 1
+        self,
+        study: str,
+        trial: int,
+        gpus_per_trial: int = 0,
+        trials_per_gpu: int = 1,
+        *,
+        cpu_fallback: bool = False,
     ) -> Slot | None:
+        if self._no_cpu_for(gpus_per_trial, cpu_fallback):
+            return None
         if not self._uses_gpus(gpus_per_trial):
             return self._cpu.acquire(study, trial)
         picked = self._pick(gpus_per_trial, trials_per_gpu)

@@ -213,6 +213,8 @@ class Methods:
             "from": "daemon" if study.client_env is None else "submitter",
             "names": sorted(study.client_env or ()),
         }
+        res = study.spec.resources
+        out["devices"] = self.pool.placement(res.gpus_per_trial, res.cpu_fallback)
         out["running"] = sorted(study.runs)
         out["rungs"] = study.engine.rung_occupancy()
         out["decisions"] = study.fit_stats.view(study.engine.decisions)

@@ -32,7 +32,7 @@ from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids, remove_tree
 from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
-from hpod.errors import BadState, InvalidParams, NotFound, ShuttingDown, SpecError
+from hpod.errors import BadState, InvalidParams, NoGpus, NotFound, ShuttingDown, SpecError
 from hpod.fit.fitter import Fitter
 
 log = structlog.get_logger("hpod.daemon")
@@ -188,6 +188,14 @@ class Studies:
         env: Mapping[str, str] | None,
     ) -> StudyRuntime:
         spec = StudySpec.from_toml(text, base_dir=base_dir)
+        res = spec.resources
+        refusal = self.pool.gpu_refusal(res.gpus_per_trial, res.cpu_fallback)
+        if refusal is not None:
+            # Refused now rather than left to run on CPU slots (or never to start).
+            raise NoGpus(
+                f"study {spec.name} {refusal}",
+                data={"gpus_per_trial": res.gpus_per_trial, "gpus": len(self.pool.gpus)},
+            )
         if not spec.workdir.is_dir():
             raise SpecError(
                 [
@@ -254,6 +262,12 @@ class Studies:
                 trials=len(records),
                 to_resume=engine.counts()[TrialState.INTERRUPTED.value],
             )
+            res = spec.resources
+            refusal = self.pool.gpu_refusal(res.gpus_per_trial, res.cpu_fallback)
+            if refusal is not None and not engine.state.is_final:
+                # Admitted where there were GPUs (or before this check): never dropped, and
+                # never run on CPU slots it did not accept; it waits, and `show` says why.
+                log.warning("study_waits_for_gpus", study=row.id, reason=refusal)
 
     def _claim_folder(self, study: StudyRuntime) -> None:
         """A restored study's folder made its owner's and 0700 if an older hpod left it root's

@@ -123,7 +123,9 @@ class Trials:
         if cap is not None and len(study.runs) >= cap:
             return False
         res = study.spec.resources
-        if not self.pool.fits(res.gpus_per_trial, res.trials_per_gpu):
+        if not self.pool.fits(
+            res.gpus_per_trial, res.trials_per_gpu, cpu_fallback=res.cpu_fallback
+        ):
             return False
         return self.time_allows(study, now)
 
@@ -167,7 +169,11 @@ class Trials:
                 continue
             res = study.spec.resources
             slot = self.pool.acquire(
-                study.id, launch.trial_id, res.gpus_per_trial, res.trials_per_gpu
+                study.id,
+                launch.trial_id,
+                res.gpus_per_trial,
+                res.trials_per_gpu,
+                cpu_fallback=res.cpu_fallback,
             )
             assert slot is not None, "fits() said there was room"
             self._rotation += 1

@@ -158,6 +158,19 @@ def test_pass_env_refuses_what_is_no_name_and_the_daemons_own_names():
     ]
 
 
+def test_cpu_fallback_says_a_gpu_study_accepts_cpu_slots():
+    text = MINIMAL + "[resources]\ngpus_per_trial = 1\ncpu_fallback = true\n"
+    spec = StudySpec.from_toml(text, base_dir=BASE)
+    assert spec.resources.cpu_fallback is True
+    assert spec.to_dict()["resources"]["cpu_fallback"] is True
+    assert StudySpec.from_mapping(spec.to_dict(), base_dir=BASE) == spec
+    assert StudySpec.from_toml(MINIMAL, base_dir=BASE).resources.cpu_fallback is False
+    assert "cpu_fallback" not in StudySpec.from_toml(MINIMAL, base_dir=BASE).to_dict()["resources"]
+    assert problems_of(MINIMAL + '[resources]\ncpu_fallback = "yes"\n') == [
+        "resources.cpu_fallback: must be true or false, got 'yes'"
+    ]
+
+
 def test_three_mistakes_are_all_listed_with_their_key_paths():
     text = MINIMAL.replace('mode = "min"', 'mode = "maxx"') + ("[limits]\nmax_trials = -3\n")
     text = text.replace("{x}", "{lrr}")

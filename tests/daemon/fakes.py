@@ -151,6 +151,9 @@ class FakePool:
     def view(self) -> dict[str, Any]:
         return {"nvml": False, "gpus": [], "cpu_slots": {"size": 4, "free": 3, "holders": []}}
 
+    def placement(self, gpus_per_trial: int, cpu_fallback: bool = False) -> dict[str, str]:
+        return {"kind": "cpu", "reason": f"gpus_per_trial = {gpus_per_trial}"}
+
 
 class FakeFitter:
     def __init__(self) -> None:

@@ -132,16 +132,48 @@ def test_allowed_by_index_uuid_and_cuda_visible_devices(nvml: Nvml) -> None:
     assert not hidden.has_gpus
 
 
-def test_without_nvml_every_study_takes_cpu_slots() -> None:
+def test_without_nvml_only_a_study_that_accepts_cpu_slots_gets_one_for_gpus() -> None:
     pool = DevicePool(2)
-    a = pool.acquire("s", 0, 1, 1)
+    # Asking for a GPU, without cpu_fallback: no CPU slot (it was handed one, silently).
+    assert not pool.fits(1, 1)
+    assert pool.acquire("s", 0, 1, 1) is None
+    assert pool.free == 2
+    a = pool.acquire("s", 0, 1, 1, cpu_fallback=True)
     b = pool.acquire("s", 1, 0, 1)
     assert a is not None
     assert b is not None
     assert a.devices == () == b.devices
-    assert pool.acquire("s", 2, 1, 1) is None
+    assert not pool.fits(1, 1, cpu_fallback=True)  # full
+    assert pool.acquire("s", 2, 0, 1) is None
     pool.release(a)
     assert pool.free == 1
+
+
+def test_a_study_that_could_never_get_its_gpus_is_told_why_and_how_to_fix_it(
+    nvml: Nvml,
+) -> None:
+    bare = DevicePool(2)
+    assert bare.gpu_refusal(0) is None
+    refusal = bare.gpu_refusal(1)
+    assert refusal is not None
+    assert refusal.startswith("asks for 1 GPU per trial; this daemon has no GPU (NVML is not")
+    assert "cpu_fallback = true" in refusal
+    assert bare.gpu_refusal(1, cpu_fallback=True) is None
+    assert bare.placement(1, cpu_fallback=True)["kind"] == "cpu"
+    assert bare.placement(1)["kind"] == "none"
+    assert bare.placement(0) == {"kind": "cpu", "reason": "gpus_per_trial = 0"}
+
+    two = pool_of(discover(nvml, not_ours))
+    assert two.gpu_refusal(2) is None
+    assert two.placement(2) == {"kind": "gpu", "reason": "asks for 2 GPUs per trial"}
+    too_many = two.gpu_refusal(3, cpu_fallback=True)
+    assert too_many is not None
+    assert too_many.startswith("asks for 3 GPUs per trial; this daemon may use 2")
+
+    none_allowed = pool_of(discover(nvml, not_ours), allowed=["7"])
+    refusal = none_allowed.gpu_refusal(1)
+    assert refusal is not None
+    assert "no GPU it may use (NVML sees 2; [gpu] allowed" in refusal
 
 
 def test_cpu_studies_and_gpu_studies_use_separate_capacity(nvml: Nvml) -> None:

@@ -20,7 +20,7 @@ from hpod.daemon.runtime import StopReason, StudyRuntime
 from hpod.daemon.store import Store, StudyRow
 from hpod.daemon.studies import Studies
 from hpod.daemon.trials import Trials
-from hpod.errors import BadState, ShuttingDown
+from hpod.errors import BadState, ErrorCode, NoGpus, ShuttingDown
 from hpod.fit.fitter import Fitter
 from tests.daemon.fakes import spec_toml
 
@@ -48,6 +48,21 @@ def seen(study: StudyRuntime) -> tuple[Any, ...]:
         study.created,
         study.ended,
         study.done.is_set(),
+    )
+
+
+def stored(sid: str, text: str, root: Path) -> StudyRow:
+    """A running study's row as a daemon before this one stored it (``name-seq`` ids)."""
+    name, seq = sid.rsplit("-", 1)
+    return StudyRow(
+        id=sid,
+        seq=int(seq),
+        name=name,
+        owner_uid=1000,
+        spec_toml=text,
+        base_dir=str(root),
+        state=StudyState.RUNNING,
+        created_at=time.time(),
     )
 
 
@@ -139,18 +154,8 @@ async def test_shutdown_marks_running_studies_interrupted(store: Store, root: Pa
 async def test_a_bad_stored_spec_is_skipped_with_a_log_line(store: Store, root: Path) -> None:
     first = services(store, root)
     await admit(first, root, "good")
-    await store.insert_study(
-        StudyRow(
-            id="broken-2",
-            seq=2,
-            name="broken",
-            owner_uid=1000,
-            spec_toml='name = "broken"\ncommand = ["true"]\n',  # no space, no objective
-            base_dir=str(root),
-            state=StudyState.RUNNING,
-            created_at=time.time(),
-        )
-    )
+    # No space, no objective.
+    await store.insert_study(stored("broken-2", 'name = "broken"\ncommand = ["true"]\n', root))
 
     second = services(store, root)
     with capture_logs() as logs:
@@ -160,3 +165,41 @@ async def test_a_bad_stored_spec_is_skipped_with_a_log_line(store: Store, root: 
     assert line["study"] == "broken-2"
     assert line["log_level"] == "error"
     assert any("space" in problem for problem in line["problems"])
+
+
+GPU_STUDY = "[resources]\ngpus_per_trial = 1\n"
+
+
+async def test_a_gpu_study_without_gpus_is_refused_unless_it_accepts_cpu_slots(
+    store: Store, root: Path
+) -> None:
+    studies = services(store, root)  # DevicePool(1): no NVML
+    text = spec_toml("gpu", limits="max_trials = 1") + GPU_STUDY
+    with pytest.raises(NoGpus) as refused:
+        await studies.admit(text, root, 1000)
+    assert refused.value.code is ErrorCode.NO_GPUS
+    assert refused.value.message.startswith(
+        "study gpu asks for 1 GPU per trial; this daemon has no GPU (NVML is not available)"
+    )
+    assert "cpu_fallback = true" in refused.value.message
+    assert store.load_studies() == []
+    assert studies.all() == []
+    ok = await studies.admit(text + "cpu_fallback = true\n", root, 1000)
+    assert ok.spec.resources.cpu_fallback
+    assert [s.id for s in studies.all()] == [ok.id]
+
+
+async def test_a_stored_gpu_study_restored_without_gpus_waits_for_them_and_says_so(
+    store: Store, root: Path
+) -> None:
+    text = spec_toml("gpu", limits="max_trials = 1") + GPU_STUDY
+    await store.insert_study(stored("gpu-1", text, root))  # admitted where there were GPUs
+    studies = services(store, root)
+    with capture_logs() as logs:
+        await studies.restore()
+    assert [s.id for s in studies.all()] == ["gpu-1"]  # never dropped
+    [line] = [entry for entry in logs if entry["event"] == "study_waits_for_gpus"]
+    assert line["study"] == "gpu-1"
+    assert line["log_level"] == "warning"
+    # Nor run on a CPU slot it did not accept.
+    assert not studies.trials.wants_slot(studies.all()[0], time.monotonic())
