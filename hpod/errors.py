@@ -40,6 +40,10 @@ class ErrorCode(enum.IntEnum):
     # trial needs). Not INVALID_SPEC: the same spec is right on a machine with GPUs, and the fix
     # may be the machine, not the file; not BAD_STATE: no study exists yet to be in one.
     NO_GPUS = -32040
+    # A write the store could not make because the state dir's disk is full (SQLITE_FULL,
+    # ENOSPC): a report so answered was not stored and not counted; send it again later. Not
+    # INTERNAL: nothing is wrong with the daemon or the request, and it passes by itself.
+    STORE_FULL = -32050
     # Never sent by the daemon: raised by a client that could not reach one.
     UNAVAILABLE = -32099
 
@@ -68,6 +72,7 @@ _EXIT_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NESTING_TOO_DEEP: 10,
     ErrorCode.NUMBER_OUT_OF_RANGE: 10,
     ErrorCode.NO_GPUS: 16,
+    ErrorCode.STORE_FULL: 17,
     ErrorCode.UNAVAILABLE: 3,
 }
 
@@ -198,6 +203,12 @@ class NoGpus(HpodError):
     code = ErrorCode.NO_GPUS
 
 
+class StoreFull(HpodError):
+    """The state dir's disk is full: the write was not made (a report not stored, not counted)."""
+
+    code = ErrorCode.STORE_FULL
+
+
 class DaemonUnavailable(HpodError):
     code = ErrorCode.UNAVAILABLE
 
@@ -245,5 +256,6 @@ _BY_CODE: dict[ErrorCode, type[HpodError]] = {
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
     ErrorCode.TOO_MANY_CONNECTIONS: TooManyConnections,
     ErrorCode.NO_GPUS: NoGpus,
+    ErrorCode.STORE_FULL: StoreFull,
     ErrorCode.UNAVAILABLE: DaemonUnavailable,
 }

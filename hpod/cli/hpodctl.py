@@ -161,7 +161,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         [
             str(s.get("study", "")),
             str(s.get("name", "")),
-            str(s.get("state", "")),
+            # A held study (a full disk) is running but starts nothing: `show` says why.
+            str(s.get("state", "")) + (" (held)" if s.get("held") else ""),
             _done_total(s),
             _fmt_best(s.get("best")),
             _fmt(s.get("owner")),
@@ -557,6 +558,8 @@ def _render_summary(s: Mapping[str, Any]) -> str:
         f"owner     {_fmt(s.get('owner'))}",
         f"created   {_fmt_time(s.get('created'))}",
     ]
+    if s.get("held"):
+        lines.insert(3, f"held      {_fmt(s.get('held'))}")
     if s.get("ended") is not None:
         lines.append(f"ended     {_fmt_time(s.get('ended'))}")
     objective = s.get("objective")

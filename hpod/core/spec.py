@@ -27,6 +27,7 @@ from hpod.core.durations import format_duration
 from hpod.core.objective import Objective, ObjectiveMode
 from hpod.core.problems import Section, is_number
 from hpod.core.searchers import GridSearcher
+from hpod.core.sizes import format_size, parse_size
 from hpod.core.space import Config, Param, ParamType, ParamValue, SearchSpace
 from hpod.errors import SpecError
 
@@ -108,6 +109,10 @@ class Acquisition(enum.StrEnum):
 # A fifo study needs no rungs, so max_resource may be left out there; trials then get this as
 # HPOD_MAX_RESOURCE. Every other scheduler needs it written down.
 DEFAULT_FIFO_MAX_RESOURCE = 10
+# [report] log_limit: a trial's log past this is cut to its last half by the daemon (a 64 MiB
+# default keeps any traceback and hours of progress lines, and a printing loop cannot fill a disk).
+DEFAULT_LOG_LIMIT = 64 * 1024**2
+MIN_LOG_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +222,14 @@ class ReportSpec:
     period: float = 60.0  # seconds between rewrites of report.json / report.csv
     top_k: int = 5
     keep_checkpoints: int | None = None  # None: keep every checkpoint
+    # Bytes a trial's stdout.log or stderr.log may grow to before the daemon cuts it to its tail.
+    log_limit: int = DEFAULT_LOG_LIMIT
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"period": self.period, "top_k": self.top_k}
         if self.keep_checkpoints is not None:
             out["keep_checkpoints"] = self.keep_checkpoints
+        out["log_limit"] = self.log_limit
         return out
 
 
@@ -742,9 +750,24 @@ def _read_limits(sec: Section | None, problems: list[str]) -> LimitsSpec:
 def _read_report(sec: Section | None, problems: list[str]) -> ReportSpec:
     if sec is None:
         return ReportSpec()
-    sec.keys = ("period", "top_k", "keep_checkpoints")
+    sec.keys = ("period", "top_k", "keep_checkpoints", "log_limit")
     period = sec.duration("period", default=60.0)
     top_k = sec.integer("top_k", default=5, minimum=1)
     keep = sec.integer("keep_checkpoints", minimum=0)
+    log_limit = DEFAULT_LOG_LIMIT
+    if sec.has("log_limit"):
+        try:
+            log_limit = parse_size(sec.get("log_limit"), sec.where("log_limit"))
+        except ValueError as exc:
+            sec.problem("log_limit", str(exc))
+        else:
+            if log_limit < MIN_LOG_LIMIT:
+                # The daemon keeps half the limit when it cuts a log: a few KiB of tail would
+                # not hold one traceback.
+                sec.problem(
+                    "log_limit",
+                    f"must be at least {format_size(MIN_LOG_LIMIT)}, got {sec.get('log_limit')!r}",
+                )
+                log_limit = DEFAULT_LOG_LIMIT
     sec.finish()
-    return ReportSpec(period=period, top_k=top_k, keep_checkpoints=keep)
+    return ReportSpec(period=period, top_k=top_k, keep_checkpoints=keep, log_limit=log_limit)

@@ -26,6 +26,7 @@ from hpod import __version__
 from hpod.daemon import notify
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.connections import ConnectionLimits
+from hpod.daemon.disk import release_reserve
 from hpod.daemon.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
 from hpod.daemon.methods import Methods
 from hpod.daemon.runtime import StudyRuntime
@@ -87,6 +88,9 @@ class Daemon:
         try:
             for path in {self.socket_path, self.trial_socket}:
                 _check_not_already_served(path)
+            # On a full disk SQLite cannot even open the store (it sizes its -shm file): the
+            # reserve the last run kept makes room for that, and the studies come up held.
+            release_reserve(self.state_dir, self.config.min_free_disk)
             self._store = Store.open(
                 self.state_dir,
                 durability="fsync" if self.config.durability == "fsync" else "normal",
@@ -167,6 +171,7 @@ class Daemon:
             async with anyio.create_task_group() as trial_tg:
                 self._trials.tg = trial_tg
                 trial_tg.start_soon(self._trials.dispatch)
+                trial_tg.start_soon(self._trials.watch_disk)
                 if self.pool.nvml:
                     # In the outer group: cancelled, not awaited, at shutdown.
                     tg.start_soon(self._refresh_gpus)

@@ -22,6 +22,7 @@ from typing import Any
 
 from hpod.core.durations import parse_duration
 from hpod.core.problems import Section, did_you_mean, type_name
+from hpod.core.sizes import parse_size
 from hpod.errors import ErrorCode, HpodError, problems_message
 from hpod.paths import MAX_SOCKET_PATH_BYTES, default_socket_path, default_state_dir
 
@@ -101,6 +102,9 @@ class DaemonConfig:
     # Seconds a control connection may sit between requests before it is closed; 0 = never. A
     # connection a trial reported on, and a request in progress (a wait), are never idle.
     idle_timeout: float = 60.0
+    # Bytes the state dir's filesystem must keep free: below it the daemon launches nothing and
+    # holds its studies until there is room again (0 = hold only once a write fails for space).
+    min_free_disk: int = 256 * 1024**2
     gpu: GpuConfig = field(default_factory=GpuConfig)
 
     # -- named constructors ---------------------------------------------------------------------
@@ -211,6 +215,7 @@ class DaemonConfig:
             "max_connections": self.max_connections,
             "max_connections_per_uid": self.max_connections_per_uid,
             "idle_timeout": self.idle_timeout,
+            "min_free_disk": self.min_free_disk,
             "gpu": self.gpu.to_dict(),
         }
 
@@ -379,6 +384,7 @@ _TOP_READERS: dict[str, Reader] = {
     "max_connections": lambda v, b: _integer(v, minimum=1),
     "max_connections_per_uid": lambda v, b: _integer(v, minimum=1),
     "idle_timeout": lambda v, b: _duration(v, path="idle_timeout", positive=False),
+    "min_free_disk": lambda v, b: parse_size(v, "min_free_disk"),
 }
 # [gpu] is a table of its own, read by _read_gpu.
 _TOP_KEYS = (*_TOP_READERS, "gpu")

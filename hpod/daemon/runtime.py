@@ -13,6 +13,7 @@ import anyio
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.study import Launch, Study
+from hpod.daemon.disk import Disk
 from hpod.daemon.runner import TrialProcess
 from hpod.daemon.slots import Slot
 from hpod.daemon.views import summary_view
@@ -150,11 +151,25 @@ class StudyRuntime:
     launch_order: int = 0
     # How its decisions were made and how long they and its model fits took (hpodctl show).
     fit_stats: FitStats = field(default_factory=FitStats)
+    # The state dir's disk, whose hold (a full disk) the summary shows while the study may run.
+    disk: Disk | None = None
 
     def summary(self) -> dict[str, Any]:
         return summary_view(
-            self.id, self.engine, owner=self.owner, created=self.created, ended=self.ended
+            self.id,
+            self.engine,
+            owner=self.owner,
+            created=self.created,
+            ended=self.ended,
+            held=self.held,
         )
+
+    @property
+    def held(self) -> str | None:
+        """Why nothing of this study starts now (the disk is full); None when nothing holds it."""
+        if self.disk is None or self.engine.state.is_final:
+            return None
+        return self.disk.held
 
     def elapsed(self, now: float) -> float:
         if self.running_since is None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import errno
 import json
 import os
 import queue
@@ -30,7 +31,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from hpod.core.states import Decision, StudyState, TrialState
-from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown
+from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown, StoreFull
 from hpod.wire import loads_json, tag
 
 SCHEMA_VERSION = 5
@@ -456,6 +457,9 @@ class Store:
         self._state_lock = threading.Lock()
         self._closed = False
         self._commits = 0
+        # Called on the writer thread (it must neither block nor raise) after a batch in which a
+        # write failed for want of disk space: the daemon's hold on launching (hpod.daemon.disk).
+        self.on_full: Callable[[], None] | None = None
         # Held by the writer while it drains and runs a batch; tests hold it to build a batch.
         self._writer_gate = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="hpod-store-writer", daemon=True)
@@ -616,7 +620,12 @@ class Store:
                         break
                 jobs = [item for item in items if isinstance(item, _Job)]
                 if jobs:
-                    outcomes = self._run_batch(jobs)
+                    outcomes = [self._full_error(exc) for exc in self._run_batch(jobs)]
+                    if self.on_full is not None and any(
+                        isinstance(exc, StoreFull) for exc in outcomes
+                    ):
+                        with contextlib.suppress(Exception):
+                            self.on_full()
                     # One wake-up per event loop for the whole batch, not one per waiter: each
                     # costs the loop a self-pipe write and read.
                     by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
@@ -645,7 +654,10 @@ class Store:
                     for op in jobs[0].ops:
                         _execute(conn, op)
                 except Exception as exc:
-                    conn.execute("ROLLBACK")
+                    # SQLITE_FULL may have rolled the transaction back already (SQLite then
+                    # refuses a ROLLBACK): the op's own error is the one to report.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     return [exc]
                 conn.execute("COMMIT")
                 self._commits += 1
@@ -673,6 +685,18 @@ class Store:
             if len(jobs) == 1:
                 return [exc]
             return [self._run_batch([job])[0] for job in jobs]
+
+    def _full_error(self, exc: BaseException | None) -> BaseException | None:
+        """A write that failed for want of disk space as :class:`StoreFull`, which the daemon
+        answers with its own code and holds its launches for; any other outcome as it is."""
+        if exc is None or isinstance(exc, StoreFull) or not disk_full(exc):
+            return exc
+        error = StoreFull(
+            f"the disk of {self.path.parent} is full ({exc}): the store kept nothing of this "
+            "write, and a report so answered was not counted; send it again once there is room"
+        )
+        error.__cause__ = exc
+        return error
 
     def _checkpoint_loop(self) -> None:
         conn = _connect(self.path)
@@ -786,6 +810,19 @@ class Store:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a disk is full: SQLITE_FULL, or ENOSPC / EDQUOT from the OS."""
+    if isinstance(exc, StoreFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        # The primary code is the low byte (SQLITE_FULL's extended codes keep it).
+        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return False
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -32,7 +32,15 @@ from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids, remove_tree
 from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
-from hpod.errors import BadState, InvalidParams, NoGpus, NotFound, ShuttingDown, SpecError
+from hpod.errors import (
+    BadState,
+    InvalidParams,
+    NoGpus,
+    NotFound,
+    ShuttingDown,
+    SpecError,
+    StoreFull,
+)
 from hpod.fit.fitter import Fitter
 
 log = structlog.get_logger("hpod.daemon")
@@ -71,6 +79,9 @@ class Studies:
         # find that study, and two at once would both take the same seq.
         self._admitting = anyio.Lock()
         trials.hooks = self
+        # A full disk holds the studies (hpod.daemon.disk): their clocks stop meanwhile.
+        self.disk = trials.disk
+        self.disk.listen(self._disk_changed)
 
     # -- lookup ----------------------------------------------------------------------------------
 
@@ -110,6 +121,7 @@ class Studies:
             elapsed_base=row.elapsed,
             compute_base=row.compute,
             client_env=row.client_env,
+            disk=self.disk,
         )
 
     def _serve(self, study: StudyRuntime, now: float) -> None:
@@ -119,7 +131,8 @@ class Studies:
             study.done.set()
             return
         if study.engine.state is StudyState.RUNNING:
-            study.start_clock(now)
+            if self.disk.held is None:  # a study restored on a full disk comes up held
+                study.start_clock(now)
             study.fit_stats = self.fitter.add(study.id, study.engine)
         if self.trials.tg is not None:
             self.trials.spawn(self.watch, study)
@@ -203,6 +216,9 @@ class Studies:
                     "to the spec file)"
                 ]
             )
+        if self.disk.held is not None:
+            # Its row would be the next write the disk refuses, and its trials could not start.
+            raise StoreFull(f"study {spec.name} not submitted: {self.disk.held}")
         engine = Study.new(spec)
         seq = max((s.seq for s in self.studies.values()), default=0) + 1
         seq = max(seq, self.store.next_study_seq())
@@ -249,7 +265,8 @@ class Studies:
             was = engine.state
             engine.resume()
             if engine.state is not was:
-                await self.store.update_study(row.id, state=engine.state.value)
+                # Kept in memory when the disk is full: a restart on a full disk comes up held.
+                await self.disk.update_study(row.id, state=engine.state.value)
             study = self._runtime(row, spec, engine)
             self._claim_folder(study)
             study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
@@ -333,7 +350,7 @@ class Studies:
         engine.end(state, reason)
         event = "study_limit" if stop is StopReason.LIMIT else "study_stop"
         log.info(event, study=study.id, reason=reason, running=sorted(study.runs))
-        await self.store.update_study(study.id, state=engine.state.value, end_reason=reason)
+        await self.disk.update_study(study.id, state=engine.state.value, end_reason=reason)
         if stop is StopReason.USER:
             # The stop answers once every run is reaped, so `hpodctl stop` returns to a quiet
             # machine.
@@ -357,7 +374,7 @@ class Studies:
             engine.conclude(reason)
         study.ended = time.time()
         study.stop_clock(time.monotonic())
-        await self.store.update_study(
+        await self.disk.update_study(
             study.id,
             state=engine.state.value,
             ended_at=study.ended,
@@ -409,15 +426,31 @@ class Studies:
         for study in self.studies.values():
             if study.engine.state is StudyState.RUNNING:
                 study.engine.interrupt()
-                await self.store.update_study(study.id, state=study.engine.state.value)
+                await self.disk.update_study(study.id, state=study.engine.state.value)
             if not study.done.is_set():
                 await self._save_clocks(study)
+        # A disk still full: what the store could not take is lost with the process, and the
+        # restart goes by what it holds (a run it still calls running is resumed).
+        await self.disk.flush()
+        self.disk.forget()
+
+    def _disk_changed(self, held: bool) -> None:
+        """The disk filled (held) or has room again: a held study's optimization_time does not
+        run down while it may start nothing; its running trials' compute time still counts."""
+        now = time.monotonic()
+        for study in self.studies.values():
+            if study.engine.state is StudyState.RUNNING and not study.done.is_set():
+                if held:
+                    study.stop_clock(now)
+                else:
+                    study.start_clock(now)
+                study.wake()
 
     # -- clocks, reports, checkpoints, timers ----------------------------------------------------
 
     async def _save_clocks(self, study: StudyRuntime) -> None:
         mono = time.monotonic()
-        await self.store.update_study(
+        await self.disk.update_study(
             study.id, elapsed=study.elapsed(mono), compute=study.compute(mono)
         )
 
@@ -530,7 +563,10 @@ class Studies:
                 await self._write_report(study)
                 next_report = max(next_report + period, mono + period / 2)
             if mono >= next_save:
-                await self._save_clocks(study)
+                # Not while the disk is full: the clocks are kept here, and the first save
+                # after it has room stores them (saves queued behind the hold would only pile up).
+                if self.disk.held is None:
+                    await self._save_clocks(study)
                 next_save = mono + CLOCK_SAVE_SECONDS
             delay = min(next_report, next_save) - mono
             if study.engine.state is StudyState.RUNNING:

@@ -24,12 +24,21 @@ from hpod.core import limits as lim
 from hpod.core.states import Decision, StudyState
 from hpod.core.study import Launch, ReportOutcome
 from hpod.daemon.config import DaemonConfig
+from hpod.daemon.disk import POLL_SECONDS, Disk
 from hpod.daemon.gpus import DevicePool
-from hpod.daemon.runner import TrialLaunch, TrialProcess, TrialStartError, log_tail, looks_like_oom
+from hpod.daemon.logcap import cut_trial_logs
+from hpod.daemon.runner import (
+    LOG_STREAMS,
+    TrialLaunch,
+    TrialProcess,
+    TrialStartError,
+    log_tail,
+    looks_like_oom,
+)
 from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
 from hpod.daemon.statetree import UnsafePath, owner_ids
-from hpod.daemon.store import Store, TrialRow
+from hpod.daemon.store import Store, TrialRow, disk_full
 from hpod.errors import HpodError
 
 log = structlog.get_logger("hpod.daemon")
@@ -95,6 +104,11 @@ class Trials:
         self.closed = False  # the daemon is shutting down: nothing new starts
         self._wake = anyio.Event()
         self._rotation = 0
+        # The state dir's free space: while it is short nothing starts, and the records of
+        # launches and exits that the store cannot take are kept until it can.
+        self.disk = Disk(store, store.path.parent, config.min_free_disk)
+        self.disk.listen(lambda held: None if held else self.wake())
+        self._closing = anyio.Event()  # ends the disk's watcher at once, not a poll later
 
     def _hooks(self) -> RunHooks:
         assert self.hooks is not None, "the studies service attaches itself at start-up"
@@ -117,7 +131,7 @@ class Trials:
 
     def wants_slot(self, study: StudyRuntime, now: float) -> bool:
         """Whether ``study`` may start a run now: under its cap, room in the pool, time left."""
-        if study.engine.state is not StudyState.RUNNING:
+        if study.engine.state is not StudyState.RUNNING or self.disk.held is not None:
             return False
         cap = study.spec.limits.max_concurrent
         if cap is not None and len(study.runs) >= cap:
@@ -215,7 +229,7 @@ class Trials:
         rec = study.engine.record(launch.trial_id)
         now = time.time()
         if launch.fresh and rec.runs == 1:
-            await self.store.insert_trial(
+            await self.disk.insert_trial(
                 TrialRow(
                     study_id=study.id,
                     trial_id=rec.trial_id,
@@ -236,7 +250,7 @@ class Trials:
                 )
             )
         else:
-            await self.store.update_trial(
+            await self.disk.update_trial(
                 study.id,
                 rec.trial_id,
                 state=rec.state.value,
@@ -286,21 +300,37 @@ class Trials:
         error: str | None = None
         try:
             try:
-                # The submitter's environment as its submit carried it (a PATH that finds its
-                # venv's python), else (an old client's study) the daemon's own.
-                run.proc = await TrialProcess.start(
-                    self._trial_launch(study, run), base_env=study.client_env
-                )
+                if self.disk.held is not None:
+                    # The disk filled since the slot was handed out (the launch's own record
+                    # could not be stored): nothing starts into a full disk. The finally below
+                    # records the run interrupted, and the trial runs once there is room.
+                    log.info("trial_launch_held", study=study.id, trial=run.trial_id)
+                else:
+                    # The submitter's environment as its submit carried it (a PATH that finds
+                    # its venv's python), else (an old client's study) the daemon's own.
+                    run.proc = await TrialProcess.start(
+                        self._trial_launch(study, run), base_env=study.client_env
+                    )
             except TrialStartError as exc:
                 error = exc.message
             except Exception as exc:
-                # Whatever goes wrong launching one trial (a spec stored before a check existed,
-                # a folder it cannot make) fails that trial, never the daemon.
-                detail = (
-                    exc.message if isinstance(exc, HpodError) else f"{type(exc).__name__}: {exc}"
-                )
-                error = f"could not start: {detail}"
-                log.warning("trial_start_error", study=study.id, trial=run.trial_id, error=error)
+                if disk_full(exc):
+                    # No room for its folder or logs: the disk's trouble, not the trial's. With
+                    # no error, the finally below records the run interrupted.
+                    self.disk.noticed_full()
+                    log.warning("trial_start_disk_full", study=study.id, trial=run.trial_id)
+                else:
+                    # Whatever else goes wrong launching one trial (a spec stored before a check
+                    # existed, a folder it cannot make) fails that trial, never the daemon.
+                    detail = (
+                        exc.message
+                        if isinstance(exc, HpodError)
+                        else f"{type(exc).__name__}: {exc}"
+                    )
+                    error = f"could not start: {detail}"
+                    log.warning(
+                        "trial_start_error", study=study.id, trial=run.trial_id, error=error
+                    )
             if run.proc is not None:
                 if run.state is RunState.STARTING:
                     run.move(RunState.RUNNING)
@@ -309,7 +339,19 @@ class Trials:
                     used = study.run_seconds.get(run.trial_id, 0.0)
                     run.cap_time(run.started + max(0.0, limit - used))
                 returncode = await self._wait(study, run, run.proc)
-                if returncode != 0 and not run.forces_stop:
+                if returncode != 0 and not run.forces_stop and self.disk.short():
+                    # It died while the state dir was full: most likely of the full disk (a
+                    # checkpoint or log write that failed). Interrupted, not failed: it runs
+                    # again, from its checkpoint, once there is room.
+                    log.warning(
+                        "trial_exit_disk_full",
+                        study=study.id,
+                        trial=run.trial_id,
+                        returncode=returncode,
+                        held=self.disk.held,
+                    )
+                    run.request_stop(StopReason.SHUTDOWN, time.monotonic())
+                elif returncode != 0 and not run.forces_stop:
                     tail = trial_log_or_refusal(study, run.trial_id, "stderr", 20)
                     error = f"exited with status {returncode}"
                     if looks_like_oom(tail):
@@ -379,7 +421,8 @@ class Trials:
         study.compute_seconds[tid] = study.compute_seconds.get(tid, 0.0) + elapsed * run.devices
         study.compute_base += elapsed * run.devices
         study.wake()
-        await self.store.update_trial(
+        # Kept in memory while the disk is full, and stored once there is room.
+        await self.disk.update_trial(
             study.id,
             tid,
             state=rec.state.value,
@@ -401,6 +444,36 @@ class Trials:
         await self._hooks().run_ended(study)
         if not self.closed:
             self.wake()
+
+    # -- the disk --------------------------------------------------------------------------------
+
+    async def watch_disk(self) -> None:
+        """While the daemon serves, every POLL_SECONDS: store the writes kept for lack of room
+        and hold or lift by the free space (hpod.daemon.disk), and cut each running trial's logs
+        that passed their log_limit to their tail (hpod.daemon.logcap)."""
+        self.disk.attach()
+        while not self.closed:
+            with anyio.move_on_after(POLL_SECONDS):
+                await self._closing.wait()
+            if self.closed:
+                return
+            await self.disk.poll()
+            await self._cut_logs()
+
+    async def _cut_logs(self) -> None:
+        logs = [
+            (study, tid, trial_dir(study, tid), owner_ids(study.owner))
+            for study in self.studies.values()
+            for tid, run in study.runs.items()
+            if run.proc is not None
+        ]
+        for study, tid, folder, ids in logs:
+            limit = study.spec.report.log_limit
+            cut = await anyio.to_thread.run_sync(
+                cut_trial_logs, study.folder.parent, folder, ids, limit, LOG_STREAMS
+            )
+            if cut:
+                log.info("trial_log_cut", study=study.id, trial=tid, cut=cut, log_limit=limit)
 
     # -- stopping --------------------------------------------------------------------------------
 
@@ -429,6 +502,7 @@ class Trials:
     def close(self) -> None:
         """Start nothing more (the daemon is shutting down)."""
         self.closed = True
+        self._closing.set()
         self.wake()
 
     # -- reports ---------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def summary_view(
     owner: int,
     created: float,
     ended: float | None,
+    held: str | None = None,
 ) -> dict[str, Any]:
     counts = {k: v for k, v in study.counts().items() if v}
     return {
@@ -57,6 +58,8 @@ def summary_view(
         "created": created,
         "ended": ended,
         "end_reason": study.end_reason,
+        # Why nothing starts now though the study is not over: "disk full: ..." (hpod.daemon.disk).
+        "held": held,
         "trials": counts,
         "total_trials": len(study.trials),
         "max_trials": study.spec.limits.max_trials,

@@ -131,7 +131,8 @@ async def serving(root: Path) -> AsyncIterator[Served]:
         scheduler='type = "fifo"\nmax_resource = 3',
         limits="max_trials = 1",
     )
-    config = DaemonConfig.defaults().with_overrides(cpu_slots=1)
+    # min_free_disk 0: the tmpfs test's 4 MiB state dir would hold the daemon under the default.
+    config = DaemonConfig.defaults().with_overrides(cpu_slots=1, min_free_disk=0)
     daemon = Daemon(config, socket_path=str(root / "s"), state_dir=root / "state")
     async with anyio.create_task_group() as tg:
         await tg.start(daemon.serve)

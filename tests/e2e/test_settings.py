@@ -37,7 +37,7 @@ from hpod.daemon import server
 from hpod.daemon.app import Daemon
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.connections import ROOT_RESERVE
-from hpod.errors import PermissionDenied, TooManyConnections
+from hpod.errors import ErrorCode, PermissionDenied, TooManyConnections
 from tests import fake_nvml
 from tests.daemon.test_authorization import SPEC as OWNED_SPEC
 from tests.daemon.test_authorization import Uids, call_as
@@ -444,6 +444,27 @@ def test_setting_idle_timeout(daemon_factory: Any, idle: str | int) -> None:
         else:  # 0: never
             assert not readable
             assert call(d.socket, "ping")["pong"] is True
+
+
+@e2e
+@pytest.mark.parametrize(("floor", "room"), [("1MiB", True), (0, True), ("1000TiB", False)])
+def test_setting_min_free_disk(daemon_factory: Any, floor: str | int, room: bool) -> None:
+    d = serve(daemon_factory, min_free_disk=floor)
+    if room:
+        sid = submit(d, ENV_TRIAL)
+        assert [t["state"] for t in d.ctl_json("trials", sid)] == ["completed"]
+        assert d.ctl_json("show", sid)["held"] is None
+        return
+    # Less free space than asked for: the daemon serves, launches nothing and admits nothing.
+    assert call(d.socket, "ping")["pong"] is True
+    text = spec("one", steps=3, limits="max_trials = 1", script="one.py")
+    path = d.write_spec("one", text.replace('type = "grid"', 'type = "random"'))
+    (path.parent / "one.py").write_text(ENV_TRIAL)
+    refused = d.ctl("submit", str(path))
+    assert refused.returncode == ErrorCode.STORE_FULL.exit_status, refused.stderr
+    assert "disk full: " in refused.stderr
+    assert "under min_free_disk (1000 TiB)" in refused.stderr
+    assert "disk_full_hold" in {e["event"] for e in events(d)}
 
 
 @e2e
