@@ -34,7 +34,7 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown, StoreFull
 from hpod.wire import loads_json, tag
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DB_NAME = "hpod.sqlite3"
 
 Durability = Literal["normal", "fsync"]
@@ -153,6 +153,32 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # JSON: the base of the study's trials' environment, so a restart resumes them with it.
     # Studies from before (and from old clients) have none (NULL): the daemon's own, as then.
     4: ("ALTER TABLE studies ADD COLUMN client_env TEXT",),
+    # 5 -> 6: live restore (docs/live-restore.md). A run's process outlives a daemon that dies,
+    # and the next one adopts it: live_runs keeps, per running trial, what proves its process
+    # (the shim's pid, start time, boot id, cgroup: runner.ProcessIdentity), its token hashed,
+    # its GPUs and what it was told last (a stop and when). A report's sender and sequence
+    # number let a trial re-send a report whose answer a kill lost without it counting twice.
+    # clocks_at: when the study's clocks were last saved, so time an adopted run spent while
+    # no daemon watched is counted from there, neither lost nor counted twice.
+    5: (
+        """
+        CREATE TABLE live_runs (
+            study_id TEXT NOT NULL,
+            trial_id INTEGER NOT NULL,
+            run INTEGER NOT NULL,
+            token_hash TEXT NOT NULL,
+            devices TEXT NOT NULL,
+            launched_at REAL NOT NULL,
+            identity TEXT,
+            stop_reason INTEGER,
+            stop_at REAL,
+            PRIMARY KEY (study_id, trial_id)
+        )
+        """,
+        "ALTER TABLE reports ADD COLUMN sender TEXT",
+        "ALTER TABLE reports ADD COLUMN seq INTEGER",
+        "ALTER TABLE studies ADD COLUMN clocks_at REAL",
+    ),
 }
 
 
@@ -176,6 +202,7 @@ class StudyRow:
     request_id: str | None = None  # the submit's, unique per owner; None from old clients
     # The submitter's environment for its trials (hpod.core.passenv); None: the daemon's own.
     client_env: dict[str, str] | None = None
+    clocks_at: float | None = None  # wall time of the last save of elapsed and compute
 
     def replace(self, **changes: Any) -> StudyRow:
         return dataclasses.replace(self, **changes)
@@ -215,7 +242,11 @@ class ReportRow:
     decision: Decision
     at: float
     counted: bool = True  # False: kept for the record, but not replayed into the scheduler
-    interrupting: bool = False  # the answer was a STOP forced by the daemon's shutdown
+    interrupting: bool = False  # the answer was forced by the daemon's shutdown
+    # Who sent it (one id per reporting process) and its number there: a report re-sent after
+    # a lost answer carries the same pair (hpod.trial), and is answered, not counted, again.
+    sender: str | None = None
+    seq: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,13 +259,34 @@ class EventRow:
     data: dict[str, Any]
 
 
-_JSON_COLUMNS = frozenset({"config", "metrics", "data", "client_env"})
+@dataclass(frozen=True, kw_only=True)
+class LiveRunRow:
+    """A run whose process may be alive: written as it starts, deleted with its exit."""
+
+    study_id: str
+    trial_id: int
+    run: int
+    token_hash: str  # hex sha256 of the run's HPOD_TOKEN: the store never holds a live token
+    devices: tuple[str, ...]  # GPU UUIDs of its slot; () for a CPU slot
+    launched_at: float  # wall time
+    # runner.ProcessIdentity.to_json() once the process is up; None: it may never have started.
+    identity: dict[str, Any] | None = None
+    stop_reason: int | None = None  # runtime.StopReason once a stop was asked for
+    stop_at: float | None = None  # wall time the stop was due
+
+    def replace(self, **changes: Any) -> LiveRunRow:
+        return dataclasses.replace(self, **changes)
+
+
+_JSON_COLUMNS = frozenset({"config", "metrics", "data", "client_env", "identity"})
 _STUDY_COLUMNS = tuple(f.name for f in dataclasses.fields(StudyRow))
 _TRIAL_COLUMNS = tuple(f.name for f in dataclasses.fields(TrialRow))
 # The key columns name a row; an update may not change them.
 # A request id names the submit that made the study, once and for all; so does its environment.
 _STUDY_UPDATABLE = frozenset(_STUDY_COLUMNS) - {"id", "request_id", "client_env"}
 _TRIAL_UPDATABLE = frozenset(_TRIAL_COLUMNS) - {"study_id", "trial_id"}
+_LIVE_COLUMNS = tuple(f.name for f in dataclasses.fields(LiveRunRow))
+_LIVE_UPDATABLE = frozenset({"identity", "stop_reason", "stop_at"})
 
 
 # ---------------------------------------------------------------------------------------- ops
@@ -263,6 +315,8 @@ def _dump_json(value: Mapping[str, Any]) -> str:
 def _sql_value(column: str, value: Any) -> Any:
     if column in _JSON_COLUMNS and value is not None:  # client_env may be NULL
         return _dump_json(value)
+    if column == "devices":
+        return json.dumps(list(value))
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
@@ -328,6 +382,26 @@ def update_trial_op(study_id: str, trial_id: int, **fields: Any) -> Op:
     )
 
 
+def insert_live_run_op(row: LiveRunRow) -> Op:
+    # REPLACE: a relaunch of the trial takes the place of a run whose exit was never written.
+    op = _insert("live_runs", _LIVE_COLUMNS, row)
+    return Op(op.sql.replace("INSERT INTO", "INSERT OR REPLACE INTO", 1), op.params)
+
+
+def update_live_run_op(study_id: str, trial_id: int, **fields: Any) -> Op:
+    return _update(
+        "live_runs",
+        _LIVE_UPDATABLE,
+        {"study_id": study_id, "trial_id": trial_id},
+        fields,
+        f"live run of trial {trial_id} of study {study_id}",
+    )
+
+
+def delete_live_run_op(study_id: str, trial_id: int) -> Op:
+    return Op("DELETE FROM live_runs WHERE study_id = ? AND trial_id = ?", (study_id, trial_id))
+
+
 def metrics_text(metrics: Mapping[str, Any]) -> str:
     """A report's metrics as the store keeps them; InvalidParams for one it cannot keep.
 
@@ -362,10 +436,12 @@ def report_op(
     *,
     counted: bool = True,
     interrupting: bool = False,
+    sender: str | None = None,
+    seq: int | None = None,
 ) -> Op:
     return Op(
         "INSERT INTO reports (study_id, trial_id, run, resource, metrics, decision, at, counted,"
-        " interrupting) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " interrupting, sender, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             study_id,
             trial_id,
@@ -377,6 +453,8 @@ def report_op(
             at,
             int(counted),
             int(interrupting),
+            sender,
+            seq,
         ),
     )
 
@@ -801,6 +879,9 @@ class Store:
             "SELECT * FROM events WHERE study_id = ? ORDER BY id", (study_id,), _event_row
         )
 
+    def load_live_runs(self) -> list[LiveRunRow]:
+        return self._query("SELECT * FROM live_runs ORDER BY study_id, trial_id", (), _live_run_row)
+
     def next_study_seq(self) -> int:
         """One more than the largest study seq so far (1 for an empty store); reserves nothing."""
         rows = self._query(
@@ -925,6 +1006,7 @@ def _study_row(r: sqlite3.Row) -> StudyRow:
         compute=float(r["compute"]),
         request_id=r["request_id"],
         client_env=None if r["client_env"] is None else _load_env(r["client_env"]),
+        clocks_at=_opt_float(r["clocks_at"]),
     )
 
 
@@ -961,6 +1043,23 @@ def _report_row(r: sqlite3.Row) -> ReportRow:
         at=float(r["at"]),
         counted=bool(r["counted"]),
         interrupting=bool(r["interrupting"]),
+        sender=r["sender"],
+        seq=_opt_int(r["seq"]),
+    )
+
+
+def _live_run_row(r: sqlite3.Row) -> LiveRunRow:
+    devices = loads_json(r["devices"])
+    return LiveRunRow(
+        study_id=r["study_id"],
+        trial_id=int(r["trial_id"]),
+        run=int(r["run"]),
+        token_hash=r["token_hash"],
+        devices=tuple(str(d) for d in devices) if isinstance(devices, list) else (),
+        launched_at=float(r["launched_at"]),
+        identity=None if r["identity"] is None else _load_json(r["identity"]),
+        stop_reason=_opt_int(r["stop_reason"]),
+        stop_at=_opt_float(r["stop_at"]),
     )
 
 

@@ -18,16 +18,20 @@ from hpod.daemon.store import (
     DB_NAME,
     SCHEMA_VERSION,
     EventRow,
+    LiveRunRow,
     Op,
     ReportRow,
     Store,
     StudyRow,
     TrialRow,
     checkpoint_due,
+    delete_live_run_op,
     event_op,
+    insert_live_run_op,
     insert_study_op,
     insert_trial_op,
     report_op,
+    update_live_run_op,
     update_study_op,
     update_trial_op,
 )
@@ -195,7 +199,7 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 5
+    assert int(version) == SCHEMA_VERSION == 6
     conn.close()
     assert (path.stat().st_mode & 0o777) == 0o600  # it holds trial tokens
 
@@ -303,6 +307,48 @@ def test_a_version_4_store_is_migrated_with_its_studies_keeping_the_daemons_envi
         again = store.load_study("new-2")
         assert again is not None
         assert again.client_env == env
+
+
+def test_a_version_5_store_is_migrated_with_live_runs_and_report_senders(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DB_NAME
+    _store_of_version(
+        path,
+        5,
+        "INSERT INTO reports (study_id, trial_id, run, resource, metrics, decision, at)"
+        " VALUES ('s1', 0, 1, 1.0, '{\"loss\": 1.0}', 'CONTINUE', 10.0)",
+    )
+    with Store.open(tmp_path) as store:
+        (old,) = store.load_reports("s1")
+        assert (old.sender, old.seq) == (None, None)  # an old reporter's: never a repeat
+        assert store.load_live_runs() == []
+        store.write_sync(
+            report_op("s1", 0, 1, 2.0, {"loss": 0.5}, "PAUSE", 11.0, sender="42-ab", seq=7)
+        )
+        live = LiveRunRow(
+            study_id="s1",
+            trial_id=0,
+            run=1,
+            token_hash="ab" * 32,
+            devices=("GPU-1",),
+            launched_at=9.0,
+        )
+        store.write_sync(insert_live_run_op(live))
+        ident = {"pid": 5, "start_ticks": 77, "boot_id": "b"}
+        store.write_sync(update_live_run_op("s1", 0, identity=ident, stop_reason=5, stop_at=12.0))
+    with Store.open(tmp_path) as store:  # read back after a restart
+        assert [(r.sender, r.seq) for r in store.load_reports("s1")] == [(None, None), ("42-ab", 7)]
+        (row,) = store.load_live_runs()
+        assert row == live.replace(identity=ident, stop_reason=5, stop_at=12.0)
+        # A relaunch of the trial takes the place of the run whose exit was never written.
+        store.write_sync(insert_live_run_op(live.replace(run=2, devices=())))
+        (row,) = store.load_live_runs()
+        assert (row.run, row.devices, row.identity) == (2, (), None)
+        store.write_sync(delete_live_run_op("s1", 0))
+        assert store.load_live_runs() == []
+        with pytest.raises(ValueError, match="cannot update token_hash"):
+            update_live_run_op("s1", 0, token_hash="00")
 
 
 def test_a_studys_environment_is_never_updated(store: Store) -> None:
