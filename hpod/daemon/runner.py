@@ -1,10 +1,19 @@
 """One trial subprocess: its command line, its environment, its logs, and how it is stopped.
 
-A trial runs in its own session (so its process group is its own), with stdout and stderr
-appended to files in its trial directory, never to pipes: a trial that prints a lot can never
-block on a full pipe, and a grandchild that keeps the log open can never make `wait()` hang.
-Stopping is SIGTERM to the whole group, a grace period, then SIGKILL to the group; whatever is
-left of the group after the leader exits is killed too, so no orphan keeps holding a GPU.
+Each run is a shim (``hpod.daemon.shim``, a stdlib-only script run with ``python -I -S``) in its
+own session, and the trial its child, leading its own process group. The shim is what the daemon
+watches and signals: it forwards SIGTERM to the trial's group, kills everything on SIGUSR1, is a
+child subreaper (what the trial orphans, a ``setsid()`` daemon too, comes back to it and is killed
+when the trial ends), and writes the trial's exit status to a file, so a daemon that restarts can
+adopt a live run (:meth:`TrialProcess.adopt`) and still learn how it ended. Each run's process is
+named by a :class:`~hpod.daemon.procid.ProcessIdentity` (pid + start time + boot id) that can be
+stored and proven later; nothing not proven is signalled, and signals go through a pidfd.
+
+stdout and stderr are appended to files in its trial directory, never to pipes: a trial that
+prints a lot can never block on a full pipe, and a grandchild that keeps the log open can never
+make `wait()` hang. Stopping is SIGTERM (forwarded to the trial's group), a grace period, then
+SIGUSR1 (the shim kills the group and every descendant), then, if the shim is still there 2 s
+later, SIGKILL to the shim and to the trial's group while its leader is proven alive.
 
 The trial folder is the trial's owner's (it runs as them and writes there), so the daemon, root,
 reaches it and its logs only through ``hpod.daemon.statetree``: no link is followed, nothing
@@ -21,6 +30,8 @@ import pwd
 import re
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +43,7 @@ from anyio.abc import Process
 
 # The placeholder rules are the core's, so the spec check at submit and the launch here agree.
 from hpod.core.command import ConfigValue, format_value, render_command
+from hpod.daemon.procid import ProcessIdentity
 from hpod.daemon.statetree import Ids, UnsafePath, open_append, open_dir, read_tail, walk_dir
 from hpod.errors import HpodError, InvalidParams
 
@@ -74,10 +86,44 @@ class TrialLaunch:
     # The daemon's own folder the trial folder lies below (state_dir/studies): the walk from
     # it follows no link. None: the trial folder's parent.
     within: Path | None = None
+    run: int = 0  # which run of the trial this is: names its status file and cgroup
+    # The daemon's own 0700 folder where the shim writes the trial's exit status. None: a
+    # temporary folder of this process's own (tests that build a launch by hand).
+    status_dir: Path | None = None
+    # The run's cgroup (made by hpod.daemon.containment), which the shim enters before it starts
+    # the trial. None: no cgroup, the shim's subreaper clean-up only.
+    cgroup: Path | None = None
 
     @property
     def top(self) -> Path:
         return self.within if self.within is not None else self.trial_dir.parent
+
+    @property
+    def status_path(self) -> Path:
+        folder = self.status_dir if self.status_dir is not None else _own_status_dir()
+        return folder / f"{self.study_id}.{self.trial_id}.{self.run}.json"
+
+
+SHIM = Path(__file__).resolve().with_name("shim.py")
+# After SIGUSR1 (kill it all), how long the shim gets to kill, reap and write the status before
+# it is SIGKILLed itself.
+SHIM_KILL_SECONDS = 2.0
+
+_status_dir: Path | None = None
+
+
+def _own_status_dir() -> Path:
+    """A status folder of this process's own, for launches that name none."""
+    global _status_dir
+    if _status_dir is None:
+        _status_dir = Path(tempfile.mkdtemp(prefix="hpod-status-"))
+    return _status_dir
+
+
+def shim_command(args: Mapping[str, Any]) -> list[str]:
+    """The shim's command line: isolated (-I: no PYTHON* variables, no user site, no script
+    folder on sys.path) and without site (-S: no .pth file runs), whatever the trial's env."""
+    return [sys.executable, "-I", "-S", str(SHIM), json.dumps(dict(args))]
 
 
 def _format_number(value: float) -> str:
@@ -188,15 +234,35 @@ def _start_problem(exc: OSError, argv: list[str], launch: TrialLaunch) -> str:
 
 
 class TrialProcess:
-    """A running (or finished) trial subprocess and its process group."""
+    """One run: its shim (``pid``, the process watched and signalled) and the trial under it.
 
-    def __init__(self, launch: TrialLaunch, process: Process, argv: list[str]) -> None:
+    Started here (:meth:`start`, the shim our child) or adopted from an earlier daemon
+    (:meth:`adopt`, watched through a pidfd). Either way ``returncode`` is the trial's own exit
+    status as the shim recorded it (negative: killed by that signal)."""
+
+    def __init__(
+        self,
+        launch: TrialLaunch,
+        argv: list[str],
+        identity: ProcessIdentity,
+        *,
+        process: Process | None,
+        pidfd: int,
+        started_at: float | None = None,
+    ) -> None:
         self.launch = launch
         self.argv = argv
-        self.pid: int = process.pid
-        self.started_at: float = time.monotonic()
+        self.identity = identity
+        self.pid: int = identity.pid
+        self.trial_pid: int = identity.trial_pid
+        self.started_at: float = time.monotonic() if started_at is None else started_at
         self.stop_requested = False
-        self._process = process
+        self._process = process  # None: adopted, maybe not our child
+        # Every signal to the shim goes through this: a pidfd never names a reused pid.
+        self._pidfd: int | None = pidfd
+        self._lock = anyio.Lock()
+        self._returncode: int | None = None
+        self.shim_returncode: int | None = None
 
     @classmethod
     async def start(
@@ -214,7 +280,7 @@ class TrialProcess:
             raise TrialStartError("the command is empty; check `command` in the study spec")
         env = trial_environment(launch, os.environ if base_env is None else base_env)
 
-        user_kwargs: dict[str, Any] = {}
+        user_args: dict[str, Any] = {}
         switch_user = launch.user is not None and launch.user != os.geteuid()
         if switch_user and os.geteuid() != 0:
             raise TrialStartError(
@@ -223,84 +289,297 @@ class TrialProcess:
             )
         if switch_user and launch.user is not None:
             pw = pwd.getpwuid(launch.user)  # trial_environment already checked it exists
-            user_kwargs = {
+            user_args = {
                 "user": launch.user,
                 "group": pw.pw_gid,
                 "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid),
             }
 
         # The trial writes its checkpoints as its owner, who also reads its logs.
-        ids = Ids(user_kwargs["user"], user_kwargs["group"]) if user_kwargs else None
+        ids = Ids(user_args["user"], user_args["group"]) if user_args else None
         stdout, stderr = _prepare_folders(launch, ids)
         try:
             if not launch.workdir.is_dir():
                 message = _missing_workdir(launch)
                 stderr.write(f"=== could not start: {message} ===\n".encode())
                 raise TrialStartError(message)
-            try:
-                process = await anyio.open_process(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=stderr,
-                    cwd=launch.workdir,
-                    env=env,
-                    start_new_session=True,
-                    **user_kwargs,
-                )
-            except OSError as exc:
-                message = _start_problem(exc, argv, launch)
+            status_path = launch.status_path
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(status_path)  # an earlier attempt's, under the same run number
+            shim, line = await _start_shim(launch, argv, env, user_args, stdout, stderr)
+            if "trial_pid" not in line:
+                returncode = await shim.wait()
+                message = _shim_problem(line, returncode, argv, launch)
                 stderr.write(f"=== could not start: {message} ===\n".encode())
-                raise TrialStartError(message, data={"argv": argv}) from exc
+                raise TrialStartError(message, data={"argv": argv})
         finally:
-            # The child holds its own copies of the descriptors.
+            # The shim holds its own copies of the descriptors.
             stdout.close()
             stderr.close()
-        return cls(launch, process, argv)
+        pidfd = os.pidfd_open(shim.pid)  # our unreaped child: the pid is still the shim's
+        trial_ticks = line.get("trial_start_ticks")
+        identity = ProcessIdentity.of_shim(
+            shim.pid,
+            trial_pid=int(line["trial_pid"]),
+            trial_start_ticks=None if trial_ticks is None else int(trial_ticks),
+            cgroup=None if launch.cgroup is None else str(launch.cgroup),
+            status_path=str(status_path),
+        )
+        return cls(launch, argv, identity, process=shim, pidfd=pidfd)
+
+    @classmethod
+    async def adopt(cls, launch: TrialLaunch, identity: ProcessIdentity) -> TrialProcess | None:
+        """The run an earlier daemon (or this process, before it re-executed itself) started,
+        if its shim is provably still that process; None (and nothing signalled) if not."""
+        await anyio.lowlevel.checkpoint()
+        try:
+            pidfd = os.pidfd_open(identity.pid)
+        except ProcessLookupError:
+            return None
+        # Proven after the pidfd is open: the pidfd then names the process proven, even if it
+        # exits and its pid is reused a moment later.
+        if not identity.matches():
+            os.close(pidfd)
+            return None
+        try:
+            argv = render_command(
+                launch.command,
+                launch.config,
+                trial_id=launch.trial_id,
+                trial_dir=launch.trial_dir,
+                checkpoint_dir=launch.checkpoint_dir,
+            )
+        except HpodError:
+            argv = []
+        return cls(
+            launch,
+            argv,
+            identity,
+            process=None,
+            pidfd=pidfd,
+            started_at=_started_monotonic(identity.start_ticks),
+        )
 
     @property
     def returncode(self) -> int | None:
-        """The exit status once the process has been reaped (negative: killed by that signal)."""
-        return self._process.returncode
+        """The trial's exit status once its shim has exited (negative: killed by that signal)."""
+        return self._returncode
 
     async def wait(self) -> int:
-        """Wait for the trial's main process to exit, then clear out the rest of its group."""
-        returncode = await self._process.wait()
+        """Wait for the run to end (the shim has killed and reaped what the trial left), then
+        clear out whatever the shim could not; the trial's exit status."""
+        await self._wait_shim()
         self._kill_leftovers()
-        return returncode
+        assert self._returncode is not None
+        return self._returncode
 
     def send(self, sig: int) -> None:
-        """Send a signal to the trial's whole process group (quietly, if it is gone)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)
+        """Signal the run through its shim (quietly, if it is gone): SIGTERM, SIGINT and SIGHUP
+        reach the trial's whole group; SIGKILL (or SIGUSR1) kills the group and every
+        descendant; the shim itself is only SIGKILLed by :meth:`stop`."""
+        self._signal_shim(signal.SIGUSR1 if sig == signal.SIGKILL else sig)
 
     async def stop(self, grace: float) -> int:
-        """SIGTERM to the group, up to `grace` seconds to exit, then SIGKILL; the exit status."""
+        """SIGTERM to the group, up to `grace` seconds to exit, then kill it all; the exit
+        status."""
         self.stop_requested = True
         try:
-            if self._process.returncode is None:
+            if self._returncode is None:
                 self.send(signal.SIGTERM)
                 with anyio.move_on_after(grace):
-                    await self._process.wait()
+                    await self._wait_shim()
         finally:
             # Shielded: a cancelled stop must still never leave the trial running.
             with anyio.CancelScope(shield=True):
-                if self._process.returncode is None:
-                    self.send(signal.SIGKILL)
-                returncode = await self._process.wait()
-                self._kill_leftovers()
+                if self._returncode is None:
+                    self._signal_shim(signal.SIGUSR1)
+                    with anyio.move_on_after(SHIM_KILL_SECONDS):
+                        await self._wait_shim()
+                if self._returncode is None:
+                    # The shim is stuck (or was stopped): kill it, and the group by hand.
+                    self._signal_shim(signal.SIGKILL)
+                    self._kill_leftovers()
+                returncode = await self.wait()
         return returncode
 
+    def _signal_shim(self, sig: int) -> None:
+        if self._pidfd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, sig)
+
+    async def _wait_shim(self) -> None:
+        async with self._lock:
+            if self._returncode is not None:
+                return
+            assert self._pidfd is not None
+            if self._process is not None:
+                shim_rc: int | None = await self._process.wait()
+            else:
+                # Readable once the process has exited, whoever its parent is.
+                await anyio.wait_readable(self._pidfd)
+                shim_rc = None
+                try:
+                    # Our own child after a re-exec: reap it, and it tells its status.
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                    if pid:
+                        shim_rc = os.waitstatus_to_exitcode(status)
+                except ChildProcessError:
+                    pass
+            self.shim_returncode = shim_rc
+            trial_rc = _read_status(Path(self.identity.status_path))
+            if trial_rc is None:
+                # No status: the shim was killed before it could write one.
+                trial_rc = shim_rc if shim_rc is not None else -signal.SIGKILL
+            os.close(self._pidfd)
+            self._pidfd = None
+            if self.launch.status_dir is None:
+                # Our own temporary folder: nobody else reads it.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.identity.status_path)
+            self._returncode = trial_rc
+
+    def forget_status(self) -> None:
+        """Remove the run's status file, once the daemon has recorded how it ended."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.identity.status_path)
+
     def _kill_leftovers(self) -> None:
-        # The group outlives its leader while any member lives (a data-loader worker, a
-        # backgrounded helper); its id cannot be reused meanwhile, so this cannot hit a stranger.
-        self.send(signal.SIGKILL)
+        # The shim kills and reaps the whole tree itself. Only a shim killed before it could
+        # leaves the trial's group behind, and the group is signalled by id only while its
+        # leader is provably the trial's (alive, or a zombie not yet reaped): once the leader
+        # is reaped and gone, its id may be a stranger's group. What escaped the group is the
+        # cgroup's to kill (hpod.daemon.containment).
+        if self.identity.trial_matches():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.identity.pgid, signal.SIGKILL)
 
     def __repr__(self) -> str:
         return (
             f"<TrialProcess study={self.launch.study_id} trial={self.launch.trial_id} "
-            f"pid={self.pid} returncode={self.returncode}>"
+            f"pid={self.pid} trial_pid={self.trial_pid} returncode={self.returncode}>"
         )
+
+
+async def _start_shim(
+    launch: TrialLaunch,
+    argv: list[str],
+    env: Mapping[str, str],
+    user_args: Mapping[str, Any],
+    stdout: IO[bytes],
+    stderr: IO[bytes],
+) -> tuple[Process, dict[str, Any]]:
+    """Start the shim and read its one line: the trial's pid, or why it could not start."""
+    read_fd, write_fd = os.pipe()
+    try:
+        args = {
+            "argv": argv,
+            "cwd": str(launch.workdir),
+            "report_fd": write_fd,
+            "status_path": str(launch.status_path),
+            "cgroup": None if launch.cgroup is None else str(launch.cgroup),
+            **user_args,
+        }
+        try:
+            shim = await anyio.open_process(
+                shim_command(args),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                cwd="/",  # the shim holds no user's folder
+                env=env,
+                start_new_session=True,
+                pass_fds=(write_fd,),
+            )
+        except OSError as exc:
+            raise TrialStartError(
+                f"could not start the trial's shim ({sys.executable}): {exc}"
+            ) from exc
+        finally:
+            os.close(write_fd)
+        try:
+            line = await _read_line(read_fd)
+        except BaseException:
+            # Cancelled while it starts: it must not run on unwatched.
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(ProcessLookupError):
+                    shim.send_signal(signal.SIGUSR1)
+                with anyio.move_on_after(SHIM_KILL_SECONDS):
+                    await shim.wait()
+                if shim.returncode is None:
+                    shim.kill()
+                    await shim.wait()
+            raise
+    finally:
+        os.close(read_fd)
+    return shim, line
+
+
+async def _read_line(fd: int) -> dict[str, Any]:
+    """The shim's one JSON line, read to the end of the pipe ({} if it closed without one)."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    try:
+        line = json.loads(data.split(b"\n", 1)[0] or b"{}")
+    except ValueError:
+        return {}
+    return line if isinstance(line, dict) else {}
+
+
+def _shim_problem(
+    line: Mapping[str, Any], returncode: int, argv: list[str], launch: TrialLaunch
+) -> str:
+    """Today's start-error messages, from what the shim said (or did not say)."""
+    if not line:
+        return (
+            f"the trial's shim exited with status {returncode} before it started the trial; "
+            "see the trial's stderr.log"
+        )
+    errno = line.get("errno")
+    strerror = str(line.get("strerror", ""))
+    if line.get("stage") == "cgroup":
+        return f"could not put the trial in its cgroup {str(launch.cgroup)!r}: {strerror}"
+    if isinstance(errno, int):
+        # OSError(errno, text) is the errno's own class (FileNotFoundError for ENOENT, ...).
+        return _start_problem(OSError(errno, strerror), argv, launch)
+    program = argv[0] if argv else ""
+    return (
+        f"command {program!r} could not be started: {strerror}; check `command` in the study spec"
+    )
+
+
+def _read_status(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            raw = json.loads(f.read(4096))
+        code = raw["returncode"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _started_monotonic(ticks: int) -> float:
+    """A process's start, on this process's monotonic clock (roughly: boot time, not suspend)."""
+    try:
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError):
+        return time.monotonic()
+    age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    return time.monotonic() - max(0.0, age)
 
 
 def log_tail(

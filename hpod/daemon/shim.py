@@ -1,0 +1,231 @@
+"""The per-trial shim: the one process the daemon starts, watches and signals for a run.
+
+Run as ``[sys.executable, "-I", "-S", <this file>, <json args>]``: isolated mode, no site, and
+stdlib-only on purpose, so that nothing a user put on PYTHONPATH (or in a .pth file) runs in a
+process that may be root. It imports nothing of hpod, and the daemon never imports it.
+
+It is a child subreaper (``PR_SET_CHILD_SUBREAPER``): whatever the trial starts and orphans, a
+``setsid()`` daemon included, is reparented to it rather than to init, so when the trial's leader
+exits it can kill and reap every descendant. Placed in the run's cgroup (when the daemon made
+one) before it starts the trial, so the trial is in it from its first instruction. It outlives a
+daemon that dies (it is in its own session), and writes the trial's exit status to a file of the
+daemon's, which a restarted daemon reads.
+
+The arguments, one JSON object: ``argv``, ``cwd``, ``report_fd`` (the pipe to tell the daemon
+``{"trial_pid": N, "trial_start_ticks": T}`` or the start error), ``status_path``, and optional
+``cgroup``, ``user``, ``group``, ``extra_groups``. The environment is the shim's own, which the
+daemon set to the trial's; stdout/stderr are the shim's own, the trial's log files.
+
+Signals: SIGTERM, SIGINT and SIGHUP are forwarded to the trial's process group; SIGUSR1 means
+"kill it all": SIGKILL to the group and to every descendant.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+PR_SET_CHILD_SUBREAPER = 36
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+KILL_ALL = signal.SIGUSR1
+
+
+class Shim:
+    def __init__(self) -> None:
+        self.trial_pid: int | None = None
+        # Set once the leader is reaped: from then on its pid (so its group id) may be reused by a
+        # stranger, and the group is never signalled by id again.
+        self.leader_reaped = False
+        self.pending: list[int] = []  # signals that came before the trial existed
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        if self.trial_pid is None:
+            self.pending.append(signum)
+            return
+        if signum == KILL_ALL:
+            self.kill_group(signal.SIGKILL)
+            kill_descendants()
+        else:
+            self.kill_group(signum)
+
+    def kill_group(self, sig: int) -> None:
+        if self.trial_pid is None or self.leader_reaped:
+            return
+        try:  # noqa: SIM105 - contextlib is more than the shim needs to import
+            # The leader is alive or an unreaped zombie of ours: the group id is still its own.
+            os.killpg(self.trial_pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def run(self, args: dict[str, Any]) -> int:
+        report_fd = int(args["report_fd"])
+        set_subreaper()
+        for sig in (*FORWARDED, KILL_ALL):
+            # Handlers, not SIG_IGN: an ignored signal would stay ignored in the trial after exec.
+            signal.signal(sig, self.on_signal)
+        cgroup = args.get("cgroup")
+        if cgroup:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+                    procs.write(str(os.getpid()))
+            except OSError as exc:
+                tell(report_fd, {**error_line(exc), "stage": "cgroup"})
+                return 1
+        kwargs: dict[str, Any] = {}
+        if args.get("user") is not None:
+            kwargs = {
+                "user": args["user"],
+                "group": args.get("group"),
+                "extra_groups": args.get("extra_groups"),
+            }
+        try:
+            proc = subprocess.Popen(
+                args["argv"],
+                cwd=args["cwd"],
+                stdin=subprocess.DEVNULL,
+                process_group=0,  # the trial leads its own group, inside the shim's session
+                **kwargs,
+            )
+        except (OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
+            tell(report_fd, error_line(exc))
+            return 1
+        # Before the leader can be reaped (only this process reaps it): its start time, which
+        # proves later that the pid is still the trial's.
+        ticks = start_ticks(proc.pid)
+        self.trial_pid = proc.pid
+        tell(report_fd, {"trial_pid": proc.pid, "trial_start_ticks": ticks})
+        for signum in self.pending:
+            self.on_signal(signum, None)
+        self.pending.clear()
+
+        # WNOWAIT: the exited leader stays a zombie, holding its pid and so its group id, while
+        # the rest of the group is killed by that id.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        self.kill_group(signal.SIGKILL)
+        returncode = proc.wait()
+        self.leader_reaped = True
+        reap_everything()
+        write_status(args["status_path"], {"returncode": returncode, "ended_at": time.time()})
+        return 0
+
+
+def set_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        print(f"hpod shim: PR_SET_CHILD_SUBREAPER failed: {os.strerror(err)}", file=sys.stderr)
+
+
+def error_line(exc: BaseException) -> dict[str, Any]:
+    errno = exc.errno if isinstance(exc, OSError) else None
+    strerror = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return {"errno": errno, "strerror": strerror, "exc": type(exc).__name__}
+
+
+def tell(fd: int, line: dict[str, Any]) -> None:
+    data = (json.dumps(line) + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass  # the daemon is gone: the run goes on, and its status file says how it ended
+    finally:
+        os.close(fd)
+
+
+def start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    return int(stat.rsplit(b")", 1)[1].split()[19])
+
+
+def _parent_of(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(b")", 1)[1].split()[1])
+
+
+def descendants() -> list[int]:
+    """Every live descendant of this process, by walking parent links over /proc (the kernel's
+    ``/proc/<pid>/task/<tid>/children`` is not built everywhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _parent_of(entry)
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    todo = [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_descendants() -> None:
+    for pid in descendants():
+        try:  # noqa: SIM105 - contextlib is more than the shim needs to import
+            # Parents come before their children in the list, and a process killed reaps
+            # nothing more: each pid stays its process's until this shim reaps it, save one
+            # reaped by a parent in the moment between the listing and that parent's kill.
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def reap_everything() -> None:
+    """Kill and reap every descendant until there is none: what the trial left behind, whatever
+    session or group it moved to, was reparented here (a subreaper) when its parent died."""
+    while True:
+        kill_descendants()
+        try:
+            while True:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+        except ChildProcessError:
+            return
+        time.sleep(0.01)  # a killed process takes a moment to exit; its orphans come here next
+
+
+def write_status(path: str, status: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, json.dumps(status).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def main(argv: list[str]) -> int:
+    args = json.loads(argv[1])
+    return Shim().run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
