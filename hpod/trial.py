@@ -28,6 +28,7 @@ import operator
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,14 @@ STOP = Decision.STOP
 # too early would lose an acknowledged-later report; a dead daemon shows up as EOF long before.
 _TIMEOUT = 120.0
 _CLIENT = "hpod.trial"
+# How long a report waits for a daemon that went away (killed, restarting) before it gives up:
+# the daemon sets HPOD_RECONNECT_TIMEOUT from the study spec's reconnect_timeout.
+RECONNECT_TIMEOUT_ENV = "HPOD_RECONNECT_TIMEOUT"
+DEFAULT_RECONNECT_TIMEOUT = 120.0
+# The pause between reconnects: short at first (a restart takes a second or two), then no more
+# than a connect a second, so a long outage costs the daemon's accept loop nothing.
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 1.0
 
 _lock = threading.Lock()
 # The connection is keyed by (pid, socket path): a forked child (a DataLoader worker) must not
@@ -69,6 +78,13 @@ _lock = threading.Lock()
 _conn: SyncConnection | None = None
 _conn_key: tuple[int, str] | None = None
 _warned_outside = False
+# Who reports (one id per reporting process, made on its first report) and the number of its
+# last report: a report re-sent after a lost answer carries the same pair, so a daemon that
+# committed it before the answer was lost answers it again and counts it once. Keyed by pid
+# like the connection: a forked child is a sender of its own, numbered from 1.
+_sender: str | None = None
+_sender_pid = 0
+_seq = 0
 
 
 def inside_hpod() -> bool:
@@ -160,9 +176,14 @@ def report(**metrics: Any) -> Decision:
     Values are numbers (bool, int, float; numpy scalars and 0-d tensors are converted; NaN and
     infinities are fine and rank as the worst). Returns :data:`CONTINUE`, :data:`PAUSE` or
     :data:`STOP` (members of :class:`Decision`, so compare with ``is``). Raises
-    :class:`~hpod.errors.TokenRejected` if the daemon refuses this trial's ``HPOD_TOKEN`` and
-    :class:`~hpod.errors.DaemonUnavailable` if it cannot be reached even after one reconnect.
-    Thread-safe; one connection per process, opened on the first report.
+    :class:`~hpod.errors.TokenRejected` if the daemon refuses this trial's ``HPOD_TOKEN``.
+
+    A daemon that goes away (killed, restarting) is waited for: the report is sent again, the
+    same (its sender and sequence number tell the daemon it is not a new one), until
+    ``HPOD_RECONNECT_TIMEOUT`` seconds have passed (the spec's ``reconnect_timeout``; default
+    120; 0 waits for nothing: one reconnect), and then it raises
+    :class:`~hpod.errors.DaemonUnavailable`. Thread-safe; one connection per process, opened
+    on the first report.
     """
     if not metrics:
         raise ValueError("report() needs at least one metric, e.g. report(epoch=1, val_acc=0.9)")
@@ -170,7 +191,7 @@ def report(**metrics: Any) -> Decision:
     if not inside_hpod():
         _warn_outside()
         return CONTINUE
-    result = _call("trial.report", {**_identity(), "metrics": values})
+    result = _call("trial.report", {**_identity(), "metrics": values}, sequenced=True)
     if not isinstance(result, Mapping) or "decision" not in result:
         raise HpodError(f"the daemon answered trial.report without a decision: {result!r}")
     return Decision(result["decision"])
@@ -217,11 +238,16 @@ def _identity() -> dict[str, Any]:
     return {"study": study, "trial": _int_env("HPOD_TRIAL", trial), "token": token}
 
 
-def _call(method: str, params: dict[str, Any]) -> Any:
+def _call(method: str, params: dict[str, Any], *, sequenced: bool = False) -> Any:
+    """Call ``method``; a ``sequenced`` call (a report) is stamped and waits for the daemon."""
     global _conn, _conn_key
     path = os.environ["HPOD_SOCKET"]
-    key = (os.getpid(), path)
+    pid = os.getpid()
+    key = (pid, path)
     with _lock:
+        if sequenced:
+            # Stamped under the lock, so that a process's reports leave in their seq order.
+            params["sender"], params["seq"] = _stamp(pid)
         if _conn is not None and _conn_key != key:
             # A forked child (closing its copy leaves the parent's socket open) or another
             # daemon: either way this process needs a connection of its own.
@@ -229,22 +255,86 @@ def _call(method: str, params: dict[str, Any]) -> Any:
             _conn, _conn_key = None, None
         if _conn is not None:
             try:
-                return _call_locked(method, params, path, key)
+                return _call_locked(method, params, path, key, sequenced)
             except _ConnectionLost:
                 # The daemon restarted (or dropped us) since the last report: this report was
-                # not acknowledged, so sending it once more on a fresh connection is safe.
+                # not acknowledged, so sending it once more on a fresh connection is safe (a
+                # report: its seq tells the daemon whether it took it already).
                 pass
         try:
-            return _call_locked(method, params, path, key)
+            return _call_locked(method, params, path, key, sequenced)
         except _ConnectionLost as exc:
-            raise DaemonUnavailable(exc.args[0]) from exc.__cause__
+            if not sequenced:
+                raise DaemonUnavailable(exc.args[0]) from exc.__cause__
+            return _wait_for_daemon(method, params, path, key, exc)
+
+
+def _stamp(pid: int) -> tuple[str, int]:
+    global _sender, _sender_pid, _seq
+    if _sender is None or _sender_pid != pid:
+        _sender, _sender_pid, _seq = f"{pid}-{os.urandom(4).hex()}", pid, 0
+    _seq += 1
+    return _sender, _seq
+
+
+def _wait_for_daemon(
+    method: str,
+    params: dict[str, Any],
+    path: str,
+    key: tuple[int, str],
+    lost: _ConnectionLost,
+) -> Any:
+    """Send ``params`` again, the same, until the daemon answers or the reconnect timeout ends.
+
+    The daemon is restarting (its socket gone, refused, or answering no more): a daemon that
+    adopts this run answers the re-sent report, and one that took it before the answer was lost
+    answers it again without counting it twice. One that does not know this run any more
+    refuses its token, and that is raised at once: the trial must stop, not train on.
+    """
+    budget = _reconnect_timeout()
+    started = time.monotonic()
+    deadline = started + budget
+    delay = _BACKOFF_FIRST
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, _BACKOFF_MAX)
+        try:
+            return _call_locked(method, params, path, key, True)
+        except _ConnectionLost as exc:
+            lost = exc
+    waited = time.monotonic() - started
+    raise DaemonUnavailable(
+        f"{lost.args[0]} (this report waited {waited:.3g}s for the daemon to come back, "
+        f"HPOD_RECONNECT_TIMEOUT={budget:g}s; the study spec's reconnect_timeout sets it)"
+    ) from lost.__cause__
+
+
+def _reconnect_timeout() -> float:
+    raw = os.environ.get(RECONNECT_TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_RECONNECT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise InvalidParams(
+            f"{RECONNECT_TIMEOUT_ENV} must be a number of seconds (0 or more), not {raw!r}; "
+            "the daemon sets it from the study spec's reconnect_timeout"
+        )
+    return value
 
 
 class _ConnectionLost(Exception):
-    """The connection died before an answer came: worth one reconnect."""
+    """The connection died before an answer came: worth a reconnect."""
 
 
-def _call_locked(method: str, params: dict[str, Any], path: str, key: tuple[int, str]) -> Any:
+def _call_locked(
+    method: str, params: dict[str, Any], path: str, key: tuple[int, str], sequenced: bool
+) -> Any:
     global _conn, _conn_key
     try:
         if _conn is None:
@@ -258,13 +348,15 @@ def _call_locked(method: str, params: dict[str, Any], path: str, key: tuple[int,
             f"(was the trial started by hand with a stale environment?): {exc.message}",
             data=exc.data,
         ) from None
-    except TimeoutError:
-        # Not retried: the daemon may still make this report durable, and a resend would
-        # count it twice.
+    except TimeoutError as exc:
         _drop()
-        raise DaemonUnavailable(
-            f"the daemon on {path} did not answer {method} within {_TIMEOUT:g}s"
-        ) from None
+        message = f"the daemon on {path} did not answer {method} within {_TIMEOUT:g}s"
+        if sequenced:
+            # Sent again with the same seq: a daemon that still made it durable answers the
+            # re-send without counting it twice.
+            raise _ConnectionLost(message) from exc
+        # Not retried: the daemon may still act on it, and a resend would do it twice.
+        raise DaemonUnavailable(message) from None
     except (DaemonUnavailable, OSError) as exc:
         _drop()
         raise _ConnectionLost(str(exc)) from exc

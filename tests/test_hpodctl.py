@@ -452,9 +452,17 @@ def test_subprocess_report_inside_a_trial(server: WireServer) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "PAUSE\n"
-    assert server.calls("trial.report") == [
-        {"study": "s1", "trial": 7, "token": "tok", "metrics": {"epoch": 1, "acc": 0.5}}
-    ]
+    [params] = server.calls("trial.report")
+    # Its own process, so a sender of its own, and its first report (hpod.trial's seq).
+    assert params == {
+        "study": "s1",
+        "trial": 7,
+        "token": "tok",
+        "metrics": {"epoch": 1, "acc": 0.5},
+        "sender": params["sender"],
+        "seq": 1,
+    }
+    assert params["sender"].split("-")[0] != str(os.getpid())
 
 
 # -- hpod.Client ------------------------------------------------------------------------------
