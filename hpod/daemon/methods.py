@@ -89,6 +89,31 @@ def _param_int(params: Mapping[str, Any], key: str) -> int:
     return value
 
 
+# A report's sender (hpod.trial: its pid and 8 hex digits) is kept with it in the store: short.
+SENDER_MAX = 64
+# A report's seq is stored as SQLite's INTEGER, a signed 64-bit number.
+SEQ_MAX = (1 << 63) - 1
+
+
+def _param_stamp(params: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """A report's ``sender`` and ``seq``, each None where absent (an old reporter)."""
+    sender = params.get("sender")
+    seq = params.get("seq")
+    if sender is not None and not (isinstance(sender, str) and 0 < len(sender) <= SENDER_MAX):
+        raise InvalidParams(
+            f"parameter 'sender' must be a string of 1 to {SENDER_MAX} characters (hpod.trial "
+            f"sends its pid and 8 hex digits), not {wire.shown(sender)}"
+        )
+    if seq is not None and (
+        isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= SEQ_MAX
+    ):
+        raise InvalidParams(
+            f"parameter 'seq' must be an integer from 0 to {SEQ_MAX} (the report's number "
+            f"within its sender), not {wire.shown(seq)}"
+        )
+    return sender, seq
+
+
 # The longest `wait` the daemon takes: a year. Without a timeout a wait lasts as long as the study.
 WAIT_MAX = 366 * 86400.0
 
@@ -315,6 +340,21 @@ class Methods:
         metrics = params.get("metrics")
         if not isinstance(metrics, dict) or not metrics:
             raise InvalidParams("parameter 'metrics' must be a non-empty object of name: number")
+        sender, seq = _param_stamp(params)
+        if (
+            sender is not None
+            and sender == run.last_sender
+            and seq is not None
+            and run.last_seq is not None
+            and seq <= run.last_seq
+            and run.last_answer is not None
+        ):
+            # Sent again: its answer was lost (the daemon killed after the commit, a dropped
+            # connection), and the reporter cannot tell whether it was taken. It was: the same
+            # answer again, nothing counted or stored twice.
+            answer.prepare({"decision": run.last_answer.value, "repeat": True})
+            answer.settle(None)
+            return
         # Serialized before the study sees it: a report the store could not keep (a metric too
         # deep) is refused with the study untouched. The in-memory study never holds a report
         # the store does not.
@@ -324,6 +364,17 @@ class Methods:
         force = Decision.STOP if (not self.studies.accepting or run.forces_stop) else None
         outcome = engine.on_report(run.trial_id, metrics, now, force=force)
         answer.prepare({"decision": outcome.decision.value})
+        last = (run.last_sender, run.last_seq, run.last_answer)
+        stamped = sender is not None and seq is not None
+        if stamped:
+            run.last_sender, run.last_seq, run.last_answer = sender, seq, outcome.decision
+
+        def undo() -> None:
+            engine.retract_report(run.trial_id, outcome)
+            if stamped and (run.last_sender, run.last_seq) == (sender, seq):
+                # Not stored: a re-send of it is a new report, not one to answer from memory.
+                run.last_sender, run.last_seq, run.last_answer = last
+
         # The scheduler's PAUSE or STOP is acted on (the grace period, then SIGTERM) only once
         # the trial has been told it: a report whose commit fails was answered with an error.
         decided = outcome.decision is not Decision.CONTINUE and not outcome.forced
@@ -342,11 +393,13 @@ class Methods:
                 # A shutdown's STOP interrupts the run: a restart resumes it, where any other
                 # STOP the trial acknowledged ends it (Study.restore).
                 interrupting=outcome.forced and (not self.studies.accepting or run.interrupted),
+                sender=sender,
+                seq=seq,
             ),
             then=_settle_report(
                 answer,
                 asyncio.get_running_loop(),
-                undo=lambda: engine.retract_report(run.trial_id, outcome),
+                undo=undo,
                 then=(lambda: self.trials.after_report(study, run, outcome)) if decided else None,
             ),
         )

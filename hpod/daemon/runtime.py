@@ -12,6 +12,7 @@ import anyio
 
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
+from hpod.core.states import Decision
 from hpod.core.study import Launch, Study
 from hpod.daemon.disk import Disk
 from hpod.daemon.runner import TrialProcess
@@ -69,6 +70,13 @@ class TrialRun:
     exited: anyio.Event = field(default_factory=anyio.Event)
     state: RunState = RunState.STARTING
     stop_reason: StopReason | None = None
+    # The last report taken from the run (hpod.trial's sender and seq) and its answer: a report
+    # sent again after its answer was lost (a killed daemon, a dropped connection) is answered
+    # this, not counted twice. Set as a report is taken (and put back if its commit fails), or
+    # for an adopted run from the store's last report of it; None until a stamped report.
+    last_sender: str | None = None
+    last_seq: int | None = None
+    last_answer: Decision | None = None
     # The run's task waits for its process inside this scope; its deadline is the stop's (and
     # trial_time's). Cancelling it is the one way a run is stopped.
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)

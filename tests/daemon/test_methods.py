@@ -19,13 +19,15 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.methods import Methods
 from hpod.daemon.peercred import Credentials
-from hpod.daemon.runtime import StopReason, StudyRuntime
+from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.server import Peer
-from hpod.errors import InvalidParams, NotFound, PermissionDenied, TokenRejected
+from hpod.daemon.store import Op
+from hpod.errors import InvalidParams, NotFound, PermissionDenied, StoreFull, TokenRejected
 from tests.daemon.fakes import (
     FakeAnswer,
     FakeFitter,
     FakePool,
+    FakeStore,
     FakeStudies,
     FakeTrials,
     make_study,
@@ -475,3 +477,139 @@ async def test_a_report_too_deep_to_store_is_refused_before_the_study_counts_it(
     assert world.study.engine.record(run.trial_id) == before
     assert world.studies.store.posts == []
     assert world.trials.after == []
+
+
+# -- a re-sent report (issue 13: its answer lost with a killed daemon) ----------------------------
+
+
+def _stamped(world: World, run: TrialRun, sender: Any, seq: Any, **metrics: Any) -> FakeAnswer:
+    params = trial_params(world.study, run.trial_id, run.token, metrics=metrics or {"loss": 0.5})
+    return world.report({**params, "sender": sender, "seq": seq})
+
+
+def _stored_stamp(op: Op) -> tuple[Any, Any]:
+    """The (sender, seq) a report op stores: its last two parameters."""
+    assert op.sql.startswith("INSERT INTO reports")
+    return op.params[-2], op.params[-1]
+
+
+async def test_a_report_stores_its_sender_and_seq_and_they_become_the_runs_last(
+    world: World,
+) -> None:
+    run = start_run(world.study)
+    answer = _stamped(world, run, "77-0badcafe", 1, epoch=1, loss=0.5)
+    assert answer.result == {"decision": "CONTINUE"}
+    [(op,)] = world.studies.store.posts
+    assert _stored_stamp(op) == ("77-0badcafe", 1)
+    assert (run.last_sender, run.last_seq, run.last_answer) == (
+        "77-0badcafe",
+        1,
+        Decision.CONTINUE,
+    )
+
+
+@pytest.mark.parametrize("reason", [None, StopReason.LIMIT])
+async def test_a_re_sent_report_is_answered_the_first_answer_and_counted_once(
+    world: World, reason: StopReason | None
+) -> None:
+    run = start_run(world.study)
+    if reason is not None:
+        run.request_stop(reason, math.inf)
+    first = _stamped(world, run, "77-0badcafe", 1, epoch=1, loss=0.5)
+    before = world.study.engine.record(run.trial_id)
+    again = _stamped(world, run, "77-0badcafe", 1, epoch=1, loss=0.5)
+    assert again.result == {**first.result, "repeat": True}
+    assert again.settled == [None]  # answered at once: the first is durable already
+    assert len(world.studies.store.posts) == 1  # stored nothing
+    assert world.fitter.reports == 1  # counted nothing
+    assert len(world.trials.after) == 1
+    assert world.study.engine.record(run.trial_id) == before
+
+
+async def test_an_older_seq_of_the_same_sender_is_a_re_send_too(world: World) -> None:
+    run = start_run(world.study)
+    _stamped(world, run, "77-0badcafe", 1, epoch=1, loss=0.5)
+    _stamped(world, run, "77-0badcafe", 2, epoch=2, loss=0.4)
+    old = _stamped(world, run, "77-0badcafe", 1, epoch=1, loss=0.5)
+    assert old.result == {"decision": "CONTINUE", "repeat": True}
+    # A new seq, or the same seq from another sender (a forked child), is a new report.
+    _stamped(world, run, "77-0badcafe", 3, epoch=3, loss=0.3)
+    _stamped(world, run, "78-0badcafe", 1, epoch=3, loss=0.2)
+    stamps = [_stored_stamp(op) for (op,) in world.studies.store.posts]
+    assert stamps == [
+        ("77-0badcafe", 1),
+        ("77-0badcafe", 2),
+        ("77-0badcafe", 3),
+        ("78-0badcafe", 1),
+    ]
+    assert world.study.engine.record(run.trial_id).curve == ((1.0, 0.5), (2.0, 0.4), (3.0, 0.3))
+
+
+async def test_an_adopted_run_answers_a_re_send_of_its_last_stored_report(world: World) -> None:
+    """The lead's adoption sets last_* from the store's last report of the run: the report a
+    killed daemon committed but never answered is answered now, not counted again."""
+    run = start_run(world.study)
+    run.last_sender, run.last_seq, run.last_answer = "9-12345678", 5, Decision.PAUSE
+    answer = _stamped(world, run, "9-12345678", 5, epoch=5, loss=0.1)
+    assert answer.result == {"decision": "PAUSE", "repeat": True}
+    assert world.studies.store.posts == []
+    assert world.study.engine.record(run.trial_id).curve == ()
+    nxt = _stamped(world, run, "9-12345678", 6, epoch=1, loss=0.1)
+    assert nxt.result == {"decision": "CONTINUE"}
+    assert len(world.studies.store.posts) == 1
+
+
+async def test_a_report_without_sender_and_seq_works_as_before(world: World) -> None:
+    run = start_run(world.study)
+    for epoch in (1, 1):  # an old reporter's re-send is a new report: nothing to tell it by
+        answer = world.report(
+            trial_params(world.study, run.trial_id, run.token, metrics={"epoch": epoch})
+        )
+        assert answer.result == {"decision": "CONTINUE"}
+    assert [_stored_stamp(op) for (op,) in world.studies.store.posts] == [(None, None)] * 2
+    assert (run.last_sender, run.last_seq, run.last_answer) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("sender", "seq", "named"),
+    [
+        (3, 1, "'sender'"),
+        ("", 1, "'sender'"),
+        ("x" * 65, 1, "'sender'"),
+        ("77-0badcafe", True, "'seq'"),
+        ("77-0badcafe", -1, "'seq'"),
+        ("77-0badcafe", 1.0, "'seq'"),
+        ("77-0badcafe", "1", "'seq'"),
+    ],
+)
+async def test_a_bad_sender_or_seq_is_refused_by_name(
+    world: World, sender: Any, seq: Any, named: str
+) -> None:
+    run = start_run(world.study)
+    with pytest.raises(InvalidParams, match=named):
+        _stamped(world, run, sender, seq, epoch=1, loss=0.5)
+    assert world.studies.store.posts == []
+    assert world.study.engine.record(run.trial_id).curve == ()
+
+
+class _FailingStore(FakeStore):
+    def post(self, *ops: Op, then: Any) -> None:
+        self.posts.append(ops)
+        then(StoreFull("the disk is full"))
+
+
+async def test_a_report_whose_commit_fails_is_not_the_runs_last(world: World) -> None:
+    run = start_run(world.study)
+    _stamped(world, run, "77-0badcafe", 1, epoch=1, loss=0.5)
+    world.studies.store = _FailingStore()
+    failed = _stamped(world, run, "77-0badcafe", 2, epoch=2, loss=0.4)
+    assert isinstance(failed.settled[0], StoreFull)
+    with anyio.fail_after(5):  # the undo is queued to the loop, as from the writer thread
+        while run.last_seq != 1:
+            await anyio.sleep(0)
+    assert (run.last_sender, run.last_answer) == ("77-0badcafe", Decision.CONTINUE)
+    # Sent again, it is a new report, not a re-send of one the store never kept.
+    world.studies.store = FakeStore()
+    answer = _stamped(world, run, "77-0badcafe", 2, epoch=2, loss=0.4)
+    assert answer.result == {"decision": "CONTINUE"}
+    assert len(world.studies.store.posts) == 1
