@@ -44,6 +44,10 @@ class ErrorCode(enum.IntEnum):
     # ENOSPC): a report so answered was not stored and not counted; send it again later. Not
     # INTERNAL: nothing is wrong with the daemon or the request, and it passes by itself.
     STORE_FULL = -32050
+    # containment = "cgroup" in the daemon's configuration, and no cgroup can be made here (no
+    # cgroup v2, not root and not a delegated systemd service, a read-only cgroup tree): the
+    # daemon does not start rather than run trials without the containment it was told to use.
+    CONTAINMENT_UNAVAILABLE = -32060
     # Never sent by the daemon: raised by a client that could not reach one.
     UNAVAILABLE = -32099
 
@@ -73,6 +77,7 @@ _EXIT_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NUMBER_OUT_OF_RANGE: 10,
     ErrorCode.NO_GPUS: 16,
     ErrorCode.STORE_FULL: 17,
+    ErrorCode.CONTAINMENT_UNAVAILABLE: 18,
     ErrorCode.UNAVAILABLE: 3,
 }
 
@@ -209,6 +214,12 @@ class StoreFull(HpodError):
     code = ErrorCode.STORE_FULL
 
 
+class ContainmentUnavailable(HpodError):
+    """The containment the configuration asks for (cgroups) cannot be had on this machine."""
+
+    code = ErrorCode.CONTAINMENT_UNAVAILABLE
+
+
 class DaemonUnavailable(HpodError):
     code = ErrorCode.UNAVAILABLE
 
@@ -257,5 +268,6 @@ _BY_CODE: dict[ErrorCode, type[HpodError]] = {
     ErrorCode.TOO_MANY_CONNECTIONS: TooManyConnections,
     ErrorCode.NO_GPUS: NoGpus,
     ErrorCode.STORE_FULL: StoreFull,
+    ErrorCode.CONTAINMENT_UNAVAILABLE: ContainmentUnavailable,
     ErrorCode.UNAVAILABLE: DaemonUnavailable,
 }

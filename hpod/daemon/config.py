@@ -28,6 +28,7 @@ from hpod.paths import MAX_SOCKET_PATH_BYTES, default_socket_path, default_state
 
 __all__ = [
     "BUSY_POLICIES",
+    "CONTAINMENTS",
     "DURABILITIES",
     "LOG_FORMATS",
     "LOG_LEVELS",
@@ -42,6 +43,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "console", "json")
 DURABILITIES = ("normal", "fsync")
 BUSY_POLICIES = ("avoid", "share", "ignore")
+# How what a trial starts is kept from outliving it (hpod.daemon.containment): a cgroup per run
+# where one can be made, else the shim's subreaper ("auto"); only cgroups; only the subreaper.
+CONTAINMENTS = ("auto", "cgroup", "subreaper")
 
 
 class ConfigError(HpodError):
@@ -105,6 +109,7 @@ class DaemonConfig:
     # Bytes the state dir's filesystem must keep free: below it the daemon launches nothing and
     # holds its studies until there is room again (0 = hold only once a write fails for space).
     min_free_disk: int = 256 * 1024**2
+    containment: str = "auto"  # auto | cgroup | subreaper (hpod.daemon.containment)
     gpu: GpuConfig = field(default_factory=GpuConfig)
 
     # -- named constructors ---------------------------------------------------------------------
@@ -216,6 +221,7 @@ class DaemonConfig:
             "max_connections_per_uid": self.max_connections_per_uid,
             "idle_timeout": self.idle_timeout,
             "min_free_disk": self.min_free_disk,
+            "containment": self.containment,
             "gpu": self.gpu.to_dict(),
         }
 
@@ -385,6 +391,7 @@ _TOP_READERS: dict[str, Reader] = {
     "max_connections_per_uid": lambda v, b: _integer(v, minimum=1),
     "idle_timeout": lambda v, b: _duration(v, path="idle_timeout", positive=False),
     "min_free_disk": lambda v, b: parse_size(v, "min_free_disk"),
+    "containment": _one_of(CONTAINMENTS),
 }
 # [gpu] is a table of its own, read by _read_gpu.
 _TOP_KEYS = (*_TOP_READERS, "gpu")

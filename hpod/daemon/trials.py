@@ -10,6 +10,7 @@ This module never imports the studies service: it tells it about ends through ``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import time
@@ -24,6 +25,7 @@ from hpod.core import limits as lim
 from hpod.core.states import Decision, StudyState
 from hpod.core.study import Launch, ReportOutcome
 from hpod.daemon.config import DaemonConfig
+from hpod.daemon.containment import Containment, run_name
 from hpod.daemon.disk import POLL_SECONDS, Disk
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.logcap import cut_trial_logs
@@ -93,8 +95,12 @@ class Trials:
         studies: dict[str, StudyRuntime],
         *,
         trial_socket: str,
+        containment: Containment | None = None,
     ) -> None:
         self.config = config
+        # A cgroup per run where the daemon can make one (hpod.daemon.containment); without
+        # one, the shim's own subreaper clean-up.
+        self.containment = containment or Containment.subreaper("no containment was configured")
         self.pool = pool
         self.store = store
         self.studies = studies
@@ -298,6 +304,7 @@ class Trials:
         """The run's task: start, wait inside the run's scope, stop when it fires, reap."""
         returncode: int | None = None
         error: str | None = None
+        cgroup: Path | None = None  # the run's cgroup, once made
         try:
             try:
                 if self.disk.held is not None:
@@ -308,9 +315,12 @@ class Trials:
                 else:
                     # The submitter's environment as its submit carried it (a PATH that finds
                     # its venv's python), else (an old client's study) the daemon's own.
-                    run.proc = await TrialProcess.start(
-                        self._trial_launch(study, run), base_env=study.client_env
-                    )
+                    launch = self._trial_launch(study, run)
+                    if self.containment.uses_cgroups:
+                        # Made before the shim starts, which enters it before the trial does.
+                        cgroup = self.containment.make(run_name(study.id, run.trial_id, launch.run))
+                        launch = dataclasses.replace(launch, cgroup=cgroup)
+                    run.proc = await TrialProcess.start(launch, base_env=study.client_env)
             except TrialStartError as exc:
                 error = exc.message
             except Exception as exc:
@@ -371,6 +381,24 @@ class Trials:
             run.exited.set()
             with anyio.CancelScope(shield=True):
                 await self._after_exit(study, run, returncode, error)
+                await self._end_containment(study, run, cgroup)
+
+    async def _end_containment(self, study: StudyRuntime, run: TrialRun, made: Path | None) -> None:
+        """After the shim has exited: kill what is left in the run's cgroup (whatever escaped
+        the shim) and remove it, and the run's status file, now that its exit is recorded."""
+        proc = run.proc
+        if proc is not None and proc.returncode is None:
+            return  # still running (left to a daemon that takes over): not ours to end
+        named = proc.identity.cgroup if proc is not None else None
+        path = made if made is not None else Path(named) if named is not None else None
+        if path is not None:
+            removed = await anyio.to_thread.run_sync(self.containment.kill_and_remove, path)
+            if not removed:
+                log.warning(
+                    "trial_cgroup_not_removed", study=study.id, trial=run.trial_id, cgroup=str(path)
+                )
+        if proc is not None:
+            proc.forget_status()
 
     async def _wait(self, study: StudyRuntime, run: TrialRun, proc: TrialProcess) -> int:
         with run.scope:
