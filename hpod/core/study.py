@@ -68,10 +68,11 @@ class TrialRecord:
     curve: tuple[tuple[float, float], ...] = ()
     error: str | None = None
     # The answer to the last report of its latest run (None: it has not reported), and whether
-    # that answer was the STOP a shutting-down daemon forces: they say how a run the store still
-    # calls running would have ended had its exit been recorded (see ``Study.restore``). The
-    # shell keeps both with each report. A live study's record carries the scheduler's PAUSE or
-    # STOP once given, not a shell's forced STOP: only the shell knows why it forced one.
+    # that answer was the one a shutting-down daemon forces (PAUSE; STOP before issue 13): they
+    # say how a run the store still calls running would have ended had its exit been recorded
+    # (see ``Study.restore``). The shell keeps both with each report. A live study's record
+    # carries the scheduler's PAUSE or STOP once given, not a shell's forced answer: only the
+    # shell knows why it forced one.
     last_decision: Decision | None = None
     interrupting: bool = False
     # Every metric name its reports carried, in any run, sorted: what a trial that never reported
@@ -87,7 +88,7 @@ class ReportOutcome:
     resource: float
     counted: bool
     # The answer is the shell's ``force``, not the scheduler's: the shell records why it forced
-    # it, since a shutdown's STOP interrupts the run where a limit's ends it.
+    # it, since a shutdown's PAUSE interrupts the run where a limit's STOP ends it.
     forced: bool = False
     # What taking the report changed, for ``Study.retract_report`` (None: not from on_report).
     undo: _Undo | None = field(default=None, compare=False, repr=False)
@@ -217,10 +218,11 @@ class Study:
         if rec.state is TrialState.RUNNING:
             # Its daemon died before recording the exit (SIGKILL, power loss). The last answer the
             # run acknowledged says how that exit went: after a PAUSE or a STOP the trial saved
-            # its checkpoint and left, as on_exit would have recorded. A shutdown's forced STOP,
-            # a CONTINUE or no report leave it interrupted, as a clean shutdown would have.
+            # its checkpoint and left, as on_exit would have recorded. A shutdown's answer (a
+            # PAUSE; a STOP from an hpod before issue 13), a CONTINUE or no report leave it
+            # interrupted, as a clean shutdown would have: it is resumed.
             answer = rec.last_decision
-            if answer is Decision.PAUSE or (answer is Decision.STOP and not rec.interrupting):
+            if answer in (Decision.PAUSE, Decision.STOP) and not rec.interrupting:
                 return self._end(t, answer)
             return self._interrupted(t)
         if rec.state is TrialState.INTERRUPTED:
@@ -527,7 +529,7 @@ class Study:
     def _interrupted(self, t: _Trial) -> TrialState:
         """The state of a trial whose run a shutdown cut off before any PAUSE or STOP."""
         if t.curve and t.last_resource >= t.max_resource:
-            # It had counted its launch's level (a shutdown's STOP answered the report there):
+            # It had counted its launch's level (a shutdown's PAUSE answered the report there):
             # nothing is left of the run, so it ends as the study would have ended it, paused at
             # its rung or finished. Relaunched to "resume", it would run from that level to that
             # level, report nothing and come back completed at a rung, never promoted.

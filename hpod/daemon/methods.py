@@ -361,7 +361,11 @@ class Methods:
         text = metrics_text(metrics)
         engine = study.engine
         now = time.time()
-        force = Decision.STOP if (not self.studies.accepting or run.forces_stop) else None
+        # The daemon is stopping (or stopping this run for its shutdown): PAUSE, "save your
+        # checkpoint and exit, you will be resumed", as it is at the next start. A limit or a
+        # user's stop ends the run: STOP.
+        shutdown = not self.studies.accepting or run.interrupted
+        force = Decision.PAUSE if shutdown else (Decision.STOP if run.forces_stop else None)
         outcome = engine.on_report(run.trial_id, metrics, now, force=force)
         answer.prepare({"decision": outcome.decision.value})
         last = (run.last_sender, run.last_seq, run.last_answer)
@@ -390,9 +394,9 @@ class Methods:
                 outcome.decision.value,
                 now,
                 counted=outcome.counted,
-                # A shutdown's STOP interrupts the run: a restart resumes it, where any other
-                # STOP the trial acknowledged ends it (Study.restore).
-                interrupting=outcome.forced and (not self.studies.accepting or run.interrupted),
+                # A shutdown's PAUSE interrupts the run: a restart resumes it, where any other
+                # PAUSE or STOP the trial acknowledged ends it (Study.restore).
+                interrupting=outcome.forced and shutdown,
                 sender=sender,
                 seq=seq,
             ),

@@ -53,7 +53,8 @@ class StopReason(enum.IntEnum):
 
     @property
     def forces_stop(self) -> bool:
-        """Whether the run's next report is answered STOP, whatever the scheduler says."""
+        """Whether the run's next report is forced, whatever the scheduler says: STOP, or
+        PAUSE for a shutdown (the trial is resumed at the next start)."""
         return self is not StopReason.DECISION
 
 

@@ -153,6 +153,39 @@ def test_a_stop_forced_by_a_shutdown_interrupts_the_run() -> None:
     assert (again.trial_id, again.resume_from, again.max_resource) == (0, 2, 3)
 
 
+@pytest.mark.parametrize("how", ["shutdown", "restore"])
+def test_a_pause_forced_by_a_shutdown_interrupts_the_run(how: str) -> None:
+    """A shutdown answers PAUSE ("save and exit, you will be resumed", issue 13): the trial is
+    resumed from that report's level, whether the shutdown recorded the exit or a kill -9 during
+    it left the trial running in the store with that interrupting PAUSE its last answer."""
+    live = Study.new(spec(FIFO))
+    live.next_launch(0.0)
+    live.on_report(0, {"step": 1, "loss": 0.5}, 0.0)
+    out = live.on_report(0, {"step": 2, "loss": 0.4}, 0.0, force=Decision.PAUSE)
+    assert (out.decision, out.forced, out.counted) == (Decision.PAUSE, True, True)
+    if how == "shutdown":
+        # The shell records a shutdown's exit as interrupted, whatever its exit status.
+        live.on_interrupted(0)
+        restored = Study.restore(live.spec, live.records())
+    else:
+        (rec,) = live.records()
+        restored = Study.restore(live.spec, [stored(rec, Decision.PAUSE, interrupting=True)])
+    assert restored.record(0).state is TrialState.INTERRUPTED
+    again = restored.next_launch(0.0)
+    assert again is not None
+    assert (again.trial_id, again.resume_from, again.max_resource, again.fresh) == (0, 2, 3, False)
+
+
+def test_a_pause_the_scheduler_gave_still_ends_the_run_at_a_restore() -> None:
+    """Not interrupting: the scheduler's own PAUSE (or a limit's STOP) ends the run as before."""
+    live = Study.new(spec(ASHA))
+    live.next_launch(0.0)
+    assert live.on_report(0, {"step": 1, "loss": 0.5}, 0.0).decision is Decision.PAUSE
+    (rec,) = live.records()
+    restored = Study.restore(live.spec, [stored(rec, Decision.PAUSE)])
+    assert restored.record(0).state is TrialState.PAUSED
+
+
 @pytest.mark.parametrize(
     ("scheduler", "reports", "resume", "upto"), [(ASHA, 0, 0, 1), (FIFO, 1, 1, 3)]
 )

@@ -415,26 +415,46 @@ async def test_a_report_of_a_modeled_study_pokes_the_fitter(world: World) -> Non
     assert world.fitter.pokes == 1
 
 
-@pytest.mark.parametrize("reason", [StopReason.LIMIT, StopReason.USER, StopReason.SHUTDOWN])
-async def test_a_report_of_a_run_the_daemon_is_stopping_is_answered_stop(
-    world: World, reason: StopReason
+def _interrupting(op: Op) -> bool:
+    """Whether a report op records its answer as a shutdown's (report_op's ninth column)."""
+    assert op.sql.startswith("INSERT INTO reports")
+    return bool(op.params[8])
+
+
+@pytest.mark.parametrize(
+    ("reason", "decision"),
+    [
+        (StopReason.LIMIT, Decision.STOP),
+        (StopReason.USER, Decision.STOP),
+        # The daemon stops: "save your checkpoint and exit, you will be resumed" (issue 13).
+        (StopReason.SHUTDOWN, Decision.PAUSE),
+    ],
+)
+async def test_a_report_of_a_run_the_daemon_is_stopping_is_answered_by_why(
+    world: World, reason: StopReason, decision: Decision
 ) -> None:
     run = start_run(world.study)
     run.request_stop(reason, math.inf)
     answer = world.report(
         trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 0.5})
     )
-    assert answer.result == {"decision": "STOP"}
-    assert world.trials.after[0][2].decision is Decision.STOP
+    assert answer.result == {"decision": decision.value}
+    assert world.trials.after[0][2].decision is decision
+    [(op,)] = world.studies.store.posts
+    assert _interrupting(op) is (reason is StopReason.SHUTDOWN)
 
 
-async def test_a_report_while_the_daemon_stops_accepting_is_answered_stop(world: World) -> None:
+async def test_a_report_while_the_daemon_stops_accepting_is_answered_pause(world: World) -> None:
     run = start_run(world.study)
     world.studies.accepting = False
     answer = world.report(
         trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 0.5})
     )
-    assert answer.result == {"decision": "STOP"}
+    assert answer.result == {"decision": "PAUSE"}
+    [(op,)] = world.studies.store.posts
+    assert _interrupting(op)
+    # A pause that interrupts: the trial is not ended by it, the restart resumes it.
+    assert world.study.engine.trials[run.trial_id].ending is None
 
 
 async def test_a_report_after_a_pause_answer_is_not_forced(world: World) -> None:

@@ -18,8 +18,10 @@ from tests.core.test_restore import ASHA, spec
 
 
 @pytest.mark.anyio
+# A shutdown answers PAUSE ("you will be resumed"); an hpod before issue 13 stored a STOP.
+@pytest.mark.parametrize("shutdown_answer", [Decision.PAUSE, Decision.STOP])
 async def test_runs_whose_exit_was_lost_are_restored_as_their_last_answer_says(
-    tmp_path: Path,
+    tmp_path: Path, shutdown_answer: Decision
 ) -> None:
     live = Study.new(spec(ASHA))
     for _ in range(4):
@@ -29,7 +31,7 @@ async def test_runs_whose_exit_was_lost_are_restored_as_their_last_answer_says(
 
         async def report(tid: int, metrics: dict[str, Any], *, shutdown: bool = False) -> None:
             # As the daemon's trial.report method stores each answer.
-            out = live.on_report(tid, metrics, 0.0, force=Decision.STOP if shutdown else None)
+            out = live.on_report(tid, metrics, 0.0, force=shutdown_answer if shutdown else None)
             await store.add_report(
                 "s1",
                 tid,
@@ -45,7 +47,7 @@ async def test_runs_whose_exit_was_lost_are_restored_as_their_last_answer_says(
         await report(0, {"step": 1, "loss": 0.5})  # PAUSE, and its exit is recorded
         live.on_exit(0, 0, 0.0)
         await report(1, {"step": 1, "loss": 0.2})  # PAUSE, then the daemon is killed
-        await report(2, {"step": 1, "loss": 0.9}, shutdown=True)  # the shutdown's STOP
+        await report(2, {"step": 1, "loss": 0.9}, shutdown=True)  # the shutdown's answer
         await report(3, {"step": 1, "los": 0.4})  # a misspelt objective: PAUSE at the rung
         rows = [
             TrialRow(
@@ -69,7 +71,7 @@ async def test_runs_whose_exit_was_lost_are_restored_as_their_last_answer_says(
     assert [(r.last_decision, r.interrupting) for r in records] == [
         (Decision.PAUSE, False),
         (Decision.PAUSE, False),
-        (Decision.STOP, True),
+        (shutdown_answer, True),
         (Decision.PAUSE, False),
     ]
     assert records[3].reported_keys == ("los", "step")
