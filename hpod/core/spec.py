@@ -112,6 +112,10 @@ DEFAULT_FIFO_MAX_RESOURCE = 10
 # [report] log_limit: a trial's log past this is cut to its last half by the daemon (a 64 MiB
 # default keeps any traceback and hours of progress lines, and a printing loop cannot fill a disk).
 DEFAULT_LOG_LIMIT = 64 * 1024**2
+# How long a trial's report waits for its daemon by default: a restart takes seconds, a crash
+# loop under systemd's RestartSec a minute. hpod.trial has the same default for a trial started
+# by a daemon that does not set HPOD_RECONNECT_TIMEOUT.
+DEFAULT_RECONNECT_TIMEOUT = 120.0
 MIN_LOG_LIMIT = 64 * 1024
 
 
@@ -241,6 +245,7 @@ _TOP_KEYS = (
     "pass_env",
     "priority",
     "stop_grace_period",
+    "reconnect_timeout",
     "objective",
     "space",
     "scheduler",
@@ -268,6 +273,9 @@ class StudySpec:
     report: ReportSpec = field(default_factory=ReportSpec)
     priority: int = 1
     stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    # Seconds a trial's report waits for a daemon that went away (killed, restarting) before it
+    # fails: HPOD_RECONNECT_TIMEOUT in the trial's environment (hpod.trial). 0: one reconnect.
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
 
     # -- named constructors -------------------------------------------------------------------
 
@@ -329,6 +337,9 @@ class StudySpec:
         pass_env = _read_pass_env(top.get("pass_env"), problems)
         priority = top.integer("priority", default=1, minimum=0)
         stop_grace = top.duration("stop_grace_period", default=10.0, positive=False)
+        reconnect_timeout = top.duration(
+            "reconnect_timeout", default=DEFAULT_RECONNECT_TIMEOUT, positive=False
+        )
 
         space: SearchSpace | None = None
         if "space" not in raw:
@@ -379,6 +390,7 @@ class StudySpec:
             report=report,
             priority=priority,
             stop_grace=stop_grace,
+            reconnect_timeout=reconnect_timeout,
         )
 
     # -- forms --------------------------------------------------------------------------------
@@ -403,6 +415,8 @@ class StudySpec:
             out["env"] = dict(self.env)
         if self.pass_env:
             out["pass_env"] = list(self.pass_env)
+        if self.reconnect_timeout != DEFAULT_RECONNECT_TIMEOUT:
+            out["reconnect_timeout"] = self.reconnect_timeout
         return out
 
     def describe_limits(self) -> dict[str, str]:

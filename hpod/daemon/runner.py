@@ -43,6 +43,7 @@ from anyio.abc import Process
 
 # The placeholder rules are the core's, so the spec check at submit and the launch here agree.
 from hpod.core.command import ConfigValue, format_value, render_command
+from hpod.core.spec import DEFAULT_RECONNECT_TIMEOUT
 from hpod.daemon.procid import ProcessIdentity
 from hpod.daemon.statetree import Ids, UnsafePath, open_append, open_dir, read_tail, walk_dir
 from hpod.errors import HpodError, InvalidParams
@@ -80,6 +81,7 @@ class TrialLaunch:
     token: str
     resume_from: float
     max_resource: float
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT  # the spec's: HPOD_RECONNECT_TIMEOUT
     devices: tuple[str, ...] = ()  # GPU UUIDs; empty = a CPU slot
     extra_env: Mapping[str, str] = field(default_factory=dict)
     user: int | None = None  # uid to run as when the daemon is root
@@ -161,6 +163,7 @@ def trial_environment(launch: TrialLaunch, base: Mapping[str, str]) -> dict[str,
         HPOD_TRIAL_DIR=str(launch.trial_dir),
         HPOD_RESUME_FROM=_format_number(launch.resume_from),
         HPOD_MAX_RESOURCE=_format_number(launch.max_resource),
+        HPOD_RECONNECT_TIMEOUT=_format_number(launch.reconnect_timeout),
         CUDA_DEVICE_ORDER="PCI_BUS_ID",
         # Empty for a CPU slot: unset would let a CPU trial grab every GPU on the machine.
         CUDA_VISIBLE_DEVICES=",".join(launch.devices),

@@ -294,6 +294,7 @@ class Trials:
             token=run.token,
             resume_from=run.launch.resume_from,
             max_resource=run.launch.max_resource,
+            reconnect_timeout=study.spec.reconnect_timeout,
             devices=run.slot.devices,
             extra_env=study.spec.env,
             user=as_user,

@@ -130,6 +130,32 @@ def test_to_dict_is_json_and_reads_back_equal():
     assert StudySpec.from_mapping(data, base_dir="/elsewhere") == spec
 
 
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [(None, 120.0), ('"2m"', 120.0), ('"30s"', 30.0), ("0", 0.0), ("5", 5.0)],
+)
+def test_reconnect_timeout_is_how_long_a_report_waits_for_its_daemon(
+    written: str | None, seconds: float
+) -> None:
+    """Passed to every trial as HPOD_RECONNECT_TIMEOUT (issue 13); 0: one reconnect only."""
+    text = MINIMAL if written is None else f"reconnect_timeout = {written}\n" + MINIMAL
+    spec = StudySpec.from_toml(text, base_dir=BASE)
+    assert spec.reconnect_timeout == seconds
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert StudySpec.from_mapping(data, base_dir=BASE) == spec
+
+
+def test_a_bad_reconnect_timeout_is_one_problem_among_all() -> None:
+    for written, problem in [
+        ('"soon"', "reconnect_timeout: cannot read 'soon' as a duration"),
+        ("-1", "reconnect_timeout: a duration must be finite and not negative, got -1"),
+        ("true", "reconnect_timeout: expected a duration, got True"),
+    ]:
+        found = problems_of(f"reconnect_timeout = {written}\npriority = -1\n" + MINIMAL)
+        assert any(p.startswith(problem) for p in found), (problem, found)
+        assert any(p.startswith("priority:") for p in found), found
+
+
 def test_pass_env_names_what_else_of_the_submitters_environment_the_trials_get():
     text = 'pass_env = ["WANDB_API_KEY", "HF_HOME", "WANDB_API_KEY"]\n' + MINIMAL
     spec = StudySpec.from_toml(text, base_dir=BASE)
@@ -436,3 +462,10 @@ def test_a_stored_spec_is_not_held_to_checks_that_only_guard_a_submit():
     assert problems_of(bad)
     spec = StudySpec.from_toml(bad, base_dir=BASE, stored=True)
     assert spec.command == ("echo", "{x:zz}")
+
+
+def test_the_reporter_waits_as_long_as_the_spec_says_by_default() -> None:
+    from hpod import trial
+    from hpod.core.spec import DEFAULT_RECONNECT_TIMEOUT
+
+    assert trial.DEFAULT_RECONNECT_TIMEOUT == DEFAULT_RECONNECT_TIMEOUT

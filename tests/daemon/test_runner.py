@@ -108,10 +108,18 @@ def test_trial_environment_contract_cpu_slot(tmp_path: Path) -> None:
         "HPOD_TRIAL_DIR": str(launch.trial_dir),
         "HPOD_RESUME_FROM": "3",
         "HPOD_MAX_RESOURCE": "9",
+        "HPOD_RECONNECT_TIMEOUT": "120",  # the spec's reconnect_timeout, by default
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "CUDA_VISIBLE_DEVICES": "",
     }
     assert json.loads(env["HPOD_CONFIG"])["lr"] == 0.001
+
+
+def test_trial_environment_says_how_long_a_report_waits_for_the_daemon(tmp_path: Path) -> None:
+    launch = make_launch(tmp_path, ["x"], reconnect_timeout=0.5)
+    assert trial_environment(launch, {})["HPOD_RECONNECT_TIMEOUT"] == "0.5"
+    launch = make_launch(tmp_path, ["x"], reconnect_timeout=0.0)
+    assert trial_environment(launch, {})["HPOD_RECONNECT_TIMEOUT"] == "0"
 
 
 def test_trial_environment_gpus_and_fractional_resource(tmp_path: Path) -> None:
