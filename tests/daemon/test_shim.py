@@ -231,3 +231,28 @@ def test_the_users_pythonpath_never_reaches_the_shim(folder: Path) -> None:
     assert shim.wait() == 0
     assert shim.status()["returncode"] == 0
     assert seen.read_text() == str(evil)
+
+
+def test_the_shim_imports_only_what_it_needs() -> None:
+    # Lean on purpose (it starts once per run) and nothing of hpod (it runs as a script,
+    # possibly as root, with a user's environment): a few modules of the standard library.
+    import ast
+
+    import hpod.daemon.shim as shim_module
+
+    tree = ast.parse(Path(shim_module.__file__).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+    allowed = {"__future__", "ctypes", "json", "os", "signal", "subprocess", "sys", "time"}
+    # typing only for the type checker, under `if TYPE_CHECKING:`, which is False when it runs.
+    assert names - allowed == {"typing"}
+    checked = [n for n in tree.body if isinstance(n, ast.If)]
+    assert any(
+        isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"
+        for n in checked
+        if any(isinstance(b, ast.ImportFrom) and b.module == "typing" for b in n.body)
+    )
