@@ -554,3 +554,59 @@ async def test_a_runs_cgroup_is_removed_after_it_ends(
         assert not is_alive(child)
         trials.close()
         tg.cancel_scope.cancel()
+
+
+@needs_cgroups
+def test_discover_under_a_delegated_systemd_service(folder: Path) -> None:
+    # No systemd here: a real cgroup named like a service's stands in for the one systemd would
+    # delegate, and a process in it with INVOCATION_ID set runs discover as the daemon would.
+    mounted = cgroup2_mount()
+    assert mounted is not None
+    service = mounted[0] / f"hpodtest-{os.getpid()}.service"
+    service.mkdir()
+    code = textwrap.dedent(
+        f"""
+        import json, os, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(REPO)!r})
+        service = Path({str(service)!r})
+        (service / "cgroup.procs").write_text(str(os.getpid()))
+        os.environ["INVOCATION_ID"] = "0123456789abcdef0123456789abcdef"
+        from hpod.daemon.containment import Containment, own_cgroup
+        first = Containment.discover("cgroup", Path({str(folder)!r}))
+        moved = own_cgroup()
+        again = Containment.discover("auto", Path({str(folder)!r}))  # as after a re-exec
+        print(json.dumps([first.describe(), moved, again.describe(), own_cgroup()]))
+        """
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert out.returncode == 0, out.stderr
+        first, moved, again, still = json.loads(out.stdout)
+        assert first["kind"] == "cgroup"
+        assert first["base"] == str(service / "trials")
+        assert "Delegate=yes" in first["reason"]
+        # The daemon left the service's own cgroup for its `daemon` child (no internal processes).
+        assert moved == f"/{service.name}/daemon"
+        assert again == first
+        assert still == moved
+        assert (service / "cgroup.procs").read_text() == ""
+        assert (service / "daemon" / "cgroup.procs").read_text() == ""  # it has exited
+    finally:
+        for sub in ("trials", "daemon"):
+            if (service / sub).exists():
+                Containment.cgroups_in(service, "cleanup").kill_and_remove(service / sub)
+        service.rmdir()
+
+
+@pytest.mark.anyio
+async def test_a_cgroup_the_shim_cannot_enter_is_a_start_error(folder: Path) -> None:
+    from hpod.daemon.runner import TrialStartError
+
+    ran = folder / "ran"
+    launch = launch_of(folder, f"open({str(ran)!r}, 'w').close()", cgroup=folder / "no-cgroup")
+    with pytest.raises(TrialStartError, match=r"could not put the trial in its cgroup .*no-cgroup"):
+        await TrialProcess.start(launch)
+    assert not ran.exists()  # the trial never ran outside its cgroup
