@@ -335,6 +335,13 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     uptime = result.get("uptime")
     up = f", up {format_duration(uptime)}" if isinstance(uptime, (int, float)) else ""
     print(f"pong from hpod {version} on {path}{up}")
+    if "pid" in result:
+        # The generation changes at each start and each re-exec (SIGHUP), the pid only at a start.
+        print(f"pid {result['pid']}, generation {result.get('generation', '?')}")
+    contained = result.get("containment")
+    if isinstance(contained, dict):
+        where = f" under {contained['base']}" if contained.get("base") else ""
+        print(f"trials contained by {contained.get('kind', '?')}{where}")
     return 0
 
 

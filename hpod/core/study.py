@@ -9,7 +9,7 @@ store keeps, so a restarted daemon picks up exactly where the old one was.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -191,7 +191,11 @@ class Study:
         *,
         state: StudyState = StudyState.RUNNING,
         end_reason: str | None = None,
+        live: Collection[int] = (),
     ) -> Study:
+        """A study from its stored trials. ``live``: trials whose run is still going (the shell
+        adopted its process after a restart): they stay running, and a PAUSE or STOP their run
+        was answered (not a shutdown's) is still the decision that ends it."""
         study = cls.new(spec)
         study.state = state
         study.end_reason = end_reason
@@ -210,7 +214,11 @@ class Study:
                 error=rec.error,
                 reported_keys=set(rec.reported_keys),
             )
-            t.state = study._restored_state(t, rec)
+            if rec.trial_id in live and rec.state is TrialState.RUNNING:
+                if rec.last_decision is not Decision.CONTINUE and not rec.interrupting:
+                    t.ending = rec.last_decision
+            else:
+                t.state = study._restored_state(t, rec)
             study._trials.append(t)
         return study
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import secrets
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ from hpod import __version__
 from hpod.daemon import notify
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.connections import ConnectionLimits
+from hpod.daemon.containment import Containment
 from hpod.daemon.disk import release_reserve
 from hpod.daemon.gpus import DevicePool, NvmlUnavailable, discover, load_nvml
 from hpod.daemon.methods import Methods
-from hpod.daemon.runtime import StudyRuntime
+from hpod.daemon.runtime import RunState, StudyRuntime
 from hpod.daemon.server import Server
 from hpod.daemon.statelock import StateLock
 from hpod.daemon.statetree import prepare_state_dir
@@ -57,6 +60,12 @@ class Daemon:
         self._nvml: Any = None
         self.registry: dict[str, StudyRuntime] = {}
         self._shutdown = anyio.Event()
+        # SIGHUP: re-execute in place (an upgrade): the trials stay this process's children.
+        self._reexec = anyio.Event()
+        self._stopping = anyio.Event()  # either of the two
+        # Changes at each start and each re-exec (`hpodctl ping`): the pid alone stays the same
+        # across a re-exec, this says a new image took over.
+        self.generation = secrets.token_hex(6)
         self._store: Store | None = None
         self._studies: Studies | None = None
         self._trials: Trials | None = None
@@ -73,6 +82,11 @@ class Daemon:
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
+        self._stopping.set()
+
+    def request_reexec(self) -> None:
+        self._reexec.set()
+        self._stopping.set()
 
     # -- lifetime --------------------------------------------------------------------------------
 
@@ -101,7 +115,9 @@ class Daemon:
         try:
             # The signal receiver first: a SIGTERM that comes right after READY=1 (or during the
             # start-up) is a graceful stop, never the default action's sudden death.
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            # SIGHUP re-executes in place (an upgrade), keeping the trials running.
+            stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            with anyio.open_signal_receiver(*stops) as signals:
                 await self._startup()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_signals, signals)
@@ -121,8 +137,17 @@ class Daemon:
     async def _startup(self) -> None:
         await self._open_gpus()
         self.fitter = Fitter(self._wake_dispatcher, flag_dir=self.state_dir)
+        # A cgroup per run where one can be made, else the shim's subreaper (ContainmentUnavailable
+        # for containment = "cgroup" where none can): before any run is adopted or started.
+        self.containment = Containment.discover(self.config.containment, self.state_dir)
+        log.info("containment", **self.containment.describe())
         self._trials = Trials(
-            self.config, self.pool, self.store, self.registry, trial_socket=self.trial_socket
+            self.config,
+            self.pool,
+            self.store,
+            self.registry,
+            trial_socket=self.trial_socket,
+            containment=self.containment,
         )
         self._studies = Studies(
             self.config, self.store, self.state_dir, self.fitter, self.pool, self._trials
@@ -144,6 +169,11 @@ class Daemon:
             self.fitter,
             self.config,
             started_at=self.started_at,
+            about={
+                "pid": os.getpid(),
+                "generation": self.generation,
+                "containment": self.containment.describe(),
+            },
         )
         limits = ConnectionLimits(
             max_connections=self.config.max_connections,
@@ -176,6 +206,7 @@ class Daemon:
                     # In the outer group: cancelled, not awaited, at shutdown.
                     tg.start_soon(self._refresh_gpus)
                 self.studies.start_watching()
+                self._trials.start_adopted()
                 log.info(
                     "serving",
                     socket=self.socket_path,
@@ -185,10 +216,14 @@ class Daemon:
                     gpus=[g.uuid for g in self.pool.gpus],
                     studies=len(self.registry),
                     version=__version__,
+                    pid=os.getpid(),
+                    generation=self.generation,
                 )
                 notify.ready()
                 task_status.started()
-                await self._shutdown.wait()
+                await self._stopping.wait()
+                if self._reexec.is_set() and not self._shutdown.is_set():
+                    await self._reexec_now()  # never returns
                 notify.stopping()
                 await self.studies.shutdown()
             # The servers go before their sockets close, so no accept sees a closed listener.
@@ -216,9 +251,47 @@ class Daemon:
 
     async def _watch_signals(self, signals: Any) -> None:
         async for signum in signals:
-            # Record only: the main task does the stopping.
+            # Record only: the main task does the stopping (or the re-exec).
             log.info("signal", signal=signal.Signals(signum).name)
-            self._shutdown.set()
+            if signum == signal.SIGHUP:
+                self.request_reexec()
+            else:
+                self.request_shutdown()
+
+    # -- upgrade in place ------------------------------------------------------------------------
+
+    async def _reexec_now(self) -> None:
+        """Execute hpod again in this process (SIGHUP; the unit's ExecReload): the trials, its
+        children, keep running, and the new image adopts them as after a crash, with nothing
+        lost: launches are let finish, the clocks saved, the store's commits drained first.
+
+        Nothing is unwound: the run tasks' clean-up would stop their trials. exec(2) drops the
+        sockets, the state lock and the threads (all close-on-exec); reporters reconnect and
+        re-send (hpod.trial). If the exec fails the daemon exits 1, leaving the trials to the
+        next start."""
+        assert self._trials is not None
+        self._trials.closed = True  # nothing new starts
+        with anyio.move_on_after(self.config.stop_grace):
+            # STARTING lasts until the started process's identity is stored.
+            while any(
+                r.state is RunState.STARTING
+                for s in self.registry.values()
+                for r in s.runs.values()
+            ):
+                await anyio.sleep(0.01)  # a launch in flight takes milliseconds
+        await self.studies.save_all_clocks()
+        await self._trials.disk.flush()
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        log.info("reexec", argv=argv, generation=self.generation, pid=os.getpid())
+        await self.fitter.worker.aclose()  # else a zombie of the new image's for ever
+        self.store.close()
+        try:
+            os.execv(sys.executable, argv)
+        except OSError as exc:
+            # The store is closed; unwinding would stop every trial. Exit at once instead: the
+            # trials keep running and the next start (Restart=on-failure) adopts them.
+            log.error("reexec_failed", error=str(exc))
+            os._exit(1)
 
     # -- GPUs ------------------------------------------------------------------------------------
 

@@ -317,7 +317,30 @@ class DevicePool:
         )
         return Slot(self._next_lease, devices)
 
+    def claim(
+        self, study: str, trial: int, devices: Sequence[str], trials_per_gpu: int = 1
+    ) -> Slot:
+        """The slot of a run adopted after a restart (hpod.daemon.adoption): its process holds
+        ``devices`` already, so it gets them whatever the load or the busy policy say, and a
+        CPU slot even where the pool has no free one left (a smaller cpu_slots since)."""
+        if not devices:
+            slot = self._cpu.acquire(study, trial)
+            if slot is not None:
+                return slot
+            self._next_lease += 1
+            # Over the pool's size until it exits: released like a GPU lease, by its index.
+            self._leases[self._next_lease] = _GpuLease(Lease(study, trial), (), 0.0)
+            return Slot(-self._next_lease)
+        self._next_lease += 1
+        kept = tuple(devices)
+        self._leases[self._next_lease] = _GpuLease(Lease(study, trial), kept, 1.0 / trials_per_gpu)
+        return Slot(self._next_lease, kept)
+
     def release(self, slot: Slot) -> None:
+        if slot.index < 0:
+            if self._leases.pop(-slot.index, None) is None:
+                raise ValueError(f"slot {slot.index} was not held")
+            return
         if not slot.devices:
             self._cpu.release(slot)
             return

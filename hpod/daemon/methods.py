@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import sys
 import time
@@ -159,6 +160,7 @@ class Methods:
         config: DaemonConfig,
         *,
         started_at: float,
+        about: Mapping[str, Any] | None = None,
     ) -> None:
         self.studies = studies
         self.trials = trials
@@ -166,6 +168,9 @@ class Methods:
         self.fitter = fitter
         self.config = config
         self.started_at = started_at
+        # What ping says of the daemon itself: its pid, its generation (new at each start and
+        # re-exec), how trials are contained.
+        self.about = dict(about or {})
 
     def table(self) -> dict[str, Handler]:
         return {
@@ -209,6 +214,7 @@ class Methods:
             # worker process); the torch-free test reads it.
             "torch_loaded": "torch" in sys.modules,
             "fit_workers_started": self.fitter.worker.started,
+            **self.about,
         }
 
     async def _submit(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -326,7 +332,7 @@ class Methods:
             study is None
             or run is None
             or token is None
-            or not hmac.compare_digest(token, run.token.encode())
+            or not hmac.compare_digest(hashlib.sha256(token).digest(), run.token_hash)
         ):
             # One answer for every mismatch, so a guesser learns nothing about which part was wrong.
             raise TokenRejected(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,11 @@ _RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.STOPPING: frozenset({RunState.STOPPING, RunState.EXITED}),
     RunState.EXITED: frozenset(),
 }
+
+
+def hash_token(token: str) -> bytes:
+    """The digest a run's token is kept and compared as (the store never holds a live token)."""
+    return hashlib.sha256(token.encode()).digest()
 
 
 class StopReason(enum.IntEnum):
@@ -89,6 +95,21 @@ class TrialRun:
     # between consecutive ones.
     mark_time: float = 0.0
     mark_resource: float = 0.0
+    # sha256 of the token: what a report's token is checked against, and all the store keeps
+    # (an adopted run's token is known only so). Made from ``token`` when not given.
+    token_hash: bytes = b""
+    # From when (monotonic) its device time counts toward the study's compute clock: its start,
+    # or for a run adopted after a restart the last time the study's clocks were saved.
+    compute_from: float = math.nan
+    adopted: bool = False  # started by an earlier daemon (or this one before a re-exec)
+    # An adopted run that ended while no daemon watched: the returncode its shim wrote.
+    away: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.token_hash:
+            self.token_hash = hash_token(self.token)
+        if math.isnan(self.compute_from):
+            self.compute_from = self.started
 
     @property
     def devices(self) -> int:
@@ -186,7 +207,7 @@ class StudyRuntime:
         return self.elapsed_base + max(0.0, now - self.running_since)
 
     def compute(self, now: float) -> float:
-        live = sum((now - r.started) * r.devices for r in self.runs.values())
+        live = sum((now - r.compute_from) * r.devices for r in self.runs.values())
         return self.compute_base + max(0.0, live)
 
     def clocks(self, now: float) -> lim.Clocks:

@@ -7,6 +7,7 @@ and hears back from it through the ``RunHooks`` it implements.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -24,12 +25,13 @@ from hpod.core.passenv import submit_env
 from hpod.core.spec import StudySpec
 from hpod.core.states import StudyState, TrialState
 from hpod.core.study import Study, TrialRecord
+from hpod.daemon.adoption import survey
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.reports import build_report, report_summary, write_report
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids, remove_tree
-from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow
+from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow, update_live_run_op
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
 from hpod.errors import (
@@ -171,9 +173,7 @@ class Studies:
             # could not be restored.
             row = self.store.load_study_by_request(owner, request_id)
             if row is None:
-                return Admitted(
-                    await self._admit(text, base_dir, owner, request_id, env), False
-                )
+                return Admitted(await self._admit(text, base_dir, owner, request_id, env), False)
         if (row.spec_toml, row.base_dir) != (text, str(base_dir)):
             raise InvalidParams(
                 f"request id {request_id!r} already made study {row.id} from another spec (or "
@@ -251,6 +251,10 @@ class Studies:
         return study
 
     async def restore(self) -> None:
+        # The runs the last daemon left (hpod.daemon.adoption): alive ones are adopted, ones
+        # that ended meanwhile are recorded as they ended, the rest are resumed as before.
+        left = survey(self.store.load_live_runs())
+        kept: set[tuple[str, int]] = set()
         for row in self.store.load_studies():
             try:
                 spec = StudySpec.from_toml(row.spec_toml, base_dir=Path(row.base_dir), stored=True)
@@ -258,9 +262,17 @@ class Studies:
                 log.error("study_unreadable", study=row.id, problems=list(exc.problems))
                 continue
             trial_rows = self.store.load_trials(row.id)
-            records = self._trial_records(spec, row.id, trial_rows)
+            records, last = self._trial_records(spec, row.id, trial_rows)
+            live = {
+                t.trial_id
+                for t in trial_rows
+                if t.state is TrialState.RUNNING
+                and (found := left.get((row.id, t.trial_id))) is not None
+                and found.fate != "gone"
+                and found.row.run == t.runs
+            }
             engine = Study.restore(
-                spec, records, state=StudyState(row.state), end_reason=row.end_reason
+                spec, records, state=StudyState(row.state), end_reason=row.end_reason, live=live
             )
             was = engine.state
             engine.resume()
@@ -271,6 +283,9 @@ class Studies:
             self._claim_folder(study)
             study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
             study.compute_seconds = {t.trial_id: t.compute_seconds for t in trial_rows}
+            for tid in sorted(live):
+                await self.trials.adopt(study, left[(row.id, tid)], last.get(tid), row.clocks_at)
+                kept.add((row.id, tid))
             self._serve(study, time.monotonic())
             log.info(
                 "study_restored",
@@ -278,6 +293,7 @@ class Studies:
                 state=engine.state.value,
                 trials=len(records),
                 to_resume=engine.counts()[TrialState.INTERRUPTED.value],
+                adopted=sorted(live),
             )
             res = spec.resources
             refusal = self.pool.gpu_refusal(res.gpus_per_trial, res.cpu_fallback)
@@ -285,6 +301,7 @@ class Studies:
                 # Admitted where there were GPUs (or before this check): never dropped, and
                 # never run on CPU slots it did not accept; it waits, and `show` says why.
                 log.warning("study_waits_for_gpus", study=row.id, reason=refusal)
+        await self.trials.forget_left([f for key, f in left.items() if key not in kept])
 
     def _claim_folder(self, study: StudyRuntime) -> None:
         """A restored study's folder made its owner's and 0700 if an older hpod left it root's
@@ -301,7 +318,9 @@ class Studies:
 
     def _trial_records(
         self, spec: StudySpec, study_id: str, rows: list[TrialRow]
-    ) -> list[TrialRecord]:
+    ) -> tuple[list[TrialRecord], dict[int, ReportRow]]:
+        """The trials as the engine takes them back, and each one's last report of its latest
+        run (what an adopted run was last told, and the sequence number it sent it with)."""
         curves: dict[int, dict[float, float]] = {}
         keys: dict[int, set[str]] = {}
         # The last report of each trial's latest run (reports come in order): its answer says how
@@ -319,7 +338,7 @@ class Studies:
                 curves.setdefault(rep.trial_id, {})[rep.resource] = float(value)
             elif value is not None:
                 curves.setdefault(rep.trial_id, {})[rep.resource] = math.nan
-        return [
+        records = [
             TrialRecord(
                 trial_id=t.trial_id,
                 config=dict(t.config),
@@ -336,6 +355,7 @@ class Studies:
             )
             for t in rows
         ]
+        return records, last
 
     # -- ending ----------------------------------------------------------------------------------
 
@@ -413,6 +433,23 @@ class Studies:
         self.accepting = False
         self.trials.close()
         log.info("shutting_down", running=sum(len(s.runs) for s in self.studies.values()))
+        # What each run is told is stored first: a daemon killed during this shutdown leaves
+        # the next one runs it knows to resume once they exit, not to count as ended.
+        due = time.time() + self.config.stop_grace
+        told = [
+            dataclasses.replace(
+                update_live_run_op(
+                    study.id, tid, stop_reason=StopReason.SHUTDOWN.value, stop_at=due
+                ),
+                must_change=False,  # one that exited meanwhile has no row left: nothing to tell
+            )
+            for study in self.studies.values()
+            for tid in study.runs
+        ]
+        try:
+            await self.disk.write(*told)
+        except Exception as exc:  # a shutdown goes on whatever the store says
+            log.warning("shutdown_not_recorded", error=str(exc))
         now = time.monotonic()
         runs: list[TrialRun] = []
         for study in self.studies.values():
@@ -448,10 +485,20 @@ class Studies:
 
     # -- clocks, reports, checkpoints, timers ----------------------------------------------------
 
+    async def save_all_clocks(self) -> None:
+        """Every study's clocks, now (before a re-exec: its adopted runs count from here)."""
+        for study in self.studies.values():
+            if not study.done.is_set():
+                await self._save_clocks(study)
+
     async def _save_clocks(self, study: StudyRuntime) -> None:
         mono = time.monotonic()
+        # With the time they were saved at: a run adopted after a crash counts from there.
         await self.disk.update_study(
-            study.id, elapsed=study.elapsed(mono), compute=study.compute(mono)
+            study.id,
+            elapsed=study.elapsed(mono),
+            compute=study.compute(mono),
+            clocks_at=time.time(),
         )
 
     def report(self, study: StudyRuntime) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import structlog
 from hpod.core import limits as lim
 from hpod.core.states import Decision, StudyState
 from hpod.core.study import Launch, ReportOutcome
+from hpod.daemon.adoption import Exit, LeftRun
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.containment import Containment, run_name
 from hpod.daemon.disk import POLL_SECONDS, Disk
@@ -40,7 +41,18 @@ from hpod.daemon.runner import (
 from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
 from hpod.daemon.statetree import UnsafePath, owner_ids
-from hpod.daemon.store import Store, TrialRow, disk_full
+from hpod.daemon.store import (
+    LiveRunRow,
+    ReportRow,
+    Store,
+    TrialRow,
+    delete_live_run_op,
+    disk_full,
+    insert_live_run_op,
+    insert_trial_op,
+    update_live_run_op,
+    update_trial_op,
+)
 from hpod.errors import HpodError
 
 log = structlog.get_logger("hpod.daemon")
@@ -115,6 +127,12 @@ class Trials:
         self.disk = Disk(store, store.path.parent, config.min_free_disk)
         self.disk.listen(lambda held: None if held else self.wake())
         self._closing = anyio.Event()  # ends the disk's watcher at once, not a poll later
+        # Where each run's shim writes the trial's exit status: the daemon's own folder (0700),
+        # read after the run ends, and by the next daemon for a run that ended while none ran.
+        self.status_dir = store.path.parent / "runs"
+        self.status_dir.mkdir(mode=0o700, exist_ok=True)
+        # Runs adopted at start-up (hpod.daemon.adoption), whose tasks start once runs may.
+        self._adopted: list[tuple[StudyRuntime, TrialRun]] = []
 
     def _hooks(self) -> RunHooks:
         assert self.hooks is not None, "the studies service attaches itself at start-up"
@@ -234,38 +252,56 @@ class Trials:
         study.wake()  # the compute clock now runs faster: the deadline moves
         rec = study.engine.record(launch.trial_id)
         now = time.time()
+        # Written with the trial's row, before the process exists: a daemon killed from here
+        # on finds the run in live_runs, and adopts its process or knows it never started.
+        live = insert_live_run_op(
+            LiveRunRow(
+                study_id=study.id,
+                trial_id=rec.trial_id,
+                run=rec.runs,
+                token_hash=run.token_hash.hex(),
+                devices=slot.devices,
+                launched_at=now,
+            )
+        )
         if launch.fresh and rec.runs == 1:
-            await self.disk.insert_trial(
-                TrialRow(
-                    study_id=study.id,
-                    trial_id=rec.trial_id,
-                    config=rec.config,
-                    state=rec.state,
-                    token=token,
-                    bracket=rec.bracket,
+            await self.disk.write(
+                insert_trial_op(
+                    TrialRow(
+                        study_id=study.id,
+                        trial_id=rec.trial_id,
+                        config=rec.config,
+                        state=rec.state,
+                        token=run.token_hash.hex(),
+                        bracket=rec.bracket,
+                        resume_from=rec.resume_from,
+                        max_resource=rec.max_resource,
+                        runs=rec.runs,
+                        created_at=now,
+                        started_at=now,
+                        ended_at=None,
+                        exit_code=None,
+                        run_seconds=0.0,
+                        compute_seconds=0.0,
+                        error=None,
+                    )
+                ),
+                live,
+            )
+        else:
+            await self.disk.write(
+                update_trial_op(
+                    study.id,
+                    rec.trial_id,
+                    state=rec.state.value,
+                    token=run.token_hash.hex(),
                     resume_from=rec.resume_from,
                     max_resource=rec.max_resource,
                     runs=rec.runs,
-                    created_at=now,
                     started_at=now,
                     ended_at=None,
-                    exit_code=None,
-                    run_seconds=0.0,
-                    compute_seconds=0.0,
-                    error=None,
-                )
-            )
-        else:
-            await self.disk.update_trial(
-                study.id,
-                rec.trial_id,
-                state=rec.state.value,
-                token=token,
-                resume_from=rec.resume_from,
-                max_resource=rec.max_resource,
-                runs=rec.runs,
-                started_at=now,
-                ended_at=None,
+                ),
+                live,
             )
         log.info(
             "trial_launch",
@@ -276,6 +312,114 @@ class Trials:
             config=launch.config,
         )
         self.spawn(self._run, study, run)
+
+    # -- runs an earlier daemon left -------------------------------------------------------------
+
+    async def adopt(
+        self,
+        study: StudyRuntime,
+        left: LeftRun,
+        last: ReportRow | None,
+        clocks_at: float | None,
+    ) -> TrialRun:
+        """Take over a run an earlier daemon left alive (or that ended while none ran): its
+        slot and GPUs, its token, what it was last told; its task starts with the others'."""
+        row = left.row
+        rec = study.engine.record(row.trial_id)
+        res = study.spec.resources
+        slot = self.pool.claim(study.id, row.trial_id, row.devices, res.trials_per_gpu)
+        wall, mono = time.time(), time.monotonic()
+        # Its time since launch is the trial's; what the study's clocks had not counted yet
+        # (since their last save) is the study's compute, neither lost nor counted twice.
+        ended = left.exit.ended_at if left.exit is not None else wall
+        counted_to = max(row.launched_at, clocks_at or row.launched_at)
+        run = TrialRun(
+            row.trial_id,
+            "",
+            Launch(row.trial_id, rec.config, rec.resume_from, rec.max_resource, fresh=False),
+            slot,
+            mono - max(0.0, ended - row.launched_at),
+            token_hash=bytes.fromhex(row.token_hash),
+            compute_from=mono - max(0.0, ended - counted_to),
+            adopted=True,
+        )
+        run.mark_time, run.mark_resource = mono, rec.resume_from
+        if last is not None and last.run == row.run:
+            run.last_sender, run.last_seq, run.last_answer = last.sender, last.seq, last.decision
+            if last.counted and last.resource is not None:
+                run.mark_resource = max(run.mark_resource, last.resource)
+        run.move(RunState.RUNNING)
+        if left.exit is not None:
+            run.away = left.exit.returncode
+        else:
+            assert left.identity is not None
+            run.proc = await TrialProcess.adopt(self._trial_launch(study, run), left.identity)
+            if run.proc is None:
+                # Gone between the survey and now: its status, if it wrote one, says how.
+                late = Exit.read(Path(left.identity.status_path))
+                run.away = late.returncode if late is not None else None
+        self._told_before(study, run, row)
+        study.runs[row.trial_id] = run
+        self._adopted.append((study, run))
+        log.info(
+            "trial_adopted",
+            study=study.id,
+            trial=row.trial_id,
+            run=row.run,
+            fate=left.fate,
+            why=left.why,
+            returncode=run.away,
+            stop=None if run.stop_reason is None else run.stop_reason.name,
+        )
+        return run
+
+    def _told_before(self, study: StudyRuntime, run: TrialRun, row: LiveRunRow) -> None:
+        """What the earlier daemon had told the run still holds: a stop it asked for (the
+        shutdown's: the trial is resumed after it exits), a PAUSE or STOP answer it gave, a
+        study that has ended."""
+        mono, wall = time.monotonic(), time.time()
+        if run.proc is None and run.away is None:
+            # Neither alive nor a status: it is recorded interrupted and resumed.
+            run.request_stop(StopReason.SHUTDOWN, mono)
+            return
+        if row.stop_reason is not None:
+            reason = StopReason(row.stop_reason)
+            due = mono + max(0.0, (row.stop_at or wall) - wall)
+            if reason.forces_stop:
+                study.engine.mark_stopping(run.trial_id)
+            run.request_stop(reason, due)
+        if study.engine.state.is_final:
+            stop = StopReason.USER if study.engine.state is StudyState.STOPPED else StopReason.LIMIT
+            study.engine.mark_stopping(run.trial_id)
+            run.request_stop(stop, mono)
+        elif study.engine.trials[run.trial_id].ending is not None:
+            # Answered PAUSE or STOP: the grace period to save and exit, from now.
+            run.request_stop(StopReason.DECISION, mono + study.spec.stop_grace)
+
+    async def forget_left(self, runs: list[LeftRun]) -> None:
+        """The runs left that were not adopted (gone, or of a study that could not be
+        restored): no longer live. A process that is not provably the run's is never
+        signalled; a run's own cgroup, which only its processes can be in, is emptied."""
+        if not runs:
+            return
+        for left in runs:
+            log.info(
+                "trial_not_adopted",
+                study=left.row.study_id,
+                trial=left.row.trial_id,
+                run=left.row.run,
+                why=left.why,
+            )
+            cgroup = left.identity.cgroup if left.identity is not None else None
+            if cgroup is not None:
+                await anyio.to_thread.run_sync(self.containment.kill_and_remove, Path(cgroup))
+        await self.disk.write(*(delete_live_run_op(r.row.study_id, r.row.trial_id) for r in runs))
+
+    def start_adopted(self) -> None:
+        """Once runs may start: the tasks of the adopted runs."""
+        for study, run in self._adopted:
+            self.spawn(self._run, study, run)
+        self._adopted.clear()
 
     # -- one run ---------------------------------------------------------------------------------
 
@@ -299,6 +443,8 @@ class Trials:
             extra_env=study.spec.env,
             user=as_user,
             within=study.folder.parent,
+            run=study.engine.trials[run.trial_id].runs,
+            status_dir=self.status_dir,
         )
 
     async def _run(self, study: StudyRuntime, run: TrialRun) -> None:
@@ -308,7 +454,9 @@ class Trials:
         cgroup: Path | None = None  # the run's cgroup, once made
         try:
             try:
-                if self.disk.held is not None:
+                if run.adopted:
+                    pass  # started by an earlier daemon (hpod.daemon.adoption)
+                elif self.disk.held is not None:
                     # The disk filled since the slot was handed out (the launch's own record
                     # could not be stored): nothing starts into a full disk. The finally below
                     # records the run interrupted, and the trial runs once there is room.
@@ -322,6 +470,12 @@ class Trials:
                         cgroup = self.containment.make(run_name(study.id, run.trial_id, launch.run))
                         launch = dataclasses.replace(launch, cgroup=cgroup)
                     run.proc = await TrialProcess.start(launch, base_env=study.client_env)
+                    # What proves the process is this run's, for the daemon after a crash.
+                    await self.disk.write(
+                        update_live_run_op(
+                            study.id, run.trial_id, identity=run.proc.identity.to_json()
+                        )
+                    )
             except TrialStartError as exc:
                 error = exc.message
             except Exception as exc:
@@ -342,7 +496,10 @@ class Trials:
                     log.warning(
                         "trial_start_error", study=study.id, trial=run.trial_id, error=error
                     )
-            if run.proc is not None:
+            if run.away is not None:
+                # It ended while no daemon watched; its shim wrote how.
+                returncode = run.away
+            elif run.proc is not None:
                 if run.state is RunState.STARTING:
                     run.move(RunState.RUNNING)
                 limit = study.spec.limits.trial_time
@@ -350,6 +507,7 @@ class Trials:
                     used = study.run_seconds.get(run.trial_id, 0.0)
                     run.cap_time(run.started + max(0.0, limit - used))
                 returncode = await self._wait(study, run, run.proc)
+            if returncode is not None:
                 if returncode != 0 and not run.forces_stop and self.disk.short():
                     # It died while the state dir was full: most likely of the full disk (a
                     # checkpoint or log write that failed). Interrupted, not failed: it runs
@@ -448,18 +606,22 @@ class Trials:
         tid = run.trial_id
         study.run_seconds[tid] = study.run_seconds.get(tid, 0.0) + elapsed
         study.compute_seconds[tid] = study.compute_seconds.get(tid, 0.0) + elapsed * run.devices
-        study.compute_base += elapsed * run.devices
+        study.compute_base += (time.monotonic() - run.compute_from) * run.devices
         study.wake()
-        # Kept in memory while the disk is full, and stored once there is room.
-        await self.disk.update_trial(
-            study.id,
-            tid,
-            state=rec.state.value,
-            ended_at=now,
-            exit_code=returncode,
-            run_seconds=study.run_seconds[tid],
-            compute_seconds=study.compute_seconds[tid],
-            error=rec.error,
+        # Kept in memory while the disk is full, and stored once there is room. The run is no
+        # longer live in the same commit: a restart never adopts or resumes it twice.
+        await self.disk.write(
+            update_trial_op(
+                study.id,
+                tid,
+                state=rec.state.value,
+                ended_at=now,
+                exit_code=returncode,
+                run_seconds=study.run_seconds[tid],
+                compute_seconds=study.compute_seconds[tid],
+                error=rec.error,
+            ),
+            delete_live_run_op(study.id, tid),
         )
         log.info(
             "trial_exit",

@@ -92,7 +92,9 @@ class Served:
         """The study as a restart would rebuild it from what the store holds now."""
         sid = self.study.id
         store = self.daemon.store
-        records = self.daemon.studies._trial_records(self.study.spec, sid, store.load_trials(sid))
+        records, _ = self.daemon.studies._trial_records(
+            self.study.spec, sid, store.load_trials(sid)
+        )
         return Study.restore(self.study.spec, records)
 
 

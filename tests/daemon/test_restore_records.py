@@ -65,7 +65,7 @@ async def test_runs_whose_exit_was_lost_are_restored_as_their_last_answer_says(
             for r in live.records()
         ]
         # Only its store is read: a stand-in for the rest of the service.
-        records = Studies._trial_records(SimpleNamespace(store=store), live.spec, "s1", rows)
+        records, _ = Studies._trial_records(SimpleNamespace(store=store), live.spec, "s1", rows)
 
     assert [r.state for r in records] == [TrialState.PAUSED] + [TrialState.RUNNING] * 3
     assert [(r.last_decision, r.interrupting) for r in records] == [

@@ -50,8 +50,11 @@ def test_service_settings(unit):
     assert set(unit) == {"Unit", "Service", "Install"}
     assert one(unit, "Service", "Type") == "notify"
     assert one(unit, "Service", "NotifyAccess") == "main"
-    # SIGTERM to the daemon only: it stops its trials itself, with their grace period.
-    assert one(unit, "Service", "KillMode") == "mixed"
+    # SIGTERM to the daemon only: it stops its trials itself, with their grace period; and a
+    # crash leaves them running for the next start to adopt (docs/live-restore.md).
+    assert one(unit, "Service", "KillMode") == "process"
+    assert one(unit, "Service", "Delegate") == "yes"
+    assert one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(unit, "Service", "KillSignal") == "SIGTERM"
     assert one(unit, "Service", "RuntimeDirectory") == "hpod"
     assert one(unit, "Service", "RuntimeDirectoryMode") == "0755"
@@ -126,7 +129,7 @@ def test_systemd_analyze_verify(tmp_path: Path):
     # The check is not blind: a broken copy of the same unit is complained about.
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
-    broken = UNIT.read_text(encoding="utf-8").replace("KillMode=mixed", "KillMode=bogus")
+    broken = UNIT.read_text(encoding="utf-8").replace("KillMode=process", "KillMode=bogus")
     bad = _copy_with_exec_start(bad_dir, broken)
     _, out = _verify(bad)
     assert "kill mode" in out.lower(), out

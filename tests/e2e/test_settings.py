@@ -494,17 +494,8 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-_WIRED = pytest.mark.xfail(
-    _cgroups_here(),
-    strict=True,
-    reason="needs app.py to pass Containment.discover(config.containment, state_dir) to Trials",
-)
-
-
 @e2e
-@pytest.mark.parametrize(
-    "mode", [pytest.param("auto", marks=_WIRED), pytest.param("cgroup", marks=_WIRED), "subreaper"]
-)
+@pytest.mark.parametrize("mode", ["auto", "cgroup", "subreaper"])
 def test_setting_containment(daemon_factory: Any, mode: str) -> None:
     if mode == "cgroup" and not _cgroups_here():
         pytest.skip("needs root and a writable cgroup v2 tree (containment = cgroup would refuse)")
