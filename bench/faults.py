@@ -48,7 +48,7 @@ import threading
 import time
 import tomllib
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,8 +358,11 @@ def spec_text(kind: str, name: str, seed: int) -> str:
 class Tailer:
     """Reads new lines of the trials' faults.log files as they grow (polled by the caller)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, live: Callable[[], frozenset[str]]) -> None:
         self.studies = state_dir / "studies"
+        # The trial folders with a live process now (the sampler's): their logs are read at
+        # every poll, so a targeted kill follows its event by milliseconds, not a glob period.
+        self.live = live
         self.offsets: dict[Path, int] = {}
         self.partial: dict[Path, bytes] = {}
         self.grown: dict[Path, float] = {}
@@ -374,10 +377,15 @@ class Tailer:
                 if path not in self.offsets:
                     self.offsets[path] = 0
                     self.grown[path] = now
-        # Only the logs that grew lately are read at each poll; all of them every glob.
+        hot = {Path(d) / "faults.log" for d in self.live()}
+        for path in hot - self.offsets.keys():
+            self.offsets[path] = 0
+            self.grown[path] = now
+        # Only the logs of live trials and those that grew lately are read at each poll; all of
+        # them at each glob.
         full = now == self._globbed
         for path, offset in self.offsets.items():
-            if not full and now - self.grown[path] > 3.0:
+            if not full and path not in hot and now - self.grown[path] > 1.0:
                 continue
             try:
                 with path.open("rb") as f:
@@ -436,10 +444,17 @@ class Sampler(threading.Thread):
         self.overlap_max = 0
         self.examples: list[str] = []
         self.lock = threading.Lock()
+        self._live: frozenset[str] = frozenset()
+
+    def live(self) -> frozenset[str]:
+        """The trial folders that had a process of the campaign at the last sample."""
+        return self._live
 
     def run(self) -> None:
         while not self.stopped.wait(self.period):
-            per_dir = Counter(d for d, is_trial in self.scan() if is_trial)
+            found = self.scan()
+            self._live = frozenset(d for d, _is_trial in found)
+            per_dir = Counter(d for d, is_trial in found if is_trial)
             with self.lock:
                 self.samples += 1
                 crowded = {d: n for d, n in per_dir.items() if n > 1}
@@ -502,8 +517,8 @@ class Campaign:
         self.rng = random.Random(seed)
         self.seed = seed
         self.daemon = Daemon(workdir, slots)
-        self.tailer = Tailer(self.daemon.state_dir)
         self.sampler = Sampler(self.daemon.state_dir)
+        self.tailer = Tailer(self.daemon.state_dir, self.sampler.live)
         self.kinds: Counter[str] = Counter()
         self.missed: Counter[str] = Counter()
         self.restarts: list[float] = []

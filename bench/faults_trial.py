@@ -65,13 +65,11 @@ def save(epoch: int) -> None:
     log("checkpoint_done", epoch=epoch)
 
 
-def seq_of_last_report() -> object:
-    # A reporter that numbers its reports may say the last number; today's does not.
-    for name in ("last_seq", "_last_seq", "_seq"):
-        value = getattr(trial, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+def seq_of_last_report() -> int | None:
+    # The reporter numbers a process's reports 1, 2, ... (hpod.trial._seq, the last one
+    # stamped); an older one does not.
+    value = getattr(trial, "_seq", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def main() -> int:
@@ -83,7 +81,8 @@ def main() -> int:
         log("train_start", epoch=epoch)
         time.sleep(epoch_s)  # PEP 475: a SIGTERM does not cut the epoch short
         log("train_done", epoch=epoch)
-        log("report_sent", epoch=epoch, seq=seq_of_last_report())
+        last = seq_of_last_report()
+        log("report_sent", epoch=epoch, seq=None if last is None else last + 1)
         try:
             decision = trial.report(epoch=epoch, loss=(x - 0.3) ** 2 + 1.0 / epoch)
         except Exception as exc:
