@@ -84,6 +84,7 @@ class Summary:
     trials: int
     reports: int
     answers_logged: int
+    reports_failed: int
     trials_failed: int
     submits_failed: int
     duplicate_studies: int
@@ -139,7 +140,8 @@ class Summary:
             f"restart (SIGKILL to first answered ping): median {self.restart_median_s:.3f} s, "
             f"max {self.restart_max_s:.3f} s",
             f"studies {self.studies}, trials {self.trials} ({self.trials_failed} failed), "
-            f"reports {self.reports}; submits failed {self.submits_failed}, "
+            f"reports {self.reports} ({self.reports_failed} raised in a trial); "
+            f"submits failed {self.submits_failed}, "
             f"studies made twice {self.duplicate_studies}; {self.seconds:.0f} s",
         ]
         for name, lines in sorted(self.examples.items()):
@@ -800,6 +802,11 @@ class Campaign:
         examples["studies that never finish"] += never
         examples["processes in one trial folder"] += self.sampler.examples
         examples["notes"] += self.notes
+        examples["reports that raised in a trial"] += [
+            f"{e['study']} trial {e['trial']} epoch {e['epoch']}: {e.get('error', '')[:160]}"
+            for e in events
+            if e.get("ev") == "report_failed"
+        ]
         restarts = self.restarts or [0.0]
         return Summary.from_counts(
             kills=sum(self.kinds.values()),
@@ -812,6 +819,7 @@ class Campaign:
             trials=len(trials),
             reports=len(reports),
             answers_logged=len(answers),
+            reports_failed=sum(1 for e in events if e.get("ev") == "report_failed"),
             trials_failed=sum(1 for _s, _t, state in trials if state == "failed"),
             submits_failed=self.submits_failed,
             duplicate_studies=sum(n - 1 for n in names.values() if n > 1),

@@ -35,7 +35,7 @@ def _faults() -> ModuleType:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_kill_campaign_loses_nothing() -> None:
     faults = _faults()
     root = Path(tempfile.mkdtemp(prefix="hpod"))
