@@ -189,6 +189,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     devices = detail.get("devices")
     if isinstance(devices, Mapping):
         print(_render_devices(devices))
+    containment = detail.get("containment")
+    if isinstance(containment, Mapping):
+        print(_render_containment(containment))
+    adopted = detail.get("adopted") or []
+    if adopted:
+        trials = ", ".join(str(t) for t in adopted)
+        print(f"adopted after a restart (running on, not relaunched): trials {trials}")
     limits = detail.get("limits")
     if isinstance(limits, Mapping) and limits:
         print("limits:")
@@ -205,6 +212,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for failure in failures:
             _print_failure(failure)
     return 0
+
+
+def _render_containment(c: Mapping[str, Any]) -> str:
+    """How nothing a trial starts outlives it: a cgroup per run, or the shim's subreaper."""
+    if c.get("kind") == "cgroup":
+        return f"containment: a cgroup per run under {c.get('base')}"
+    return f"containment: the shim's subreaper only ({c.get('reason', '')})"
 
 
 def _render_devices(devices: Mapping[str, Any]) -> str:

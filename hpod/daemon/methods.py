@@ -247,6 +247,10 @@ class Methods:
         res = study.spec.resources
         out["devices"] = self.pool.placement(res.gpus_per_trial, res.cpu_fallback)
         out["running"] = sorted(study.runs)
+        # Runs started by an earlier daemon (or this one before a re-exec) and taken over, and
+        # how what every trial starts is kept from outliving it (docs/live-restore.md).
+        out["adopted"] = sorted(tid for tid, run in study.runs.items() if run.adopted)
+        out["containment"] = self.about.get("containment")
         out["rungs"] = study.engine.rung_occupancy()
         out["decisions"] = study.fit_stats.view(study.engine.decisions)
         # A fit that backs off while reports come fast (hpod.fit.cpu.Backoff) says so.

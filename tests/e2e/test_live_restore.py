@@ -140,6 +140,10 @@ def test_a_daemon_killed_with_9_is_restarted_and_its_trials_train_on_unharmed(
     # No daemon: the trials are not touched, and keep training (their reports wait).
     assert all(_alive(pid) for pid in pids.values())
     daemon.start()
+    shown = daemon.ctl_json("show", sid)
+    assert shown["adopted"] == [0, 1], shown  # running on, with epochs left to train
+    assert shown["containment"]["kind"] in ("cgroup", "subreaper")
+    assert "adopted after a restart" in daemon.ctl("show", sid, check=True).stdout
     _assert_nothing_trained_twice(daemon, sid, trials=2)
     assert not any(_alive(pid) for pid in pids.values())
     assert "trial_adopted" in daemon.output()
