@@ -60,10 +60,12 @@ class ProcessIdentity:
         trial_start_ticks: int | None,
         cgroup: str | None,
         status_path: str,
+        ticks: int | None = None,
     ) -> ProcessIdentity:
-        """The identity of a shim this process just started (still its unreaped child, so the
-        pid cannot have been reused yet)."""
-        ticks = start_ticks(pid)
+        """The identity of a shim this process started: ``ticks`` as read while it could not
+        have exited yet (else read now: it must still be our unreaped child)."""
+        if ticks is None:
+            ticks = start_ticks(pid)
         if ticks is None:
             raise ProcessLookupError(pid)
         return cls(

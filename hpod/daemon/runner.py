@@ -44,7 +44,7 @@ from anyio.abc import Process
 # The placeholder rules are the core's, so the spec check at submit and the launch here agree.
 from hpod.core.command import ConfigValue, format_value, render_command
 from hpod.core.spec import DEFAULT_RECONNECT_TIMEOUT
-from hpod.daemon.procid import ProcessIdentity
+from hpod.daemon.procid import ProcessIdentity, start_ticks
 from hpod.daemon.statetree import Ids, UnsafePath, open_append, open_dir, read_tail, walk_dir
 from hpod.errors import HpodError, InvalidParams
 
@@ -309,8 +309,11 @@ class TrialProcess:
             status_path = launch.status_path
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(status_path)  # an earlier attempt's, under the same run number
-            shim, line = await _start_shim(launch, argv, env, user_args, stdout, stderr)
+            shim, pidfd, ticks, line = await _start_shim(
+                launch, argv, env, user_args, stdout, stderr
+            )
             if "trial_pid" not in line:
+                os.close(pidfd)
                 returncode = await shim.wait()
                 message = _shim_problem(line, returncode, argv, launch)
                 stderr.write(f"=== could not start: {message} ===\n".encode())
@@ -319,7 +322,6 @@ class TrialProcess:
             # The shim holds its own copies of the descriptors.
             stdout.close()
             stderr.close()
-        pidfd = os.pidfd_open(shim.pid)  # our unreaped child: the pid is still the shim's
         trial_ticks = line.get("trial_start_ticks")
         identity = ProcessIdentity.of_shim(
             shim.pid,
@@ -327,6 +329,7 @@ class TrialProcess:
             trial_start_ticks=None if trial_ticks is None else int(trial_ticks),
             cgroup=None if launch.cgroup is None else str(launch.cgroup),
             status_path=str(status_path),
+            ticks=ticks,
         )
         return cls(launch, argv, identity, process=shim, pidfd=pidfd)
 
@@ -471,8 +474,10 @@ async def _start_shim(
     user_args: Mapping[str, Any],
     stdout: IO[bytes],
     stderr: IO[bytes],
-) -> tuple[Process, dict[str, Any]]:
-    """Start the shim and read its one line: the trial's pid, or why it could not start."""
+) -> tuple[Process, int, int, dict[str, Any]]:
+    """Start the shim and read its one line: the trial's pid, or why it could not start. With
+    the shim, its pidfd and start time, taken before it can have exited: a trial that ends at
+    once lets the shim exit right after its line, and the child watcher may reap it then."""
     read_fd, write_fd = os.pipe()
     try:
         args = {
@@ -500,9 +505,18 @@ async def _start_shim(
             ) from exc
         finally:
             os.close(write_fd)
+        pidfd: int | None = None
         try:
+            # The interpreter is still starting: the shim cannot have exited (nor been reaped)
+            # before it writes its line, and a pidfd names it from now on, whatever comes.
+            pidfd = os.pidfd_open(shim.pid)
+            ticks = start_ticks(shim.pid)
+            if ticks is None:  # pragma: no cover - it died in its first microseconds
+                raise ProcessLookupError(shim.pid)
             line = await _read_line(read_fd)
         except BaseException:
+            if pidfd is not None:
+                os.close(pidfd)
             # Cancelled while it starts: it must not run on unwatched.
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(ProcessLookupError):
@@ -515,7 +529,8 @@ async def _start_shim(
             raise
     finally:
         os.close(read_fd)
-    return shim, line
+    assert pidfd is not None
+    return shim, pidfd, ticks, line
 
 
 async def _read_line(fd: int) -> dict[str, Any]:

@@ -441,3 +441,21 @@ def test_not_oom(text: str) -> None:
 
 def test_start_error_is_an_hpod_error() -> None:
     assert issubclass(TrialStartError, HpodError)
+
+
+@pytest.mark.anyio
+async def test_trials_that_end_at_once_all_start(tmp_path: Path) -> None:
+    # The shim exits right after its line when the trial ends at once, and the child watcher
+    # may reap it at once: its pidfd and start time are taken before, never after. (Reading
+    # them after the line raced with that reaping; this did not lose the race here, though.)
+    async def one(i: int, results: list[int]) -> None:
+        launch = make_launch(tmp_path / str(i), py("pass"), workdir=tmp_path, trial_id=i)
+        proc = await TrialProcess.start(launch)
+        results.append(await proc.wait())
+
+    results: list[int] = []
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as tg:
+            for i in range(24):
+                tg.start_soon(one, i, results)
+    assert results == [0] * 24
