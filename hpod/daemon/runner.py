@@ -122,10 +122,13 @@ def _own_status_dir() -> Path:
     return _status_dir
 
 
-def shim_command(args: Mapping[str, Any]) -> list[str]:
+def shim_command(run: str, args_fd: int, report_fd: int) -> list[str]:
     """The shim's command line: isolated (-I: no PYTHON* variables, no user site, no script
-    folder on sys.path) and without site (-S: no .pth file runs), whatever the trial's env."""
-    return [sys.executable, "-I", "-S", str(SHIM), json.dumps(dict(args))]
+    folder on sys.path) and without site (-S: no .pth file runs). It names the run and the two
+    pipes only: anyone may read it, and its arguments (the trial's environment, with its token)
+    come through ``args_fd``."""
+    fds = {"run": run, "args_fd": args_fd, "report_fd": report_fd}
+    return [sys.executable, "-I", "-S", str(SHIM), json.dumps(fds)]
 
 
 def _format_number(value: float) -> str:
@@ -478,34 +481,41 @@ async def _start_shim(
     """Start the shim and read its one line: the trial's pid, or why it could not start. With
     the shim, its pidfd and start time, taken before it can have exited: a trial that ends at
     once lets the shim exit right after its line, and the child watcher may reap it then."""
+    args = {
+        "argv": argv,
+        "cwd": str(launch.workdir),
+        "env": dict(env),
+        "status_path": str(launch.status_path),
+        "cgroup": None if launch.cgroup is None else str(launch.cgroup),
+        **user_args,
+    }
+    run = f"{launch.study_id}.{launch.trial_id}.{launch.run}"
     read_fd, write_fd = os.pipe()
+    args_read, args_write = os.pipe()
     try:
-        args = {
-            "argv": argv,
-            "cwd": str(launch.workdir),
-            "report_fd": write_fd,
-            "status_path": str(launch.status_path),
-            "cgroup": None if launch.cgroup is None else str(launch.cgroup),
-            **user_args,
-        }
         try:
             shim = await anyio.open_process(
-                shim_command(args),
+                shim_command(run, args_read, write_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
                 cwd="/",  # the shim holds no user's folder
-                env=env,
+                # Nothing of the trial's environment: the loader of root's interpreter reads
+                # LD_LIBRARY_PATH, LD_PRELOAD and kin, and the trial's env is its submitter's.
+                env={},
                 start_new_session=True,
-                pass_fds=(write_fd,),
+                pass_fds=(args_read, write_fd),
             )
         except OSError as exc:
+            os.close(args_write)
             raise TrialStartError(
                 f"could not start the trial's shim ({sys.executable}): {exc}"
             ) from exc
         finally:
             os.close(write_fd)
+            os.close(args_read)
         pidfd: int | None = None
+        args_open = True
         try:
             # The interpreter is still starting: the shim cannot have exited (nor been reaped)
             # before it writes its line, and a pidfd names it from now on, whatever comes.
@@ -513,8 +523,15 @@ async def _start_shim(
             ticks = start_ticks(shim.pid)
             if ticks is None:  # pragma: no cover - it died in its first microseconds
                 raise ProcessLookupError(shim.pid)
+            try:
+                await _write_all(args_write, json.dumps(args).encode())
+            finally:
+                args_open = False
+                os.close(args_write)  # its end of file: the shim reads to it
             line = await _read_line(read_fd)
         except BaseException:
+            if args_open:
+                os.close(args_write)
             if pidfd is not None:
                 os.close(pidfd)
             # Cancelled while it starts: it must not run on unwatched.
@@ -531,6 +548,19 @@ async def _start_shim(
         os.close(read_fd)
     assert pidfd is not None
     return shim, pidfd, ticks, line
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write the shim's arguments (quietly, if the shim is already gone: its silence then says
+    it could not start)."""
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    with contextlib.suppress(BrokenPipeError):
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
 
 
 async def _read_line(fd: int) -> dict[str, Any]:

@@ -1,8 +1,12 @@
 """The per-trial shim: the one process the daemon starts, watches and signals for a run.
 
-Run as ``[sys.executable, "-I", "-S", <this file>, <json args>]``: isolated mode, no site, and
-stdlib-only on purpose, so that nothing a user put on PYTHONPATH (or in a .pth file) runs in a
-process that may be root. It imports nothing of hpod, and the daemon never imports it.
+Run as ``[sys.executable, "-I", "-S", <this file>, '{"run": ..., "args_fd": A, "report_fd": R}']``
+with an empty environment: isolated mode, no site, and stdlib-only on purpose, so that nothing a
+user put on PYTHONPATH (or in a .pth file) runs in a process that may be root. It imports nothing
+of hpod, and the daemon never imports it. Its environment is empty, because the trial's (the
+submitter's) may name libraries for the loader (LD_LIBRARY_PATH, LD_PRELOAD) that root's
+interpreter must not load; and its command line names only the run, because anyone may read it
+(/proc/<pid>/cmdline) and the trial's environment holds its token.
 
 It is a child subreaper (``PR_SET_CHILD_SUBREAPER``): whatever the trial starts and orphans, a
 ``setsid()`` daemon included, is reparented to it rather than to init, so when the trial's leader
@@ -11,10 +15,11 @@ one) before it starts the trial, so the trial is in it from its first instructio
 daemon that dies (it is in its own session), and writes the trial's exit status to a file of the
 daemon's, which a restarted daemon reads.
 
-The arguments, one JSON object: ``argv``, ``cwd``, ``report_fd`` (the pipe to tell the daemon
-``{"trial_pid": N, "trial_start_ticks": T}`` or the start error), ``status_path``, and optional
-``cgroup``, ``user``, ``group``, ``extra_groups``. The environment is the shim's own, which the
-daemon set to the trial's; stdout/stderr are the shim's own, the trial's log files.
+The arguments, one JSON object read from the pipe ``args_fd`` to its end: ``argv``, ``cwd``,
+``env`` (the trial's; absent: the shim's own), ``status_path``, and optional ``cgroup``,
+``user``, ``group``, ``extra_groups``. On ``report_fd`` the shim tells the daemon one line,
+``{"trial_pid": N, "trial_start_ticks": T}`` or the start error. stdout/stderr are the shim's
+own, which the daemon pointed at the trial's log files.
 
 Signals: SIGTERM, SIGINT and SIGHUP are forwarded to the trial's process group; SIGUSR1 means
 "kill it all": SIGKILL to the group and to every descendant.
@@ -96,6 +101,7 @@ class Shim:
             proc = subprocess.Popen(
                 args["argv"],
                 cwd=args["cwd"],
+                env=args.get("env"),
                 stdin=subprocess.DEVNULL,
                 process_group=0,  # the trial leads its own group, inside the shim's session
                 **kwargs,
@@ -226,8 +232,21 @@ def write_status(path: str, status: dict[str, Any]) -> None:
         os.close(folder)
 
 
+def read_args(fd: int) -> dict[str, Any]:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    args: dict[str, Any] = json.loads(b"".join(chunks))
+    return args
+
+
 def main(argv: list[str]) -> int:
-    args = json.loads(argv[1])
+    fds = json.loads(argv[1])
+    args = read_args(int(fds["args_fd"]))
+    args["report_fd"] = int(fds["report_fd"])
     return Shim().run(args)
 
 

@@ -468,17 +468,22 @@ async def test_adopt_our_own_child_after_a_re_exec_reaps_it(folder: Path) -> Non
     launch = launch_of(folder, "import sys; sys.exit(4)")
     launch.trial_dir.mkdir(parents=True)
     read_fd, write_fd = os.pipe()
+    args_read, args_write = os.pipe()
     os.set_inheritable(write_fd, True)
+    os.set_inheritable(args_read, True)
     args = {
         "argv": list(launch.command),
         "cwd": str(folder),
-        "report_fd": write_fd,
+        "env": dict(os.environ),
         "status_path": str(launch.status_path),
         "cgroup": None,
     }
-    argv = shim_command(args)
-    pid = os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True)
+    os.write(args_write, json.dumps(args).encode())
+    os.close(args_write)
+    argv = shim_command("c1.0.1", args_read, write_fd)
+    pid = os.posix_spawn(argv[0], argv, {}, setsid=True)
     os.close(write_fd)
+    os.close(args_read)
     with os.fdopen(read_fd, "rb") as pipe:
         line = json.loads(pipe.read())
     identity = ProcessIdentity.of_shim(

@@ -459,3 +459,15 @@ async def test_trials_that_end_at_once_all_start(tmp_path: Path) -> None:
             for i in range(24):
                 tg.start_soon(one, i, results)
     assert results == [0] * 24
+
+
+@pytest.mark.anyio
+async def test_a_large_environment_reaches_the_trial(tmp_path: Path) -> None:
+    # The trial's environment goes to the shim through a pipe, past a pipe's 64 KiB buffer (in
+    # values under the kernel's 128 KiB a string, as the submit's own caps keep them).
+    big = {f"BIG{i}": str(i) * (100 * 1024) for i in range(4)}
+    code = "import os, sys; sys.exit(0 if len(os.environ['BIG3']) == 100 * 1024 else 9)"
+    launch = make_launch(tmp_path, py(code))
+    proc = await TrialProcess.start(launch, base_env={"PATH": "/usr/bin:/bin", **big})
+    with anyio.fail_after(20):
+        assert await proc.wait() == 0

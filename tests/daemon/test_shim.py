@@ -65,25 +65,29 @@ def folder() -> Iterator[Path]:
 def start_shim(
     folder: Path, code: str, *, env: dict[str, str] | None = None, argv: list[str] | None = None
 ) -> Shim:
+    """The shim with ``env`` as its own environment (the trial inherits it: no "env" argument)."""
     read_fd, write_fd = os.pipe()
+    args_read, args_write = os.pipe()
     status_path = folder / "status.json"
     args = {
         "argv": argv if argv is not None else [sys.executable, "-c", textwrap.dedent(code)],
         "cwd": str(folder),
-        "report_fd": write_fd,
         "status_path": str(status_path),
         "cgroup": None,
     }
+    os.write(args_write, json.dumps(args).encode())  # well under a pipe's buffer
+    os.close(args_write)
     try:
         proc = subprocess.Popen(
-            shim_command(args),
+            shim_command("t.0.1", args_read, write_fd),
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            pass_fds=(write_fd,),
+            pass_fds=(args_read, write_fd),
             env=env if env is not None else dict(os.environ),
         )
     finally:
         os.close(write_fd)
+        os.close(args_read)
     try:
         ready, _, _ = select.select([read_fd], [], [], 20.0)
         assert ready, "the shim said nothing in 20 s"
@@ -256,3 +260,47 @@ def test_the_shim_imports_only_what_it_needs() -> None:
         for n in checked
         if any(isinstance(b, ast.ImportFrom) and b.module == "typing" for b in n.body)
     )
+
+
+@pytest.mark.anyio
+async def test_the_trials_environment_and_token_reach_the_trial_only(folder: Path) -> None:
+    # The shim may be root: a submitter's LD_LIBRARY_PATH or LD_PRELOAD in its environment would
+    # have root's interpreter load that user's libraries, and its command line is world-readable.
+    # The trial's environment reaches the trial, not the shim's environment or command line.
+    import anyio
+
+    from hpod.daemon.runner import TrialLaunch, TrialProcess
+
+    ready = folder / "ready"
+    code = f"import os, time; os.rename(open({str(ready)!r} + '.t', 'w').name, {str(ready)!r}); "
+    code += "time.sleep(60)"
+    tdir = folder / "trials" / "0"
+    launch = TrialLaunch(
+        study_id="e1",
+        trial_id=0,
+        command=(sys.executable, "-c", code),
+        config={"lr": 0.5},
+        workdir=folder,
+        trial_dir=tdir,
+        checkpoint_dir=tdir / "checkpoint",
+        socket_path=str(folder / "s"),
+        token="tok-SECRET-1234",
+        resume_from=0.0,
+        max_resource=1.0,
+        extra_env={"STUDY_VAR": "x"},
+    )
+    base = {"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": str(folder / "evil-libs")}
+    proc = await TrialProcess.start(launch, base_env=base)
+    try:
+        with anyio.fail_after(20):
+            while not ready.exists():
+                await anyio.sleep(0.01)
+        shim_env = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        trial_env = Path(f"/proc/{proc.trial_pid}/environ").read_bytes()
+        shim_cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        for secret in (b"tok-SECRET-1234", b"LD_LIBRARY_PATH", b"STUDY_VAR", b"HPOD_TOKEN"):
+            assert secret in trial_env
+            assert secret not in shim_env
+            assert secret not in shim_cmdline
+    finally:
+        await proc.stop(0.1)
