@@ -16,6 +16,7 @@ from hpod.core.spec import StudySpec
 from hpod.core.states import Decision
 from hpod.core.study import Launch, Study
 from hpod.daemon.disk import Disk
+from hpod.daemon.procid import ProcessIdentity
 from hpod.daemon.runner import TrialProcess
 from hpod.daemon.slots import Slot
 from hpod.daemon.views import summary_view
@@ -102,8 +103,10 @@ class TrialRun:
     # or for a run adopted after a restart the last time the study's clocks were saved.
     compute_from: float = math.nan
     adopted: bool = False  # started by an earlier daemon (or this one before a re-exec)
-    # An adopted run that ended while no daemon watched: the returncode its shim wrote.
+    # An adopted run that ended while no daemon watched: the returncode its shim wrote, and
+    # its process identity (its cgroup to remove and status file to forget once recorded).
     away: int | None = None
+    away_identity: ProcessIdentity | None = None
 
     def __post_init__(self) -> None:
         if not self.token_hash:

@@ -10,6 +10,7 @@ This module never imports the studies service: it tells it about ends through ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -350,7 +351,7 @@ class Trials:
                 run.mark_resource = max(run.mark_resource, last.resource)
         run.move(RunState.RUNNING)
         if left.exit is not None:
-            run.away = left.exit.returncode
+            run.away, run.away_identity = left.exit.returncode, left.identity
         else:
             assert left.identity is not None
             run.proc = await TrialProcess.adopt(self._trial_launch(study, run), left.identity)
@@ -358,6 +359,7 @@ class Trials:
                 # Gone between the survey and now: its status, if it wrote one, says how.
                 late = Exit.read(Path(left.identity.status_path))
                 run.away = late.returncode if late is not None else None
+                run.away_identity = left.identity
         self._told_before(study, run, row)
         study.runs[row.trial_id] = run
         self._adopted.append((study, run))
@@ -548,7 +550,8 @@ class Trials:
         proc = run.proc
         if proc is not None and proc.returncode is None:
             return  # still running (left to a daemon that takes over): not ours to end
-        named = proc.identity.cgroup if proc is not None else None
+        ident = proc.identity if proc is not None else run.away_identity
+        named = ident.cgroup if ident is not None else None
         path = made if made is not None else Path(named) if named is not None else None
         if path is not None:
             removed = await anyio.to_thread.run_sync(self.containment.kill_and_remove, path)
@@ -558,6 +561,9 @@ class Trials:
                 )
         if proc is not None:
             proc.forget_status()
+        elif ident is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(ident.status_path)
 
     async def _wait(self, study: StudyRuntime, run: TrialRun, proc: TrialProcess) -> int:
         with run.scope:

@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,11 +83,12 @@ def _until(what: str, check: Any, timeout: float = 30.0) -> Any:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie is not: an orphan's may wait for a PID 1 that does not reap)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 def _counted_steps(daemon: DaemonHandle, sid: str) -> dict[int, list[float]]:
@@ -176,3 +178,86 @@ def test_sighup_re_executes_the_daemon_in_place_and_the_trials_never_notice(
     assert daemon.proc.poll() is None
     _assert_nothing_trained_twice(daemon, sid, trials=2)
     assert "reexec" in daemon.output()
+
+
+# Reports once, then works on without reporting and exits with the code its config says.
+LAST_WORDS = """
+import os, time
+from hpod import trial
+cfg = trial.config({"x": 0.0, "y": 0.0, "rc": 0})
+trial.report(step=1, loss=1.0)
+with open(os.path.join(trial.trial_dir(), "reported"), "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(1.0)
+raise SystemExit(cfg["rc"])
+"""
+
+
+def _last_words_study(daemon: DaemonHandle, name: str, rc: int) -> tuple[str, Path]:
+    text = spec(
+        name,
+        steps=5,  # so the report is answered CONTINUE: the exit is the trial's own doing
+        script="trial_last.py",
+        points="partial_grid = true",
+        limits="max_trials = 1",
+        extra=f'rc = {{ param_type = "choice", range = [{rc}] }}',
+    )
+    spec_path = daemon.write_spec(name, text)
+    (spec_path.parent / "trial_last.py").write_text(LAST_WORDS)
+    sid = str(daemon.ctl_json("submit", str(spec_path))["study"])
+    folder = daemon.state_dir / "studies" / sid / "trials" / "0"
+    return sid, folder
+
+
+@e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("rc", "state"), [(0, "completed"), (3, "failed")])
+def test_a_trial_that_ends_while_no_daemon_runs_is_recorded_as_it_ended(
+    daemon: DaemonHandle, rc: int, state: str
+) -> None:
+    sid, folder = _last_words_study(daemon, f"away{rc}", rc)
+    pid = int(
+        _until(
+            "the trial's report",
+            lambda: (folder / "reported").exists() and (folder / "reported").read_text(),
+        )
+    )
+    daemon.stop(signal.SIGKILL)
+    _until("the trial to exit on its own", lambda: not _alive(pid))
+    daemon.start()
+    # Exit 9 for a study that ended but did not complete (the failed one).
+    final = json.loads(daemon.ctl("wait", sid, "--timeout", "30", "--json").stdout)
+    (row,) = daemon.ctl_json("trials", sid)
+    # Recorded from the status its shim wrote: not resumed, not run again.
+    assert (row["state"], row["runs"]) == (state, 1), row
+    if rc:
+        assert row["error"].startswith(f"exited with status {rc}"), row
+        assert final["state"] == "failed"
+    else:
+        assert final["state"] == "completed"
+
+
+@e2e
+@pytest.mark.timeout(120)
+def test_a_run_whose_process_died_with_its_daemon_is_resumed_from_its_checkpoint(
+    daemon: DaemonHandle,
+) -> None:
+    sid = _study(daemon, "gone", trials=1)
+    seen = _until(
+        "two epochs", lambda: (e := _epochs(daemon, sid)) and len(e.get(0, ())) >= 2 and e
+    )
+    trial_pid = seen[0][0][0]
+    daemon.stop(signal.SIGKILL)
+    # The trial and its shim die too (an OOM kill, a reboot's worth): nothing left to adopt.
+    shim = int(Path(f"/proc/{trial_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.killpg(trial_pid, signal.SIGKILL)
+    os.kill(shim, signal.SIGKILL)
+    _until("the run's processes gone", lambda: not _alive(trial_pid) and not _alive(shim))
+    daemon.start()
+    final = daemon.ctl_json("wait", sid, "--timeout", "60")
+    assert final["state"] == "completed", final
+    (row,) = daemon.ctl_json("trials", sid)
+    assert row["runs"] == 2, row  # resumed, in a new run
+    epochs = _epochs(daemon, sid)[0]
+    assert len({p for p, _ in epochs}) == 2
+    assert sorted({e for _, e in epochs}) == list(range(1, STEPS + 1))
