@@ -15,9 +15,10 @@ Stdlib only and synchronous, so it fits any training loop and imports in millise
 
 Everything is read from the environment the daemon gives the trial (``HPOD_SOCKET``,
 ``HPOD_STUDY``, ``HPOD_TRIAL``, ``HPOD_TOKEN``, ``HPOD_CONFIG``, ``HPOD_CHECKPOINT_DIR``,
-``HPOD_RESUME_FROM``, ``HPOD_MAX_RESOURCE``) at call time, never at import time. Outside hpod (no
-``HPOD_SOCKET``) the same script still runs: :func:`config` returns the defaults, :func:`report`
-returns ``CONTINUE`` and says once on stderr that nothing is reported.
+``HPOD_RESUME_FROM``, ``HPOD_MAX_RESOURCE``, ``HPOD_RECONNECT_TIMEOUT``) at call time, never at
+import time. Outside hpod (no ``HPOD_SOCKET``) the same script still runs: :func:`config` returns
+the defaults, :func:`report` returns ``CONTINUE`` and says once on stderr that nothing is
+reported.
 """
 
 from __future__ import annotations
