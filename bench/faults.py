@@ -88,6 +88,7 @@ class Summary:
     trials_failed: int
     submits_failed: int
     duplicate_studies: int
+    studies_missing: int
     acked_lost: int
     counted_twice: int
     trained_twice: int
@@ -142,7 +143,8 @@ class Summary:
             f"studies {self.studies}, trials {self.trials} ({self.trials_failed} failed), "
             f"reports {self.reports} ({self.reports_failed} raised in a trial); "
             f"submits failed {self.submits_failed}, "
-            f"studies made twice {self.duplicate_studies}; {self.seconds:.0f} s",
+            f"studies made twice {self.duplicate_studies}, submitted but not in the store "
+            f"{self.studies_missing}; {self.seconds:.0f} s",
         ]
         for name, lines in sorted(self.examples.items()):
             if lines:
@@ -606,9 +608,15 @@ class Campaign:
             self.kill_and_restart("random")
         elif kind == "submit":
             time.sleep(rng.uniform(0.0, 0.3))
+            log = self.root / f"daemon{self.daemon.starts}.log"
+            mark = log.stat().st_size
             self.submit()
-            # Right after hpodctl starts: before it connects, mid-request, or right after commit.
-            time.sleep(rng.uniform(0.05, 0.4))
+            if rng.random() < 0.5:
+                # Right after hpodctl starts: before it connects, or mid-request.
+                time.sleep(rng.uniform(0.05, 0.6))
+            elif not self._logged(log, mark, '"study_submitted"', timeout=10.0):
+                self.notes.append("a submit kill never saw study_submitted; killed anyway")
+            # else: the study is committed and its answer is on its way, or just gone.
             self.kill_and_restart("submit")
             self.reap_submits(block=True)
         elif kind == "pause":
@@ -654,6 +662,19 @@ class Campaign:
             self.restarts.append(self.daemon.start(since=t0))
         else:
             raise ValueError(kind)
+
+    def _logged(self, log: Path, offset: int, needle: str, timeout: float) -> bool:
+        """Whether ``needle`` shows up in the daemon's log past ``offset`` within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with log.open("rb") as f:
+            f.seek(offset)
+            seen = b""
+            while time.monotonic() < deadline:
+                seen += f.read()
+                if needle.encode() in seen:
+                    return True
+                time.sleep(0.001)
+        return False
 
     def _done_before(self, start: dict[str, Any], when: float) -> bool:
         self.tailer.poll()
@@ -823,6 +844,7 @@ class Campaign:
             trials_failed=sum(1 for _s, _t, state in trials if state == "failed"),
             submits_failed=self.submits_failed,
             duplicate_studies=sum(n - 1 for n in names.values() if n > 1),
+            studies_missing=len(set(self.submitted) - names.keys()),
             acked_lost=lost,
             counted_twice=twice,
             trained_twice=retrained,
