@@ -28,7 +28,8 @@ def start_ticks(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:
+        # Gone (ENOENT, or ESRCH mid-read), or hidden from us (hidepid): nothing is proven.
         return None
     # The command name (field 2, in parentheses) may hold spaces and ')': count after the last.
     fields = stat.rsplit(b")", 1)[1].split()
