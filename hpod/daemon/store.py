@@ -34,7 +34,7 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown, StoreFull
 from hpod.wire import loads_json, tag
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DB_NAME = "hpod.sqlite3"
 
 Durability = Literal["normal", "fsync"]
@@ -178,6 +178,27 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE reports ADD COLUMN sender TEXT",
         "ALTER TABLE reports ADD COLUMN seq INTEGER",
         "ALTER TABLE studies ADD COLUMN clocks_at REAL",
+    ),
+    # 6 -> 7: the Python library (docs/python-api.md). decisions: one row per scheduling
+    # decision (a promotion, a start, a stop), so `hpodctl decisions` and the counts in `show`
+    # survive a restart. studies.changes: what `hpodctl set` changed of a running study (limits,
+    # deadline, max_trials, max_concurrent, report period, priority), as JSON: a list of
+    # {"key", "value", "at", "by"} in order, applied over the stored spec at every restore.
+    # The events table (since 1) is the event stream; its id is the stream's cursor.
+    6: (
+        """
+        CREATE TABLE decisions (
+            id INTEGER PRIMARY KEY,
+            study_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            trial_id INTEGER,
+            level REAL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )
+        """,
+        "CREATE INDEX decisions_by_study ON decisions (study_id, id)",
+        "ALTER TABLE studies ADD COLUMN changes TEXT",
     ),
 }
 
