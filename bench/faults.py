@@ -5,8 +5,9 @@ Hyperband, FIFO with random search) whose trials are bench/faults_trial.py, a tr
 every epoch, report, answer and checkpoint to an fsynced log in its trial folder, and SIGKILLs the
 daemon ``--kills`` times, restarting it after each kill. The kills are at random points and at
 targeted ones: during a submit, right after a PAUSE answer, during a SIGTERM shutdown, during a
-checkpoint. Every few kills it also stops and starts the daemon cleanly. A sampler counts, every
-50 ms, the trial processes in each trial folder.
+checkpoint, during a trial's launch (between its start and the store's record of its process).
+Every few kills it also stops and starts the daemon cleanly. A sampler counts, every 50 ms, the
+trial processes in each trial folder.
 
 At the end it lets every study finish, stops the daemon cleanly, counts the processes left and
 reads the store (read only), and prints the seven numbers that must be 0 (the exit status is 1
@@ -55,7 +56,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIAL = Path(__file__).resolve().parent / "faults_trial.py"
-KINDS = ("random", "submit", "pause", "sigterm", "checkpoint")
+KINDS = ("random", "submit", "pause", "sigterm", "checkpoint", "launch")
 FINAL_STUDY = frozenset({"completed", "stopped", "failed"})
 READY_TIMEOUT = 30.0
 # A clean stop waits for the trials (their grace period is 5 s): past this it is a hang.
@@ -619,6 +620,16 @@ class Campaign:
             # else: the study is committed and its answer is on its way, or just gone.
             self.kill_and_restart("submit")
             self.reap_submits(block=True)
+        elif kind == "launch":
+            # Between a run's start and the store's record of its process: the run must be
+            # adopted all the same, never relaunched beside itself.
+            log = self.root / f"daemon{self.daemon.starts}.log"
+            seen = self._logged(log, log.stat().st_size, '"trial_launch"', timeout=8.0)
+            if seen:
+                time.sleep(rng.uniform(0.0, 0.03))
+            else:
+                self.missed["launch"] += 1
+            self.kill_and_restart("launch" if seen else "random")
         elif kind == "pause":
             ev = self.tailer.wait_for(
                 lambda e: e.get("ev") == "answer" and str(e.get("decision")).upper() == "PAUSE",
@@ -686,7 +697,7 @@ class Campaign:
         )
 
     def schedule(self, kills: int) -> list[str]:
-        """The kinds in a shuffled round-robin, so that even 10 kills have all five."""
+        """The kinds in a shuffled round-robin, so that 6 kills have each kind."""
         out: list[str] = []
         while len(out) < kills:
             block = list(KINDS)
