@@ -226,6 +226,9 @@ class Daemon:
                     await self._reexec_now()  # never returns
                 notify.stopping()
                 await self.studies.shutdown()
+            # A clean stop (a re-exec never comes here): every run's task has ended, and removed
+            # its cgroup; the daemon's own subtree goes too, unless a run is still in it.
+            await anyio.to_thread.run_sync(self.containment.release)
             # The servers go before their sockets close, so no accept sees a closed listener.
             tg.cancel_scope.cancel()
 

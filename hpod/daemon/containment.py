@@ -238,6 +238,14 @@ class Containment:
         if not name or "/" in name or "\0" in name or name.startswith("."):
             raise ValueError(f"{name!r} cannot name a cgroup")
         path = self.base / name
+        if not self.base.exists():
+            # Removed under us (an admin's clean-up, a release by a daemon since gone): the
+            # same folder again, still the daemon's own.
+            try:
+                _own_folder(self.base.parent)
+                _own_folder(self.base)
+            except OSError as exc:
+                raise ContainmentUnavailable(f"cannot make {self.base}: {_reason(exc)}") from None
         try:
             path.mkdir(mode=0o755)
         except FileExistsError:
@@ -313,6 +321,14 @@ class Containment:
             if entry.is_dir() and _populated(entry) is False:
                 with contextlib.suppress(OSError):
                     entry.rmdir()
+
+    def release(self) -> None:
+        """At a clean stop (not before a re-exec, which the runs outlive): the empty run cgroups
+        and then the base folder itself, if nothing is left in it. A run still alive keeps both."""
+        self.sweep()
+        if self.base is not None:
+            with contextlib.suppress(OSError):  # EBUSY: a run's cgroup is still there
+                self.base.rmdir()
 
     def describe(self) -> dict[str, Any]:
         """What ``hpodctl show`` and ``ping`` print of it."""

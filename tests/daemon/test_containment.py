@@ -615,3 +615,30 @@ async def test_a_cgroup_the_shim_cannot_enter_is_a_start_error(folder: Path) -> 
     with pytest.raises(TrialStartError, match=r"could not put the trial in its cgroup .*no-cgroup"):
         await TrialProcess.start(launch)
     assert not ran.exists()  # the trial never ran outside its cgroup
+
+
+@needs_cgroups
+def test_release_removes_the_subtree_unless_a_run_is_in_it(folder: Path) -> None:
+    containment = Containment.discover("cgroup", folder / "state")
+    base = containment.base
+    assert base is not None
+    busy = containment.make("c1.0.1")
+    containment.make("c1.1.1")  # empty: a run that never entered it
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (busy / "cgroup.procs").write_text(str(holder.pid))
+        containment.release()
+        # A run alive (one left for the next daemon to adopt) keeps its cgroup and the base.
+        assert sorted(p.name for p in base.iterdir() if p.is_dir()) == ["c1.0.1"]
+        assert containment.kill_and_remove(busy)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    containment.release()
+    assert not base.exists()
+    # Made again, as the daemon's own, when a run needs it after all.
+    again = containment.make("c1.2.1")
+    assert again.parent == base
+    assert containment.kill_and_remove(again)
+    containment.release()
+    assert not base.exists()

@@ -532,6 +532,10 @@ def test_setting_containment(daemon_factory: Any, mode: str) -> None:
     assert bad.returncode == ErrorCode.INVALID_PARAMS.exit_status, bad.stderr
     assert "containment" in bad.stderr
     assert "did you mean 'cgroup'" in bad.stderr
+    # A clean stop leaves no cgroup behind: the daemon's subtree goes with its last run's.
+    assert d.stop() == 0
+    if in_cgroup:
+        assert not path.parent.exists()
 
 
 @e2e
