@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +44,7 @@ from anyio.abc import Process
 # The placeholder rules are the core's, so the spec check at submit and the launch here agree.
 from hpod.core.command import ConfigValue, format_value, render_command
 from hpod.core.spec import DEFAULT_RECONNECT_TIMEOUT
-from hpod.daemon.procid import ProcessIdentity, start_ticks
+from hpod.daemon.procid import ProcessIdentity, boot_id, start_ticks
 from hpod.daemon.statetree import Ids, UnsafePath, open_append, open_dir, read_tail, walk_dir
 from hpod.errors import HpodError, InvalidParams
 
@@ -269,12 +269,20 @@ class TrialProcess:
         self._lock = anyio.Lock()
         self._returncode: int | None = None
         self.shim_returncode: int | None = None
+        self.status_missing = False  # the shim ended without writing the trial's status
 
     @classmethod
     async def start(
-        cls, launch: TrialLaunch, *, base_env: Mapping[str, str] | None = None
+        cls,
+        launch: TrialLaunch,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        on_shim: Callable[[ProcessIdentity], Awaitable[None]] | None = None,
     ) -> TrialProcess:
-        """Start one run of the trial; raise TrialStartError when it cannot start at all."""
+        """Start one run of the trial; raise TrialStartError when it cannot start at all.
+
+        ``on_shim``: awaited with the shim's identity (no trial pid yet) before the shim is
+        told what to start: the daemon stores it there."""
         argv = render_command(
             launch.command,
             launch.config,
@@ -313,7 +321,7 @@ class TrialProcess:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(status_path)  # an earlier attempt's, under the same run number
             shim, pidfd, ticks, line = await _start_shim(
-                launch, argv, env, user_args, stdout, stderr
+                launch, argv, env, user_args, stdout, stderr, on_shim
             )
             if "trial_pid" not in line:
                 os.close(pidfd)
@@ -437,6 +445,9 @@ class TrialProcess:
                     pass
             self.shim_returncode = shim_rc
             trial_rc = _read_status(Path(self.identity.status_path))
+            # An adopted shim that left no status was killed, or never had a trial to start
+            # (its daemon died before it sent the arguments): the trial did nothing wrong.
+            self.status_missing = trial_rc is None
             if trial_rc is None:
                 # No status: the shim was killed before it could write one.
                 trial_rc = shim_rc if shim_rc is not None else -signal.SIGKILL
@@ -477,6 +488,7 @@ async def _start_shim(
     user_args: Mapping[str, Any],
     stdout: IO[bytes],
     stderr: IO[bytes],
+    on_shim: Callable[[ProcessIdentity], Awaitable[None]] | None = None,
 ) -> tuple[Process, int, int, dict[str, Any]]:
     """Start the shim and read its one line: the trial's pid, or why it could not start. With
     the shim, its pidfd and start time, taken before it can have exited: a trial that ends at
@@ -523,6 +535,22 @@ async def _start_shim(
             ticks = start_ticks(shim.pid)
             if ticks is None:  # pragma: no cover - it died in its first microseconds
                 raise ProcessLookupError(shim.pid)
+            if on_shim is not None:
+                # Stored before the shim has its arguments, so before any trial exists: a
+                # daemon killed from here on leaves a run whose shim it can prove, and one
+                # killed before has left a shim that reads the end of its pipe and starts
+                # nothing (docs/live-restore.md).
+                await on_shim(
+                    ProcessIdentity(
+                        pid=shim.pid,
+                        start_ticks=ticks,
+                        boot_id=boot_id(),
+                        trial_pid=0,
+                        pgid=0,
+                        cgroup=None if launch.cgroup is None else str(launch.cgroup),
+                        status_path=str(launch.status_path),
+                    )
+                )
             try:
                 await _write_all(args_write, json.dumps(args).encode())
             finally:

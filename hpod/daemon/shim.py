@@ -239,7 +239,12 @@ def read_args(fd: int) -> dict[str, Any]:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    args: dict[str, Any] = json.loads(b"".join(chunks))
+    data = b"".join(chunks)
+    if not data:
+        # The daemon died before it sent what to start (it stores this shim first): start
+        # nothing, so a restarted daemon that resumes the run does not race a copy of it.
+        raise SystemExit(0)
+    args: dict[str, Any] = json.loads(data)
     return args
 
 

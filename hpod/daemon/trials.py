@@ -31,6 +31,7 @@ from hpod.daemon.containment import Containment, run_name
 from hpod.daemon.disk import POLL_SECONDS, Disk
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.logcap import cut_trial_logs
+from hpod.daemon.procid import ProcessIdentity
 from hpod.daemon.runner import (
     LOG_STREAMS,
     TrialLaunch,
@@ -417,6 +418,13 @@ class Trials:
                 await anyio.to_thread.run_sync(self.containment.kill_and_remove, Path(cgroup))
         await self.disk.write(*(delete_live_run_op(r.row.study_id, r.row.trial_id) for r in runs))
 
+    async def _store_identity(
+        self, study: StudyRuntime, run: TrialRun, identity: ProcessIdentity
+    ) -> None:
+        await self.disk.write(
+            update_live_run_op(study.id, run.trial_id, identity=identity.to_json())
+        )
+
     def start_adopted(self) -> None:
         """Once runs may start: the tasks of the adopted runs."""
         for study, run in self._adopted:
@@ -471,7 +479,11 @@ class Trials:
                         # Made before the shim starts, which enters it before the trial does.
                         cgroup = self.containment.make(run_name(study.id, run.trial_id, launch.run))
                         launch = dataclasses.replace(launch, cgroup=cgroup)
-                    run.proc = await TrialProcess.start(launch, base_env=study.client_env)
+                    run.proc = await TrialProcess.start(
+                        launch,
+                        base_env=study.client_env,
+                        on_shim=lambda ident: self._store_identity(study, run, ident),
+                    )
                     # What proves the process is this run's, for the daemon after a crash.
                     await self.disk.write(
                         update_live_run_op(
@@ -509,6 +521,11 @@ class Trials:
                     used = study.run_seconds.get(run.trial_id, 0.0)
                     run.cap_time(run.started + max(0.0, limit - used))
                 returncode = await self._wait(study, run, run.proc)
+                if run.adopted and run.proc.status_missing and not run.forces_stop:
+                    # Its shim left no status: killed, or it never had a trial to start (the
+                    # earlier daemon died first). Resumed, never failed for it.
+                    log.info("trial_adopted_without_status", study=study.id, trial=run.trial_id)
+                    returncode = None
             if returncode is not None:
                 if returncode != 0 and not run.forces_stop and self.disk.short():
                     # It died while the state dir was full: most likely of the full disk (a

@@ -112,6 +112,37 @@ def test_the_exit_status_is_written_and_the_shim_exits_0(folder: Path) -> None:
     assert not Path(f"{shim.status_path}.tmp").exists()
 
 
+def test_a_shim_whose_daemon_died_before_sending_its_arguments_starts_nothing(
+    folder: Path,
+) -> None:
+    """The daemon stores the shim's identity, then sends what to start: killed in between, it
+    leaves a shim that reads the end of its pipe and exits, so the restart's resumed run never
+    races a copy of itself (docs/live-restore.md)."""
+    read_fd, write_fd = os.pipe()
+    args_read, args_write = os.pipe()
+    os.close(args_write)  # the daemon's end, closed by its death with nothing written
+    try:
+        proc = subprocess.Popen(
+            shim_command("t.0.1", args_read, write_fd),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=(args_read, write_fd),
+        )
+    finally:
+        os.close(write_fd)
+        os.close(args_read)
+    try:
+        _, err = proc.communicate(timeout=20)
+        said = os.read(read_fd, 4096)
+    finally:
+        os.close(read_fd)
+    assert proc.returncode == 0
+    assert err == b""  # no traceback in the trial's log
+    assert said == b""  # no trial pid: nothing started
+    assert list(folder.iterdir()) == []
+
+
 def test_a_trial_killed_by_a_signal_is_negative(folder: Path) -> None:
     shim = start_shim(folder, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
     assert shim.wait() == 0
