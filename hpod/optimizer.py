@@ -194,26 +194,31 @@ class Optimizer:
         self.base_dir = base_dir
         self.study_id = study_id
         self._socket_path = socket_path
-        self._client: Client | None = None
-        self._local: _LocalDaemon | None = None
-        self._pump: _EventPump | None = None
-        self._started_at: float | None = None
-        self._closed = False
-        self._finalizer: (
-            weakref.finalize[[_EventPump | None, _LocalDaemon | None], Optimizer] | None
-        )
-        self._finalizer = None
+        self._objective_metric: str | None = None
+        self._held = _Held()
+        # Run when the optimizer is closed, or garbage-collected, or at interpreter exit; it
+        # holds what the optimizer started, never the optimizer itself.
+        self._finalizer = weakref.finalize(self, self._held.release)
 
     # -- starting --------------------------------------------------------------------------
 
     @property
     def client(self) -> Client:
         """The :class:`hpod.Client` this optimizer calls (made on first use)."""
-        if self._client is None:
-            if self._closed:
+        held = self._held
+        if held.client is None:
+            if held.released:
                 raise BadState("this optimizer is closed")
-            self._client = Client(self._socket_path)
-        return self._client
+            held.client = Client(self._socket_path)
+        return held.client
+
+    @property
+    def _pump(self) -> _EventPump | None:
+        return self._held.pump
+
+    @property
+    def _local(self) -> _LocalDaemon | None:
+        return self._held.local
 
     @property
     def socket_path(self) -> str:
@@ -238,10 +243,9 @@ class Optimizer:
             assert self.spec_text is not None
             assert self.base_dir is not None
             self.study_id = str(self.client.submit_text(self.spec_text, self.base_dir)["study"])
-        self._started_at = time.monotonic()
-        self._pump = _EventPump(self.socket_path, self.study_id, on_trial_end)
-        self._pump.start()
-        self._arm_finalizer()
+        pump = _EventPump(self.socket_path, self.study_id, on_trial_end)
+        self._held.pump = pump
+        pump.start()
         return self.study_id
 
     def start_locally(
@@ -258,12 +262,12 @@ class Optimizer:
             raise BadState("this optimizer is already started")
         if self.study_id is not None and self.spec_text is None:
             raise BadState("an attached study runs on its own daemon; use start()")
-        self._local = _LocalDaemon.launch(cpu_slots or self._max_concurrent() or os.cpu_count())
-        self._arm_finalizer()
-        self._socket_path = self._local.socket_path
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        local = _LocalDaemon.launch(cpu_slots or self._max_concurrent() or os.cpu_count())
+        self._held.local = local
+        self._socket_path = local.socket_path
+        if self._held.client is not None:
+            self._held.client.close()
+            self._held.client = None
         return self.start(on_trial_end)
 
     def _max_concurrent(self) -> int | None:
@@ -273,13 +277,6 @@ class Optimizer:
 
         value = tomllib.loads(self.spec_text).get("limits", {}).get("max_concurrent")
         return value if isinstance(value, int) else None
-
-    def _arm_finalizer(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        # The finalizer holds the pump and the daemon, never the optimizer, so that dropping the
-        # last reference to the optimizer runs it (also at interpreter exit).
-        self._finalizer = weakref.finalize(self, _release, self._pump, self._local)
 
     # -- waiting and stopping --------------------------------------------------------------
 
@@ -299,7 +296,7 @@ class Optimizer:
     def stop(self, timeout: float | None = None) -> None:
         """Stop the study (if it still runs), wait up to ``timeout`` seconds for its callbacks,
         and release the optimizer's own daemon, if it has one. ClearML: ``stop(timeout)``."""
-        if self.study_id is not None and not self._closed:
+        if self.study_id is not None and not self._held.released:
             with contextlib.suppress(BadState):
                 self.client.stop(self.study_id)
             if self._pump is not None:
@@ -309,12 +306,7 @@ class Optimizer:
     def close(self) -> None:
         """Stop following events and close the connection. The study is left as it is on a
         shared daemon; the optimizer's own daemon is stopped (SIGTERM) and its folder removed."""
-        self._closed = True
-        if self._finalizer is not None:
-            self._finalizer()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._finalizer()
 
     def __enter__(self) -> Optimizer:
         return self
@@ -405,7 +397,7 @@ class Optimizer:
         return self._set(**changes)
 
     def _set(self, **changes: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.set(self._study_id(), **changes)  # type: ignore[attr-defined]
+        result: dict[str, Any] = self.client.set(self._study_id(), **changes)
         return result
 
     def top(
@@ -413,12 +405,19 @@ class Optimizer:
     ) -> list[dict[str, Any]]:
         """The best ``k`` trials, best first, in ClearML's ``get_top_experiments_details`` shape:
         each row has ``task_id`` (the trial), ``hyper_parameters`` (its config) and ``metrics``
-        (``{name: {"last", "min", "max"}}``: the objective's, or every reported key's with
-        ``all_metrics``), beside hpod's own keys (``trial``, ``objective``, ``state``, ...)."""
-        rows: list[dict[str, Any]] = self.client.top(  # type: ignore[attr-defined]
+        (``{name: value}``: the objective's, or with ``all_metrics`` every key of the trial's last
+        report), beside hpod's own (``rank``, ``trial``, ``objective``, ``resource``, ``state``,
+        ``config``, ``runs``). ``only_completed``: trials that ran to the end only."""
+        rows: list[dict[str, Any]] = self.client.top(
             self._study_id(), k=k, only_completed=only_completed, all_metrics=all_metrics
         )
-        return [_clearml_row(row) for row in rows]
+        metric = self._metric()
+        return [_clearml_row(row, metric) for row in rows]
+
+    def _metric(self) -> str:
+        if self._objective_metric is None:
+            self._objective_metric = str(self.summary()["objective"]["metric"])
+        return self._objective_metric
 
     def best(self) -> dict[str, Any]:
         """The best trial: ``{"study", "trial", "config", "objective", "resource"}``."""
@@ -439,7 +438,7 @@ class Optimizer:
         "token", "env", "resume_from", "max_resource"}``, or None when none is to run now.
         Start it however you like with ``env``; it reports with ``hpod.trial``, or you
         :meth:`tell` its result. OTX's hpopt: ``get_next_sample()``."""
-        result: dict[str, Any] | None = self.client.ask(self._study_id())  # type: ignore[attr-defined]
+        result: dict[str, Any] | None = self.client.ask(self._study_id())
         return result
 
     def tell(
@@ -448,10 +447,12 @@ class Optimizer:
         metrics: Mapping[str, Any] | None = None,
         *,
         token: str | None = None,
-        final: bool = True,
+        final: bool = False,
     ) -> dict[str, Any]:
-        """Tell a handed-out trial's metrics (``final``: it is over). ``trial`` is the dict
-        :meth:`ask` gave (its token is taken from it), or a trial id with ``token``."""
+        """Tell a handed-out trial's metrics (a report, answered ``{"decision": ...}`` like
+        one), or with ``final=True`` that it is over (as an exit 0 ends a local trial's run).
+        ``trial`` is the dict :meth:`ask` gave (its token taken from it), or a trial id with
+        ``token``. OTX's hpopt: ``report_score()``."""
         if isinstance(trial, Mapping):
             token = token or str(trial["token"])
             trial_id = int(trial["trial"])
@@ -459,7 +460,7 @@ class Optimizer:
             trial_id = int(trial)
         if token is None:
             raise ValueError("tell needs the trial's token: pass the dict ask() gave")
-        result: dict[str, Any] = self.client.tell(  # type: ignore[attr-defined]
+        result: dict[str, Any] = self.client.tell(
             self._study_id(), trial_id, token, metrics=dict(metrics or {}), final=final
         )
         return result
@@ -474,7 +475,7 @@ class Optimizer:
 
 class _EventPump:
     """Reads the study's events on a connection of its own and calls the callback for each
-    ``trial_ended``, in order. Holds no reference to the optimizer (see ``_arm_finalizer``)."""
+    ``trial_ended``, in order. Holds no reference to the optimizer (see ``_Held``)."""
 
     def __init__(self, socket_path: str, study: str, callback: TrialEndCallback | None) -> None:
         self.socket_path = socket_path
@@ -698,11 +699,24 @@ class _LocalDaemon:
                 shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _release(pump: _EventPump | None, local: _LocalDaemon | None) -> None:
-    if pump is not None:
-        pump.close()
-    if local is not None:
-        local.release()
+class _Held:
+    """What an optimizer started: its connection, its event thread, its daemon."""
+
+    def __init__(self) -> None:
+        self.client: Client | None = None
+        self.pump: _EventPump | None = None
+        self.local: _LocalDaemon | None = None
+        self.released = False
+
+    def release(self) -> None:
+        self.released = True
+        if self.pump is not None:
+            self.pump.close()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.local is not None:
+            self.local.release()
 
 
 # -- the spec from keyword arguments ---------------------------------------------------------
@@ -853,8 +867,10 @@ def _time_limit(detail: Mapping[str, Any]) -> float | None:
     return min(candidates) if candidates else None
 
 
-def _clearml_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def _clearml_row(row: Mapping[str, Any], metric: str) -> dict[str, Any]:
     out = dict(row)
     out.setdefault("task_id", row.get("trial"))
     out.setdefault("hyper_parameters", row.get("config"))
+    if not isinstance(row.get("metrics"), Mapping):
+        out["metrics"] = {metric: row.get("objective")}
     return out
