@@ -24,7 +24,7 @@ from typing import Any
 from hpod.core import passenv
 from hpod.core.command import command_problems
 from hpod.core.durations import format_duration
-from hpod.core.objective import Objective, ObjectiveMode
+from hpod.core.objective import Metric, Objective, ObjectiveMode
 from hpod.core.problems import Section, is_number
 from hpod.core.searchers import GridSearcher
 from hpod.core.sizes import format_size, parse_size
@@ -401,6 +401,8 @@ class StudySpec:
             "name": self.name,
             "command": list(self.command),
             "workdir": str(self.workdir),
+        if objective is not None and objective.is_multi:
+            problems.extend(_multi_objective_problems(scheduler, searcher))
             "priority": self.priority,
             "stop_grace_period": self.stop_grace,
             "objective": self.objective.to_dict(),
@@ -589,6 +591,8 @@ def _read_scheduler(sec: Section | None, problems: list[str]) -> SchedulerSpec:
     min_trials = sec.integer("min_trials", default=3, minimum=1)
     p_sh = sec.number("probability_sh", default=0.25, at_least=0.0, at_most=1.0)
     if grace > max_r:
+    if sec.has("metrics"):
+        return _read_objectives(sec, problems)
         sec.problem("grace_period", f"{grace} is more than max_resource {max_r}")
 
     levels: tuple[int, ...] | None = None
@@ -603,6 +607,75 @@ def _read_scheduler(sec: Section | None, problems: list[str]) -> SchedulerSpec:
         len([v for v in levels if v < max_r])
         if levels is not None
         else len(default_levels(min_r, max_r, eta))
+def _multi_objective_problems(scheduler: SchedulerSpec, searcher: SearcherSpec) -> list[str]:
+    """What cannot take several objectives (every scheduler and searcher not named here can)."""
+    out: list[str] = []
+    if searcher.type in (SearcherType.BO, SearcherType.DYHPO):
+        out.append(
+            f"searcher.type: {searcher.type.value!r} models one objective; with several "
+            "[[objective.metrics]] use \"random\" or \"grid\""
+        )
+    if scheduler.type is SchedulerType.DYHPO:
+        out.append(
+            "scheduler.type: \"dyhpo\" models one objective; with several "
+            "[[objective.metrics]] use \"asha\", \"hyperband\", \"median\" or \"fifo\""
+        )
+    return out
+
+
+def _read_objectives(sec: Section, problems: list[str]) -> Objective | None:
+    """The multi-objective form: ``[[objective.metrics]]`` tables, each a name and a mode."""
+    sec.keys = ("metrics", "resource")
+    for key in ("metric", "mode"):
+        if sec.has(key):
+            sec.problem(
+                key,
+                "give either metric and mode (one objective) or [[objective.metrics]] "
+                "(several, each with its name and mode), not both",
+            )
+    resource = sec.string("resource", default="epoch")
+    raw = sec.get("metrics")
+    metrics: list[Metric] = []
+    ok = True
+    if not isinstance(raw, list) or not all(isinstance(m, Mapping) for m in raw):
+        sec.problem(
+            "metrics",
+            "expected a list of tables, each with a name and a mode "
+            '([[objective.metrics]] name = "val_error" mode = "min")',
+        )
+        ok = False
+        raw = []
+    elif len(raw) < 2:
+        sec.problem(
+            "metrics",
+            f"needs 2 or more metrics, got {len(raw)}; for one objective write "
+            "metric = ... and mode = ... instead",
+        )
+        ok = False
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        m = Section(entry, sec.where(f"metrics[{i}]"), problems, ("name", "mode"))
+        name = m.string("name", required=True)
+        mode = m.choice("mode", ObjectiveMode, None)
+        m.finish()
+        if name is not None and name in seen:
+            m.problem("name", f"{name!r} is given twice; each metric once")
+            name = None
+        if name is not None and name == resource:
+            m.problem("name", f"must differ from objective.resource ({resource!r})")
+            name = None
+        if name is not None:
+            seen.add(name)
+        if name is None or mode is None:
+            ok = False
+            continue
+        metrics.append(Metric(name, mode))
+    sec.finish()
+    if not ok or resource is None:
+        return None
+    return Objective.multi(metrics, resource)
+
+
     )
     if stype is SchedulerType.HYPERBAND and not sec.has("brackets"):
         brackets = n_levels + 1
