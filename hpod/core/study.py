@@ -9,6 +9,7 @@ store keeps, so a restarted daemon picks up exactly where the old one was.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -108,6 +109,34 @@ _NO_KEYS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
+class DecisionRecord:
+    """One scheduling decision, for the shell to store (``Study.drain_decisions``).
+
+    ``kind``: how a launch was decided (a key of ``Study.decisions``: ``asha_promotions``,
+    ``model_promotions``, ``random_starts``, ``model_starts``...), or ``pause`` / ``stop`` for a
+    scheduler's answer to a report. ``level``: the resource a launch runs up to, or the level
+    the report that was answered stands at. ``at``: the shell's wall time it was decided at."""
+
+    kind: str
+    trial_id: int
+    level: float
+    at: float
+
+    @property
+    def is_launch(self) -> bool:
+        """Whether it is one of the launch counts (``Study.decisions``), not a PAUSE or STOP."""
+        return self.kind.endswith(_LAUNCH_KINDS)
+
+
+_LAUNCH_KINDS = ("_starts", "_promotions")
+
+
+# The decision records a shell has not drained yet, at most: the daemon drains them with each
+# launch and report; a caller that never drains (the simulator) keeps only the latest.
+DECISION_LOG_MAX = 10_000
+
+
+@dataclass(frozen=True)
 class Best:
     trial_id: int
     config: Config
@@ -173,6 +202,8 @@ class Study:
         # How the launches were decided, by kind (see ``decisions``): counted since this Study
         # object was made, not restored.
         self._decisions: dict[str, int] = {}
+        # One record per decision (launches, and PAUSE / STOP answers), until drained.
+        self._decision_log: deque[DecisionRecord] = deque(maxlen=DECISION_LOG_MAX)
         # Bumped by every counted report and every launch: a model is stale only if it moved.
         self._version = 0
         self._fit_checked = -1
@@ -192,13 +223,20 @@ class Study:
         state: StudyState = StudyState.RUNNING,
         end_reason: str | None = None,
         live: Collection[int] = (),
+        decisions: Mapping[str, int] | None = None,
     ) -> Study:
         """A study from its stored trials. ``live``: trials whose run is still going (the shell
         adopted its process after a restart): they stay running, and a PAUSE or STOP their run
-        was answered (not a shutdown's) is still the decision that ends it."""
+        was answered (not a shutdown's) is still the decision that ends it. ``decisions``: the
+        launch counts as stored (one record per decision), so ``decisions`` goes on from them."""
         study = cls.new(spec)
         study.state = state
         study.end_reason = end_reason
+        if decisions:
+            # The launch counts only: PAUSE and STOP answers are records, not launches.
+            study._decisions = {
+                k: int(n) for k, n in decisions.items() if n and k.endswith(_LAUNCH_KINDS)
+            }
         for rec in sorted(records, key=lambda r: r.trial_id):
             if rec.trial_id != len(study._trials):
                 raise BadState(f"trial records are not numbered 0..n-1 (found {rec.trial_id})")
@@ -279,7 +317,7 @@ class Study:
                 if t.state is not TrialState.PAUSED:
                     raise BadState(f"scheduler promoted trial {t.trial_id}, which is {t.state}")
                 t.max_resource = plan.max_resource
-                self._count(f"{plan.how}_promotions")
+                self._count(f"{plan.how}_promotions", t.trial_id, plan.max_resource, now)
                 return self._launch(t, fresh=False)
             assert isinstance(plan, NewTrial)
             how = plan.how
@@ -292,7 +330,7 @@ class Study:
                     self._exhausted = True
                     continue
                 config, how = suggestion.config, suggestion.how
-            self._count(f"{how}_starts")
+            self._count(f"{how}_starts", len(self._trials), plan.max_resource, now)
             t = _Trial(
                 trial_id=len(self._trials),
                 config=config,
@@ -303,8 +341,18 @@ class Study:
             self._trials.append(t)
             return self._launch(t, fresh=True)
 
-    def _count(self, kind: str) -> None:
+    def _count(self, kind: str, trial_id: int, level: float, at: float) -> None:
         self._decisions[kind] = self._decisions.get(kind, 0) + 1
+        self._decision_log.append(DecisionRecord(kind, trial_id, level, at))
+
+    def drain_decisions(self) -> list[DecisionRecord]:
+        """The decisions made since the last drain, oldest first (the shell stores them with
+        the launch or the report they came with)."""
+        if not self._decision_log:
+            return []
+        out = list(self._decision_log)
+        self._decision_log.clear()
+        return out
 
     @property
     def decisions(self) -> dict[str, int]:
@@ -437,6 +485,9 @@ class Study:
             decision = self._end_of_run(t)
         if decision is not Decision.CONTINUE:
             t.ending = decision
+            self._decision_log.append(
+                DecisionRecord(decision.value.lower(), trial_id, resource, now)
+            )
         return ReportOutcome(decision, resource, counted=True, undo=undo)
 
     def retract_report(self, trial_id: int, outcome: ReportOutcome) -> None:

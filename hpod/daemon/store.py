@@ -281,6 +281,17 @@ class EventRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DecisionRow:
+    id: int
+    study_id: str
+    at: float
+    kind: str
+    trial_id: int | None
+    level: float | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
 class LiveRunRow:
     """A run whose process may be alive: written as it starts, deleted with its exit."""
 
@@ -326,6 +337,8 @@ class Op:
     params: tuple[Any, ...]
     must_change: bool = False
     not_found: str = ""
+    # An event's insert (hpod.daemon.events): once committed, the writer calls ``on_events``.
+    wakes: bool = False
 
 
 def _dump_json(value: Mapping[str, Any]) -> str:
@@ -559,6 +572,10 @@ class Store:
         # Called on the writer thread (it must neither block nor raise) after a batch in which a
         # write failed for want of disk space: the daemon's hold on launching (hpod.daemon.disk).
         self.on_full: Callable[[], None] | None = None
+        # Called on the writer thread (it must neither block nor raise) after a batch that
+        # committed an event (an op with ``wakes``), once the batch's waiters are settled: the
+        # event stream's long polls (hpod.daemon.events).
+        self.on_events: Callable[[], None] | None = None
         # Held by the writer while it drains and runs a batch; tests hold it to build a batch.
         self._writer_gate = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="hpod-store-writer", daemon=True)
@@ -738,6 +755,12 @@ class Store:
                         # A waiter's event loop may be gone; the others still wait for theirs.
                         with contextlib.suppress(RuntimeError):
                             loop.call_soon_threadsafe(_settle, settled)
+                    if self.on_events is not None and any(
+                        outcome is None and any(op.wakes for op in job.ops)
+                        for job, outcome in zip(jobs, outcomes, strict=True)
+                    ):
+                        with contextlib.suppress(Exception):
+                            self.on_events()
             if any(item is _STOP for item in items):
                 return
 
@@ -898,6 +921,38 @@ class Store:
             return self._query("SELECT * FROM events ORDER BY id", (), _event_row)
         return self._query(
             "SELECT * FROM events WHERE study_id = ? ORDER BY id", (study_id,), _event_row
+        )
+
+    def load_events_after(
+        self, after: int, study_id: str | None = None, limit: int = 1000
+    ) -> list[EventRow]:
+        """The events with an id past ``after`` (the stream's cursor), oldest first."""
+        if study_id is None:
+            return self._query(
+                "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit), _event_row
+            )
+        return self._query(
+            "SELECT * FROM events WHERE study_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (study_id, after, limit),
+            _event_row,
+        )
+
+    def load_decisions(self, study_id: str, after: int = 0, limit: int = 1000) -> list[DecisionRow]:
+        """A study's decision records with an id past ``after``, oldest first."""
+        return self._query(
+            "SELECT * FROM decisions WHERE study_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (study_id, after, limit),
+            _decision_row,
+        )
+
+    def decision_counts(self, study_id: str) -> dict[str, int]:
+        """How many decision records of each kind a study has."""
+        return dict(
+            self._query(
+                "SELECT kind, COUNT(*) AS n FROM decisions WHERE study_id = ? GROUP BY kind",
+                (study_id,),
+                lambda r: (str(r["kind"]), int(r["n"])),
+            )
         )
 
     def load_live_runs(self) -> list[LiveRunRow]:
@@ -1091,5 +1146,17 @@ def _event_row(r: sqlite3.Row) -> EventRow:
         trial_id=_opt_int(r["trial_id"]),
         at=float(r["at"]),
         kind=r["kind"],
+        data=_load_json(r["data"]),
+    )
+
+
+def _decision_row(r: sqlite3.Row) -> DecisionRow:
+    return DecisionRow(
+        id=int(r["id"]),
+        study_id=r["study_id"],
+        at=float(r["at"]),
+        kind=r["kind"],
+        trial_id=_opt_int(r["trial_id"]),
+        level=_opt_float(r["level"]),
         data=_load_json(r["data"]),
     )
