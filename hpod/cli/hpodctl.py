@@ -115,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
         _cmd_preview,
         "a spec's rungs, trials per bracket and rung, and budget, before anything runs",
     ).add_argument("spec", metavar="SPEC", type=Path, help="the study spec (TOML)")
+    p = add("events", _cmd_events, "a study's events (every study's without STUDY), one a line")
+    p.add_argument("study", metavar="STUDY", nargs="?", default=None)
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="print new ones as they happen, until it ends"
+    )
+    p.add_argument(
+        "--after", metavar="ID", type=int, default=0, help="only the events after this id"
+    )
+    p = add("decisions", _cmd_decisions, "a study's scheduling decisions, one a line")
+    p.add_argument("study", metavar="STUDY")
     return parser
 
 
@@ -505,6 +515,70 @@ def _print_rungs(rungs: Sequence[Mapping[str, Any]]) -> None:
             for r in rungs
         ],
     )
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    # --json: one JSON object a line (JSON Lines), so a pipe can read them as they come.
+    with (
+        _client(args) as client,
+        client.events(args.study, args.after, follow=args.follow) as stream,
+    ):
+        for event in stream:
+            if args.json:
+                line = json.dumps(wire.tag(event), separators=(",", ":"), allow_nan=False)
+            else:
+                line = _fmt_event(event, with_study=args.study is None)
+            print(line, flush=True)
+    return 0
+
+
+def _fmt_event(event: Mapping[str, Any], *, with_study: bool = False) -> str:
+    """``12:03:04.512  #17  trial 3  trial_ended  state=completed objective=0.12 ...``."""
+    at = event.get("at")
+    when = (
+        _dt.datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:-3]
+        if isinstance(at, (int, float)) and not isinstance(at, bool)
+        else _fmt(at)
+    )
+    who = f"trial {event['trial']}" if event.get("trial") is not None else "study"
+    if with_study:
+        who = f"{_fmt(event.get('study'))} {who}"
+    parts = [when, f"#{_fmt(event.get('id'))}", who, str(event.get("kind", "?"))]
+    data = event.get("data")
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if value is None:
+                continue
+            if key in ("metrics", "config", "best") and isinstance(value, Mapping):
+                parts.append(_fmt_config(value))
+            else:
+                parts.append(f"{key}={_fmt(value)}")
+    return "  ".join(parts[:4]) + ("  " + " ".join(parts[4:]) if parts[4:] else "")
+
+
+def _cmd_decisions(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        rows = client.decisions(args.study)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no decisions yet")
+        return 0
+    _print_table(
+        ["ID", "TIME", "TRIAL", "LEVEL", "DECISION"],
+        [
+            [
+                _fmt(r.get("id")),
+                _fmt_time(r.get("at")),
+                _fmt(r.get("trial")),
+                _fmt(r.get("level")),
+                _fmt(r.get("kind")),
+            ]
+            for r in rows
+        ],
+    )
+    return 0
 
 
 def _cmd_gpus(args: argparse.Namespace) -> int:

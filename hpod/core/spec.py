@@ -237,6 +237,30 @@ class ReportSpec:
         return out
 
 
+class ExecutorType(enum.StrEnum):
+    LOCAL = "local"  # the daemon starts each trial's command on a slot of its own
+    EXTERNAL = "external"  # the caller asks for a trial, runs it wherever it likes, and tells
+
+
+# [executor] lease: how long a handed-out trial may go without a report before it is taken back.
+DEFAULT_LEASE = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorSpec:
+    type: ExecutorType = ExecutorType.LOCAL
+    # external only: a trial handed out by `ask` that sends nothing (no report, no tell) for
+    # this long is taken back (recorded interrupted) and handed out again.
+    lease: float = DEFAULT_LEASE
+
+    @property
+    def external(self) -> bool:
+        return self.type is ExecutorType.EXTERNAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type.value, "lease": self.lease}
+
+
 _TOP_KEYS = (
     "name",
     "command",
@@ -253,6 +277,7 @@ _TOP_KEYS = (
     "resources",
     "limits",
     "report",
+    "executor",
 )
 
 
@@ -276,6 +301,8 @@ class StudySpec:
     # Seconds a trial's report waits for a daemon that went away (killed, restarting) before it
     # fails: HPOD_RECONNECT_TIMEOUT in the trial's environment (hpod.trial). 0: one reconnect.
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
+    # Who starts the trials: the daemon (local), or the caller of `ask` (external).
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
     # -- named constructors -------------------------------------------------------------------
 
@@ -331,7 +358,13 @@ class StudySpec:
                 f"name: {name!r} must be 1 to 64 letters, digits, _ . - and start with a "
                 "letter or digit"
             )
-        command = _read_command(top.get("command"), problems)
+        executor = _read_executor(top.table("executor"), problems)
+        # An external study's trials are started by whoever asks for them: no command needed.
+        command = (
+            []
+            if executor.external and top.get("command") in (None, [], "")
+            else _read_command(top.get("command"), problems)
+        )
         workdir = _resolve_workdir(top.string("workdir", default="."), base_dir)
         env = _read_env(top.get("env"), problems)
         pass_env = _read_pass_env(top.get("pass_env"), problems)
@@ -356,6 +389,12 @@ class StudySpec:
         resources = _read_resources(top.table("resources"), problems)
         limits = _read_limits(top.table("limits"), problems)
         report = _read_report(top.table("report"), problems)
+        if executor.external and resources.gpus_per_trial > 0:
+            problems.append(
+                f"resources.gpus_per_trial: an external study's trials run where their caller "
+                f"starts them, on no slot or GPU of the daemon's; got {resources.gpus_per_trial}, "
+                "leave it 0 (or out)"
+            )
         top.finish()
         if space is not None and not stored:
             problems.extend(_grid_problems(space, searcher, limits))
@@ -391,6 +430,7 @@ class StudySpec:
             priority=priority,
             stop_grace=stop_grace,
             reconnect_timeout=reconnect_timeout,
+            executor=executor,
         )
 
     # -- forms --------------------------------------------------------------------------------
@@ -419,6 +459,8 @@ class StudySpec:
             out["pass_env"] = list(self.pass_env)
         if self.reconnect_timeout != DEFAULT_RECONNECT_TIMEOUT:
             out["reconnect_timeout"] = self.reconnect_timeout
+        if self.executor != ExecutorSpec():
+            out["executor"] = self.executor.to_dict()
         return out
 
     def describe_limits(self) -> dict[str, str]:
@@ -858,3 +900,16 @@ def _read_report(sec: Section | None, problems: list[str]) -> ReportSpec:
                 log_limit = DEFAULT_LOG_LIMIT
     sec.finish()
     return ReportSpec(period=period, top_k=top_k, keep_checkpoints=keep, log_limit=log_limit)
+
+
+def _read_executor(sec: Section | None, problems: list[str]) -> ExecutorSpec:
+    if sec is None:
+        return ExecutorSpec()
+    sec.keys = ("type", "lease")
+    kind = sec.choice("type", ExecutorType, ExecutorType.LOCAL)
+    lease = sec.duration("lease", default=DEFAULT_LEASE)
+    # Said only of a type that was read: a misspelt one is its own problem.
+    if sec.has("lease") and sec.get("type") in (None, ExecutorType.LOCAL.value):
+        sec.problem("lease", 'only an external executor has a lease (type = "external")')
+    sec.finish()
+    return ExecutorSpec(type=kind, lease=lease)

@@ -21,6 +21,7 @@ from hpod.core import passenv
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.daemon.answers import Answer
 from hpod.daemon.config import DaemonConfig
+from hpod.daemon.external import final_metrics
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.server import AnsweringHandler, Handler, Peer
@@ -28,7 +29,7 @@ from hpod.daemon.store import metrics_text, report_op
 from hpod.daemon.studies import Studies
 from hpod.daemon.trials import Trials, trial_log, trial_log_or_refusal
 from hpod.daemon.views import best_view, trial_view
-from hpod.errors import InvalidParams, NotFound, PermissionDenied, TokenRejected
+from hpod.errors import BadState, InvalidParams, NotFound, PermissionDenied, TokenRejected
 from hpod.fit.fitter import Fitter
 
 log = structlog.get_logger("hpod.daemon")
@@ -186,11 +187,12 @@ class Methods:
             "report": self._report,
             "gpus": self._gpus,
             "trial.oom": self._trial_oom,
+            "ask": self._ask,
         }
 
     def answering(self) -> dict[str, AnsweringHandler]:
         """Methods that send their own answer (see :class:`hpod.daemon.server.Answer`)."""
-        return {"trial.report": self._trial_report}
+        return {"trial.report": self._trial_report, "tell": self._tell}
 
     async def _gpus(self, peer: Peer, params: dict[str, Any]) -> Any:
         return self.pool.view()
@@ -374,8 +376,10 @@ class Methods:
         # The daemon is stopping (or stopping this run for its shutdown): PAUSE, "save your
         # checkpoint and exit, you will be resumed", as it is at the next start. A limit or a
         # user's stop ends the run: STOP.
-        shutdown = not self.studies.accepting or run.interrupted
-        force = Decision.PAUSE if shutdown else (Decision.STOP if run.forces_stop else None)
+        # A handed-out run (hpod.daemon.external) outlives its daemon: never PAUSEd for it.
+        shutdown = not run.external and (not self.studies.accepting or run.interrupted)
+        stop = run.forces_stop and not (run.external and run.interrupted)
+        force = Decision.PAUSE if shutdown else (Decision.STOP if stop else None)
         outcome = engine.on_report(run.trial_id, metrics, now, force=force)
         answer.prepare({"decision": outcome.decision.value})
         last = (run.last_sender, run.last_seq, run.last_answer)
@@ -427,6 +431,42 @@ class Methods:
         study, run = self._authenticate(params)
         await self.studies.store.add_event(study.id, run.trial_id, "oom", {}, time.time())
         return {"recorded": True}
+
+    # -- trials launched by their caller (hpod.daemon.external) ----------------------------------
+
+    async def _ask(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """Hand out the next trial of an external study to run, or None: nothing may run now."""
+        study = self._get_study(params)
+        self._authorize(peer, study)
+        return await self.trials.external.ask(study)
+
+    def _tell(self, peer: Peer, params: dict[str, Any], answer: Answer) -> None:
+        """A handed-out trial's report (``metrics``) and/or its end (``final``)."""
+        study, run = self._authenticate(params)
+        if not run.external:
+            raise BadState(
+                f"trial {study.id}/{run.trial_id} is run by the daemon: it reports with "
+                "trial.report and ends when its process exits; tell is for a trial handed out "
+                "by ask"
+            )
+        final = params.get("final", False)
+        if not isinstance(final, bool):
+            raise InvalidParams(f"parameter 'final' must be true or false, not {wire.shown(final)}")
+        metrics = params.get("metrics")
+        if metrics is None:
+            if not final:
+                raise InvalidParams("tell needs 'metrics' (a report), 'final': true, or both")
+            answer.prepare({"decision": None, "final": True})
+            self.trials.external.finish(run)
+            answer.settle(None)
+            return
+        if final and isinstance(metrics, dict):
+            params = {**params, "metrics": final_metrics(study, run, metrics)}
+        # Answered as a report is: the same checks, counting, store commit and answer.
+        self._trial_report(peer, params, answer)
+        if final:
+            # After its report was counted: its end is recorded in a commit after the report's.
+            self.trials.external.finish(run)
 
 
 def _settle_report(

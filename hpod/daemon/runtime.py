@@ -107,6 +107,13 @@ class TrialRun:
     # its process identity (its cgroup to remove and status file to forget once recorded).
     away: int | None = None
     away_identity: ProcessIdentity | None = None
+    # A trial handed out by `ask` (hpod.daemon.external): no process; the caller runs it. Its
+    # task waits for ``told_final`` (`tell(final=true)`) until ``lease_until`` (monotonic),
+    # which each report pushes back; past it the trial is taken back (``lease_lost``).
+    external: bool = False
+    lease_until: float = math.inf
+    told_final: anyio.Event | None = None
+    lease_lost: bool = False
 
     def __post_init__(self) -> None:
         if not self.token_hash:
@@ -130,8 +137,9 @@ class TrialRun:
 
     @property
     def interrupted(self) -> bool:
-        """Ended by the daemon's shutdown: the trial is resumed when the daemon is back."""
-        return self.stop_reason is StopReason.SHUTDOWN
+        """Ended by the daemon's shutdown (or, handed out, by its lease running out): the trial
+        is resumed when the daemon is back (handed out again)."""
+        return self.stop_reason is StopReason.SHUTDOWN or self.lease_lost
 
     def request_stop(self, reason: StopReason, at: float) -> bool:
         """Ask the run to end at monotonic time ``at`` (now: at once); False if it has exited.

@@ -268,7 +268,8 @@ class Studies:
                 for t in trial_rows
                 if t.state is TrialState.RUNNING
                 and (found := left.get((row.id, t.trial_id))) is not None
-                and found.fate != "gone"
+                # A handed-out run has no process to prove: its caller runs it.
+                and (found.fate != "gone" or spec.executor.external)
                 and found.row.run == t.runs
             }
             engine = Study.restore(
@@ -284,7 +285,14 @@ class Studies:
             study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
             study.compute_seconds = {t.trial_id: t.compute_seconds for t in trial_rows}
             for tid in sorted(live):
-                await self.trials.adopt(study, left[(row.id, tid)], last.get(tid), row.clocks_at)
+                if spec.executor.external:
+                    self.trials.external.adopt(
+                        study, left[(row.id, tid)].row, last.get(tid), row.clocks_at
+                    )
+                else:
+                    await self.trials.adopt(
+                        study, left[(row.id, tid)], last.get(tid), row.clocks_at
+                    )
                 kept.add((row.id, tid))
             self._serve(study, time.monotonic())
             log.info(

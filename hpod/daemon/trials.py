@@ -29,6 +29,7 @@ from hpod.daemon.adoption import Exit, LeftRun
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.containment import Containment, run_name
 from hpod.daemon.disk import POLL_SECONDS, Disk
+from hpod.daemon.external import ExternalRuns
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.logcap import cut_trial_logs
 from hpod.daemon.procid import ProcessIdentity
@@ -135,6 +136,8 @@ class Trials:
         self.status_dir.mkdir(mode=0o700, exist_ok=True)
         # Runs adopted at start-up (hpod.daemon.adoption), whose tasks start once runs may.
         self._adopted: list[tuple[StudyRuntime, TrialRun]] = []
+        # The runs of external studies, handed out by `ask` instead of started here.
+        self.external = ExternalRuns(self)
 
     def _hooks(self) -> RunHooks:
         assert self.hooks is not None, "the studies service attaches itself at start-up"
@@ -159,6 +162,8 @@ class Trials:
         """Whether ``study`` may start a run now: under its cap, room in the pool, time left."""
         if study.engine.state is not StudyState.RUNNING or self.disk.held is not None:
             return False
+        if study.spec.executor.external:
+            return False  # its trials are handed out by `ask`, never started here
         cap = study.spec.limits.max_concurrent
         if cap is not None and len(study.runs) >= cap:
             return False
@@ -246,9 +251,14 @@ class Trials:
             f"({span:g} {study.spec.objective.resource} at {per_unit:.3g}s each)"
         )
 
-    async def _begin(self, study: StudyRuntime, launch: Launch, slot: Slot) -> None:
+    async def _begin(
+        self, study: StudyRuntime, launch: Launch, slot: Slot, *, external: bool = False
+    ) -> TrialRun:
         token = secrets.token_hex(16)
-        run = TrialRun(launch.trial_id, token, launch, slot, time.monotonic())
+        mono = time.monotonic()
+        run = TrialRun(launch.trial_id, token, launch, slot, mono, external=external)
+        if external:
+            run.lease_until, run.told_final = mono + study.spec.executor.lease, anyio.Event()
         run.mark_time, run.mark_resource = run.started, launch.resume_from
         study.runs[launch.trial_id] = run
         study.wake()  # the compute clock now runs faster: the deadline moves
@@ -312,8 +322,10 @@ class Trials:
             resume_from=launch.resume_from,
             max_resource=launch.max_resource,
             config=launch.config,
+            external=external,
         )
         self.spawn(self._run, study, run)
+        return run
 
     # -- runs an earlier daemon left -------------------------------------------------------------
 
@@ -459,6 +471,9 @@ class Trials:
 
     async def _run(self, study: StudyRuntime, run: TrialRun) -> None:
         """The run's task: start, wait inside the run's scope, stop when it fires, reap."""
+        if run.external:
+            await self.external.run(study, run)  # no process: its caller runs it
+            return
         returncode: int | None = None
         error: str | None = None
         cgroup: Path | None = None  # the run's cgroup, once made
@@ -625,7 +640,8 @@ class Trials:
             engine.on_exit(run.trial_id, returncode, now, error)
         rec = engine.record(run.trial_id)
         study.runs.pop(run.trial_id, None)
-        self.pool.release(run.slot)
+        if not run.external:  # a handed-out run took no slot of the pool
+            self.pool.release(run.slot)
         tid = run.trial_id
         study.run_seconds[tid] = study.run_seconds.get(tid, 0.0) + elapsed
         study.compute_seconds[tid] = study.compute_seconds.get(tid, 0.0) + elapsed * run.devices
@@ -723,6 +739,8 @@ class Trials:
 
     def after_report(self, study: StudyRuntime, run: TrialRun, outcome: ReportOutcome) -> None:
         """The pace the limits plan with, and the grace period of a PAUSE or STOP answer."""
+        if run.external:
+            self.external.extend(study, run, time.monotonic())
         if outcome.counted and outcome.resource > run.mark_resource:
             mono = time.monotonic()
             study.pace = study.pace.add(mono - run.mark_time, outcome.resource - run.mark_resource)

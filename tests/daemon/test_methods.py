@@ -82,8 +82,9 @@ def test_the_tables_name_every_wire_method(world: World) -> None:
     assert set(world.methods.table()) == {
         "ping", "submit", "studies", "study", "trials", "best", "stop", "wait", "logs",
         "report", "gpus", "trial.oom",
+        "ask",  # handing out a trial of an external study (issue 14)
     }  # fmt: skip
-    assert set(world.methods.answering()) == {"trial.report"}
+    assert set(world.methods.answering()) == {"trial.report", "tell"}
 
 
 # -- control methods ------------------------------------------------------------------------------
