@@ -15,6 +15,7 @@ docs/architecture.md); errors are raised as the matching :class:`~hpod.errors.Hp
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -29,13 +30,20 @@ from hpod.errors import DaemonUnavailable, PermissionDenied, ProtocolError
 from hpod.paths import default_socket_path as daemon_default
 from hpod.wire import SyncConnection, no_daemon_message
 
-__all__ = ["Client", "default_socket_path"]
+__all__ = ["Client", "EventStream", "default_socket_path"]
 
 _CLIENT = "hpod.Client"
 
 # What a submit waits between its tries when the daemon is away (a restart): about 4 s in all.
 # Sending it again is safe: its request id makes the daemon answer with the study it made.
 SUBMIT_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
+
+# How long an event stream tries to connect again, in a row, before it gives up; and how long each
+# long poll waits on the daemon (a stream's `timeout` is checked between them).
+EVENTS_RECONNECT_S = 60.0
+EVENTS_POLL_S = 30.0
+EVENTS_PAGE = 200
+_RECONNECT_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 def default_socket_path(env: Mapping[str, str] = os.environ) -> str:
@@ -203,6 +211,82 @@ class Client:
         # A final tell is not sent twice: its run is gone after the first (TOKEN_REJECTED).
         return self._dict(self.call("tell", params, retry=not final))
 
+    def events(
+        self,
+        study: str | None = None,
+        after: int = 0,
+        *,
+        follow: bool = True,
+        timeout: float | None = None,
+        reconnect: float = EVENTS_RECONNECT_S,
+    ) -> EventStream:
+        """The event stream (method ``events``): an iterator of event dicts ``{"id", "study",
+        "trial", "at", "kind", "data"}``, oldest first, from the first past ``after`` (0: from
+        the start; an ``id`` seen: the ones after it).
+
+        ``follow``: wait for new events (a long poll on a connection of its own); False: stop at
+        the last one stored now. ``timeout``: stop once no event came for that many seconds
+        (None: never). A stream of one ``study`` stops after its ``study_ended``. Across a lost
+        connection or a daemon restart it connects again (for up to ``reconnect`` seconds in a
+        row, else DaemonUnavailable) and goes on after the last event it yielded: none missed,
+        none twice. ``close()`` (from any thread) ends it."""
+        return EventStream(
+            self.socket_path,
+            study,
+            after,
+            follow=follow,
+            timeout=timeout,
+            reconnect=reconnect,
+        )
+
+    def decisions(self, study: str, after: int = 0) -> list[dict[str, Any]]:
+        """A study's decision records past ``after`` (method ``decisions``): one per scheduling
+        decision, ``{"id", "study", "trial", "at", "kind", "level", "data"}``, oldest first."""
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self._dict(self.call("decisions", {"study": study, "after": after}))
+            rows = page.get("decisions")
+            if not isinstance(rows, list):
+                raise ProtocolError("the daemon's decisions answer has no list of decisions")
+            if not rows:
+                return out
+            out.extend(rows)
+            after = int(page["cursor"])
+
+    def ask(self, study: str) -> dict[str, Any] | None:
+        """Hand out the next trial of an external study (``[executor] type = "external"``) to
+        run here, or None when none may run now (max_concurrent trials out, a time limit near,
+        a rung to wait for, the study over). Its owner, root or an admin only.
+
+        ``{"study", "trial", "config", "token", "env", "resume_from", "max_resource",
+        "lease"}``: run the trial with ``env`` (the ``HPOD_*`` variables) added to its
+        environment and it reports with :mod:`hpod.trial`, or :meth:`tell` with its token.
+        Not sent twice: an answer lost would hand out a second trial (the first one's lease
+        runs out and it is handed out again)."""
+        result = self.call("ask", {"study": study}, retry=False)
+        return None if result is None else self._dict(result)
+
+    def tell(
+        self,
+        study: str,
+        trial: int,
+        token: str,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        final: bool = False,
+    ) -> dict[str, Any]:
+        """Tell a handed-out trial's result: ``metrics`` is a report (answered like one:
+        ``{"decision": "CONTINUE" | "PAUSE" | "STOP"}``), ``final=True`` ends its run as an
+        exit 0 ends a local trial's (with ``metrics``: one last report first; without the
+        resource key it stands at the ``max_resource`` the trial was handed out for). A final
+        tell without metrics answers ``{"decision": None, "final": True}``."""
+        params: dict[str, Any] = {"study": study, "trial": trial, "token": token, "final": final}
+        if metrics is not None:
+            self._tell_seq += 1
+            params.update(metrics=dict(metrics), sender=self._tell_sender, seq=self._tell_seq)
+        # A final tell is not sent twice: its run is gone after the first (TOKEN_REJECTED).
+        return self._dict(self.call("tell", params, retry=not final))
+
     # -- plumbing --------------------------------------------------------------------------
 
     def call(
@@ -301,6 +385,151 @@ def _pass_env(text: str) -> list[str]:
     if not isinstance(value, list):
         return []
     return [name for name in value if isinstance(name, str)]
+
+
+class EventStream:
+    """What :meth:`Client.events` returns: an iterator of events that survives restarts.
+
+    ``cursor`` is the id of the last event it yielded (the ``after`` to resume from elsewhere).
+    """
+
+    def __init__(
+        self,
+        socket_path: str,
+        study: str | None,
+        after: int,
+        *,
+        follow: bool,
+        timeout: float | None,
+        reconnect: float,
+    ) -> None:
+        self.socket_path = socket_path
+        self.study = study
+        self.cursor = after
+        self.follow = follow
+        self.timeout = timeout
+        self.reconnect = reconnect
+        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
+        self._conn: SyncConnection | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._busy = False  # a call is in flight (close() then only shuts the socket down)
+        self._ended = False
+        self._last_event = time.monotonic()
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        while not self._buffer:
+            if self._closed or self._ended:
+                self._drop()
+                raise StopIteration
+            if not self._fetch():
+                self._drop()
+                raise StopIteration
+        event = self._buffer.popleft()
+        self.cursor = int(event["id"])
+        self._last_event = time.monotonic()
+        if self.study is not None and event.get("kind") == "study_ended":
+            self._ended = True  # nothing comes after a study's end
+        return event
+
+    def _fetch(self) -> bool:
+        """Fill the buffer from the daemon; False once the stream is over."""
+        failing_since: float | None = None
+        tries = 0
+        while not self._closed:
+            wait = 0.0
+            if self.follow:
+                wait = EVENTS_POLL_S
+                if self.timeout is not None:
+                    wait = self.timeout - (time.monotonic() - self._last_event)
+                    if wait <= 0:
+                        return False
+                    wait = min(wait, EVENTS_POLL_S)
+            params: dict[str, Any] = {"after": self.cursor, "timeout": wait, "limit": EVENTS_PAGE}
+            if self.study is not None:
+                params["study"] = self.study
+            try:
+                page = self._call(params, wait)
+            except (DaemonUnavailable, OSError) as exc:
+                self._drop()
+                if self._closed:
+                    return False
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= self.reconnect:
+                    raise DaemonUnavailable(
+                        f"the event stream lost the daemon on {self.socket_path} for "
+                        f"{self.reconnect:g}s ({exc}); resume with after={self.cursor}"
+                    ) from exc
+                time.sleep(_RECONNECT_BACKOFF_S[min(tries, len(_RECONNECT_BACKOFF_S) - 1)])
+                tries += 1
+                continue
+            rows = page.get("events")
+            if not isinstance(rows, list):
+                raise ProtocolError("the daemon's events answer has no list of events")
+            if rows:
+                self._buffer.extend(rows)
+                return True
+            if not self.follow:
+                return False
+        return False
+
+    def _call(self, params: dict[str, Any], wait: float) -> dict[str, Any]:
+        with self._lock:
+            if self._closed:
+                raise DaemonUnavailable("the event stream is closed")
+            conn = self._conn
+        if conn is None:
+            try:
+                conn = SyncConnection(self.socket_path, client=_CLIENT, timeout=wait + 10.0)
+            except PermissionError:
+                raise PermissionDenied(
+                    f"not allowed to connect to {self.socket_path}: the system daemon's socket "
+                    "is open to the members of its group (ask an admin to add you)"
+                ) from None
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    raise DaemonUnavailable("the event stream is closed")
+                self._conn = conn
+        with self._lock:
+            self._busy = True
+        try:
+            result = conn.call("events", params)
+        except (TimeoutError, ConnectionError) as exc:
+            raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from exc
+        finally:
+            with self._lock:
+                self._busy = False
+        if not isinstance(result, dict):
+            raise ProtocolError(f"the daemon sent {type(result).__name__}, expected an object")
+        return result
+
+    def _drop(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """End the stream, also from another thread while it waits."""
+        with self._lock:
+            self._closed = True
+            conn, busy = self._conn, self._busy
+        if conn is not None:
+            conn.shutdown()
+            if not busy:  # else the call in flight sees the end, and the stream drops it
+                self._drop()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self._drop()
 
 
 class _ConnectionLost(Exception):

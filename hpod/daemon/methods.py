@@ -21,6 +21,8 @@ from hpod.core import passenv
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.daemon.answers import Answer
 from hpod.daemon.config import DaemonConfig
+from hpod.daemon.events import PAGE_MAX
+from hpod.daemon.events import page as events_page
 from hpod.daemon.external import final_metrics
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
@@ -188,6 +190,8 @@ class Methods:
             "gpus": self._gpus,
             "trial.oom": self._trial_oom,
             "ask": self._ask,
+            "events": self._events,
+            "decisions": self._decisions,
         }
 
     def answering(self) -> dict[str, AnsweringHandler]:
@@ -396,6 +400,10 @@ class Methods:
         # The scheduler's PAUSE or STOP is acted on (the grace period, then SIGTERM) only once
         # the trial has been told it: a report whose commit fails was answered with an error.
         decided = outcome.decision is not Decision.CONTINUE and not outcome.forced
+        # Its decision record, trial_reported (rate-limited) and new_best, in its commit.
+        told = self.trials.events.report_ops(
+            study, run.trial_id, metrics, outcome, now, time.monotonic()
+        )
         # The writer thread sends the answer the moment the report is committed (acknowledged
         # only once durable, as the trial contract says), without a detour through this loop.
         self.studies.store.post(
@@ -414,6 +422,7 @@ class Methods:
                 sender=sender,
                 seq=seq,
             ),
+            *told,
             then=_settle_report(
                 answer,
                 asyncio.get_running_loop(),
@@ -426,6 +435,36 @@ class Methods:
             self.fitter.poke()  # an event only: the fitter looks later, off this path
         if not decided:
             self.trials.after_report(study, run, outcome)
+
+    async def _events(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """The event stream: the events past ``after``, waiting up to ``timeout`` for one."""
+        sid = None if params.get("study") is None else self._get_study(params).id
+        after = _param_cursor(params)
+        limit = _param_limit(params)
+        timeout = _param_timeout(params) or 0.0
+        rows = await self.trials.events.wait(after, sid, timeout, limit)
+        return events_page(rows, after)
+
+    async def _decisions(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """A study's decision records past ``after`` (one per scheduling decision)."""
+        study = self._get_study(params)
+        after = _param_cursor(params)
+        rows = self.studies.store.load_decisions(study.id, after, _param_limit(params))
+        return {
+            "decisions": [
+                {
+                    "id": r.id,
+                    "study": r.study_id,
+                    "trial": r.trial_id,
+                    "at": r.at,
+                    "kind": r.kind,
+                    "level": r.level,
+                    "data": r.data,
+                }
+                for r in rows
+            ],
+            "cursor": rows[-1].id if rows else after,
+        }
 
     async def _trial_oom(self, peer: Peer, params: dict[str, Any]) -> Any:
         study, run = self._authenticate(params)
@@ -467,6 +506,25 @@ class Methods:
         if final:
             # After its report was counted: its end is recorded in a commit after the report's.
             self.trials.external.finish(run)
+
+
+def _param_cursor(params: Mapping[str, Any]) -> int:
+    value = params.get("after", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEQ_MAX:
+        raise InvalidParams(
+            "parameter 'after' must be a cursor: 0 (from the start) or the id of the last "
+            f"event seen, not {wire.shown(value)}"
+        )
+    return value
+
+
+def _param_limit(params: Mapping[str, Any]) -> int:
+    value = params.get("limit", PAGE_MAX)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PAGE_MAX:
+        raise InvalidParams(
+            f"parameter 'limit' must be an integer from 1 to {PAGE_MAX}, not {wire.shown(value)}"
+        )
+    return value
 
 
 def _settle_report(

@@ -29,6 +29,7 @@ from hpod.daemon.adoption import Exit, LeftRun
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.containment import Containment, run_name
 from hpod.daemon.disk import POLL_SECONDS, Disk
+from hpod.daemon.events import EventLog
 from hpod.daemon.external import ExternalRuns
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.logcap import cut_trial_logs
@@ -129,6 +130,9 @@ class Trials:
         # launches and exits that the store cannot take are kept until it can.
         self.disk = Disk(store, store.path.parent, config.min_free_disk)
         self.disk.listen(lambda held: None if held else self.wake())
+        # The event stream and the decision records (hpod.daemon.events), written with the
+        # launches, exits and reports they tell of.
+        self.events = EventLog(store)
         self._closing = anyio.Event()  # ends the disk's watcher at once, not a poll later
         # Where each run's shim writes the trial's exit status: the daemon's own folder (0700),
         # read after the run ends, and by the next daemon for a run that ended while none ran.
@@ -276,6 +280,8 @@ class Trials:
                 launched_at=now,
             )
         )
+        # The decisions that made it and its trial_started / trial_resumed, in its commit.
+        told = self.events.launch_ops(study, launch, rec.runs, now)
         if launch.fresh and rec.runs == 1:
             await self.disk.write(
                 insert_trial_op(
@@ -299,6 +305,7 @@ class Trials:
                     )
                 ),
                 live,
+                *told,
             )
         else:
             await self.disk.write(
@@ -314,6 +321,7 @@ class Trials:
                     ended_at=None,
                 ),
                 live,
+                *told,
             )
         log.info(
             "trial_launch",
@@ -661,6 +669,7 @@ class Trials:
                 error=rec.error,
             ),
             delete_live_run_op(study.id, tid),
+            *self.events.exit_ops(study, rec, returncode, now),
         )
         log.info(
             "trial_exit",
