@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from hpod.core.objective import Objective
 from hpod.core.spec import LimitsSpec, SchedulerSpec
+from hpod.core.pareto import pareto_front, pareto_order
 from hpod.core.states import TrialState
 
 
@@ -129,20 +130,30 @@ def could_finish(pace: Pace, span: float, time_left: float) -> bool:
 
 def checkpoints_to_delete(
     objective: Objective,
-    trials: Iterable[tuple[int, TrialState, float | None]],
+    trials: Iterable[tuple[int, TrialState, float | tuple[float, ...] | None]],
     keep: int,
 ) -> list[int]:
     """Trials whose checkpoints may go: finished, with a value outside the top ``keep``.
 
-    ``trials`` gives (trial id, state, ranking value or None). A paused, running, pending or
-    interrupted trial may still resume from its checkpoint, so it is never chosen; the best
-    trial is always kept, even with ``keep = 0``.
+    ``trials`` gives (trial id, state, ranking value or None; for several objectives the value
+    vector, ``Study.vector_of``). A paused, running, pending or interrupted trial may still
+    resume from its checkpoint, so it is never chosen; the best trial is always kept, even with
+    ``keep = 0``. Several objectives: the top ``keep`` in Pareto order (front by front, then
+    crowding distance, then id), and the whole first front always, so no point of the front
+    loses its checkpoint, whatever ``keep`` says.
     """
     finished = (TrialState.COMPLETED, TrialState.STOPPED, TrialState.FAILED)
     rows = list(trials)
-    ranked = sorted(
-        (r for r in rows if r[2] is not None),
-        key=lambda r: (objective.sort_key(r[2]), r[0]),  # type: ignore[arg-type]
-    )
-    kept = {r[0] for r in ranked[: max(1, keep)]}
+    if objective.is_multi:
+        valued = [(r[0], r[2]) for r in rows if isinstance(r[2], tuple)]
+        points = [objective.minimized(v) for _, v in valued]
+        order = pareto_order(points, [tid for tid, _ in valued])
+        kept = {valued[i][0] for i in order[:keep]}
+        kept.update(valued[i][0] for i in pareto_front(points))
+    else:
+        ranked = sorted(
+            (r for r in rows if r[2] is not None),
+            key=lambda r: (objective.sort_key(r[2]), r[0]),  # type: ignore[arg-type]
+        )
+        kept = {r[0] for r in ranked[: max(1, keep)]}
     return [tid for tid, state, _ in rows if state in finished and tid not in kept]

@@ -50,6 +50,12 @@ class TrialView(Protocol):
         ...
 
     @property
+    def vectors(self) -> Mapping[float, Sequence[float]]:
+        """Multi-objective: every metric's counted value (objective.names order) by level, in
+        increasing resource order; empty for a single objective."""
+        ...
+
+    @property
     def last_resource(self) -> float: ...
 
 

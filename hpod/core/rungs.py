@@ -25,6 +25,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from hpod.core.pareto import pareto_order
+
 if TYPE_CHECKING:
     from hpod.core.objective import Objective
     from hpod.core.plans import TrialView
@@ -131,9 +133,28 @@ def rung_value(objective: Objective, trial: TrialView, level: float) -> float:
     return objective.summary(values)
 
 
+def rung_vector(objective: Objective, trial: TrialView, level: float) -> tuple[float, ...]:
+    """Multi-objective: :func:`rung_value` for every metric (objective.names order)."""
+    vectors = trial.vectors
+    values = [v for r, v in vectors.items() if r <= level]
+    if level not in vectors:
+        past = next((v for r, v in vectors.items() if r > level), None)
+        if past is not None:
+            values.append(past)
+    if not values:
+        return tuple(math.nan for _ in objective.names)
+    return objective.summary_vector(values)
+
+
 def ranked(objective: Objective, trials: Sequence[TrialView], level: float) -> list[TrialView]:
-    """The trials that reached ``level``, best first (NaN last, ties to the older trial)."""
+    """The trials that reached ``level``, best first (NaN last, ties to the older trial).
+
+    Several objectives: by Pareto front of their rung vectors, then crowding distance within
+    the front (larger first), then trial id (:func:`hpod.core.pareto.pareto_order`)."""
     at = [t for t in trials if reached(t, level)]
+    if objective.is_multi:
+        points = [objective.minimized(rung_vector(objective, t, level)) for t in at]
+        return [at[i] for i in pareto_order(points, [t.trial_id for t in at])]
     return sorted(
         at, key=lambda t: (objective.sort_key(rung_value(objective, t, level)), t.trial_id)
     )

@@ -20,6 +20,7 @@ from hpod.core.dyhpo import DyHPOScheduler
 from hpod.core.median import MedianStoppingScheduler
 from hpod.core.models import FitRequest, Owner
 from hpod.core.objective import Objective
+from hpod.core.pareto import non_dominated_sort, pareto_order
 from hpod.core.plans import (
     ModeledScheduler,
     ModeledSearcher,
@@ -79,6 +80,9 @@ class TrialRecord:
     # Every metric name its reports carried, in any run, sorted: what a trial that never reported
     # the objective did report (a misspelt name), for its error.
     reported_keys: tuple[str, ...] = ()
+    # A multi-objective study's counted values, one per metric (objective.names order; NaN for
+    # one a report left out), by level; ``curve`` holds the first metric's. Empty otherwise.
+    vectors: tuple[tuple[float, tuple[float, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class _Undo(NamedTuple):
     new_keys: frozenset[str]
     point: bool = False
     before: float | None = None
+    before_vector: tuple[float, ...] | None = None
 
 
 _NO_KEYS: frozenset[str] = frozenset()
@@ -142,6 +147,8 @@ class Best:
     config: Config
     objective: float
     resource: float
+    # Multi-objective: the trial's value of each metric (objective.names order); () otherwise.
+    values: tuple[float, ...] = ()
 
 
 @dataclass
@@ -161,6 +168,8 @@ class _Trial:
     error: str | None = None
     # Every metric name its reports carried (TrialRecord.reported_keys).
     reported_keys: set[str] = field(default_factory=set)
+    # Multi-objective: every metric's counted value by level (TrialRecord.vectors).
+    vectors: dict[float, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def last_resource(self) -> float:
@@ -183,6 +192,7 @@ class _Trial:
             error=self.error,
             last_decision=self.ending,
             reported_keys=tuple(sorted(self.reported_keys)),
+            vectors=tuple(sorted(self.vectors.items())),
         )
 
 
@@ -251,6 +261,7 @@ class Study:
                 curve=dict(rec.curve),
                 error=rec.error,
                 reported_keys=set(rec.reported_keys),
+                vectors=dict(rec.vectors),
             )
             if rec.trial_id in live and rec.state is TrialState.RUNNING:
                 if rec.last_decision is not Decision.CONTINUE and not rec.interrupting:
@@ -457,6 +468,13 @@ class Study:
                 undo=_Undo(new_keys),
             )
         raw = metrics.get(self.objective.metric)
+        vector: tuple[float, ...] | None = None
+        if self.objective.is_multi:
+            # A report that carries any of the metrics is counted and judged; the ones it leaves
+            # out are NaN there (worst), as a non-number is.
+            vector = tuple(_number(metrics.get(name)) for name in self.objective.names)
+            if raw is None and any(name in metrics for name in self.objective.names):
+                raw = math.nan
         if raw is None:
             undo = _Undo(new_keys)
         else:
@@ -468,6 +486,11 @@ class Study:
             out_of_order = bool(t.curve) and resource < next(reversed(t.curve))
             undo = _Undo(new_keys, True, t.curve.get(resource))
             t.curve[resource] = value
+            if vector is not None:
+                undo = undo._replace(before_vector=t.vectors.get(resource))
+                t.vectors[resource] = vector
+                if out_of_order:
+                    t.vectors = dict(sorted(t.vectors.items()))
             self._version += 1
             if out_of_order:
                 # Keep the curve in resource order; reports nearly always arrive in order.
@@ -513,6 +536,10 @@ class Study:
                 t.curve.pop(outcome.resource, None)
             else:
                 t.curve[outcome.resource] = undo.before
+            if undo.before_vector is None:
+                t.vectors.pop(outcome.resource, None)
+            else:
+                t.vectors[outcome.resource] = undo.before_vector
             self._version += 1
             if self._modeled_scheduler is not None:
                 self._modeled_scheduler.forget(trial_id, outcome.resource)
@@ -561,8 +588,8 @@ class Study:
         return TrialState.PAUSED if decision is Decision.PAUSE else self._finished_state(t)
 
     def _measured(self, t: _Trial) -> bool:
-        """Whether any report of the trial carried the objective metric."""
-        return bool(t.curve) or self.objective.metric in t.reported_keys
+        """Whether any report of the trial carried the objective metric (any of them)."""
+        return bool(t.curve) or any(n in t.reported_keys for n in self.objective.names)
 
     def _unmeasured(self, t: _Trial) -> TrialState:
         """Fail a trial that ended by itself without reporting the objective, saying what it did
@@ -690,7 +717,51 @@ class Study:
         return occupancy(self.spec, self._trials)
 
     def value_of(self, trial_id: int) -> float:
-        return ranking_value(self.objective, self._get(trial_id))
+        """The value a trial ranks by (multi-objective: its first metric's; see vector_of)."""
+        t = self._get(trial_id)
+        if self.objective.is_multi:
+            return self.vector_of(trial_id)[0] if t.vectors else math.nan
+        return ranking_value(self.objective, t)
+
+    def vector_of(self, trial_id: int) -> tuple[float, ...]:
+        """Multi-objective: the values a trial ranks by, one per metric (objective.names
+        order): over its counted reports, the last for min/max, the best for ``*_global``."""
+        t = self._get(trial_id)
+        if not self.objective.is_multi:
+            return (self.value_of(trial_id),)
+        if not t.vectors:
+            return tuple(math.nan for _ in self.objective.names)
+        return self.objective.summary_vector(list(t.vectors.values()))
+
+    def pareto(self) -> list[Best]:
+        """Every trial with a counted report, ranked: by Pareto front, then crowding distance
+        (larger first), then trial id (:mod:`hpod.core.pareto`); a single objective ranks as
+        :meth:`best` does. Trials with no finite value at all are left out."""
+        if not self.objective.is_multi:
+            one = self.best()
+            return [] if one is None else [one]
+        rows = [t for t in self._trials if t.vectors]
+        vectors = [self.vector_of(t.trial_id) for t in rows]
+        points = [self.objective.minimized(v) for v in vectors]
+        keep = [i for i, p in enumerate(points) if not all(math.isinf(x) for x in p)]
+        rows = [rows[i] for i in keep]
+        vectors = [vectors[i] for i in keep]
+        points = [points[i] for i in keep]
+        out = []
+        for i in pareto_order(points, [t.trial_id for t in rows]):
+            t = rows[i]
+            out.append(Best(t.trial_id, dict(t.config), vectors[i][0], t.last_resource, vectors[i]))
+        return out
+
+    def front(self) -> list[Best]:
+        """The Pareto front (multi-objective ``best``): the non-dominated trials, ranked by
+        crowding distance (larger first), then trial id. A single objective: ``[best()]``."""
+        if not self.objective.is_multi:
+            return self.pareto()
+        ranked = self.pareto()
+        points = [self.objective.minimized(b.values) for b in ranked]
+        first = set(non_dominated_sort(points)[0]) if points else set()
+        return [b for i, b in enumerate(ranked) if i in first]
 
     def best(self) -> Best | None:
         """The trial with the best ranking value (ties: the one that went further).
@@ -702,6 +773,10 @@ class Study:
         Ranking the trials that reached ``max_resource`` first (Optuna's ``best_trial``, completed
         trials only) was measured and not chosen: on the built-in benchmarks it answered worse in
         32 of 45 cases and better in 2 (``docs/schedulers.md``, "Which trial is the best")."""
+        if self.objective.is_multi:
+            # The first trial of the front (the one on it with the most room around it).
+            front = self.front()
+            return front[0] if front else None
         best: tuple[float, float, int] | None = None
         for t in self._trials:
             if not t.curve:
@@ -714,6 +789,13 @@ class Study:
             return None
         t = self._trials[best[2]]
         return Best(t.trial_id, dict(t.config), ranking_value(self.objective, t), t.last_resource)
+
+
+def _number(raw: Any) -> float:
+    """A reported metric as a float: NaN for one missing or not a number."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    return math.nan
 
 
 # -- composition: the one place that knows every scheduler and searcher --------------------------

@@ -368,6 +368,7 @@ class Studies:
     # -- ending ----------------------------------------------------------------------------------
 
     async def end(
+        vectors: dict[int, dict[float, tuple[float, ...]]] = {}
         self, study: StudyRuntime, state: StudyState, reason: str, stop: StopReason
     ) -> None:
         """End a running study (a user's stop, a limit): its runs get STOP at their next report
@@ -380,6 +381,14 @@ class Studies:
         log.info(event, study=study.id, reason=reason, running=sorted(study.runs))
         await self.disk.update_study(study.id, state=engine.state.value, end_reason=reason)
         if stop is StopReason.USER:
+            if spec.objective.is_multi:
+                # As Study.on_report counts it: any of the metrics counts the report, and the
+                # ones it left out are NaN.
+                names = spec.objective.names
+                if any(n in rep.metrics for n in names):
+                    vector = tuple(_metric_number(rep.metrics.get(n)) for n in names)
+                    vectors.setdefault(rep.trial_id, {})[rep.resource] = vector
+                    value = math.nan if value is None else value
             # The stop answers once every run is reaped, so `hpodctl stop` returns to a quiet
             # machine.
             await self.trials.stop_and_wait(study, stop)
@@ -398,6 +407,7 @@ class Studies:
         if not engine.finished:
             return
         if engine.state is StudyState.RUNNING:
+                vectors=tuple(sorted(vectors.get(t.trial_id, {}).items())),
             reason = lim.max_trials_reason(study.spec.limits, study.clocks(time.monotonic()))
             engine.conclude(reason)
         study.ended = time.time()
@@ -559,9 +569,10 @@ class Studies:
         if keep is None:
             return
         engine = study.engine
-        rows = [
-            (t.trial_id, t.state, engine.value_of(t.trial_id) if t.curve else None)
-            for t in engine.trials
+        # Several objectives: each trial's value vector, so the fronts are what is kept.
+        value = engine.vector_of if engine.objective.is_multi else engine.value_of
+        rows: list[tuple[int, TrialState, float | tuple[float, ...] | None]] = [
+            (t.trial_id, t.state, value(t.trial_id) if t.curve else None) for t in engine.trials
         ]
         doomed = [
             tid
@@ -634,3 +645,10 @@ class Studies:
             with anyio.move_on_after(max(delay, 0.005)):
                 await study.poke.wait()
             study.poke = anyio.Event()
+
+
+def _metric_number(raw: Any) -> float:
+    """A stored metric as the engine counts it: a float, NaN for one missing or not a number."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    return math.nan
