@@ -177,40 +177,6 @@ class Client:
         """The daemon's GPUs and who holds them (method ``gpus``; newer daemons only)."""
         return self.call("gpus")
 
-    def ask(self, study: str) -> dict[str, Any] | None:
-        """Hand out the next trial of an external study (``[executor] type = "external"``) to
-        run here, or None when none may run now (max_concurrent trials out, a time limit near,
-        a rung to wait for, the study over). Its owner, root or an admin only.
-
-        ``{"study", "trial", "config", "token", "env", "resume_from", "max_resource",
-        "lease"}``: run the trial with ``env`` (the ``HPOD_*`` variables) added to its
-        environment and it reports with :mod:`hpod.trial`, or :meth:`tell` with its token.
-        Not sent twice: an answer lost would hand out a second trial (the first one's lease
-        runs out and it is handed out again)."""
-        result = self.call("ask", {"study": study}, retry=False)
-        return None if result is None else self._dict(result)
-
-    def tell(
-        self,
-        study: str,
-        trial: int,
-        token: str,
-        metrics: Mapping[str, Any] | None = None,
-        *,
-        final: bool = False,
-    ) -> dict[str, Any]:
-        """Tell a handed-out trial's result: ``metrics`` is a report (answered like one:
-        ``{"decision": "CONTINUE" | "PAUSE" | "STOP"}``), ``final=True`` ends its run as an
-        exit 0 ends a local trial's (with ``metrics``: one last report first; without the
-        resource key it stands at the ``max_resource`` the trial was handed out for). A final
-        tell without metrics answers ``{"decision": None, "final": True}``."""
-        params: dict[str, Any] = {"study": study, "trial": trial, "token": token, "final": final}
-        if metrics is not None:
-            self._tell_seq += 1
-            params.update(metrics=dict(metrics), sender=self._tell_sender, seq=self._tell_seq)
-        # A final tell is not sent twice: its run is gone after the first (TOKEN_REJECTED).
-        return self._dict(self.call("tell", params, retry=not final))
-
     def events(
         self,
         study: str | None = None,

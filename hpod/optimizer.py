@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from hpod.client import Client
-from hpod.errors import BadState, DaemonUnavailable
+from hpod.errors import BadState, DaemonUnavailable, ShuttingDown
 
 __all__ = ["CallbackError", "Optimizer", "TrialEndCallback", "to_toml"]
 
@@ -527,7 +527,7 @@ class _EventPump:
             }
             try:
                 result = self.client.call("events", params)
-            except DaemonUnavailable:
+            except (DaemonUnavailable, ShuttingDown):
                 # A daemon restarting comes back on the same socket; the cursor resumes the
                 # stream after the last event handled, so none is missed or repeated.
                 now = time.monotonic()

@@ -31,7 +31,16 @@ from hpod.daemon.gpus import DevicePool
 from hpod.daemon.reports import build_report, report_summary, write_report
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids, remove_tree
-from hpod.daemon.store import ReportRow, Store, StudyRow, TrialRow, update_live_run_op
+from hpod.daemon.store import (
+    Op,
+    ReportRow,
+    Store,
+    StudyRow,
+    TrialRow,
+    insert_study_op,
+    update_live_run_op,
+    update_study_op,
+)
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
 from hpod.errors import (
@@ -244,7 +253,12 @@ class Studies:
         study = self._runtime(row, spec, engine)
         # 0700 and the owner's (a root daemon's studies/ is 0711): no one else reads it.
         os.close(open_dir(study.folder.parent, study.folder, owner_ids(owner), create=True))
-        await self.store.insert_study(row)
+        await self.store.write(
+            insert_study_op(row),
+            self.trials.events.op(
+                sid, None, "study_submitted", {"name": spec.name}, row.created_at
+            ),
+        )
         self._serve(study, time.monotonic())
         log.info("study_submitted", study=sid, owner=owner)
         self.trials.wake()
@@ -273,7 +287,13 @@ class Studies:
                 and found.row.run == t.runs
             }
             engine = Study.restore(
-                spec, records, state=StudyState(row.state), end_reason=row.end_reason, live=live
+                spec,
+                records,
+                state=StudyState(row.state),
+                end_reason=row.end_reason,
+                live=live,
+                # One stored record per decision: the counts in `show` go on from them.
+                decisions=self.store.decision_counts(row.id),
             )
             was = engine.state
             engine.resume()
@@ -379,7 +399,18 @@ class Studies:
         engine.end(state, reason)
         event = "study_limit" if stop is StopReason.LIMIT else "study_stop"
         log.info(event, study=study.id, reason=reason, running=sorted(study.runs))
-        await self.disk.update_study(study.id, state=engine.state.value, end_reason=reason)
+        told = (
+            [
+                self.trials.events.op(
+                    study.id, None, "limit_reached", {"reason": reason}, time.time()
+                )
+            ]
+            if stop is StopReason.LIMIT
+            else []
+        )
+        await self.disk.write(
+            update_study_op(study.id, state=engine.state.value, end_reason=reason), *told
+        )
         if stop is StopReason.USER:
             if spec.objective.is_multi:
                 # As Study.on_report counts it: any of the metrics counts the report, and the
@@ -406,19 +437,29 @@ class Studies:
             return
         if not engine.finished:
             return
+        events = self.trials.events
+        told: list[Op] = []
         if engine.state is StudyState.RUNNING:
                 vectors=tuple(sorted(vectors.get(t.trial_id, {}).items())),
             reason = lim.max_trials_reason(study.spec.limits, study.clocks(time.monotonic()))
             engine.conclude(reason)
+            if reason is not None and engine.end_reason == reason:
+                told.append(
+                    events.op(study.id, None, "limit_reached", {"reason": reason}, time.time())
+                )
         study.ended = time.time()
         study.stop_clock(time.monotonic())
-        await self.disk.update_study(
-            study.id,
-            state=engine.state.value,
-            ended_at=study.ended,
-            end_reason=engine.end_reason,
-            elapsed=study.elapsed_base,
-            compute=study.compute_base,
+        told.extend(events.study_ended_ops(study, study.ended))
+        await self.disk.write(
+            update_study_op(
+                study.id,
+                state=engine.state.value,
+                ended_at=study.ended,
+                end_reason=engine.end_reason,
+                elapsed=study.elapsed_base,
+                compute=study.compute_base,
+            ),
+            *told,
         )
         await self._prune_checkpoints(study)
         await self._write_report(study)

@@ -154,6 +154,27 @@ def test_clearml_flow(daemon_factory: Any) -> None:
     _check_against_store(daemon.state_dir, study, calls)
 
 
+@pytest.mark.timeout(180)
+def test_callback_across_a_daemon_restart(daemon_factory: Any) -> None:
+    """The daemon stopped (its trials interrupted) and started again under a running optimizer:
+    every trial's callback once, in order, none lost, none twice."""
+    daemon: DaemonHandle = daemon_factory(slots=2)
+    path = daemon.write_spec(
+        "restart", spec("restart", steps=8, delay=0.1, grace="1s", limits="max_concurrent = 2")
+    )
+    calls = Calls()
+    with Optimizer.from_file(path, socket_path=daemon.socket) as opt:
+        study = opt.start(on_trial_end=calls)
+        assert calls.first.wait(60), "no trial ended within 60 s"
+        daemon.stop()
+        daemon.start()
+        assert opt.wait(timeout=120)
+        assert opt.summary()["state"] == "completed"
+    assert opt.callback_errors == []
+    assert sorted(row[0] for row in calls.rows) == list(range(12))
+    _check_against_store(daemon.state_dir, study, calls)
+
+
 def _proc_mentions(needle: str) -> list[str]:
     """Processes whose command line or environment name ``needle`` (root reads every one)."""
     found = []
