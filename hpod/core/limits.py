@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hpod.core.deadlines import format_deadline
 from hpod.core.objective import Objective
 from hpod.core.spec import LimitsSpec, SchedulerSpec
 from hpod.core.pareto import pareto_front, pareto_order
@@ -21,11 +22,14 @@ class Clocks:
     elapsed: float = 0.0  # optimization seconds: wall clock while the daemon runs the study
     compute: float = 0.0  # device-seconds: run seconds x devices held, summed over trials
     trials: int = 0  # trials started
+    # Wall time (epoch seconds) the clocks were read at, for a deadline; None: not known, and
+    # a deadline is not looked at.
+    wall: float | None = None
 
 
 @dataclass(frozen=True)
 class LimitHit:
-    limit: str  # "optimization_time", "compute_time" or "max_trials"
+    limit: str  # "optimization_time", "compute_time", "deadline" or "max_trials"
     reason: str
 
 
@@ -44,6 +48,8 @@ def limit_hit(limits: LimitsSpec, clocks: Clocks) -> LimitHit | None:
         return LimitHit(
             "compute_time", f"compute_time limit of {_seconds(limits.compute_time)} reached"
         )
+    if limits.deadline is not None and clocks.wall is not None and clocks.wall >= limits.deadline:
+        return LimitHit("deadline", f"deadline of {format_deadline(limits.deadline)} reached")
     return None
 
 
@@ -75,6 +81,8 @@ def seconds_to_limit(limits: LimitsSpec, clocks: Clocks, devices_running: int) -
         left = min(left, limits.optimization_time - clocks.elapsed)
     if limits.compute_time is not None and devices_running > 0:
         left = min(left, (limits.compute_time - clocks.compute) / devices_running)
+    if limits.deadline is not None and clocks.wall is not None:
+        left = min(left, limits.deadline - clocks.wall)
     return max(0.0, left)
 
 
@@ -88,6 +96,8 @@ def time_left_for(
     if limits.compute_time is not None:
         rate = devices_running + max(1, devices_new)
         left = min(left, (limits.compute_time - clocks.compute) / rate)
+    if limits.deadline is not None and clocks.wall is not None:
+        left = min(left, limits.deadline - clocks.wall)
     return max(0.0, left)
 
 

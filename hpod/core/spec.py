@@ -23,6 +23,7 @@ from typing import Any
 
 from hpod.core import passenv
 from hpod.core.command import command_problems
+from hpod.core.deadlines import parse_deadline
 from hpod.core.durations import format_duration
 from hpod.core.objective import Metric, Objective, ObjectiveMode
 from hpod.core.problems import Section, is_number
@@ -209,6 +210,8 @@ class LimitsSpec:
     optimization_time: float | None = None  # seconds of wall clock for the study
     compute_time: float | None = None  # seconds x devices held, summed over trials
     trial_time: float | None = None  # seconds of one trial, summed over its runs
+    # Epoch seconds by which the study ends (hpod.core.deadlines), whatever its clocks say.
+    deadline: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -218,6 +221,8 @@ class LimitsSpec:
                 out[key] = value
         if self.trial_time is not None:
             out["trial_time"] = self.trial_time
+        if self.deadline is not None:
+            out["deadline"] = self.deadline
         return out
 
 
@@ -864,13 +869,27 @@ def _read_resources(sec: Section | None, problems: list[str]) -> ResourcesSpec:
 def _read_limits(sec: Section | None, problems: list[str]) -> LimitsSpec:
     if sec is None:
         return LimitsSpec()
-    sec.keys = ("max_trials", "max_concurrent", "optimization_time", "compute_time", "trial_time")
+    sec.keys = (
+        "max_trials",
+        "max_concurrent",
+        "optimization_time",
+        "compute_time",
+        "trial_time",
+        "deadline",
+    )
+    deadline: float | None = None
+    if sec.has("deadline"):
+        try:
+            deadline = parse_deadline(sec.get("deadline"))
+        except ValueError as exc:
+            sec.problem("deadline", str(exc))
     spec = LimitsSpec(
         max_trials=sec.integer("max_trials", minimum=1),
         max_concurrent=sec.integer("max_concurrent", minimum=1),
         optimization_time=sec.duration("optimization_time", default=None),
         compute_time=sec.duration("compute_time", default=None),
         trial_time=sec.duration("trial_time", default=None),
+        deadline=deadline,
     )
     sec.finish()
     return spec

@@ -20,7 +20,9 @@ from typing import Any
 import anyio
 import structlog
 
+from hpod.core import changes as chg
 from hpod.core import limits as lim
+from hpod.core.deadlines import format_deadline
 from hpod.core.passenv import submit_env
 from hpod.core.spec import StudySpec
 from hpod.core.states import StudyState, TrialState
@@ -51,6 +53,7 @@ from hpod.errors import (
     ShuttingDown,
     SpecError,
     StoreFull,
+    problems_message,
 )
 from hpod.fit.fitter import Fitter
 
@@ -89,6 +92,8 @@ class Studies:
         # One admit at a time: a submit retried while its first try is still committing must
         # find that study, and two at once would both take the same seq.
         self._admitting = anyio.Lock()
+        # One `set` at a time: each stores the whole list of changes, so two at once would lose one.
+        self._changing = anyio.Lock()
         trials.hooks = self
         # A full disk holds the studies (hpod.daemon.disk): their clocks stop meanwhile.
         self.disk = trials.disk
@@ -133,6 +138,7 @@ class Studies:
             compute_base=row.compute,
             client_env=row.client_env,
             disk=self.disk,
+            changes=chg.load(row.changes),
         )
 
     def _serve(self, study: StudyRuntime, now: float) -> None:
@@ -218,6 +224,14 @@ class Studies:
                 f"study {spec.name} {refusal}",
                 data={"gpus_per_trial": res.gpus_per_trial, "gpus": len(self.pool.gpus)},
             )
+        deadline = spec.limits.deadline
+        if deadline is not None and deadline <= time.time():
+            raise SpecError(
+                [
+                    f"limits.deadline: {format_deadline(deadline)} is in the past; give a "
+                    "later moment (or none, and end the study with `hpodctl stop`)"
+                ]
+            )
         if not spec.workdir.is_dir():
             raise SpecError(
                 [
@@ -275,6 +289,10 @@ class Studies:
             except SpecError as exc:
                 log.error("study_unreadable", study=row.id, problems=list(exc.problems))
                 continue
+            # What `hpodctl set` changed, over the spec as submitted (hpod.core.changes).
+            spec, skipped = chg.replay(spec, chg.load(row.changes))
+            if skipped:
+                log.warning("study_changes_skipped", study=row.id, problems=skipped)
             trial_rows = self.store.load_trials(row.id)
             records, last = self._trial_records(spec, row.id, trial_rows)
             live = {
@@ -660,6 +678,11 @@ class Studies:
         next_save = mono + CLOCK_SAVE_SECONDS
         while not study.done.is_set() and self.accepting:
             mono = time.monotonic()
+            if study.spec.report.period != period:
+                # `hpodctl set report_period`: the next report is due the new period after the
+                # last one (at once, if that is past). Its limits are read afresh below.
+                next_report += study.spec.report.period - period
+                period = study.spec.report.period
             if study.engine.state is StudyState.RUNNING:
                 hit = lim.limit_hit(study.spec.limits, study.clocks(mono))
                 if hit is not None:
@@ -686,6 +709,48 @@ class Studies:
             with anyio.move_on_after(max(delay, 0.005)):
                 await study.poke.wait()
             study.poke = anyio.Event()
+
+    # -- changes (hpodctl set) -------------------------------------------------------------------
+
+    async def change(
+        self, study: StudyRuntime, raw: Mapping[str, Any], by: int
+    ) -> list[dict[str, Any]]:
+        """Change a running study's limits, deadline, report period or priority (hpod.core.changes):
+        stored first, then in force at once (the watcher looks again, the dispatcher too). The
+        study's whole list of changes."""
+        values, problems = chg.check(raw)
+        if problems:
+            raise InvalidParams(
+                problems_message("the change", problems), data={"problems": problems}
+            )
+        self._check_accepting()
+        async with self._changing:
+            engine = study.engine
+            if engine.state.is_final or study.done.is_set():
+                raise BadState(
+                    f"study {study.id} has ended ({engine.state.value}); an ended study takes no "
+                    "changes (submit a new one)"
+                )
+            made = len(engine.trials)
+            wanted = values.get("max_trials")
+            if wanted is not None and wanted < made:
+                raise InvalidParams(
+                    f"max_trials: {wanted} is fewer than the {made} trials study {study.id} has "
+                    f"already started; the least it can be now is {made} (then no new trial "
+                    "starts), or `hpodctl stop` it",
+                    data={"problems": [f"max_trials: the least it can be now is {made}"]},
+                )
+            new = chg.apply(study.spec, values)
+            history = [*study.changes, *chg.entries(study.spec, values, at=time.time(), by=by)]
+            # Stored before it is in force: a change the study acted on survives a crash.
+            await self.disk.update_study(study.id, changes=chg.dump(history))
+            study.spec = new
+            engine.spec = new  # the engine reads max_trials off its spec
+            study.changes = history
+        log.info("study_changed", study=study.id, by=by, changes=values)
+        study.wake()  # a limit shortened (or a deadline past) is acted on now, not at the next tick
+        self.trials.wake()  # more (or fewer) trials may start
+        return history
 
 
 def _metric_number(raw: Any) -> float:
