@@ -16,6 +16,7 @@ docs/architecture.md); errors are raised as the matching :class:`~hpod.errors.Hp
 from __future__ import annotations
 
 import collections
+import datetime
 import os
 import threading
 import time
@@ -172,6 +173,46 @@ class Client:
     def report(self, study: str) -> dict[str, Any]:
         """The study's objective report (method ``report``; newer daemons only)."""
         return self._dict(self.call("report", {"study": study}))
+
+    def set(self, study: str, **changes: Any) -> dict[str, Any]:
+        """Change a running study (its owner, root or an admin; method ``set``): any of
+        ``optimization_time``, ``compute_time``, ``report_period`` (seconds, a duration string
+        such as "30m", or a ``datetime.timedelta``), ``deadline`` (a ``datetime``, an ISO 8601
+        string or epoch seconds), ``max_trials``, ``max_concurrent``, ``priority``; None takes
+        a limit away. In force at once and kept across restarts. ``{"study", "limits",
+        "report_period", "priority", "changes"}``, ``changes`` being every change so far."""
+        return self._dict(
+            self.call(
+                "set", {"study": study, "changes": {k: _wire_change(v) for k, v in changes.items()}}
+            )
+        )
+
+    def top(
+        self,
+        study: str,
+        k: int | None = None,
+        *,
+        only_completed: bool = False,
+        all_metrics: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The best ``k`` trials (default: the spec's ``[report] top_k``), best first:
+        ``{"rank", "trial", "objective", "resource", "state", "config", "runs"}``, and with
+        ``all_metrics`` every metric of each one's last report as ``metrics``.
+        ``only_completed``: trials that ran to the end only."""
+        params: dict[str, Any] = {
+            "study": study,
+            "only_completed": only_completed,
+            "all_metrics": all_metrics,
+        }
+        if k is not None:
+            params["k"] = k
+        return self._list(self.call("top", params))
+
+    def trial(self, study: str, trial: int, *, curve: bool = False) -> dict[str, Any]:
+        """One trial as :meth:`trials` lists it, plus ``reports`` (how many) and ``metrics``:
+        for each metric it reported ``{"last", "min", "max", "count"}``, and with ``curve``
+        every value in order as ``[resource, value]`` pairs."""
+        return self._dict(self.call("trial", {"study": study, "trial": trial, "curve": curve}))
 
     def gpus(self) -> Any:
         """The daemon's GPUs and who holds them (method ``gpus``; newer daemons only)."""
@@ -504,3 +545,13 @@ class _ConnectionLost(Exception):
     def __init__(self, message: str, *, delivered: bool) -> None:
         super().__init__(message)
         self.delivered = delivered
+
+
+def _wire_change(value: Any) -> Any:
+    """A `set` value as the wire carries it: a timedelta as seconds, a datetime as epoch seconds
+    (one without a zone is this machine's local time)."""
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    return value

@@ -110,6 +110,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs="+", metavar="STUDY | key=value")
     add("gpus", _cmd_gpus, "the GPUs and the trials holding them")
+    p = add(
+        "set",
+        _cmd_set,
+        "change a running study (its owner or root): optimization_time, compute_time, "
+        "deadline, max_trials, max_concurrent, report_period, priority",
+    )
+    p.add_argument("study", metavar="STUDY")
+    p.add_argument(
+        "changes",
+        nargs="+",
+        metavar="key=value",
+        help='e.g. optimization_time=30m deadline=2026-12-02T18:00 max_concurrent=4 ("none" '
+        "takes a limit away)",
+    )
+    p = add("top", _cmd_top, "a study's best trials, best first")
+    p.add_argument("study", metavar="STUDY")
+    p.add_argument("-k", metavar="N", type=int, default=None, help="how many (default: top_k)")
+    p.add_argument("--completed", action="store_true", help="trials that ran to the end only")
+    p.add_argument(
+        "--all-metrics", action="store_true", help="every metric of each one's last report"
+    )
     add(
         "preview",
         _cmd_preview,
@@ -210,6 +231,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if isinstance(limits, Mapping) and limits:
         print("limits:")
         _print_pairs(limits, indent="  ")
+    changes = detail.get("changes") or []
+    if changes:
+        print(f"changed while running ({len(changes)}):")
+        for change in changes:
+            print("  " + _fmt_change(change))
     rungs = detail.get("rungs") or []
     if rungs:
         _print_rungs(rungs)
@@ -321,6 +347,72 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.stop(args.study)
     print(f"study {_fmt(result.get('study', args.study))}: {_fmt(result.get('state'))}")
+    return 0
+
+
+def _cmd_set(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    for word in args.changes:
+        key, eq, raw = word.partition("=")
+        if not key or not eq:
+            print(f"hpodctl: {word!r} is not key=value", file=sys.stderr)
+            return 2
+        # A number is sent as one (max_trials=10, deadline=1764700000); anything else as
+        # written (30m, 2026-12-02T18:00, none): the daemon reads each as the spec would.
+        number = _parse_number(raw)
+        finite = number is not None and math.isfinite(number)
+        changes[key] = number if finite else raw
+    with _client(args) as client:
+        result = client.set(args.study, **changes)
+    history = result.get("changes") or []
+    for change in history[len(history) - len(changes) :]:
+        print(f"study {_fmt(result.get('study'))}: {_fmt_change(change)}")
+    return 0
+
+
+def _fmt_change(change: Mapping[str, Any]) -> str:
+    """``2026-12-02 02:31:05 uid 1000: optimization_time 1h00m -> 30m``."""
+    from hpod.core.changes import shown
+
+    key = str(change.get("key"))
+    at = change.get("at")
+    when = (
+        _dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(at, (int, float)) and not isinstance(at, bool)
+        else _fmt(at)
+    )
+    before, after = shown(key, change.get("from")), shown(key, change.get("value"))
+    return f"{when} uid {_fmt(change.get('by'))}: {key} {before} -> {after}"
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        top = client.top(
+            args.study, args.k, only_completed=args.completed, all_metrics=args.all_metrics
+        )
+    if args.json:
+        _print_json(top)
+        return 0
+    if not top:
+        print("no trial has an objective value yet")
+        return 0
+    header = ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"]
+    rows = [
+        [
+            _fmt(t.get("rank")),
+            _fmt(t.get("trial")),
+            _fmt(t.get("objective")),
+            _fmt(t.get("resource")),
+            _fmt(t.get("state")),
+            _fmt_config(t.get("config")),
+        ]
+        for t in top
+    ]
+    if args.all_metrics:
+        header.append("METRICS")
+        for row, t in zip(rows, top, strict=True):
+            row.append(_fmt_config(t.get("metrics")))
+    _print_table(header, rows)
     return 0
 
 

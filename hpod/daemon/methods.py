@@ -16,15 +16,19 @@ import anyio
 import structlog
 
 from hpod import __version__, wire
+from hpod.core import changes as chg
 from hpod.core import limits as lim
 from hpod.core import passenv
+from hpod.core.deadlines import format_deadline
+from hpod.core.durations import format_duration
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.daemon.answers import Answer
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.events import PAGE_MAX
 from hpod.daemon.events import page as events_page
-from hpod.daemon.external import final_metrics
+from hpod.daemon.external import HeldAnswer, final_metrics
 from hpod.daemon.gpus import DevicePool
+from hpod.daemon.reads import metric_summary, ranked, top_view
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.server import AnsweringHandler, Handler, Peer
 from hpod.daemon.store import metrics_text, report_op
@@ -194,9 +198,11 @@ class Methods:
             "decisions": self._decisions,
         }
 
+            "ask": self._ask,
+            "tell": self._tell,
     def answering(self) -> dict[str, AnsweringHandler]:
         """Methods that send their own answer (see :class:`hpod.daemon.server.Answer`)."""
-        return {"trial.report": self._trial_report, "tell": self._tell}
+        return {"trial.report": self._trial_report}
 
     async def _gpus(self, peer: Peer, params: dict[str, Any]) -> Any:
         return self.pool.view()
@@ -483,6 +489,56 @@ class Methods:
         """A handed-out trial's report (``metrics``) and/or its end (``final``)."""
         study, run = self._authenticate(params)
         if not run.external:
+    # -- changing a running study, and reading it (docs/python-api.md) ---------------------------
+
+    async def _set(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """Change a running study (its owner, root or an admin): hpod.core.changes."""
+        study = self._get_study(params)
+        self._authorize(peer, study)
+        changes = params.get("changes")
+        if not isinstance(changes, dict):
+            raise InvalidParams(
+                "parameter 'changes' must be an object of key: value, the keys among "
+                f"{', '.join(chg.CHANGEABLE)}; not {wire.shown(changes)}"
+            )
+        history = await self.studies.change(study, changes, peer.uid)
+        spec = study.spec
+        return {
+            "study": study.id,
+            "limits": spec.limits.to_dict(),
+            "report_period": spec.report.period,
+            "priority": spec.priority,
+            "changes": history,
+        }
+
+    async def _top(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """The best ``k`` trials (default: the spec's top_k), best first."""
+        study = self._get_study(params)
+        k = params.get("k", study.spec.report.top_k)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidParams(f"parameter 'k' must be a positive integer, not {wire.shown(k)}")
+        only_completed = _param_flag(params, "only_completed")
+        rows = ranked(study.engine, only_completed=only_completed)
+        last = None
+        if _param_flag(params, "all_metrics"):
+            # Off the loop: a study of many trials has many reports, and this loop answers them.
+            last = await anyio.to_thread.run_sync(self.studies.store.load_last_reports, study.id)
+        return top_view(rows, k, last)
+
+    async def _trial(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """One trial, with every metric it reported: last, min, max (and the curve)."""
+        study = self._get_study(params)
+        trial_id = _param_int(params, "trial")
+        rec = study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
+        curve = _param_flag(params, "curve")
+        reports = await anyio.to_thread.run_sync(
+            self.studies.store.load_reports, study.id, trial_id
+        )
+        out = trial_view(study.engine, rec)
+        out["reports"] = len(reports)
+        out["metrics"] = metric_summary(reports, curve=curve)
+        return out
+
             raise BadState(
                 f"trial {study.id}/{run.trial_id} is run by the daemon: it reports with "
                 "trial.report and ends when its process exits; tell is for a trial handed out "

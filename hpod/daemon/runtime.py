@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,8 @@ class StudyRuntime:
     fit_stats: FitStats = field(default_factory=FitStats)
     # The state dir's disk, whose hold (a full disk) the summary shows while the study may run.
     disk: Disk | None = None
+    # What `hpodctl set` changed, in order (hpod.core.changes): {key, value, from, at, by}.
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return summary_view(
@@ -222,7 +225,10 @@ class StudyRuntime:
         return self.compute_base + max(0.0, live)
 
     def clocks(self, now: float) -> lim.Clocks:
-        return lim.Clocks(self.elapsed(now), self.compute(now), len(self.engine.trials))
+        # Wall time too, for a deadline: read here, so every caller's clocks have it.
+        return lim.Clocks(
+            self.elapsed(now), self.compute(now), len(self.engine.trials), wall=time.time()
+        )
 
     def devices_running(self) -> int:
         return sum(r.devices for r in self.runs.values())

@@ -224,6 +224,8 @@ class StudyRow:
     # The submitter's environment for its trials (hpod.core.passenv); None: the daemon's own.
     client_env: dict[str, str] | None = None
     clocks_at: float | None = None  # wall time of the last save of elapsed and compute
+    # What `hpodctl set` changed, as JSON text (a list; hpod.core.changes reads and writes it).
+    changes: str | None = None
 
     def replace(self, **changes: Any) -> StudyRow:
         return dataclasses.replace(self, **changes)
@@ -965,6 +967,16 @@ class Store:
         )
         return rows[0]
 
+    def load_last_reports(self, study_id: str) -> dict[int, ReportRow]:
+        """Each trial's last report (any run), by trial id: what `top --all-metrics` shows."""
+        rows = self._query(
+            "SELECT * FROM reports WHERE id IN "
+            "(SELECT MAX(id) FROM reports WHERE study_id = ? GROUP BY trial_id)",
+            (study_id,),
+            _report_row,
+        )
+        return {r.trial_id: r for r in rows}
+
 
 # ---------------------------------------------------------------------------------- helpers
 
@@ -1083,6 +1095,7 @@ def _study_row(r: sqlite3.Row) -> StudyRow:
         request_id=r["request_id"],
         client_env=None if r["client_env"] is None else _load_env(r["client_env"]),
         clocks_at=_opt_float(r["clocks_at"]),
+        changes=r["changes"],
     )
 
 

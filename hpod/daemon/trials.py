@@ -182,7 +182,11 @@ class Trials:
     def time_allows(study: StudyRuntime, now: float) -> bool:
         """No run starts that could not finish its rung before a limit, at the measured pace."""
         spec = study.spec
-        if spec.limits.optimization_time is None and spec.limits.compute_time is None:
+        if (
+            spec.limits.optimization_time is None
+            and spec.limits.compute_time is None
+            and spec.limits.deadline is None
+        ):
             return True
         left = lim.time_left_for(
             spec.limits,
@@ -249,7 +253,14 @@ class Trials:
             return hit.reason
         per_unit = study.pace.per_unit or 0.0
         span = lim.first_rung_span(study.spec.scheduler)
-        name = "optimization_time" if study.spec.limits.optimization_time else "compute_time"
+        limits = study.spec.limits
+        name = (
+            "optimization_time"
+            if limits.optimization_time
+            else "compute_time"
+            if limits.compute_time
+            else "deadline"
+        )
         return (
             f"{name} limit nearly reached: too little time left for another rung "
             f"({span:g} {study.spec.objective.resource} at {per_unit:.3g}s each)"

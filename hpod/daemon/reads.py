@@ -1,0 +1,82 @@
+"""The reads a controller needs (issue 14): the top k trials, and every metric of one trial.
+
+Pure over the engine's trials and the store's report rows; the wire methods
+(:class:`hpod.daemon.methods.Methods`) read the rows off the event loop and build these views.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from hpod.core.states import TrialState
+from hpod.core.study import Study
+from hpod.daemon.store import ReportRow
+
+__all__ = ["metric_summary", "ranked", "top_view"]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def ranked(study: Study, *, only_completed: bool = False) -> list[dict[str, Any]]:
+    """Every trial with an objective value, best first, as ``hpodctl report``'s top-k ranks
+    them (the value where it got to, or its best for ``*_global``; ties: the one that went
+    further, then the lower id). ``only_completed``: trials that reached the end only."""
+    objective = study.objective
+    rows: list[dict[str, Any]] = []
+    for t in study.trials:
+        if not t.curve or (only_completed and t.state is not TrialState.COMPLETED):
+            continue
+        value = study.value_of(t.trial_id)
+        if math.isnan(value):
+            continue
+        rows.append(
+            {
+                "trial": t.trial_id,
+                "objective": value,
+                "resource": t.last_resource,
+                "state": t.state.value,
+                "config": dict(t.config),
+                "runs": t.runs,
+            }
+        )
+    rows.sort(key=lambda r: (objective.sort_key(r["objective"]), -r["resource"], r["trial"]))
+    for i, row in enumerate(rows):
+        row["rank"] = i + 1
+    return rows
+
+
+def top_view(
+    rows: Sequence[dict[str, Any]], k: int, last: Mapping[int, ReportRow] | None
+) -> list[dict[str, Any]]:
+    """The first ``k`` of :func:`ranked`; with ``last`` (each trial's last report), every
+    metric of that report as ``metrics`` (ClearML's ``all_metrics``)."""
+    out = [dict(r) for r in rows[:k]]
+    if last is not None:
+        for row in out:
+            rep = last.get(row["trial"])
+            row["metrics"] = dict(rep.metrics) if rep is not None else {}
+    return out
+
+
+def metric_summary(reports: Iterable[ReportRow], *, curve: bool) -> dict[str, dict[str, Any]]:
+    """Every metric the reports carry: its ``last`` value, its ``min`` and ``max`` over the
+    numbers among them (None: none was a number), and with ``curve`` every value in report
+    order as ``[resource, value]`` pairs (resource: the report's objective resource, or None)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rep in reports:
+        for name, value in rep.metrics.items():
+            entry = out.setdefault(name, {"last": None, "min": None, "max": None, "count": 0})
+            entry["last"] = value
+            entry["count"] += 1
+            if _number(value) is not None:
+                entry["min"] = value if entry["min"] is None else min(entry["min"], value)
+                entry["max"] = value if entry["max"] is None else max(entry["max"], value)
+            if curve:
+                entry.setdefault("curve", []).append([rep.resource, value])
+    return out
