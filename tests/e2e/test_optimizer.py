@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -173,6 +175,48 @@ def test_callback_across_a_daemon_restart(daemon_factory: Any) -> None:
     assert opt.callback_errors == []
     assert sorted(row[0] for row in calls.rows) == list(range(12))
     _check_against_store(daemon.state_dir, study, calls)
+
+
+@pytest.mark.timeout(120)
+def test_ask_tell_through_the_optimizer(daemon_factory: Any) -> None:
+    """An external study driven by Optimizer.ask/tell: one trial run as a process of the test's
+    own that reports with hpod.trial, the others told their final value; the callback hears
+    each one's end."""
+    daemon: DaemonHandle = daemon_factory(slots=2)
+    limits = "max_trials = 3\nmax_concurrent = 1"
+    text = spec("ext", steps=2, limits=limits, points="partial_grid = true").replace(
+        "[scheduler]", '[executor]\ntype = "external"\n\n[scheduler]'
+    )
+    calls = Calls()
+    with Optimizer.from_toml(text, daemon.root, socket_path=daemon.socket) as opt:
+        opt.start(on_trial_end=calls)
+        asked = opt.ask()
+        assert asked is not None
+        assert opt.ask() is None, "max_concurrent = 1: a second one handed out"
+        # Run by this test, not the daemon: it reports with hpod.trial through its env.
+        shutil.copy(HERE / "trial_quad.py", daemon.root / "trial_quad.py")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HPOD_")}
+        subprocess.run(
+            [sys.executable, str(daemon.root / "trial_quad.py")],
+            env={**env, **asked["env"]},
+            check=True,
+            timeout=60,
+        )
+        opt.tell(asked, final=True)
+        told: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(told) < 2:
+            assert time.monotonic() < deadline, "no trial handed out"
+            nxt = opt.ask()
+            if nxt is None:
+                continue
+            told.append(int(nxt["trial"]))
+            x, y = float(nxt["config"]["x"]), float(nxt["config"]["y"])
+            opt.tell(nxt, {"step": 2, "loss": (x - 0.3) ** 2 + (y + 0.2) ** 2}, final=True)
+        assert opt.wait(timeout=60)
+    assert [row[0] for row in calls.rows] == [int(asked["trial"]), *told]
+    assert all(row[1] is not None for row in calls.rows)
+    assert opt.callback_errors == []
 
 
 def _proc_mentions(needle: str) -> list[str]:
