@@ -285,10 +285,11 @@ class Client:
         """Tell a handed-out trial's result: ``metrics`` is a report (answered like one:
         ``{"decision": "CONTINUE" | "PAUSE" | "STOP"}``), ``final=True`` ends its run as an
         exit 0 ends a local trial's (with ``metrics``: one last report first; without the
-        resource key it stands at the ``max_resource`` the trial was handed out for). A final
-        tell without metrics answers ``{"decision": None, "final": True}``."""
+        resource key it stands at the ``max_resource`` the trial was handed out for), answered
+        once the end is recorded: ``{"decision": the last report's answer or None, "final":
+        True}``."""
         params: dict[str, Any] = {"study": study, "trial": trial, "token": token, "final": final}
-        if metrics is not None:
+        if metrics:
             self._tell_seq += 1
             params.update(metrics=dict(metrics), sender=self._tell_sender, seq=self._tell_seq)
         # A final tell is not sent twice: its run is gone after the first (TOKEN_REJECTED).

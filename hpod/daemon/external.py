@@ -19,6 +19,8 @@ them again from ``live_runs`` with a fresh lease. docs/python-api.md says it for
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -31,6 +33,7 @@ import structlog
 
 from hpod.core.states import StudyState
 from hpod.core.study import Launch
+from hpod.daemon.answers import Answer
 from hpod.daemon.runner import trial_environment
 from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
@@ -60,11 +63,46 @@ def final_metrics(study: StudyRuntime, run: TrialRun, metrics: Mapping[str, Any]
     return out
 
 
+class HeldAnswer(Answer):
+    """A report's answer kept for ``tell`` instead of sent on the trial's socket: the report
+    path (``Methods._trial_report``) prepares and settles it as ever (the writer thread settles
+    it once the report is committed), and ``tell`` awaits :meth:`result`, so that a final tell
+    answers only once the run's end is recorded too."""
+
+    __slots__ = ("_future", "_result")
+
+    def __init__(self) -> None:  # no socket: nothing of Answer's sending is used
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[Any] = self._loop.create_future()
+        self._result: Any = None
+
+    def prepare(self, result: Any) -> None:
+        self._result = result
+
+    def settle(self, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            self._loop.call_soon_threadsafe(self._resolve, error)
+
+    def _resolve(self, error: BaseException | None) -> None:
+        if self._future.done():
+            return
+        if error is not None:
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(self._result)
+
+    async def result(self) -> Any:
+        return await self._future
+
+
 class ExternalRuns:
     """Hands out the runs of external studies, waits on them, takes them back."""
 
     def __init__(self, trials: Trials) -> None:
         self.trials = trials
+        # Set once a handed-out run's end is recorded (by id of its TrialRun): a final tell
+        # answers after it, so the caller reads the trial's new state at once.
+        self._recorded: dict[int, anyio.Event] = {}
 
     # -- ask -------------------------------------------------------------------------------------
 
@@ -129,11 +167,14 @@ class ExternalRuns:
 
     # -- tell ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def finish(run: TrialRun) -> None:
-        """``tell(final=true)``: the run ends now, as a local one whose process exited 0."""
+    async def finish(self, run: TrialRun) -> None:
+        """``tell(final=true)``: the run ends now, as a local one whose process exited 0;
+        returns once its end is recorded."""
         assert run.told_final is not None, "a handed-out run has its final event"
         run.told_final.set()
+        recorded = self._recorded.get(id(run))
+        if recorded is not None:
+            await recorded.wait()
 
     @staticmethod
     def extend(study: StudyRuntime, run: TrialRun, mono: float) -> None:
@@ -201,6 +242,7 @@ class ExternalRuns:
         """A handed-out run's task: wait for its end (told, lease, stop), then record it as a
         local run's exit is recorded; a shutdown leaves it, unrecorded, to the next daemon."""
         outcome: Outcome = "left"  # cancelled from outside: the daemon's trouble, not the trial's
+        recorded = self._recorded[id(run)] = anyio.Event()
         try:
             if run.state is RunState.STARTING:
                 run.move(RunState.RUNNING)
@@ -221,11 +263,15 @@ class ExternalRuns:
             if run.state is not RunState.EXITED:
                 run.move(RunState.EXITED)
             run.exited.set()
-            if outcome != "left":
-                with anyio.CancelScope(shield=True):
-                    await self.trials._after_exit(
-                        study, run, None if outcome == "lease" else 0, None
-                    )
+            try:
+                if outcome != "left":
+                    with anyio.CancelScope(shield=True):
+                        await self.trials._after_exit(
+                            study, run, None if outcome == "lease" else 0, None
+                        )
+            finally:
+                self._recorded.pop(id(run), None)
+                recorded.set()
 
     async def _wait(self, study: StudyRuntime, run: TrialRun) -> Outcome:
         told = run.told_final

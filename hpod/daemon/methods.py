@@ -193,13 +193,12 @@ class Methods:
             "report": self._report,
             "gpus": self._gpus,
             "trial.oom": self._trial_oom,
-            "ask": self._ask,
             "events": self._events,
             "decisions": self._decisions,
-        }
-
             "ask": self._ask,
             "tell": self._tell,
+        }
+
     def answering(self) -> dict[str, AnsweringHandler]:
         """Methods that send their own answer (see :class:`hpod.daemon.server.Answer`)."""
         return {"trial.report": self._trial_report}
@@ -477,18 +476,6 @@ class Methods:
         await self.studies.store.add_event(study.id, run.trial_id, "oom", {}, time.time())
         return {"recorded": True}
 
-    # -- trials launched by their caller (hpod.daemon.external) ----------------------------------
-
-    async def _ask(self, peer: Peer, params: dict[str, Any]) -> Any:
-        """Hand out the next trial of an external study to run, or None: nothing may run now."""
-        study = self._get_study(params)
-        self._authorize(peer, study)
-        return await self.trials.external.ask(study)
-
-    def _tell(self, peer: Peer, params: dict[str, Any], answer: Answer) -> None:
-        """A handed-out trial's report (``metrics``) and/or its end (``final``)."""
-        study, run = self._authenticate(params)
-        if not run.external:
     # -- changing a running study, and reading it (docs/python-api.md) ---------------------------
 
     async def _set(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -539,6 +526,19 @@ class Methods:
         out["metrics"] = metric_summary(reports, curve=curve)
         return out
 
+    # -- trials launched by their caller (hpod.daemon.external) ----------------------------------
+
+    async def _ask(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """Hand out the next trial of an external study to run, or None: nothing may run now."""
+        study = self._get_study(params)
+        self._authorize(peer, study)
+        return await self.trials.external.ask(study)
+
+    async def _tell(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """A handed-out trial's report (``metrics``) and/or its end (``final``): answered once
+        the report is committed and, if final, once the run's end is recorded."""
+        study, run = self._authenticate(params)
+        if not run.external:
             raise BadState(
                 f"trial {study.id}/{run.trial_id} is run by the daemon: it reports with "
                 "trial.report and ends when its process exits; tell is for a trial handed out "
@@ -548,20 +548,23 @@ class Methods:
         if not isinstance(final, bool):
             raise InvalidParams(f"parameter 'final' must be true or false, not {wire.shown(final)}")
         metrics = params.get("metrics")
-        if metrics is None:
+        decision: Any = None
+        if metrics is None or metrics == {}:  # {}: a caller that always sends the key
             if not final:
                 raise InvalidParams("tell needs 'metrics' (a report), 'final': true, or both")
-            answer.prepare({"decision": None, "final": True})
-            self.trials.external.finish(run)
-            answer.settle(None)
-            return
-        if final and isinstance(metrics, dict):
-            params = {**params, "metrics": final_metrics(study, run, metrics)}
-        # Answered as a report is: the same checks, counting, store commit and answer.
-        self._trial_report(peer, params, answer)
-        if final:
-            # After its report was counted: its end is recorded in a commit after the report's.
-            self.trials.external.finish(run)
+        else:
+            if final and isinstance(metrics, dict):
+                params = {**params, "metrics": final_metrics(study, run, metrics)}
+            # Taken as a report is: the same checks, counting, commit and answer.
+            held = HeldAnswer()
+            self._trial_report(peer, params, held)
+            answered = await held.result()
+            if not final:
+                return answered
+            decision = answered["decision"]
+        # After its report was committed: its end is recorded in a commit after the report's.
+        await self.trials.external.finish(run)
+        return {"decision": decision, "final": True}
 
 
 def _param_cursor(params: Mapping[str, Any]) -> int:

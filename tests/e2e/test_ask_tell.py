@@ -172,7 +172,7 @@ def test_ask_tell_study_with_an_abandoned_trial_and_a_told_value(daemon_factory:
         assert third is not None
         assert third["trial"] == 2
         told = client.tell(sid, 2, third["token"], {"loss": 0.125}, final=True)
-        assert told == {"decision": "STOP"}  # at max_resource (3), where the trial ends
+        assert told == {"decision": "STOP", "final": True}  # at max_resource (3), where the trial ends
         value = _trial(client, sid, 2)
         assert value["state"] == "completed"
         assert value["resource"] == 3
@@ -272,4 +272,89 @@ def test_ask_and_tell_refuse_what_is_not_theirs(daemon_factory: Any) -> None:
         assert client.tell(sid, 0, handed["token"], {"epoch": 1, "loss": 1.0}) == {
             "decision": "CONTINUE"
         }
+        # An empty metrics object with final is a final tell alone (a caller that always sends it).
+        told = client.call(
+            "tell",
+            {"study": sid, "trial": 0, "token": handed["token"], "metrics": {}, "final": True},
+        )
+        assert told == {"decision": None, "final": True}
+        assert _trial(client, sid, 0)["state"] == "completed"
         client.stop(sid)
+
+
+ASHA_SPEC = """
+name = "rungs"
+stop_grace_period = "1s"
+
+[executor]
+type = "external"
+
+[objective]
+metric = "loss"
+mode = "min"
+resource = "epoch"
+
+[space]
+x = { param_type = "uniform", range = [0.0, 1.0] }
+
+[scheduler]
+type = "asha"
+min_resource = 1
+max_resource = 9
+reduction_factor = 3
+rung_type = "promotion"
+
+[searcher]
+type = "random"
+seed = 5
+
+[limits]
+max_trials = 9
+max_concurrent = 3
+"""
+
+
+def _loss(config: dict[str, Any], level: float) -> float:
+    return (float(config["x"]) - 0.3) ** 2 + 1.0 / level
+
+
+@e2e
+@pytest.mark.timeout(120)
+def test_paused_trials_are_handed_out_again_when_promoted(daemon_factory: Any) -> None:
+    daemon: DaemonHandle = daemon_factory(slots=1)
+    with Client(daemon.socket) as client:
+        sid = str(client.submit(daemon.write_spec("rungs", ASHA_SPEC))["study"])
+        # A report that reaches its rung is answered PAUSE; told nothing more, the run ends
+        # when its grace period (1 s) is over, and the trial is paused there.
+        first = client.ask(sid)
+        assert first is not None
+        assert first["max_resource"] == 1
+        answer = client.tell(
+            sid, 0, first["token"], {"epoch": 1, "loss": _loss(first["config"], 1)}
+        )
+        assert answer["decision"] in ("PAUSE", "STOP")
+        _poll(
+            "trial 0 ended by its grace period",
+            lambda: _trial(client, sid, 0)["state"] != "running",
+        )
+        handed: list[dict[str, Any]] = []
+        while (got := client.ask(sid)) is not None:
+            handed.append(got)
+            level = got["max_resource"]
+            # Only final values: each at the level it was handed out for.
+            client.tell(
+                sid, got["trial"], got["token"], {"loss": _loss(got["config"], level)}, final=True
+            )
+        summary = client.wait(sid, timeout=30)
+        assert summary["state"] == "completed", summary
+        promoted = [h for h in handed if h["resume_from"] > 0]
+        assert promoted, "no trial was promoted"
+        assert {h["max_resource"] for h in promoted} <= {3, 9}
+        assert all(h["resume_from"] in (1, 3) for h in promoted)
+        trials = client.trials(sid)
+        assert len(trials) == 9
+        assert max(t["runs"] for t in trials) > 1
+        assert any(t["resource"] == 9 and t["state"] == "completed" for t in trials)
+        assert client.best(sid)["objective"] == min(
+            t["objective"] for t in trials if t["objective"] is not None
+        )
