@@ -15,6 +15,13 @@ workers asking in a row do not get four copies of one configuration.
 
 Deterministic: candidates are drawn from (seed, trial number); given the same installed model and
 history, trial n gets the same configuration.
+
+Several objectives (``scalarize``): ParEGO (Knowles 2006). Each fit draws a weight vector
+uniformly from the simplex (seeded by the seed and the number of observations, so a restored
+study draws the same) and fits the GP to the augmented Chebyshev scalarization of the metrics,
+each normalized to [0, 1] over the values seen: ``max_i(w_i f_i) + 0.05 * sum_i(w_i f_i)``. A
+new weight each fit aims each proposal at another part of the front; the model's weights stay
+with it, so proposals are scored with the weights it was fitted on.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from hpod.core.plans import Observation, Suggestion, config_key
 from hpod.core.space import Config, ParamValue, SearchSpace
 from hpod.core.spec import Acquisition
 
+PAREGO_RHO = 0.05  # ParEGO's augmentation: keeps weakly dominated points below the front's
 MAX_POINTS = 256  # the model's training set at most: the most recent configurations
 MAX_PENDING = 32  # pending configurations the model is conditioned on
 N_RANDOM = 512
@@ -122,6 +130,7 @@ class BOSearcher:
         kappa: float = 2.0,
         kappa_decay: float = 1.0,
         kappa_decay_delay: int = 0,
+        scalarize: bool = False,
     ) -> None:
         self.space = space
         self.seed = seed
@@ -135,12 +144,20 @@ class BOSearcher:
         self.kappa_decay_delay = kappa_decay_delay
         self.model: GP | None = None
         self.model_level: float | None = None
+        self.scalarize = scalarize
+        self.weights: tuple[float, ...] | None = None  # the installed model's (scalarize)
         self._asked: tuple[float, int] = (-1.0, 0)  # (level, points) of the last request
 
     # -- fits ------------------------------------------------------------------------------------
 
     def wants_fit(self, history: Sequence[Observation]) -> FitRequest | None:
-        data = level_data(history, maximize=self.maximize, min_points=self.min_points)
+        weights: tuple[float, ...] | None = None
+        if self.scalarize:
+            weights = parego_weights(history, self.seed)
+            history = scalarized(history, weights)
+        data = level_data(
+            history, maximize=self.maximize and not self.scalarize, min_points=self.min_points
+        )
         if data is None:
             return None
         n = len(data.configs)
@@ -155,13 +172,14 @@ class BOSearcher:
             owner=Owner.SEARCHER,
             key=("bo", data.level, n),
             seed=self.seed,
-            data={"x": x, "y": y, "level": data.level},
+            data={"x": x, "y": y, "level": data.level, "weights": weights},
         )
 
     def install(self, request: FitRequest, model: Any) -> None:
         assert isinstance(model, GP)
         self.model = model
         self.model_level = float(request.data["level"])
+        self.weights = request.data.get("weights")
 
     # -- suggestions -----------------------------------------------------------------------------
 
@@ -187,7 +205,14 @@ class BOSearcher:
         gp = self.model
         assert gp is not None
         assert self.model_level is not None
-        data = level_data(history, maximize=self.maximize, min_points=1, level=self.model_level)
+        if self.scalarize and self.weights is not None:
+            history = scalarized(history, self.weights)
+        data = level_data(
+            history,
+            maximize=self.maximize and not self.scalarize,
+            min_points=1,
+            level=self.model_level,
+        )
         pending = [] if data is None else list(data.pending)
         cands = self._candidates(gp, rng)
         at = np.stack([self.space.encode(c) for c in pending]) if pending else None
@@ -204,6 +229,39 @@ class BOSearcher:
         # proper acquisition optimizer for a fraction of its cost.
         top = gp.x[np.argsort(gp.y, kind="stable")[:8]]
         return np.concatenate([rand, self.space.neighbours(top, N_LOCAL, 0.08, rng)])
+
+
+def parego_weights(history: Sequence[Observation], seed: int) -> tuple[float, ...]:
+    """ParEGO's weights for the next fit: uniform on the simplex, drawn from (seed, the number of
+    observations), so the same history gets the same weights."""
+    k = next((len(o.vector) for o in history if o.vector is not None), 2)
+    rng = np.random.default_rng([seed, 0x9A5E, len(history)])
+    return tuple(float(w) for w in rng.dirichlet(np.ones(k)))
+
+
+def scalarized(history: Sequence[Observation], weights: Sequence[float]) -> list[Observation]:
+    """The observations with ``value`` the augmented Chebyshev scalarization of their (loss)
+    vectors, each metric normalized to [0, 1] over the finite values seen; a vector with a
+    non-finite entry scalarizes to NaN (level_data then counts it as the worst seen). Launch
+    markers (resource 0, no vector) stay as they are."""
+    vectors = [o.vector for o in history if o.vector is not None]
+    k = len(weights)
+    lo = [min((v[i] for v in vectors if math.isfinite(v[i])), default=0.0) for i in range(k)]
+    hi = [max((v[i] for v in vectors if math.isfinite(v[i])), default=1.0) for i in range(k)]
+    out: list[Observation] = []
+    for o in history:
+        if o.vector is None:
+            out.append(o)
+            continue
+        if not all(math.isfinite(x) for x in o.vector):
+            out.append(Observation(o.config, o.resource, math.nan))
+            continue
+        f = [
+            w * ((x - a) / (b - a) if b > a else 0.0)
+            for w, x, a, b in zip(weights, o.vector, lo, hi, strict=True)
+        ]
+        out.append(Observation(o.config, o.resource, max(f) + PAREGO_RHO * math.fsum(f)))
+    return out
 
 
 def _believer(gp: GP, pending: Array | None, xs: Array) -> tuple[Array, Array]:

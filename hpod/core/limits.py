@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from hpod.core.deadlines import format_deadline
 from hpod.core.objective import Objective
-from hpod.core.spec import LimitsSpec, SchedulerSpec
 from hpod.core.pareto import pareto_front, pareto_order
+from hpod.core.spec import LimitsSpec, SchedulerSpec
 from hpod.core.states import TrialState
 
 

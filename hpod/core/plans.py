@@ -135,6 +135,9 @@ class Observation:
     config: Mapping[str, ParamValue]
     resource: float
     value: float
+    # A multi-objective study's values there, one per metric, as losses (smaller is better;
+    # Objective.minimized), for a searcher that scalarizes them; None for a single objective.
+    vector: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -401,6 +401,8 @@ class StudySpec:
                 "leave it 0 (or out)"
             )
         top.finish()
+        if objective is not None and objective.is_multi:
+            problems.extend(_multi_objective_problems(scheduler, searcher))
         if space is not None and not stored:
             problems.extend(_grid_problems(space, searcher, limits))
 
@@ -446,8 +448,6 @@ class StudySpec:
             "name": self.name,
             "command": list(self.command),
             "workdir": str(self.workdir),
-        if objective is not None and objective.is_multi:
-            problems.extend(_multi_objective_problems(scheduler, searcher))
             "priority": self.priority,
             "stop_grace_period": self.stop_grace,
             "objective": self.objective.to_dict(),
@@ -591,6 +591,8 @@ def _read_pass_env(value: Any, problems: list[str]) -> tuple[str, ...]:
 def _read_objective(sec: Section | None, problems: list[str]) -> Objective | None:
     if sec is None:
         return None
+    if sec.has("metrics"):
+        return _read_objectives(sec, problems)
     sec.keys = ("metric", "mode", "resource")
     metric = sec.string("metric", required=True)
     # No default mode: a wrong direction would silently optimize for the worst trials.
@@ -605,67 +607,19 @@ def _read_objective(sec: Section | None, problems: list[str]) -> Objective | Non
     return Objective(metric=metric, mode=mode, resource=resource)
 
 
-_SCHEDULER_KEYS = (
-    "type",
-    "min_resource",
-    "max_resource",
-    "reduction_factor",
-    "rung_type",
-    "brackets",
-    "rung_levels",
-    "grace_period",
-    "min_trials",
-    "probability_sh",
-    "options",
-)
-
-
-def _read_scheduler(sec: Section | None, problems: list[str]) -> SchedulerSpec:
-    if sec is None:
-        return SchedulerSpec()
-    sec.keys = _SCHEDULER_KEYS
-    stype = sec.choice("type", SchedulerType, SchedulerType.FIFO)
-    if stype is not SchedulerType.FIFO and not sec.has("max_resource"):
-        sec.problem("max_resource", f"missing; the {stype.value} scheduler needs it")
-    min_r = sec.integer("min_resource", default=1, minimum=1)
-    max_r = sec.integer("max_resource", default=DEFAULT_FIFO_MAX_RESOURCE, minimum=1)
-    if max_r < min_r:
-        sec.problem("max_resource", f"{max_r} is less than min_resource {min_r}")
-    eta = sec.number("reduction_factor", default=3.0, above=1.0)
-    rung_type = sec.choice("rung_type", RungType, RungType.PROMOTION)
-    brackets = sec.integer("brackets", default=1, minimum=1)
-    grace = sec.integer("grace_period", default=1, minimum=1)
-    min_trials = sec.integer("min_trials", default=3, minimum=1)
-    p_sh = sec.number("probability_sh", default=0.25, at_least=0.0, at_most=1.0)
-    if grace > max_r:
-    if sec.has("metrics"):
-        return _read_objectives(sec, problems)
-        sec.problem("grace_period", f"{grace} is more than max_resource {max_r}")
-
-    levels: tuple[int, ...] | None = None
-    raw_levels = sec.get("rung_levels")
-    if raw_levels is not None:
-        levels = _read_rung_levels(sec, raw_levels, min_r, max_r)
-
-    # Hyperband with one bracket would be ASHA: unless told, it gets every bracket the rungs allow.
-    from hpod.core.rungs import default_levels
-
-    n_levels = (
-        len([v for v in levels if v < max_r])
-        if levels is not None
-        else len(default_levels(min_r, max_r, eta))
 def _multi_objective_problems(scheduler: SchedulerSpec, searcher: SearcherSpec) -> list[str]:
-    """What cannot take several objectives (every scheduler and searcher not named here can)."""
+    """What cannot take several objectives: DyHPO, whose model learns one learning curve. Every
+    other scheduler ranks by Pareto front, and ``bo`` scalarizes the metrics (ParEGO)."""
     out: list[str] = []
-    if searcher.type in (SearcherType.BO, SearcherType.DYHPO):
+    if searcher.type is SearcherType.DYHPO:
         out.append(
-            f"searcher.type: {searcher.type.value!r} models one objective; with several "
-            "[[objective.metrics]] use \"random\" or \"grid\""
+            'searcher.type: "dyhpo" models the curve of one objective; with several '
+            '[[objective.metrics]] use "bo" (random Chebyshev scalarizations), "random" or "grid"'
         )
     if scheduler.type is SchedulerType.DYHPO:
         out.append(
-            "scheduler.type: \"dyhpo\" models one objective; with several "
-            "[[objective.metrics]] use \"asha\", \"hyperband\", \"median\" or \"fifo\""
+            'scheduler.type: "dyhpo" models the curve of one objective; with several '
+            '[[objective.metrics]] use "asha", "hyperband", "median" or "fifo"'
         )
     return out
 
@@ -723,6 +677,53 @@ def _read_objectives(sec: Section, problems: list[str]) -> Objective | None:
     return Objective.multi(metrics, resource)
 
 
+_SCHEDULER_KEYS = (
+    "type",
+    "min_resource",
+    "max_resource",
+    "reduction_factor",
+    "rung_type",
+    "brackets",
+    "rung_levels",
+    "grace_period",
+    "min_trials",
+    "probability_sh",
+    "options",
+)
+
+
+def _read_scheduler(sec: Section | None, problems: list[str]) -> SchedulerSpec:
+    if sec is None:
+        return SchedulerSpec()
+    sec.keys = _SCHEDULER_KEYS
+    stype = sec.choice("type", SchedulerType, SchedulerType.FIFO)
+    if stype is not SchedulerType.FIFO and not sec.has("max_resource"):
+        sec.problem("max_resource", f"missing; the {stype.value} scheduler needs it")
+    min_r = sec.integer("min_resource", default=1, minimum=1)
+    max_r = sec.integer("max_resource", default=DEFAULT_FIFO_MAX_RESOURCE, minimum=1)
+    if max_r < min_r:
+        sec.problem("max_resource", f"{max_r} is less than min_resource {min_r}")
+    eta = sec.number("reduction_factor", default=3.0, above=1.0)
+    rung_type = sec.choice("rung_type", RungType, RungType.PROMOTION)
+    brackets = sec.integer("brackets", default=1, minimum=1)
+    grace = sec.integer("grace_period", default=1, minimum=1)
+    min_trials = sec.integer("min_trials", default=3, minimum=1)
+    p_sh = sec.number("probability_sh", default=0.25, at_least=0.0, at_most=1.0)
+    if grace > max_r:
+        sec.problem("grace_period", f"{grace} is more than max_resource {max_r}")
+
+    levels: tuple[int, ...] | None = None
+    raw_levels = sec.get("rung_levels")
+    if raw_levels is not None:
+        levels = _read_rung_levels(sec, raw_levels, min_r, max_r)
+
+    # Hyperband with one bracket would be ASHA: unless told, it gets every bracket the rungs allow.
+    from hpod.core.rungs import default_levels
+
+    n_levels = (
+        len([v for v in levels if v < max_r])
+        if levels is not None
+        else len(default_levels(min_r, max_r, eta))
     )
     if stype is SchedulerType.HYPERBAND and not sec.has("brackets"):
         brackets = n_levels + 1

@@ -418,7 +418,14 @@ class Study:
             if not t.curve:
                 # Launched, nothing counted yet: a model-based searcher treats it as pending.
                 out.append(Observation(config, 0.0, math.nan))
-            out.extend(Observation(config, r, v) for r, v in t.curve.items())
+            if self.objective.is_multi:
+                minimized = self.objective.minimized
+                out.extend(
+                    Observation(config, r, t.curve.get(r, math.nan), minimized(v))
+                    for r, v in t.vectors.items()
+                )
+            else:
+                out.extend(Observation(config, r, v) for r, v in t.curve.items())
         return out
 
     # -- reports and exits ---------------------------------------------------------------------
@@ -848,6 +855,7 @@ def make_searcher(spec: StudySpec) -> Searcher:
             kappa=s.kappa,
             kappa_decay=s.kappa_decay,
             kappa_decay_delay=s.kappa_decay_delay,
+            scalarize=spec.objective.is_multi,
         )
     # random, and dyhpo: the DyHPO scheduler picks its new configurations itself and hands them
     # over with its plan; this one stands in while it has no model.

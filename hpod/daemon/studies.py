@@ -368,6 +368,7 @@ class Studies:
         """The trials as the engine takes them back, and each one's last report of its latest
         run (what an adopted run was last told, and the sequence number it sent it with)."""
         curves: dict[int, dict[float, float]] = {}
+        vectors: dict[int, dict[float, tuple[float, ...]]] = {}
         keys: dict[int, set[str]] = {}
         # The last report of each trial's latest run (reports come in order): its answer says how
         # a run the store still calls running ended.
@@ -380,6 +381,14 @@ class Studies:
             if not rep.counted or rep.resource is None:
                 continue
             value = rep.metrics.get(spec.objective.metric)
+            if spec.objective.is_multi:
+                # As Study.on_report counts it: any of the metrics counts the report, and the
+                # ones it left out are NaN.
+                names = spec.objective.names
+                if any(n in rep.metrics for n in names):
+                    vector = tuple(_metric_number(rep.metrics.get(n)) for n in names)
+                    vectors.setdefault(rep.trial_id, {})[rep.resource] = vector
+                    value = math.nan if value is None else value
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 curves.setdefault(rep.trial_id, {})[rep.resource] = float(value)
             elif value is not None:
@@ -398,6 +407,7 @@ class Studies:
                 last_decision=last[t.trial_id].decision if t.trial_id in last else None,
                 interrupting=t.trial_id in last and last[t.trial_id].interrupting,
                 reported_keys=tuple(sorted(keys.get(t.trial_id, ()))),
+                vectors=tuple(sorted(vectors.get(t.trial_id, {}).items())),
             )
             for t in rows
         ]
@@ -406,7 +416,6 @@ class Studies:
     # -- ending ----------------------------------------------------------------------------------
 
     async def end(
-        vectors: dict[int, dict[float, tuple[float, ...]]] = {}
         self, study: StudyRuntime, state: StudyState, reason: str, stop: StopReason
     ) -> None:
         """End a running study (a user's stop, a limit): its runs get STOP at their next report
@@ -430,14 +439,6 @@ class Studies:
             update_study_op(study.id, state=engine.state.value, end_reason=reason), *told
         )
         if stop is StopReason.USER:
-            if spec.objective.is_multi:
-                # As Study.on_report counts it: any of the metrics counts the report, and the
-                # ones it left out are NaN.
-                names = spec.objective.names
-                if any(n in rep.metrics for n in names):
-                    vector = tuple(_metric_number(rep.metrics.get(n)) for n in names)
-                    vectors.setdefault(rep.trial_id, {})[rep.resource] = vector
-                    value = math.nan if value is None else value
             # The stop answers once every run is reaped, so `hpodctl stop` returns to a quiet
             # machine.
             await self.trials.stop_and_wait(study, stop)
@@ -458,7 +459,6 @@ class Studies:
         events = self.trials.events
         told: list[Op] = []
         if engine.state is StudyState.RUNNING:
-                vectors=tuple(sorted(vectors.get(t.trial_id, {}).items())),
             reason = lim.max_trials_reason(study.spec.limits, study.clocks(time.monotonic()))
             engine.conclude(reason)
             if reason is not None and engine.end_reason == reason:

@@ -156,3 +156,50 @@ def test_checkpoint_retention_keeps_the_front() -> None:
     assert checkpoints_to_delete(obj, rows, 0) == [3, 5, 7]
     # keep = 5: the front and the best of the second front (5 and 3 tie on front 1; both ends)
     assert checkpoints_to_delete(obj, rows, 5) == [5, 7]
+
+
+def test_parego_scalarization() -> None:
+    from hpod.core.bo import parego_weights, scalarized
+    from hpod.core.plans import Observation
+
+    history = [
+        Observation({"x": 0.0}, 1.0, 0.0, (0.0, 10.0)),
+        Observation({"x": 1.0}, 1.0, 4.0, (4.0, 0.0)),
+        Observation({"x": 0.5}, 1.0, 2.0, (2.0, 5.0)),
+        Observation({"x": 0.7}, 1.0, math.nan, (math.nan, 1.0)),
+        Observation({"x": 0.9}, 0.0, math.nan),  # a launch marker
+    ]
+    out = scalarized(history, (0.5, 0.5))
+    # normalized (0, 1), (1, 0), (0.5, 0.5): max(w f) + 0.05 sum(w f)
+    assert out[0].value == 0.5 + 0.05 * 0.5
+    assert out[1].value == 0.5 + 0.05 * 0.5
+    assert out[2].value == 0.25 + 0.05 * 0.5
+    assert math.isnan(out[3].value)
+    assert out[4] is history[4]
+    w = parego_weights(history, 3)
+    assert len(w) == 2
+    assert sum(w) == 1.0 or abs(sum(w) - 1.0) < 1e-12
+    assert parego_weights(history, 3) == w
+    assert parego_weights(history[:4], 3) != w
+
+
+def test_bo_with_two_objectives_proposes_from_the_model() -> None:
+    from hpod.core.models import fit
+
+    study = make(scheduler="fifo", extra='[searcher]\ntype = "bo"\nnum_init_trials = 3')
+    weights_seen = set()
+    for _ in range(10):
+        fit_request = study.wants_fit()
+        if fit_request is not None:
+            study.install(fit_request, fit(fit_request))
+            weights_seen.add(fit_request.data["weights"])
+        launch = study.next_launch(0.0)
+        assert launch is not None
+        x = float(launch.config["x"])
+        # a known front: err = x, acc2 = x**0.5 (max): every x is on it
+        for epoch in range(1, 10):
+            report(study, launch.trial_id, epoch, x, x**0.5)
+        study.on_exit(launch.trial_id, 0, 0.0)
+    assert study.decisions.get("model_starts", 0) >= 5
+    assert len(weights_seen) >= 2
+    assert len(study.front()) == 10
