@@ -284,14 +284,17 @@ class Optimizer:
         """Until the study has ended and every callback for it has run (or ``timeout`` seconds);
         True if it ended. ClearML: ``wait(timeout=minutes)``."""
         study = self._study_id()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        pump = self._pump
+        if pump is not None:
+            # The event thread sees study_ended after every trial_ended before it, and rides
+            # out a daemon restart, which a `wait` call would not.
+            if not pump.done.wait(timeout):
+                return False
+            if pump.failure is None and not pump.closed:
+                return True
+            timeout = 0.0  # the thread gave up: ask the daemon once
         summary = self.client.wait(study, timeout=timeout)
-        if summary.get("state") not in _FINAL_STATES:
-            return False
-        if self._pump is None:
-            return True
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self._pump.done.wait(left)
+        return summary.get("state") in _FINAL_STATES
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the study (if it still runs), wait up to ``timeout`` seconds for its callbacks,
@@ -489,6 +492,7 @@ class _EventPump:
         self.errors: list[CallbackError] = []
         self.failure: BaseException | None = None
         self.done = threading.Event()
+        self.study_ended = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"hpod-optimizer-{study}", daemon=True
@@ -496,6 +500,11 @@ class _EventPump:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        """Closed before it saw the study end."""
+        return self._stop.is_set() and not self.study_ended
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -557,6 +566,7 @@ class _EventPump:
         elif kind == "trial_ended" and trial is not None:
             self._ended(int(trial), data)
         elif kind == "study_ended":
+            self.study_ended = True
             return True
         return False
 
