@@ -309,3 +309,18 @@ def test_start_locally_garbage_collected_mid_study() -> None:
         assert _proc_mentions(root) == []
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.timeout(120)
+def test_the_example_script_runs_end_to_end() -> None:
+    """examples/python-api/run.py as a user runs it: no daemon, a study to its best config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPOD_")}
+    script = HERE.parent.parent / "examples" / "python-api" / "run.py"
+    res = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=100
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert sum(" ended at epoch " in line for line in lines) == 24
+    assert lines[-1].startswith("best: trial ")
+    assert "'opt': 'adam'" in lines[-1]
