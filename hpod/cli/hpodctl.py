@@ -364,8 +364,8 @@ def _cmd_set(args: argparse.Namespace) -> int:
         changes[key] = number if finite else raw
     with _client(args) as client:
         result = client.set(args.study, **changes)
-    history = result.get("changes") or []
-    for change in history[len(history) - len(changes) :]:
+    made = result.get("made") or []
+    for change in made:
         print(f"study {_fmt(result.get('study'))}: {_fmt_change(change)}")
     return 0
 
@@ -406,6 +406,8 @@ def _cmd_top(args: argparse.Namespace) -> int:
             _fmt(t.get("state")),
             _fmt_config(t.get("config")),
         ]
+    if not made:
+        print(f"study {_fmt(result.get('study'))}: nothing changed (it had those values)")
         for t in top
     ]
     if args.all_metrics:

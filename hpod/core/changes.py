@@ -120,10 +120,12 @@ def apply(spec: StudySpec, values: Mapping[str, Any]) -> StudySpec:
 def entries(
     spec: StudySpec, values: Mapping[str, Any], *, at: float, by: int
 ) -> list[dict[str, Any]]:
-    """One stored entry per change, in the order given, with what it replaced."""
+    """One stored entry per change, in the order given, with what it replaced; a value the
+    spec already has is no change, and makes none."""
     return [
         {"key": key, "value": value, "from": current(spec, key), "at": at, "by": by}
         for key, value in values.items()
+        if value != current(spec, key)
     ]
 
 

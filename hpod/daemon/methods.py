@@ -192,6 +192,9 @@ class Methods:
             "logs": self._logs,
             "report": self._report,
             "gpus": self._gpus,
+            "set": self._set,
+            "top": self._top,
+            "trial": self._trial,
             "trial.oom": self._trial_oom,
             "events": self._events,
             "decisions": self._decisions,
@@ -281,6 +284,16 @@ class Methods:
                 "error": rec.error,
                 "stderr_tail": trial_log_or_refusal(study, rec.trial_id, "stderr", 20),
             }
+        # The same as numbers, for a controller; the deadline as epoch seconds (or None).
+        out["limits_detail"] = lim.usage(study.spec.limits, clocks)
+        deadline = study.spec.limits.deadline
+        out["deadline"] = deadline
+        if deadline is not None:
+            left = deadline - time.time()
+            when = f"in {format_duration(left)}" if left > 0 else "passed"
+            out["limits"]["deadline"] = f"{format_deadline(deadline)} ({when})"
+        # What `hpodctl set` changed, in order: {key, value, from, at, by}.
+        out["changes"] = study.changes
             for rec in study.engine.records()
             if rec.state is TrialState.FAILED
         ]
@@ -488,7 +501,7 @@ class Methods:
                 "parameter 'changes' must be an object of key: value, the keys among "
                 f"{', '.join(chg.CHANGEABLE)}; not {wire.shown(changes)}"
             )
-        history = await self.studies.change(study, changes, peer.uid)
+        history, made = await self.studies.change(study, changes, peer.uid)
         spec = study.spec
         return {
             "study": study.id,
@@ -514,6 +527,7 @@ class Methods:
 
     async def _trial(self, peer: Peer, params: dict[str, Any]) -> Any:
         """One trial, with every metric it reported: last, min, max (and the curve)."""
+            "made": made,
         study = self._get_study(params)
         trial_id = _param_int(params, "trial")
         rec = study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
@@ -584,6 +598,13 @@ def _param_limit(params: Mapping[str, Any]) -> int:
             f"parameter 'limit' must be an integer from 1 to {PAGE_MAX}, not {wire.shown(value)}"
         )
     return value
+
+def _param_flag(params: Mapping[str, Any], key: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidParams(f"parameter {key!r} must be true or false, not {wire.shown(value)}")
+    return value
+
 
 
 def _settle_report(

@@ -714,10 +714,10 @@ class Studies:
 
     async def change(
         self, study: StudyRuntime, raw: Mapping[str, Any], by: int
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Change a running study's limits, deadline, report period or priority (hpod.core.changes):
         stored first, then in force at once (the watcher looks again, the dispatcher too). The
-        study's whole list of changes."""
+        study's whole list of changes, and the entries this one made (none for values it had)."""
         values, problems = chg.check(raw)
         if problems:
             raise InvalidParams(
@@ -740,8 +740,11 @@ class Studies:
                     "starts), or `hpodctl stop` it",
                     data={"problems": [f"max_trials: the least it can be now is {made}"]},
                 )
+            made_now = chg.entries(study.spec, values, at=time.time(), by=by)
+            if not made_now:
+                return study.changes, []  # every value is the study's already
             new = chg.apply(study.spec, values)
-            history = [*study.changes, *chg.entries(study.spec, values, at=time.time(), by=by)]
+            history = [*study.changes, *made_now]
             # Stored before it is in force: a change the study acted on survives a crash.
             await self.disk.update_study(study.id, changes=chg.dump(history))
             study.spec = new
@@ -750,7 +753,7 @@ class Studies:
         log.info("study_changed", study=study.id, by=by, changes=values)
         study.wake()  # a limit shortened (or a deadline past) is acted on now, not at the next tick
         self.trials.wake()  # more (or fewer) trials may start
-        return history
+        return history, made_now
 
 
 def _metric_number(raw: Any) -> float:

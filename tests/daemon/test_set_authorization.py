@@ -30,6 +30,10 @@ async def test_only_the_owner_root_or_an_admin_may_change_a_study(
         params = {"study": sid, "changes": {"priority": priority}}
         result = await call_as(path, uids, uid, "set", params)
         assert result["changes"][-1]["by"] == uid
+    # A value the study already has changes nothing, and is not listed.
+    same = await call_as(path, uids, 1000, "set", {"study": sid, "changes": {"priority": 4}})
+    assert len(same["changes"]) == 3
+    assert same["made"] == []
     detail = await call_as(path, uids, 2000, "study", {"study": sid})
     assert detail["spec"]["priority"] == 4
     assert [(c["from"], c["value"], c["by"]) for c in detail["changes"]] == [
