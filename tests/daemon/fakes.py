@@ -17,6 +17,7 @@ from typing import Any
 from hpod.core.spec import StudySpec
 from hpod.core.states import StudyState
 from hpod.core.study import ReportOutcome, Study
+from hpod.daemon.events import EventLog
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
 from hpod.daemon.store import Op
@@ -139,6 +140,8 @@ class FakeStudies:
 class FakeTrials:
     def __init__(self) -> None:
         self.after: list[tuple[StudyRuntime, TrialRun, ReportOutcome]] = []
+        # The report path builds its events' ops here; it reads no store (that is the point).
+        self.events = EventLog(None)  # type: ignore[arg-type]
 
     def after_report(self, study: StudyRuntime, run: TrialRun, outcome: ReportOutcome) -> None:
         self.after.append((study, run, outcome))

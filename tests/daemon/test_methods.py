@@ -84,6 +84,7 @@ def test_the_tables_name_every_wire_method(world: World) -> None:
         "report", "gpus", "trial.oom",
         "set", "top", "trial",  # changing a running study, and reading it (issue 14)
         "ask", "tell",  # trials of an external study: handed out, told (issue 14)
+        "events", "decisions",  # the event stream, the decision records (issue 14)
     }  # fmt: skip
     assert set(world.methods.answering()) == {"trial.report"}
 
@@ -442,7 +443,7 @@ async def test_a_report_of_a_run_the_daemon_is_stopping_is_answered_by_why(
     )
     assert answer.result == {"decision": decision.value}
     assert world.trials.after[0][2].decision is decision
-    [(op,)] = world.studies.store.posts
+    [(op, *_)] = world.studies.store.posts  # the report, then its events
     assert _interrupting(op) is (reason is StopReason.SHUTDOWN)
 
 
@@ -453,7 +454,7 @@ async def test_a_report_while_the_daemon_stops_accepting_is_answered_pause(world
         trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 0.5})
     )
     assert answer.result == {"decision": "PAUSE"}
-    [(op,)] = world.studies.store.posts
+    [(op, *_)] = world.studies.store.posts  # the report, then its events
     assert _interrupting(op)
     # A pause that interrupts: the trial is not ended by it, the restart resumes it.
     assert world.study.engine.trials[run.trial_id].ending is None
@@ -521,7 +522,7 @@ async def test_a_report_stores_its_sender_and_seq_and_they_become_the_runs_last(
     run = start_run(world.study)
     answer = _stamped(world, run, "77-0badcafe", 1, epoch=1, loss=0.5)
     assert answer.result == {"decision": "CONTINUE"}
-    [(op,)] = world.studies.store.posts
+    [(op, *_)] = world.studies.store.posts  # the report, then its events
     assert _stored_stamp(op) == ("77-0badcafe", 1)
     assert (run.last_sender, run.last_seq, run.last_answer) == (
         "77-0badcafe",
@@ -557,7 +558,7 @@ async def test_an_older_seq_of_the_same_sender_is_a_re_send_too(world: World) ->
     # A new seq, or the same seq from another sender (a forked child), is a new report.
     _stamped(world, run, "77-0badcafe", 3, epoch=3, loss=0.3)
     _stamped(world, run, "78-0badcafe", 1, epoch=3, loss=0.2)
-    stamps = [_stored_stamp(op) for (op,) in world.studies.store.posts]
+    stamps = [_stored_stamp(op) for (op, *_) in world.studies.store.posts]
     assert stamps == [
         ("77-0badcafe", 1),
         ("77-0badcafe", 2),
@@ -588,7 +589,7 @@ async def test_a_report_without_sender_and_seq_works_as_before(world: World) -> 
             trial_params(world.study, run.trial_id, run.token, metrics={"epoch": epoch})
         )
         assert answer.result == {"decision": "CONTINUE"}
-    assert [_stored_stamp(op) for (op,) in world.studies.store.posts] == [(None, None)] * 2
+    assert [_stored_stamp(op) for (op, *_) in world.studies.store.posts] == [(None, None)] * 2
     assert (run.last_sender, run.last_seq, run.last_answer) == (None, None, None)
 
 
@@ -635,3 +636,24 @@ async def test_a_report_whose_commit_fails_is_not_the_runs_last(world: World) ->
     answer = _stamped(world, run, "77-0badcafe", 2, epoch=2, loss=0.4)
     assert answer.result == {"decision": "CONTINUE"}
     assert len(world.studies.store.posts) == 1
+
+
+# -- the event stream and the decision records (issue 14) -----------------------------------------
+
+
+async def test_a_report_carries_its_events_in_its_own_commit(world: World) -> None:
+    run = start_run(world.study)
+    world.report(
+        trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 1, "loss": 1})
+    )
+    world.report(
+        trial_params(world.study, run.trial_id, run.token, metrics={"epoch": 2, "loss": 2})
+    )
+    first, second = world.studies.store.posts
+    # The first report: trial_reported, and new_best (the study had none).
+    events = [op for op in first if op.sql.startswith("INSERT INTO events")]
+    assert [op.params[3] for op in events] == ["trial_reported", "new_best"]
+    assert all(op.wakes for op in events)
+    # The second, within 0.5 s: no trial_reported; the best is still trial 0, at its new value.
+    later = [op for op in second if op.sql.startswith("INSERT INTO events")]
+    assert [op.params[3] for op in later] == ["new_best"]
