@@ -259,9 +259,12 @@ def _render_containment(c: Mapping[str, Any]) -> str:
 
 def _render_devices(devices: Mapping[str, Any]) -> str:
     """Where the study's trials run: GPUs, CPU slots (and why), or nowhere yet."""
-    kind = {"gpu": "GPUs", "cpu": "CPU slots", "none": "waiting for GPUs"}.get(
-        str(devices.get("kind")), str(devices.get("kind"))
-    )
+    kind = {
+        "gpu": "GPUs",
+        "cpu": "CPU slots",
+        "none": "waiting for GPUs",
+        "external": "the caller's",
+    }.get(str(devices.get("kind")), str(devices.get("kind")))
     return f"devices: {kind}: {devices.get('reason', '')}"
 
 

@@ -260,6 +260,12 @@ class Methods:
         }
         res = study.spec.resources
         out["devices"] = self.pool.placement(res.gpus_per_trial, res.cpu_fallback)
+        if study.spec.executor.external:
+            lease = format_duration(study.spec.executor.lease)
+            out["devices"] = {
+                "kind": "external",
+                "reason": f"handed out by ask, run where their caller starts them; lease {lease}",
+            }
         out["running"] = sorted(study.runs)
         # Runs started by an earlier daemon (or this one before a re-exec) and taken over, and
         # how what every trial starts is kept from outliving it (docs/live-restore.md).

@@ -157,6 +157,7 @@ def test_ask_tell_study_with_an_abandoned_trial_and_a_told_value(daemon_factory:
         abandoned = _launch(second, "abandon")
         assert client.ask(sid) is None  # max_concurrent = 2 trials are out
         assert client.ping()["free_slots"] == 1
+        assert client.study(sid)["devices"]["kind"] == "external"
 
         _finish(abandoned)  # reported epoch 1, then its caller forgot it
         _finish(normal)
