@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,7 +174,10 @@ def test_ask_tell_study_with_an_abandoned_trial_and_a_told_value(daemon_factory:
         assert third is not None
         assert third["trial"] == 2
         told = client.tell(sid, 2, third["token"], {"loss": 0.125}, final=True)
-        assert told == {"decision": "STOP", "final": True}  # at max_resource (3), where the trial ends
+        assert told == {
+            "decision": "STOP",
+            "final": True,
+        }  # at max_resource (3), where the trial ends
         value = _trial(client, sid, 2)
         assert value["state"] == "completed"
         assert value["resource"] == 3
@@ -359,3 +363,35 @@ def test_paused_trials_are_handed_out_again_when_promoted(daemon_factory: Any) -
         assert client.best(sid)["objective"] == min(
             t["objective"] for t in trials if t["objective"] is not None
         )
+
+
+@e2e
+@pytest.mark.timeout(60)
+def test_a_stopped_study_answers_stop_and_its_trial_ends_at_its_final_tell(
+    daemon_factory: Any,
+) -> None:
+    daemon: DaemonHandle = daemon_factory(slots=1)
+    with Client(daemon.socket) as client:
+        sid = _submit(daemon, client, "halt", steps=5)
+        handed = client.ask(sid)
+        assert handed is not None
+        token = handed["token"]
+        assert client.tell(sid, 0, token, {"epoch": 1, "loss": 1.0})["decision"] == "CONTINUE"
+        stopped: dict[str, Any] = {}
+
+        def stop() -> None:
+            with Client(daemon.socket) as other:
+                started = time.monotonic()
+                stopped.update(other.stop(sid), seconds=time.monotonic() - started)
+
+        stopper = threading.Thread(target=stop)
+        stopper.start()
+        # The stop waits for the run (stop_grace_period is 5 s); its reports are answered STOP.
+        _poll("the study to be stopped", lambda: client.study(sid)["state"] == "stopped")
+        assert client.tell(sid, 0, token, {"epoch": 2, "loss": 0.9})["decision"] == "STOP"
+        assert client.tell(sid, 0, token, final=True) == {"decision": None, "final": True}
+        stopper.join(timeout=30)
+        assert stopped["state"] == "stopped"
+        assert stopped["seconds"] < 4.0  # ended by the final tell, not by the grace period
+        assert _trial(client, sid, 0)["state"] == "stopped"
+        assert client.ask(sid) is None
