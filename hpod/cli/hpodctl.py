@@ -370,6 +370,8 @@ def _cmd_set(args: argparse.Namespace) -> int:
     made = result.get("made") or []
     for change in made:
         print(f"study {_fmt(result.get('study'))}: {_fmt_change(change)}")
+    if not made:
+        print(f"study {_fmt(result.get('study'))}: nothing changed (it had those values)")
     return 0
 
 
@@ -409,8 +411,6 @@ def _cmd_top(args: argparse.Namespace) -> int:
             _fmt(t.get("state")),
             _fmt_config(t.get("config")),
         ]
-    if not made:
-        print(f"study {_fmt(result.get('study'))}: nothing changed (it had those values)")
         for t in top
     ]
     if args.all_metrics:

@@ -284,12 +284,6 @@ class Methods:
             name: f"{u['used']:.4g} of {u['limit']:g} ({u['share']:.0%})"
             for name, u in lim.usage(study.spec.limits, clocks).items()
         }
-        out["failures"] = [
-            {
-                "trial": rec.trial_id,
-                "error": rec.error,
-                "stderr_tail": trial_log_or_refusal(study, rec.trial_id, "stderr", 20),
-            }
         # The same as numbers, for a controller; the deadline as epoch seconds (or None).
         out["limits_detail"] = lim.usage(study.spec.limits, clocks)
         deadline = study.spec.limits.deadline
@@ -300,6 +294,12 @@ class Methods:
             out["limits"]["deadline"] = f"{format_deadline(deadline)} ({when})"
         # What `hpodctl set` changed, in order: {key, value, from, at, by}.
         out["changes"] = study.changes
+        out["failures"] = [
+            {
+                "trial": rec.trial_id,
+                "error": rec.error,
+                "stderr_tail": trial_log_or_refusal(study, rec.trial_id, "stderr", 20),
+            }
             for rec in study.engine.records()
             if rec.state is TrialState.FAILED
         ]
@@ -515,6 +515,7 @@ class Methods:
             "report_period": spec.report.period,
             "priority": spec.priority,
             "changes": history,
+            "made": made,
         }
 
     async def _top(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -533,7 +534,6 @@ class Methods:
 
     async def _trial(self, peer: Peer, params: dict[str, Any]) -> Any:
         """One trial, with every metric it reported: last, min, max (and the curve)."""
-            "made": made,
         study = self._get_study(params)
         trial_id = _param_int(params, "trial")
         rec = study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
@@ -605,12 +605,12 @@ def _param_limit(params: Mapping[str, Any]) -> int:
         )
     return value
 
+
 def _param_flag(params: Mapping[str, Any], key: str) -> bool:
     value = params.get(key, False)
     if not isinstance(value, bool):
         raise InvalidParams(f"parameter {key!r} must be true or false, not {wire.shown(value)}")
     return value
-
 
 
 def _settle_report(
