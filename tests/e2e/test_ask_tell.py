@@ -395,3 +395,23 @@ def test_a_stopped_study_answers_stop_and_its_trial_ends_at_its_final_tell(
         assert stopped["seconds"] < 4.0  # ended by the final tell, not by the grace period
         assert _trial(client, sid, 0)["state"] == "stopped"
         assert client.ask(sid) is None
+
+
+@e2e
+@pytest.mark.timeout(60)
+def test_each_report_pushes_the_lease_back(daemon_factory: Any) -> None:
+    daemon: DaemonHandle = daemon_factory(slots=1)
+    with Client(daemon.socket) as client:
+        sid = _submit(daemon, client, "alive", lease="1s", steps=5, trials=1)
+        handed = client.ask(sid)
+        assert handed is not None
+        started = time.monotonic()
+        for epoch in range(1, 6):  # 5 reports 0.4 s apart: 2 s, twice the lease
+            time.sleep(0.4)
+            answer = client.tell(sid, 0, handed["token"], {"epoch": epoch, "loss": 1.0 / epoch})
+            assert answer["decision"] == ("CONTINUE" if epoch < 5 else "STOP")
+        assert time.monotonic() - started > 1.9
+        assert client.tell(sid, 0, handed["token"], final=True)["final"] is True
+        rec = _trial(client, sid, 0)
+        assert rec["state"] == "completed"
+        assert rec["runs"] == 1
