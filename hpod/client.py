@@ -147,6 +147,12 @@ class Client:
         """``{"study", "trial", "config", "objective", "resource"}``; NotFound if no result yet."""
         return self._dict(self.call("best", {"study": study}))
 
+    def front(self, study: str) -> list[dict[str, Any]]:
+        """The Pareto front of a multi-objective study, best spread first: each trial as
+        :meth:`best` gives it, with ``values`` (each metric's); a single objective's best,
+        alone. NotFound if no result yet."""
+        return self._list(self.call("best", {"study": study, "front": True}))
+
     def stop(self, study: str) -> dict[str, Any]:
         """Stop a study (its owner or root only): ``{"study", "state"}``."""
         return self._dict(self.call("stop", {"study": study}))

@@ -314,24 +314,40 @@ def _cmd_trials(args: argparse.Namespace) -> int:
     if not trials:
         print("no trials yet")
         return 0
+    # Several objectives: a column per metric instead of OBJECTIVE.
+    names = next((list(t["values"]) for t in trials if isinstance(t.get("values"), Mapping)), [])
     rows = [
         [
             _fmt(t.get("trial")),
             _fmt(t.get("state")),
             _fmt(t.get("resource")),
-            _fmt(t.get("objective")),
+            *(
+                [_fmt((t.get("values") or {}).get(n)) for n in names]
+                if names
+                else [_fmt(t.get("objective"))]
+            ),
             _fmt(t.get("runs")),
             _fmt_config(t.get("config")),
         ]
         for t in trials
     ]
-    _print_table(["TRIAL", "STATE", "RESOURCE", "OBJECTIVE", "RUNS", "CONFIG"], rows)
+    metric_heads = [n.upper() for n in names] if names else ["OBJECTIVE"]
+    _print_table(["TRIAL", "STATE", "RESOURCE", *metric_heads, "RUNS", "CONFIG"], rows)
     return 0
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        best = client.best(args.study)
+        front = client.front(args.study)
+    if front and "values" in front[0]:
+        # Several objectives: the Pareto front, a row per trial, a column per metric.
+        if args.json:
+            _print_json(front)
+            return 0
+        print(f"study {_fmt(front[0].get('study'))}: Pareto front of {len(front)} trials")
+        _print_front(front)
+        return 0
+    best = front[0]
     if args.json:
         _print_json(best)
         return 0
@@ -344,6 +360,26 @@ def _cmd_best(args: argparse.Namespace) -> int:
         print("config")
         _print_pairs(config, indent="  ")
     return 0
+
+
+def _print_front(front: Sequence[Mapping[str, Any]], *, indent: str = "") -> None:
+    """A table of trials with each metric's value: TRIAL, one column per metric, RESOURCE,
+    CONFIG."""
+    names = list(front[0].get("values") or {}) if front else []
+    header = ["TRIAL", *(n.upper() for n in names), "RESOURCE", "CONFIG"]
+    rows = [
+        [
+            _fmt(b.get("trial")),
+            *(_fmt((b.get("values") or {}).get(n)) for n in names),
+            _fmt(b.get("resource")),
+            _fmt_config(b.get("config")),
+        ]
+        for b in front
+    ]
+    if indent:
+        rows = [[indent + row[0], *row[1:]] for row in rows]
+        header = [indent + header[0], *header[1:]]
+    _print_table(header, rows)
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -413,6 +449,13 @@ def _cmd_top(args: argparse.Namespace) -> int:
         ]
         for t in top
     ]
+    if "front" in top[0]:
+        # Several objectives: the Pareto front's number and each metric's value.
+        names = list(top[0].get("values") or {})
+        header[2:3] = ["FRONT", *(n.upper() for n in names)]
+        for row, t in zip(rows, top, strict=True):
+            values = t.get("values") or {}
+            row[2:3] = [_fmt(t.get("front")), *(_fmt(values.get(n)) for n in names)]
     if args.all_metrics:
         header.append("METRICS")
         for row, t in zip(rows, top, strict=True):
@@ -507,9 +550,32 @@ def _print_report(r: Mapping[str, Any]) -> None:
         print(f"trials    {_fmt_counts(counts)}")
     best = r.get("best")
     best_at = f" at {_fmt(best.get('resource'))}" if isinstance(best, Mapping) else ""
-    print(f"best      {_fmt_best(best, with_config=True)}{best_at}")
+    front = r.get("front")
+    if isinstance(front, list) and front:
+        print(f"front     {len(front)} trials (Pareto front, by crowding distance, then id):")
+        _print_front(front, indent="  ")
+    else:
+        print(f"best      {_fmt_best(best, with_config=True)}{best_at}")
     top = r.get("top_k") or []
-    if top:
+    if top and "front" in top[0]:
+        names = list(top[0].get("values") or {})
+        print("top (by front, crowding distance, trial id):")
+        _print_table(
+            ["RANK", "TRIAL", "FRONT", *(n.upper() for n in names), "RESOURCE", "STATE", "CONFIG"],
+            [
+                [
+                    _fmt(t.get("rank")),
+                    _fmt(t.get("trial")),
+                    _fmt(t.get("front")),
+                    *(_fmt((t.get("values") or {}).get(n)) for n in names),
+                    _fmt(t.get("resource")),
+                    _fmt(t.get("state")),
+                    _fmt_config(t.get("config")),
+                ]
+                for t in top
+            ],
+        )
+    elif top:
         print("top:")
         _print_table(
             ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"],
@@ -755,7 +821,14 @@ def _render_summary(s: Mapping[str, Any]) -> str:
     if s.get("ended") is not None:
         lines.append(f"ended     {_fmt_time(s.get('ended'))}")
     objective = s.get("objective")
-    if isinstance(objective, Mapping):
+    if isinstance(objective, Mapping) and isinstance(objective.get("metrics"), list):
+        both = ", ".join(
+            f"{_fmt(m.get('mode'))} {_fmt(m.get('name'))}"
+            for m in objective["metrics"]
+            if isinstance(m, Mapping)
+        )
+        lines.append(f"objective {both} over {_fmt(objective.get('resource'))}")
+    elif isinstance(objective, Mapping):
         lines.append(
             f"objective {_fmt(objective.get('mode'))} {_fmt(objective.get('metric'))} "
             f"over {_fmt(objective.get('resource'))}"
@@ -763,7 +836,17 @@ def _render_summary(s: Mapping[str, Any]) -> str:
     counts = s.get("trials")
     if isinstance(counts, Mapping):
         lines.append(f"trials    {_done_total(s)} done: {_fmt_counts(counts)}")
-    lines.append(f"best      {_fmt_best(s.get('best'), with_config=True)}")
+    front = s.get("front")
+    if isinstance(front, list):
+        lines.append(f"front     {len(front)} trials (Pareto front)")
+        for b in front:
+            if isinstance(b, Mapping):
+                values = ", ".join(f"{k}={_fmt(v)}" for k, v in (b.get("values") or {}).items())
+                lines.append(
+                    f"  trial {_fmt(b.get('trial'))}: {values} {_fmt_config(b.get('config'))}"
+                )
+    else:
+        lines.append(f"best      {_fmt_best(s.get('best'), with_config=True)}")
     return "\n".join(lines)
 
 

@@ -147,8 +147,9 @@ class Best:
     config: Config
     objective: float
     resource: float
-    # Multi-objective: the trial's value of each metric (objective.names order); () otherwise.
+    # Multi-objective: the trial's value of each metric, and the metrics' names; () otherwise.
     values: tuple[float, ...] = ()
+    names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -757,7 +758,10 @@ class Study:
         out = []
         for i in pareto_order(points, [t.trial_id for t in rows]):
             t = rows[i]
-            out.append(Best(t.trial_id, dict(t.config), vectors[i][0], t.last_resource, vectors[i]))
+            names = self.objective.names
+            out.append(
+                Best(t.trial_id, dict(t.config), vectors[i][0], t.last_resource, vectors[i], names)
+            )
         return out
 
     def front(self) -> list[Best]:

@@ -34,7 +34,7 @@ from hpod.daemon.server import AnsweringHandler, Handler, Peer
 from hpod.daemon.store import metrics_text, report_op
 from hpod.daemon.studies import Studies
 from hpod.daemon.trials import Trials, trial_log, trial_log_or_refusal
-from hpod.daemon.views import best_view, trial_view
+from hpod.daemon.views import best_view, front_view, trial_view
 from hpod.errors import BadState, InvalidParams, NotFound, PermissionDenied, TokenRejected
 from hpod.fit.fitter import Fitter
 
@@ -310,8 +310,20 @@ class Methods:
         return [trial_view(study.engine, rec) for rec in study.engine.records()]
 
     async def _best(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """The best trial; with ``front``, the Pareto front as a list (a multi-objective
+        study's answer: every non-dominated trial with each metric's value; one trial, the
+        best, for a single objective)."""
         study = self._get_study(params)
-        view = best_view(study.id, study.engine.best())
+        engine = study.engine
+        if _param_flag(params, "front"):
+            front = front_view(study.id, engine)
+            if not front:
+                raise NotFound(
+                    f"study {study.id} has no result yet: no trial has reported "
+                    + " or ".join(repr(n) for n in engine.objective.names)
+                )
+            return front
+        view = best_view(study.id, engine.best())
         if view is None:
             raise NotFound(
                 f"study {study.id} has no result yet: no trial has reported "

@@ -12,6 +12,7 @@ from typing import Any
 
 from hpod.core.states import TrialState
 from hpod.core.study import Study
+from hpod.daemon.reports import pareto_fronts
 from hpod.daemon.store import ReportRow
 
 __all__ = ["metric_summary", "ranked", "top_view"]
@@ -33,7 +34,7 @@ def ranked(study: Study, *, only_completed: bool = False) -> list[dict[str, Any]
         if not t.curve or (only_completed and t.state is not TrialState.COMPLETED):
             continue
         value = study.value_of(t.trial_id)
-        if math.isnan(value):
+        if math.isnan(value) and not objective.is_multi:
             continue
         rows.append(
             {
@@ -45,7 +46,22 @@ def ranked(study: Study, *, only_completed: bool = False) -> list[dict[str, Any]
                 "runs": t.runs,
             }
         )
-    rows.sort(key=lambda r: (objective.sort_key(r["objective"]), -r["resource"], r["trial"]))
+    if objective.is_multi:
+        # By Pareto front, crowding distance (larger first), trial id (Study.pareto), with
+        # each metric's value and the front's number.
+        order = study.pareto()
+        fronts = pareto_fronts(objective, order)
+        by_id = {r["trial"]: r for r in rows}
+        rows = []
+        for b in order:
+            if b.trial_id not in by_id:
+                continue
+            row = by_id[b.trial_id]
+            row["values"] = dict(zip(objective.names, b.values, strict=True))
+            row["front"] = fronts[b.trial_id]
+            rows.append(row)
+    else:
+        rows.sort(key=lambda r: (objective.sort_key(r["objective"]), -r["resource"], r["trial"]))
     for i, row in enumerate(rows):
         row["rank"] = i + 1
     return rows

@@ -20,9 +20,11 @@ from typing import Any
 
 from hpod import wire
 from hpod.core.limits import Clocks, usage
-from hpod.core.study import Study
+from hpod.core.objective import Objective
+from hpod.core.pareto import non_dominated_sort
+from hpod.core.study import Best, Study
 from hpod.daemon.statetree import Ids, open_dir, replace_file
-from hpod.daemon.views import best_view
+from hpod.daemon.views import best_view, front_view, objective_view
 
 __all__ = ["build_report", "report_summary", "write_report"]
 
@@ -74,11 +76,26 @@ def build_report(
                 "config": dict(t.config),
             }
         )
+        if objective.is_multi:
+            vector = study.vector_of(t.trial_id)
+            rows[-1]["values"] = (
+                {n: _num(v) for n, v in zip(objective.names, vector, strict=True)}
+                if curve
+                else None
+            )
 
     def rank_key(row: Mapping[str, Any]) -> tuple[float, float, int]:
         return (objective.sort_key(row["objective"]), -(row["resource"] or 0.0), row["trial"])
 
-    ranked = sorted((r for r in rows if r["objective"] is not None), key=rank_key)
+    fronts: dict[int, int] = {}
+    if objective.is_multi:
+        # By Pareto front, crowding distance (larger first), trial id: Study.pareto's order.
+        order = study.pareto()
+        fronts = pareto_fronts(objective, order)
+        by_id = {r["trial"]: r for r in rows}
+        ranked = [by_id[b.trial_id] for b in order]
+    else:
+        ranked = sorted((r for r in rows if r["objective"] is not None), key=rank_key)
     top = [
         {
             "rank": i + 1,
@@ -87,6 +104,7 @@ def build_report(
             "resource": r["resource"],
             "state": r["state"],
             "config": r["config"],
+            **({"values": r["values"], "front": fronts[r["trial"]]} if fronts else {}),
         }
         for i, r in enumerate(ranked[: spec.report.top_k])
     ]
@@ -98,26 +116,44 @@ def build_report(
         "generated": now,
         "created": created,
         "ended": ended,
-        "objective": {
-            "metric": objective.metric,
-            "mode": objective.mode.value,
-            "resource": objective.resource,
-        },
+        "objective": objective_view(study),
         "elapsed": round(clocks.elapsed, 3),
         "compute": round(clocks.compute, 3),
         "limits": usage(spec.limits, clocks),
         "trials": {k: v for k, v in study.counts().items() if v},
         "total_trials": len(study.trials),
         "best": best_view(study_id, study.best()),
+        **({"front": front_view(study_id, study)} if objective.is_multi else {}),
         "top_k": top,
         "per_trial": rows,
         "gpus": [dict(g) for g in gpus],
     }
 
 
+def pareto_fronts(objective: Objective, ranked: Sequence[Best]) -> dict[int, int]:
+    """Each trial's front number (0: the Pareto front) among ``ranked`` (Study.pareto)."""
+    points = [objective.minimized(b.values) for b in ranked]
+    out: dict[int, int] = {}
+    for number, front in enumerate(non_dominated_sort(points)):
+        for i in front:
+            out[ranked[i].trial_id] = number
+    return out
+
+
 def report_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a report that goes into the ``objective_report`` log event."""
-    keys = ("study", "state", "elapsed", "compute", "limits", "trials", "best", "top_k", "gpus")
+    keys = (
+        "study",
+        "state",
+        "elapsed",
+        "compute",
+        "limits",
+        "trials",
+        "best",
+        "front",
+        "top_k",
+        "gpus",
+    )
     return {k: report.get(k) for k in keys}
 
 
@@ -129,13 +165,17 @@ def _csv_text(report: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     head = ["trial", "state", "resource", "objective", "last", "best", "runs", "run_seconds"]
-    writer.writerow([*head, "compute_seconds", *keys])
+    # Several objectives: a column per metric, its value the trial ranks by.
+    metrics = [str(m.get("name")) for m in (report.get("objective") or {}).get("metrics", [])]
+    writer.writerow([*head, "compute_seconds", *metrics, *keys])
     for r in rows:
         cfg = r.get("config", {})
+        values = r.get("values") or {}
         writer.writerow(
             [
                 *("" if r.get(k) is None else r.get(k) for k in head),
                 r.get("compute_seconds"),
+                *("" if values.get(m) is None else values.get(m) for m in metrics),
                 *("" if cfg.get(k) is None else cfg.get(k) for k in keys),
             ]
         )

@@ -8,15 +8,39 @@ from hpod.core.study import Best, Study, TrialRecord
 
 
 def best_view(study_id: str, best: Best | None) -> dict[str, Any] | None:
+    """One trial as ``best`` answers it; a multi-objective one with ``values``, each metric's
+    value (``objective`` is the first one's)."""
     if best is None:
         return None
-    return {
+    out: dict[str, Any] = {
         "study": study_id,
         "trial": best.trial_id,
         "config": best.config,
         "objective": best.objective,
         "resource": best.resource,
     }
+    if best.values:
+        out["values"] = dict(zip(best.names, best.values, strict=True))
+    return out
+
+
+def front_view(study_id: str, study: Study) -> list[dict[str, Any]]:
+    """The Pareto front (multi-objective ``best``), ranked by crowding distance, then trial id;
+    a single objective's is its best, alone."""
+    views = (best_view(study_id, b) for b in study.front())
+    return [v for v in views if v is not None]
+
+
+def objective_view(study: Study) -> dict[str, Any]:
+    objective = study.objective
+    out: dict[str, Any] = {
+        "metric": objective.metric,
+        "mode": objective.mode.value,
+        "resource": objective.resource,
+    }
+    if objective.is_multi:
+        out["metrics"] = [{"name": m.name, "mode": m.mode.value} for m in objective.metrics]
+    return out
 
 
 def trial_view(
@@ -35,6 +59,10 @@ def trial_view(
         "runs": rec.runs,
         "error": rec.error,
     }
+    if study.objective.is_multi:
+        # Each metric's value the trial ranks by (``objective`` is the first one's).
+        vector = study.vector_of(rec.trial_id)
+        out["values"] = dict(zip(study.objective.names, vector, strict=True)) if curve else None
     if extra:
         out.update(extra)
     return out
@@ -64,9 +92,6 @@ def summary_view(
         "total_trials": len(study.trials),
         "max_trials": study.spec.limits.max_trials,
         "best": best_view(study_id, study.best()),
-        "objective": {
-            "metric": study.objective.metric,
-            "mode": study.objective.mode.value,
-            "resource": study.objective.resource,
-        },
+        "objective": objective_view(study),
+        **({"front": front_view(study_id, study)} if study.objective.is_multi else {}),
     }
