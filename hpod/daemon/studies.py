@@ -745,8 +745,14 @@ class Studies:
                 return study.changes, []  # every value is the study's already
             new = chg.apply(study.spec, values)
             history = [*study.changes, *made_now]
-            # Stored before it is in force: a change the study acted on survives a crash.
-            await self.disk.update_study(study.id, changes=chg.dump(history))
+            # Stored before it is in force: a change the study acted on survives a crash. With
+            # its study_changed event, in the same commit (hpod.daemon.events).
+            await self.disk.write(
+                update_study_op(study.id, changes=chg.dump(history)),
+                self.trials.events.op(
+                    study.id, None, "study_changed", {"changes": made_now}, made_now[0]["at"]
+                ),
+            )
             study.spec = new
             engine.spec = new  # the engine reads max_trials off its spec
             study.changes = history

@@ -134,6 +134,11 @@ def test_a_change_survives_a_restart(daemon_factory: Any, sig: signal.Signals) -
         "max_trials",
         "deadline",
     ]
+    # The change is an event of the study's stream too, stored with it.
+    (told,) = store_rows(
+        d, "SELECT data FROM events WHERE study_id = ? AND kind = 'study_changed'", sid
+    )
+    assert [ch["key"] for ch in json.loads(told[0])["changes"]] == [ch["key"] for ch in stored]
     d.start()
     with Client(d.socket) as c:
         after = c.study(sid)
