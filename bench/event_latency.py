@@ -154,8 +154,11 @@ def main() -> int:
     )
     watch = StatusWatch(state / "runs")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "hpod", "serve", "--socket", sock, "--state-dir", str(state)]
-        + ["--cpu-slots", str(args.concurrent), "--log-format", "json"],
+        [
+            *(sys.executable, "-m", "hpod", "serve", "--socket", sock),
+            *("--state-dir", str(state), "--cpu-slots", str(args.concurrent)),
+            *("--log-format", "json"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
