@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 
+from hpod.core.pareto import dominates
 from hpod.core.states import TrialState
 from hpod.core.study import DecisionRecord, Launch, ReportOutcome, TrialRecord
 from hpod.daemon.runtime import StudyRuntime
@@ -79,6 +80,9 @@ class EventLog:
         self._waiting = 0
         # study id -> (sort key, -resource, trial id) of its best, or None: none yet.
         self._best: dict[str, tuple[float, float, int] | None] = {}
+        # Several objectives: study id -> trial id -> its minimized value vector, so a report
+        # is checked against the others in O(trials), never a whole non-dominated sort.
+        self._vectors: dict[str, dict[int, tuple[float, ...]]] = {}
         self._reported: dict[tuple[str, int], float] = {}
 
     # -- ops ------------------------------------------------------------------------------------
@@ -171,6 +175,8 @@ class EventLog:
         """The study's best as ``new_best`` says it, if this trial's report changed it."""
         engine = study.engine
         sid = study.id
+        if engine.objective.is_multi:
+            return self._new_on_front(study, trial_id)
         if sid not in self._best:
             found = engine.best()
             self._best[sid] = (
@@ -212,6 +218,39 @@ class EventLog:
             "objective": engine.value_of(now[2]),
             "resource": best.last_resource,
             "config": dict(best.config),
+        }
+
+    def _new_on_front(self, study: StudyRuntime, trial_id: int) -> dict[str, Any] | None:
+        """Several objectives: ``new_best`` says a trial whose report puts it on the Pareto
+        front (no other trial dominates its values), with ``values``, each metric's."""
+        engine = study.engine
+        objective = engine.objective
+        known = self._vectors.get(study.id)
+        if known is None:
+            known = self._vectors[study.id] = {
+                t.trial_id: objective.minimized(engine.vector_of(t.trial_id))
+                for t in engine.trials
+                if t.vectors and t.trial_id != trial_id
+            }
+        t = engine.trials[trial_id]
+        if not t.vectors:
+            return None
+        values = engine.vector_of(trial_id)
+        mine = objective.minimized(values)
+        if known.get(trial_id) == mine:
+            return None  # nothing changed
+        known[trial_id] = mine
+        if all(math.isinf(v) for v in mine):
+            return None
+        if any(dominates(v, mine) for tid, v in known.items() if tid != trial_id):
+            return None
+        return {
+            "trial": trial_id,
+            "objective": _number(values[0]),
+            "values": {n: _number(v) for n, v in zip(objective.names, values, strict=True)},
+            "resource": t.last_resource,
+            "config": dict(t.config),
+            "front": True,
         }
 
     def study_ended_ops(self, study: StudyRuntime, at: float) -> list[Op]:

@@ -140,3 +140,22 @@ def test_two_objectives_promote_by_pareto_rank_and_best_is_the_front(daemon: Any
     assert text.split()[:5] == ["RANK", "TRIAL", "FRONT", "ERR", "LAT"]
     text = daemon.ctl("trials", sid, check=True).stdout
     assert text.split()[:5] == ["TRIAL", "STATE", "RESOURCE", "ERR", "LAT"]
+
+
+def test_new_best_events_name_trials_joining_the_front(daemon: Any) -> None:
+    folder = daemon.root / "two"
+    folder.mkdir()
+    shutil.copy(HERE / "trial_two.py", folder / "trial_two.py")
+    (folder / "study.toml").write_text(SPEC.replace('type = "asha"', 'type = "fifo"'))
+    sid = daemon.ctl_json("submit", str(folder / "study.toml"), "--wait", timeout=120)["study"]
+    with sqlite3.connect(Path(daemon.state_dir) / "hpod.sqlite3") as db:
+        rows = db.execute(
+            "SELECT trial_id, data FROM events WHERE study_id = ? AND kind = 'new_best'", (sid,)
+        ).fetchall()
+    announced = {tid for tid, _ in rows}
+    front = {b["trial"] for b in daemon.ctl_json("best", sid)}
+    # every trial of the final front joined it with a new_best; x = 1.2, 1.0, 1.4 (trials 3,
+    # 5, 7) never did: x = 0.9 (trial 1, run to the end before them) beats them on both
+    assert front <= announced
+    assert not announced & {3, 5, 7}
+    assert all("values" in json.loads(data) for _, data in rows)
