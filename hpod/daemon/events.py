@@ -29,7 +29,7 @@ import anyio
 
 from hpod.core.pareto import dominates
 from hpod.core.states import TrialState
-from hpod.core.study import DecisionRecord, Launch, ReportOutcome, TrialRecord
+from hpod.core.study import Best, DecisionRecord, Launch, ReportOutcome, Study, TrialRecord
 from hpod.daemon.runtime import StudyRuntime
 from hpod.daemon.store import EventRow, Op, Store, event_op
 
@@ -64,6 +64,23 @@ def event_view(row: EventRow) -> dict[str, Any]:
 
 def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _key_of(engine: Study, best: Best | None) -> tuple[float, float, int] | None:
+    """How ``Study.best`` ranks a trial: its sort key, then the further one, then the first."""
+    if best is None:
+        return None
+    return (engine.objective.sort_key(best.objective), -best.resource, best.trial_id)
+
+
+def _best_view(engine: Study, key: tuple[float, float, int]) -> dict[str, Any]:
+    t = engine.trials[key[2]]
+    return {
+        "trial": key[2],
+        "objective": engine.value_of(key[2]),
+        "resource": t.last_resource,
+        "config": dict(t.config),
+    }
 
 
 class EventLog:
@@ -172,53 +189,44 @@ class EventLog:
         return ops
 
     def _new_best(self, study: StudyRuntime, trial_id: int) -> dict[str, Any] | None:
-        """The study's best as ``new_best`` says it, if this trial's report changed it."""
+        """The study's best as ``new_best`` says it, if this trial's report changed it.
+
+        Only this trial's value changed: the best is the old one, or this trial if it now ranks
+        first, unless this trial was the best (then every trial is looked at again). So a report
+        costs a comparison, not a pass over the study's trials."""
         engine = study.engine
         sid = study.id
         if engine.objective.is_multi:
             return self._new_on_front(study, trial_id)
         if sid not in self._best:
-            found = engine.best()
-            self._best[sid] = (
-                None
-                if found is None
-                else (engine.objective.sort_key(found.objective), -found.resource, found.trial_id)
-            )
-            before = None  # the first report this daemon sees: the best is news only if changed
-            if found is not None and found.trial_id != trial_id:
+            # The first report this daemon sees: the best so far, as of before it, is unknown;
+            # what ranks first now is news only if it is this trial.
+            self._best[sid] = _key_of(engine, engine.best())
+            now = self._best[sid]
+            if now is None or now[2] != trial_id:
                 return None
-        else:
-            before = self._best[sid]
+            return _best_view(engine, now)
+        before = self._best[sid]
         t = engine.trials[trial_id]
         if not t.curve:
             return None
-        value = engine.value_of(trial_id)
-        mine = (engine.objective.sort_key(value), -t.last_resource, trial_id)
+        objective = engine.objective
+        # Its ranking value: the last one (the curve is in resource order), or for *_global
+        # the best of them.
+        value = (
+            engine.value_of(trial_id) if objective.is_global else next(reversed(t.curve.values()))
+        )
+        mine = (objective.sort_key(value), -t.last_resource, trial_id)
         if before is not None and before[2] == trial_id:
-            # The best trial itself reported: it may have fallen behind another one.
-            found = engine.best()
-            now = (
-                None
-                if found is None
-                else (engine.objective.sort_key(found.objective), -found.resource, found.trial_id)
-            )
-        elif before is None or mine < before:
+            now = _key_of(engine, engine.best())  # the best trial itself moved: maybe back
+        elif (before is None or mine < before) and not math.isinf(mine[0]):
             now = mine
         else:
             return None
-        if now is None or math.isinf(now[0]):
-            self._best[sid] = None if now is None else now
-            return None
         self._best[sid] = now
-        if before is not None and before[2] == now[2] and before[0] == now[0]:
-            return None  # the same trial, the same value: nothing new
-        best = engine.trials[now[2]]
-        return {
-            "trial": now[2],
-            "objective": engine.value_of(now[2]),
-            "resource": best.last_resource,
-            "config": dict(best.config),
-        }
+        if now is None or now == before:
+            return None
+        return _best_view(engine, now)
 
     def _new_on_front(self, study: StudyRuntime, trial_id: int) -> dict[str, Any] | None:
         """Several objectives: ``new_best`` says a trial whose report puts it on the Pareto
