@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
@@ -34,15 +34,13 @@ import structlog
 from hpod.core.states import StudyState
 from hpod.core.study import Launch
 from hpod.daemon.answers import Answer
-from hpod.daemon.runner import trial_environment
+from hpod.daemon.disk import Disk
+from hpod.daemon.runner import TrialLaunch, trial_environment
 from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
 from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids
 from hpod.daemon.store import LiveRunRow, ReportRow
 from hpod.errors import BadState
-
-if TYPE_CHECKING:
-    from hpod.daemon.trials import Trials
 
 log = structlog.get_logger("hpod.daemon")
 
@@ -61,6 +59,28 @@ def final_metrics(study: StudyRuntime, run: TrialRun, metrics: Mapping[str, Any]
     out = dict(metrics)
     out.setdefault(study.spec.objective.resource, run.launch.max_resource)
     return out
+
+
+class RunHost(Protocol):
+    """What of the trials service (hpod.daemon.trials.Trials, which holds this one) a handed-out
+    run uses: a run begun and recorded as any launch is. A protocol, not an import: the trials
+    service imports this module."""
+
+    closed: bool
+    disk: Disk
+    _adopted: list[tuple[StudyRuntime, TrialRun]]
+
+    def time_allows(self, study: StudyRuntime, now: float) -> bool: ...
+
+    async def _begin(
+        self, study: StudyRuntime, launch: Launch, slot: Slot, *, external: bool = False
+    ) -> TrialRun: ...
+
+    def _trial_launch(self, study: StudyRuntime, run: TrialRun) -> TrialLaunch: ...
+
+    async def _after_exit(
+        self, study: StudyRuntime, run: TrialRun, returncode: int | None, error: str | None
+    ) -> None: ...
 
 
 class HeldAnswer(Answer):
@@ -98,7 +118,7 @@ class HeldAnswer(Answer):
 class ExternalRuns:
     """Hands out the runs of external studies, waits on them, takes them back."""
 
-    def __init__(self, trials: Trials) -> None:
+    def __init__(self, trials: RunHost) -> None:
         self.trials = trials
         # Set once a handed-out run's end is recorded (by id of its TrialRun): a final tell
         # answers after it, so the caller reads the trial's new state at once.
