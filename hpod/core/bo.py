@@ -253,15 +253,25 @@ def scalarized(history: Sequence[Observation], weights: Sequence[float]) -> list
         if o.vector is None:
             out.append(o)
             continue
-        if not all(math.isfinite(x) for x in o.vector):
-            out.append(Observation(o.config, o.resource, math.nan))
-            continue
-        f = [
-            w * ((x - a) / (b - a) if b > a else 0.0)
-            for w, x, a, b in zip(weights, o.vector, lo, hi, strict=True)
-        ]
-        out.append(Observation(o.config, o.resource, max(f) + PAREGO_RHO * math.fsum(f)))
+        out.append(Observation(o.config, o.resource, chebyshev(o.vector, weights, lo, hi)))
     return out
+
+
+def chebyshev(
+    vector: Sequence[float],
+    weights: Sequence[float],
+    lo: Sequence[float],
+    hi: Sequence[float],
+) -> float:
+    """ParEGO's augmented Chebyshev scalarization of a loss vector, each metric normalized by
+    [lo, hi] first; NaN when an entry is not finite."""
+    if not all(math.isfinite(x) for x in vector):
+        return math.nan
+    f = [
+        w * ((x - a) / (b - a) if b > a else 0.0)
+        for w, x, a, b in zip(weights, vector, lo, hi, strict=True)
+    ]
+    return max(f) + PAREGO_RHO * math.fsum(f)
 
 
 def _believer(gp: GP, pending: Array | None, xs: Array) -> tuple[Array, Array]:

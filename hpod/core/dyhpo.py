@@ -33,8 +33,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import linalg
 
 from hpod.core.asha import RungScheduler
+from hpod.core.bo import chebyshev
 from hpod.core.gp import Array, log_expected_improvement, robust_cholesky
 from hpod.core.models import FitRequest, Owner, refit_due
+from hpod.core.objective import Objective
 from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView
 from hpod.core.space import SearchSpace
 from hpod.core.states import Decision, TrialState
@@ -178,6 +180,18 @@ def curve_input(
 
 
 @dataclass(frozen=True)
+class _Scalarization:
+    """Several objectives: the ParEGO scalarization one fit was made with (hpod.core.bo)."""
+
+    weights: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+
+    def __call__(self, vector: Sequence[float]) -> float:
+        return chebyshev(vector, self.weights, self.lo, self.hi)
+
+
+@dataclass(frozen=True)
 class _Row:
     x: Array
     level: float
@@ -200,8 +214,13 @@ class DyHPOScheduler:
         maximize: bool = False,
         min_points: int = 5,
         options: Mapping[str, Any] | None = None,
+        objective: Objective | None = None,
     ) -> None:
         opts = dict(options or {})
+        # Several objectives: the model learns the curves of a ParEGO scalarization, drawn anew
+        # for each fit; ``_scal`` is the installed model's, and the rows are under it.
+        self.multi = objective if objective is not None and objective.is_multi else None
+        self._scal: _Scalarization | None = None
         self.space = space
         self.asha = RungScheduler(levels, max_resource, eta, promotion=True)
         self.rungs = self.asha.rungs_of(0)  # the levels, then max_resource
@@ -235,31 +254,65 @@ class DyHPOScheduler:
             del self._rows[key]
         self._conditioned = None
 
-    def _training_rows(self, study: StudyView) -> list[_Row]:
+    def _training_rows(
+        self,
+        study: StudyView,
+        scal: _Scalarization | None = None,
+        rows: dict[tuple[int, float], _Row] | None = None,
+    ) -> list[_Row]:
         # A trial's curve below a rung it reached never changes again (reports past a pause are
         # not counted; a report taken back drops its rows, see forget), so each (trial, rung) row
-        # is built once.
+        # is built once (under one scalarization, with several objectives).
+        if rows is None:
+            rows, scal = self._rows, self._scal
         for t in study.trials:
             if not t.curve:
                 continue
             top = t.last_resource
+            series: Mapping[float, float] | None = None
             for level in self.rungs:
                 if level > top:
                     break
                 key = (t.trial_id, level)
-                if key in self._rows:
+                if key in rows:
                     continue
-                upto = [v for r, v in t.curve.items() if r <= level]
+                if series is None:
+                    series = self._series(t, scal)
+                upto = [v for r, v in series.items() if r <= level]
                 if not upto:
                     continue
-                value = study.objective.summary(upto)
-                self._rows[key] = _Row(
+                if self.multi is not None and scal is not None:
+                    vectors = [v for r, v in t.vectors.items() if r <= level]
+                    loss = scal(self.multi.minimized(self.multi.summary_vector(vectors)))
+                else:
+                    value = study.objective.summary(upto)
+                    loss = -value if self.maximize else value
+                rows[key] = _Row(
                     self.space.encode(_config_of(t)),
                     level,
-                    {r: v for r, v in t.curve.items() if r < level},
-                    -value if self.maximize else value,
+                    {r: v for r, v in series.items() if r < level},
+                    loss,
                 )
-        return [self._rows[k] for k in sorted(self._rows)]
+        return [rows[k] for k in sorted(rows)]
+
+    def _series(self, t: TrialView, scal: _Scalarization | None) -> Mapping[float, float]:
+        """The curve the model learns: the objective's, or the scalarized metrics (a loss)."""
+        if self.multi is None or scal is None:
+            return t.curve
+        minimized = self.multi.minimized
+        return {r: scal(minimized(v)) for r, v in t.vectors.items()}
+
+    def _draw(self, study: StudyView, n: int) -> _Scalarization:
+        """A new scalarization: weights uniform on the simplex from (seed, rows), each metric's
+        range over the values seen so far."""
+        assert self.multi is not None
+        k = len(self.multi.metrics)
+        rng = np.random.default_rng([self.seed, 0x9A5E, n])
+        weights = tuple(float(w) for w in rng.dirichlet(np.ones(k)))
+        seen = [self.multi.minimized(v) for t in study.trials for v in t.vectors.values()]
+        lo = tuple(min((v[i] for v in seen if math.isfinite(v[i])), default=0.0) for i in range(k))
+        hi = tuple(max((v[i] for v in seen if math.isfinite(v[i])), default=1.0) for i in range(k))
+        return _Scalarization(weights, lo, hi)
 
     def _scale(self, rows: Sequence[_Row]) -> tuple[float, float]:
         finite = [r.loss for r in rows if math.isfinite(r.loss)]
@@ -268,11 +321,18 @@ class DyHPOScheduler:
         return lo, max(hi - lo, 1e-12)
 
     def wants_fit(self, study: StudyView) -> FitRequest | None:
+        scal: _Scalarization | None = None
+        if self.multi is not None and self._scal is None:
+            # No model yet: the rows are counted under a first draw (they are as many).
+            self._scal = self._draw(study, 0)
         rows = self._training_rows(study)
         n = len(rows)
         if n < self.min_points or not refit_due(n, self._asked):
             return None
         self._asked = n
+        if self.multi is not None:
+            scal = self._draw(study, n)
+            rows = self._training_rows(study, scal, {})
         x, budget, curve, y = self._inputs(rows, *self._scale(rows))
         return FitRequest(
             "hpod.fit.dyhpo_torch:fit_deep_kernel",
@@ -285,6 +345,7 @@ class DyHPOScheduler:
                 "curve": curve,
                 "y": y,
                 "iterations": self.fit_iterations,
+                "scalarization": scal,
             },
         )
 
@@ -303,6 +364,12 @@ class DyHPOScheduler:
     def install(self, request: FitRequest, model: Any) -> None:
         self.model = model
         self._installed += 1
+        scal = request.data.get("scalarization")
+        if scal is not None and scal != self._scal:
+            # The model learnt this scalarization: decide under it, rows rebuilt to match.
+            self._scal = scal
+            self._rows = {}
+            self._conditioned = None
 
     def _budget(self, level: float) -> float:
         """A rung as the network sees it: on a log scale from the first rung (0) to max_resource
@@ -314,7 +381,9 @@ class DyHPOScheduler:
         return math.log(max(level, lo) / lo) / math.log(hi / lo)
 
     def _curve(self, curve: Mapping[float, float], below: float, lo: float, span: float) -> Array:
-        return curve_input(curve, below, self.max_resource, lo, span, self.maximize)
+        # A scalarized curve is a loss already.
+        maximize = self.maximize and self.multi is None
+        return curve_input(curve, below, self.max_resource, lo, span, maximize)
 
     # -- free slots ------------------------------------------------------------------------------
 
@@ -356,7 +425,7 @@ class DyHPOScheduler:
         for i, (t, nxt) in enumerate(paused):
             x[i] = self.space.encode(_config_of(t))
             budget[i] = self._budget(nxt)
-            curve[i] = self._curve(t.curve, nxt, lo, span)
+            curve[i] = self._curve(self._series(t, self._scal), nxt, lo, span)
         x[len(paused) :] = cands
         budget[len(paused) :] = self._budget(first)
         mu, var = model.predict(x, budget, curve)

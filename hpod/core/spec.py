@@ -401,8 +401,6 @@ class StudySpec:
                 "leave it 0 (or out)"
             )
         top.finish()
-        if objective is not None and objective.is_multi:
-            problems.extend(_multi_objective_problems(scheduler, searcher))
         if space is not None and not stored:
             problems.extend(_grid_problems(space, searcher, limits))
 
@@ -605,23 +603,6 @@ def _read_objective(sec: Section | None, problems: list[str]) -> Objective | Non
     if metric is None or mode is None or resource is None:
         return None
     return Objective(metric=metric, mode=mode, resource=resource)
-
-
-def _multi_objective_problems(scheduler: SchedulerSpec, searcher: SearcherSpec) -> list[str]:
-    """What cannot take several objectives: DyHPO, whose model learns one learning curve. Every
-    other scheduler ranks by Pareto front, and ``bo`` scalarizes the metrics (ParEGO)."""
-    out: list[str] = []
-    if searcher.type is SearcherType.DYHPO:
-        out.append(
-            'searcher.type: "dyhpo" models the curve of one objective; with several '
-            '[[objective.metrics]] use "bo" (random Chebyshev scalarizations), "random" or "grid"'
-        )
-    if scheduler.type is SchedulerType.DYHPO:
-        out.append(
-            'scheduler.type: "dyhpo" models the curve of one objective; with several '
-            '[[objective.metrics]] use "asha", "hyperband", "median" or "fifo"'
-        )
-    return out
 
 
 def _read_objectives(sec: Section, problems: list[str]) -> Objective | None:

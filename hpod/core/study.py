@@ -840,6 +840,7 @@ def make_scheduler(spec: StudySpec) -> Scheduler:
         maximize=spec.objective.maximize,
         min_points=spec.searcher.num_init_trials,
         options=s.options,
+        objective=spec.objective,
     )
 
 

@@ -203,3 +203,30 @@ def test_bo_with_two_objectives_proposes_from_the_model() -> None:
     assert study.decisions.get("model_starts", 0) >= 5
     assert len(weights_seen) >= 2
     assert len(study.front()) == 10
+
+
+def test_dyhpo_with_two_objectives_learns_a_scalarization() -> None:
+    from hpod.core.models import fit
+
+    extra = 'options = { fit_iterations = 15, candidates = 64 }\n[searcher]\ntype = "dyhpo"\n'
+    extra += "num_init_trials = 3"
+    study = make(scheduler="dyhpo", extra=extra, max_trials=14)
+    scalarizations = set()
+    for _ in range(40):
+        request = study.wants_fit()
+        if request is not None:
+            study.install(request, fit(request))
+            scalarizations.add(request.data["scalarization"])
+        launch = study.next_launch(0.0)
+        if launch is None:
+            break
+        x = float(launch.config["x"])
+        for epoch in range(int(launch.resume_from) + 1, int(launch.max_resource) + 1):
+            decision = report(study, launch.trial_id, epoch, x + 1 / epoch, x**0.5 - 1 / epoch)
+            if decision is not Decision.CONTINUE:
+                break
+        study.on_exit(launch.trial_id, 0, 0.0)
+    assert len(scalarizations) >= 2
+    assert all(s is not None and abs(sum(s.weights) - 1) < 1e-9 for s in scalarizations)
+    assert study.decisions.get("model_starts", 0) + study.decisions.get("model_promotions", 0) > 0
+    assert study.front()
