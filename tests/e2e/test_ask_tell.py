@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from hpod import Client
-from hpod.errors import BadState, InvalidParams, TokenRejected
+from hpod.errors import BadState, HpodError, InvalidParams, TokenRejected
 from tests.e2e.conftest import HERE, DaemonHandle
 
 e2e = pytest.mark.e2e
@@ -111,6 +111,15 @@ def _poll(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
             return got
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _generation(daemon: DaemonHandle) -> str | None:
+    """The generation of the daemon answering on the socket; None while none answers."""
+    try:
+        with Client(daemon.socket, timeout=5) as client:
+            return str(client.ping()["generation"])
+    except HpodError:
+        return None
 
 
 def _log(daemon: DaemonHandle, study: str, tid: int) -> list[dict[str, Any]]:
@@ -223,7 +232,9 @@ def test_ask_tell_study_with_an_abandoned_trial_and_a_told_value(daemon_factory:
 
 
 @e2e
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP], ids=["sigterm", "sigkill", "sighup"]
+)
 @pytest.mark.timeout(180)
 def test_a_handed_out_trial_survives_a_daemon_restart(daemon_factory: Any, sig: int) -> None:
     daemon: DaemonHandle = daemon_factory(slots=1)
@@ -235,8 +246,14 @@ def test_a_handed_out_trial_survives_a_daemon_restart(daemon_factory: Any, sig: 
     folder = Path(handed["env"]["HPOD_TRIAL_DIR"])
     with Client(daemon.socket) as client:
         _poll("the first report", lambda: _trial(client, sid, 0)["resource"] == 1)
-    daemon.stop(sig)
-    daemon.start()
+        before = client.ping()["generation"]
+    if sig == signal.SIGHUP:  # re-executed in place: the same pid, a new image
+        assert daemon.proc is not None
+        daemon.proc.send_signal(sig)
+        _poll("the re-executed daemon", lambda: _generation(daemon) not in (None, before))
+    else:
+        daemon.stop(sig)
+        daemon.start()
     (folder / "go").touch()  # its next reports go to the new daemon
     with Client(daemon.socket) as client:
         shown = client.study(sid)
