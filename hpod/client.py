@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import itertools
 import os
 import threading
 import time
@@ -71,7 +72,7 @@ class Client:
         # tell's reports carry a sender and a seq, as hpod.trial's do: one re-sent after a lost
         # answer is answered again, never counted twice.
         self._tell_sender = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._tell_seq = 0
+        self._tell_seq = itertools.count(1)  # next() is atomic: the client is thread-safe
 
     # -- the wire methods ------------------------------------------------------------------
 
@@ -296,8 +297,7 @@ class Client:
         True}``."""
         params: dict[str, Any] = {"study": study, "trial": trial, "token": token, "final": final}
         if metrics:
-            self._tell_seq += 1
-            params.update(metrics=dict(metrics), sender=self._tell_sender, seq=self._tell_seq)
+            params.update(metrics=dict(metrics), sender=self._tell_sender, seq=next(self._tell_seq))
         # A final tell is not sent twice: its run is gone after the first (TOKEN_REJECTED).
         return self._dict(self.call("tell", params, retry=not final))
 
