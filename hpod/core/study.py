@@ -602,17 +602,19 @@ class Study:
     def _unmeasured(self, t: _Trial) -> TrialState:
         """Fail a trial that ended by itself without reporting the objective, saying what it did
         report. (One the shell stopped first, a limit's or the user's, is only stopped.)"""
-        metric, resource = self.objective.metric, self.objective.resource
+        resource, names = self.objective.resource, self.objective.names
         if t.reported_keys:
+            wanted = " or ".join(repr(n) for n in names)
+            key = "objective.metrics" if self.objective.is_multi else "objective.metric"
             t.error = (
-                f"exited without reporting {metric!r}; it reported: "
+                f"exited without reporting {wanted}; it reported: "
                 f"{', '.join(sorted(t.reported_keys))} "
-                "(check objective.metric or the trial's report call)"
+                f"(check {key} or the trial's report call)"
             )
         else:
             t.error = (
                 "exited without reporting anything; report with "
-                f"hpod.trial.report({resource}=..., {metric}=...)"
+                f"hpod.trial.report({resource}=..., {', '.join(f'{n}=...' for n in names)})"
             )
         return TrialState.FAILED
 
@@ -693,7 +695,9 @@ class Study:
             last = next((f" (last failure: {t.error})" for t in reversed(failed) if t.error), "")
             self.end(
                 StudyState.FAILED,
-                f"no trial reported {self.objective.metric!r} (objective.metric): nothing was "
+                f"no trial reported {' or '.join(repr(n) for n in self.objective.names)} "
+                f"({'objective.metrics' if self.objective.is_multi else 'objective.metric'}): "
+                "nothing was "
                 f"measured{last}; check the trials with `hpodctl show` and `hpodctl logs`",
             )
         else:

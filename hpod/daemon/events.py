@@ -182,7 +182,11 @@ class EventLog:
                 "counted": outcome.counted,
             }
             ops.append(self.op(study.id, trial_id, "trial_reported", data, now))
-        if outcome.counted and engine.objective.metric in metrics:
+        objective = engine.objective
+        carries = objective.metric in metrics or (
+            objective.is_multi and any(n in metrics for n in objective.names)
+        )
+        if outcome.counted and carries:
             best = self._new_best(study, trial_id)
             if best is not None:
                 ops.append(self.op(study.id, trial_id, "new_best", best, now))

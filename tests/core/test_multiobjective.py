@@ -230,3 +230,18 @@ def test_dyhpo_with_two_objectives_learns_a_scalarization() -> None:
     assert all(s is not None and abs(sum(s.weights) - 1) < 1e-9 for s in scalarizations)
     assert study.decisions.get("model_starts", 0) + study.decisions.get("model_promotions", 0) > 0
     assert study.front()
+
+
+def test_a_trial_that_reports_none_of_the_metrics_fails_naming_them() -> None:
+    study = make(scheduler="fifo")
+    study.next_launch(0.0)
+    study.on_report(0, {"epoch": 1, "errr": 0.5}, 0.0)
+    assert study.on_exit(0, 0, 0.0) is TrialState.FAILED
+    assert study.record(0).error == (
+        "exited without reporting 'err' or 'acc2'; it reported: epoch, errr "
+        "(check objective.metrics or the trial's report call)"
+    )
+    # one of the two is enough to be measured
+    study.next_launch(0.0)
+    study.on_report(1, {"epoch": 1, "acc2": 0.5}, 0.0)
+    assert study.on_exit(1, 0, 0.0) is TrialState.COMPLETED
