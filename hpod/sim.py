@@ -8,9 +8,15 @@ seed: the same seed gives the same trace.
 
     python -m hpod.sim SPEC --benchmark NAME --workers 4 --budget EPOCHS --seeds 0-4 --json
 
-``--benchmark`` is a built-in name (see :mod:`hpod.benchmarks`) or ``path/to/file.py:function``
-with ``function(config, resource, seed) -> (metrics, seconds)``. The budget counts resource units
-actually trained (a resumed trial trains only from its resume level).
+``--benchmark`` is a built-in name (see :mod:`hpod.benchmarks` and, with two objectives,
+:mod:`hpod.benchmarks_mo`) or ``path/to/file.py:function`` with ``function(config, resource, seed)
+-> (metrics, seconds)``. The budget counts resource units actually trained (a resumed trial trains
+only from its resume level).
+
+A study with several objectives is measured by the hypervolume of its measured points (every
+report's metrics, each turned "smaller is better" by its mode) against a reference point: the area
+the non-dominated ones dominate, after each report and at the end of the budget
+(:class:`Hypervolume`, ``simulate(hypervolume=...)``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hpod.benchmarks import BUILTIN, Benchmark, StepFn
+from hpod.benchmarks_mo import MULTI, Front, Hypervolume, MultiBenchmark
 from hpod.core.models import fit
 from hpod.core.plans import Searcher
 from hpod.core.space import Config
@@ -45,6 +52,9 @@ class Point:
     seconds: float
     value: float  # as observed
     true_value: float | None  # the benchmark's true objective of that configuration
+
+
+_NOT_IN_JSON = ("trace", "history", "decision_seconds", "fit_seconds", "decisions", "hv_history")
 
 
 @dataclass(frozen=True)
@@ -64,12 +74,19 @@ class SimResult:
     decision_seconds: tuple[float, ...] = field(default=(), repr=False, compare=False)
     fit_seconds: tuple[float, ...] = field(default=(), repr=False, compare=False)
     decisions: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # Several objectives (simulate(hypervolume=...)): the hypervolume of the measured points at
+    # the end, the true one of the measured front's configurations, the front itself, and
+    # (epochs used, hypervolume, true hypervolume) each time the front changed.
+    hypervolume: float | None = None
+    true_hypervolume: float | None = None
+    front: tuple[tuple[float, ...], ...] = field(default=(), repr=False)
+    hv_history: tuple[tuple[float, float, float | None], ...] = field(default=(), repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("trace", "history", "decision_seconds", "fit_seconds", "decisions")
+            if f.name not in _NOT_IN_JSON
         }
         # JSON has no NaN: a diverged best is reported as null.
         return {
@@ -105,12 +122,14 @@ def simulate(
     optimum: float | None = None,
     step_size: float = 1.0,
     searcher: Searcher | None = None,
+    hypervolume: Hypervolume | None = None,
 ) -> SimResult:
     """Run one study on a benchmark until ``budget`` resource units are trained or it ends.
 
     The spec's searcher seed is replaced by ``seed``, which also seeds the benchmark's noise.
     ``searcher`` replaces the spec's searcher (a benchmark that hands every method the same
-    configurations in the same order).
+    configurations in the same order). ``hypervolume`` measures a study with several objectives
+    (the answer is then its front, not one trial: ``best_*`` and ``history`` stay empty).
     """
     spec = dataclasses.replace(spec, searcher=dataclasses.replace(spec.searcher, seed=seed))
     study = Study.new(spec) if searcher is None else Study(spec, searcher, make_scheduler(spec))
@@ -123,6 +142,8 @@ def simulate(
     history: list[Point] = []
     free = workers
     last_best: tuple[int, float] | None = None
+    front = Front(hypervolume) if hypervolume is not None else None
+    hv_history: list[tuple[float, float, float | None]] = []
 
     def schedule(job: _Job) -> None:
         nonlocal seq
@@ -165,7 +186,12 @@ def simulate(
         used += step_size
         outcome = study.on_report(job.trial_id, report, now)
         trace.append((round(now, 9), "report", job.trial_id, job.level, outcome.decision.value))
-        best = study.best()
+        if front is not None:
+            if front.add(front.hv.point(report), job.config):
+                hv_history.append((used, front.hypervolume(), front.true_hypervolume()))
+            best = None
+        else:
+            best = study.best()
         if best is not None and (best.trial_id, best.objective) != last_best:
             last_best = (best.trial_id, best.objective)
             tv = true_value(best.config) if true_value is not None else None
@@ -180,7 +206,7 @@ def simulate(
         if used >= budget:
             # Out of budget: the steps still in flight are not counted, as if a limit cut them.
             break
-    best = study.best()
+    best = study.best() if front is None else None
     tv = true_value(best.config) if best is not None and true_value is not None else None
     return SimResult(
         seed=seed,
@@ -196,16 +222,22 @@ def simulate(
         decision_seconds=tuple(decision_seconds),
         fit_seconds=tuple(fit_seconds),
         decisions=study.decisions,
+        hypervolume=None if front is None else front.hypervolume(),
+        true_hypervolume=None if front is None else front.true_hypervolume(),
+        front=() if front is None else tuple(sorted(p for p, _ in front.points)),
+        hv_history=tuple(hv_history),
     )
 
 
-def load_benchmark(name: str) -> Benchmark:
+def load_benchmark(name: str) -> Benchmark | MultiBenchmark:
     """A built-in by name, or ``path/to/file.py:function``."""
     if name in BUILTIN:
         return BUILTIN[name]
+    if name in MULTI:
+        return MULTI[name]
     path, sep, func = name.rpartition(":")
     if not sep or not path.endswith(".py"):
-        known = ", ".join(sorted(BUILTIN))
+        known = ", ".join(sorted([*BUILTIN, *MULTI]))
         raise ValueError(
             f"unknown benchmark {name!r}: use one of {known} or path/to/file.py:function"
         )
@@ -251,17 +283,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     budget = args.budget if args.budget is not None else 20 * spec.scheduler.max_resource
     for seed in parse_seeds(args.seeds):
-        res = simulate(
-            spec,
-            bench.step,
-            workers=args.workers,
-            budget=budget,
-            seed=seed,
-            true_value=bench.true_value,
-            optimum=bench.optimum,
-        )
+        if isinstance(bench, MultiBenchmark):
+            res = simulate(
+                spec,
+                bench.step,
+                workers=args.workers,
+                budget=budget,
+                seed=seed,
+                hypervolume=Hypervolume.of(bench),
+            )
+        else:
+            res = simulate(
+                spec,
+                bench.step,
+                workers=args.workers,
+                budget=budget,
+                seed=seed,
+                true_value=bench.true_value,
+                optimum=bench.optimum,
+            )
         if args.json:
             print(json.dumps(res.to_json(), allow_nan=False))
+        elif res.hypervolume is not None:
+            print(
+                f"seed={res.seed} hypervolume={res.hypervolume:.6g} "
+                f"true_hypervolume={res.true_hypervolume:.6g} front={len(res.front)} "
+                f"epochs={res.epochs_used:g} trials={res.trials} sim_seconds={res.sim_seconds:.1f}"
+            )
         else:
             regret = "" if res.regret is None else f" regret={res.regret:.4g}"
             print(
