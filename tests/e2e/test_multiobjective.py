@@ -140,6 +140,10 @@ def test_two_objectives_promote_by_pareto_rank_and_best_is_the_front(daemon: Any
     assert text.split()[:5] == ["RANK", "TRIAL", "FRONT", "ERR", "LAT"]
     text = daemon.ctl("trials", sid, check=True).stdout
     assert text.split()[:5] == ["TRIAL", "STATE", "RESOURCE", "ERR", "LAT"]
+    # A restarted daemon rebuilds every metric's values from the store: the same front.
+    assert daemon.stop() == 0
+    daemon.start()
+    assert daemon.ctl_json("best", sid) == front
 
 
 def test_new_best_events_name_trials_joining_the_front(daemon: Any) -> None:
