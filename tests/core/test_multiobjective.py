@@ -245,3 +245,32 @@ def test_a_trial_that_reports_none_of_the_metrics_fails_naming_them() -> None:
     study.next_launch(0.0)
     study.on_report(1, {"epoch": 1, "acc2": 0.5}, 0.0)
     assert study.on_exit(1, 0, 0.0) is TrialState.COMPLETED
+
+
+def test_hyperband_promotes_by_pareto_rank_in_each_bracket() -> None:
+    from hpod.core.rungs import ranked
+
+    study = make(scheduler="hyperband", extra="brackets = 2", max_trials=18)
+    promoted = 0
+    for _ in range(200):
+        launch = study.next_launch(0.0)
+        if launch is None:
+            break
+        if not launch.fresh:
+            # the promoted trial is within its rung's quota of the Pareto order, in its bracket
+            t = study.trials[launch.trial_id]
+            rung = launch.resume_from
+            peers = [p for p in study.trials if p.bracket == t.bracket]
+            order = [p.trial_id for p in ranked(study.objective, peers, rung)]
+            quota = max(1, len(order) // 3)
+            assert launch.trial_id in order[:quota]
+            promoted += 1
+        x = float(launch.config["x"])
+        for epoch in range(int(launch.resume_from) + 1, int(launch.max_resource) + 1):
+            err, acc = (x - 0.6) ** 2 + 1 / epoch, x - 1 / epoch
+            if report(study, launch.trial_id, epoch, err, acc) is not Decision.CONTINUE:
+                break
+        study.on_exit(launch.trial_id, 0, 0.0)
+    assert promoted >= 3
+    assert study.finished
+    assert study.front()
