@@ -195,7 +195,8 @@ def start_moasha(benchmarks: Sequence[str], seeds: int, tmp: str) -> list[subpro
     for name in benchmarks:
         bench = MULTI[name]
         head = int(20 * bench.max_resource) + WORKERS  # more than any run starts
-        configs = {name: {str(s): [Stream(bench, s)[i] for i in range(head)] for s in range(seeds)}}
+        streams = {s: Stream(bench, s) for s in range(seeds)}
+        configs = {name: {str(s): [st[i] for i in range(head)] for s, st in streams.items()}}
         path = Path(tmp) / f"configs-{name}.json"
         path.write_text(json.dumps(configs))
         cmd = [str(SYNE_PYTHON), str(HERE / "syne_multiobjective.py"), "--seeds", str(seeds)]
