@@ -28,8 +28,9 @@ from typing import Any
 import anyio
 
 from hpod.core.pareto import dominates
+from hpod.core.plans import TrialView as _TrialView
 from hpod.core.states import TrialState
-from hpod.core.study import Best, DecisionRecord, Launch, ReportOutcome, Study, TrialRecord
+from hpod.core.study import DecisionRecord, Launch, ReportOutcome, Study, TrialRecord
 from hpod.daemon.runtime import StudyRuntime
 from hpod.daemon.store import EventRow, Op, Store, event_op
 
@@ -66,21 +67,14 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _key_of(engine: Study, best: Best | None) -> tuple[float, float, int] | None:
-    """How ``Study.best`` ranks a trial: its sort key, then the further one, then the first."""
-    if best is None:
+def _rank(engine: Study, t: _TrialView, without: float | None) -> tuple[float, float, int] | None:
+    """A trial's key as ``Study.best`` orders them (smaller first), from its curve; ``without``:
+    leaving out the point at that resource (what it was before that report). None: no point."""
+    points = [(r, v) for r, v in t.curve.items() if r != without]
+    if not points:
         return None
-    return (engine.objective.sort_key(best.objective), -best.resource, best.trial_id)
-
-
-def _best_view(engine: Study, key: tuple[float, float, int]) -> dict[str, Any]:
-    t = engine.trials[key[2]]
-    return {
-        "trial": key[2],
-        "objective": engine.value_of(key[2]),
-        "resource": t.last_resource,
-        "config": dict(t.config),
-    }
+    value = engine.objective.summary([v for _, v in points])
+    return (engine.objective.sort_key(value), -points[-1][0], t.trial_id)
 
 
 class EventLog:
@@ -97,6 +91,8 @@ class EventLog:
         self._waiting = 0
         # study id -> (sort key, -resource, trial id) of its best, or None: none yet.
         self._best: dict[str, tuple[float, float, int] | None] = {}
+        # study id -> trial id -> its rank as Study.best orders them (see _new_best).
+        self._keys: dict[str, dict[int, tuple[float, float, int]]] = {}
         # Several objectives: study id -> trial id -> its minimized value vector, so a report
         # is checked against the others in O(trials), never a whole non-dominated sort.
         self._vectors: dict[str, dict[int, tuple[float, ...]]] = {}
@@ -187,50 +183,68 @@ class EventLog:
             objective.is_multi and any(n in metrics for n in objective.names)
         )
         if outcome.counted and carries:
-            best = self._new_best(study, trial_id)
+            best = self._new_best(study, trial_id, outcome.resource)
             if best is not None:
                 ops.append(self.op(study.id, trial_id, "new_best", best, now))
         return ops
 
-    def _new_best(self, study: StudyRuntime, trial_id: int) -> dict[str, Any] | None:
-        """The study's best as ``new_best`` says it, if this trial's report changed it.
+    def _new_best(
+        self, study: StudyRuntime, trial_id: int, resource: float
+    ) -> dict[str, Any] | None:
+        """The study's best as ``new_best`` says it, if this trial's report (at ``resource``)
+        changed it.
 
-        Only this trial's value changed: the best is the old one, or this trial if it now ranks
-        first, unless this trial was the best (then every trial is looked at again). So a report
-        costs a comparison, not a pass over the study's trials."""
+        Each trial's rank (``Study.best``'s key) is kept here and updated from the report
+        alone: the curve's last value, or for ``*_global`` the better of the kept one and the
+        new point. The best changes to this trial when it now ranks first; only when the best
+        trial itself fell behind are the kept ranks looked through (never the curves)."""
         engine = study.engine
-        sid = study.id
         if engine.objective.is_multi:
             return self._new_on_front(study, trial_id)
-        if sid not in self._best:
-            # The first report this daemon sees: the best so far, as of before it, is unknown;
-            # what ranks first now is news only if it is this trial.
-            self._best[sid] = _key_of(engine, engine.best())
-            now = self._best[sid]
-            if now is None or now[2] != trial_id:
-                return None
-            return _best_view(engine, now)
-        before = self._best[sid]
+        sid = study.id
         t = engine.trials[trial_id]
         if not t.curve:
             return None
         objective = engine.objective
-        # Its ranking value: the last one (the curve is in resource order), or for *_global
-        # the best of them.
-        value = (
-            engine.value_of(trial_id) if objective.is_global else next(reversed(t.curve.values()))
-        )
-        mine = (objective.sort_key(value), -t.last_resource, trial_id)
+        keys = self._keys.get(sid)
+        if keys is None:
+            # The first report this daemon sees: every trial's rank from its curve, this one's
+            # as it was before the report (once per study and daemon).
+            keys = self._keys[sid] = {
+                u.trial_id: key
+                for u in engine.trials
+                if (key := _rank(engine, u, resource if u.trial_id == trial_id else None))
+                is not None
+            }
+            self._best[sid] = min(keys.values(), default=None)
+        point = objective.sort_key(t.curve.get(resource, math.nan))
+        old = keys.get(trial_id)
+        if objective.is_global:
+            first = point if old is None else min(old[0], point)
+        else:
+            first = objective.sort_key(next(reversed(t.curve.values())))
+        mine = (first, -t.last_resource, trial_id)
+        keys[trial_id] = mine
+        before = self._best.get(sid)
         if before is not None and before[2] == trial_id:
-            now = _key_of(engine, engine.best())  # the best trial itself moved: maybe back
-        elif (before is None or mine < before) and not math.isinf(mine[0]):
+            # The best trial itself reported: still first if no worse, else look again.
+            now: tuple[float, float, int] | None = mine if mine <= before else min(keys.values())
+        elif before is None or mine < before:
             now = mine
         else:
             return None
+        if now is not None and math.isinf(now[0]):
+            now = None  # nothing but NaN: no best (as Study.best)
         self._best[sid] = now
         if now is None or now == before:
             return None
-        return _best_view(engine, now)
+        best = engine.trials[now[2]]
+        return {
+            "trial": now[2],
+            "objective": -now[0] if objective.maximize else now[0],
+            "resource": best.last_resource,
+            "config": dict(best.config),
+        }
 
     def _new_on_front(self, study: StudyRuntime, trial_id: int) -> dict[str, Any] | None:
         """Several objectives: ``new_best`` says a trial whose report puts it on the Pareto
@@ -281,6 +295,7 @@ class EventLog:
             },
         }
         self._best.pop(study.id, None)
+        self._keys.pop(study.id, None)
         return [self.op(study.id, None, "study_ended", data, at)]
 
     # -- waking the long polls ------------------------------------------------------------------
