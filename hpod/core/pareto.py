@@ -36,9 +36,39 @@ def dominates(a: Point, b: Point) -> bool:
 def non_dominated_sort(points: Sequence[Point]) -> list[list[int]]:
     """The successive Pareto fronts, as indices into ``points``, each front in index order.
 
-    Equal points never dominate each other, so duplicates share a front.
+    Equal points never dominate each other, so duplicates share a front. Two metrics take a
+    sweep, O(n log n + n * fronts); more take the pairwise O(n^2) of NSGA-II, since rungs and
+    the simulator sort often.
     """
     clean = [_clean(p) for p in points]
+    if clean and all(len(p) == 2 for p in clean):
+        return _sort_2d(clean)
+    return _sort_pairwise(clean)
+
+
+def _sort_2d(clean: Sequence[tuple[float, ...]]) -> list[list[int]]:
+    # In (x, y) order every earlier point has x <= this one's, so it is dominated by a front
+    # exactly when that front's lowest y is below its y, or equal to it at a smaller x.
+    lowest: list[tuple[float, float]] = []  # per front: (lowest y, the x of its first holder)
+    fronts: list[list[int]] = []
+    for i in sorted(range(len(clean)), key=lambda k: (clean[k][0], clean[k][1], k)):
+        x, y = clean[i]
+        k = 0
+        while k < len(fronts):
+            low_y, low_x = lowest[k]
+            if low_y > y or (low_y == y and low_x == x):
+                break
+            k += 1
+        if k == len(fronts):
+            fronts.append([])
+            lowest.append((y, x))
+        elif y < lowest[k][0]:
+            lowest[k] = (y, x)
+        fronts[k].append(i)
+    return [sorted(f) for f in fronts]
+
+
+def _sort_pairwise(clean: Sequence[tuple[float, ...]]) -> list[list[int]]:
     n = len(clean)
     dominated_by_count = [0] * n
     dominating: list[list[int]] = [[] for _ in range(n)]

@@ -109,3 +109,22 @@ def test_hypervolume_of_known_sets() -> None:
     assert hypervolume_2d([(math.nan, 0), (0, math.inf)], (3, 3)) == 0.0
     # a staircase: (0,3),(1,2),(2,1),(3,0) against (4,4): 4 + 3 + 2 + 1 = 10
     assert hypervolume_2d([(3, 0), (0, 3), (2, 1), (1, 2)], (4, 4)) == pytest.approx(10.0)
+
+
+def test_two_metric_sweep_agrees_with_the_pairwise_sort() -> None:
+    import random
+
+    from hpod.core.pareto import _clean, _sort_2d, _sort_pairwise
+
+    rng = random.Random(7)
+    for trial in range(300):
+        n = rng.randint(0, 40)
+        values = [0.0, 1.0, 2.0, 3.0, math.inf, math.nan] if trial % 2 else None
+        points = [
+            (rng.choice(values), rng.choice(values)) if values else (rng.random(), rng.random())
+            for _ in range(n)
+        ]
+        clean = [_clean(p) for p in points]
+        assert _sort_2d(clean) == _sort_pairwise(clean), points
+    # three metrics take the pairwise sort
+    assert non_dominated_sort([(1, 1, 1), (0, 2, 2), (2, 2, 2)]) == [[0, 1], [2]]
