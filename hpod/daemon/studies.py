@@ -42,6 +42,7 @@ from hpod.daemon.store import (
     insert_study_op,
     update_live_run_op,
     update_study_op,
+    update_trial_op,
 )
 from hpod.daemon.trials import Trials, trial_dir
 from hpod.daemon.views import best_view
@@ -320,6 +321,7 @@ class Studies:
                 await self.disk.update_study(row.id, state=engine.state.value)
             study = self._runtime(row, spec, engine)
             self._claim_folder(study)
+            await self._record_restored_ends(study, trial_rows, live)
             study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
             study.compute_seconds = {t.trial_id: t.compute_seconds for t in trial_rows}
             for tid in sorted(live):
@@ -348,6 +350,28 @@ class Studies:
                 # never run on CPU slots it did not accept; it waits, and `show` says why.
                 log.warning("study_waits_for_gpus", study=row.id, reason=refusal)
         await self.trials.forget_left([f for key, f in left.items() if key not in kept])
+
+    async def _record_restored_ends(
+        self, study: StudyRuntime, rows: list[TrialRow], live: set[int]
+    ) -> None:
+        """Runs whose exit a killed daemon never stored, and whose processes went with it:
+        ``Study.restore`` ends each as its last answer says (a PAUSE: paused, a STOP: ended).
+        That end is stored now, with its event (trial_paused, trial_ended), so the event stream
+        tells of it, and only once: the next restart finds it stored. (One left interrupted
+        runs again, and its trial_resumed tells of it.)"""
+        now = time.time()
+        for t in rows:
+            if t.state is not TrialState.RUNNING or t.trial_id in live:
+                continue
+            rec = study.engine.record(t.trial_id)
+            if rec.state in (TrialState.RUNNING, TrialState.INTERRUPTED):
+                continue
+            await self.disk.write(
+                update_trial_op(
+                    study.id, t.trial_id, state=rec.state.value, ended_at=now, error=rec.error
+                ),
+                *self.trials.events.exit_ops(study, rec, None, now),
+            )
 
     def _claim_folder(self, study: StudyRuntime) -> None:
         """A restored study's folder made its owner's and 0700 if an older hpod left it root's

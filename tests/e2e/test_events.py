@@ -8,6 +8,7 @@ prints as things happen, and the decision counts in ``show`` are the same after 
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import sqlite3
 import subprocess
@@ -239,3 +240,51 @@ def test_events_wire_method_long_polls_and_checks_its_params(daemon: Any) -> Non
                 client.call("events", {"study": sid, **bad})
         (Path(daemon.state_dir) / "studies" / sid / "go").touch()
         client.wait(sid, timeout=60)
+
+
+# A trial that is told STOP at its only step, then hangs (SIGTERM ignored) until killed.
+TOLD_THEN_HANG = """
+import os, signal, time
+from pathlib import Path
+from hpod import trial
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+decision = trial.report(step=1, loss=0.25)
+Path(os.environ["HPOD_TRIAL_DIR"], "told").write_text(f"{decision.value} {os.getpid()}")
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_run_that_died_with_its_daemon_after_its_stop_is_told_ended_once(daemon: Any) -> None:
+    text = spec("dies", steps=1, grace="60s", limits="max_trials = 1", points="partial_grid = true")
+    path = daemon.write_spec("dies", text.replace("trial_quad.py", "hang.py"))
+    (path.parent / "hang.py").write_text(TOLD_THEN_HANG)
+    sid = daemon.ctl_json("submit", str(path))["study"]
+    told = Path(daemon.state_dir) / "studies" / sid / "trials" / "0" / "told"
+    deadline = time.monotonic() + 30
+    while not (told.exists() and told.read_text()):
+        assert time.monotonic() < deadline, "the trial was never told"
+        time.sleep(0.02)
+    decision, pid = told.read_text().split()
+    assert decision == "STOP"
+    # The daemon, the trial and its shim killed before the trial's exit was recorded.
+    daemon.stop(signal.SIGKILL)
+    shim = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.killpg(int(pid), signal.SIGKILL)
+    os.kill(shim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in (pid, shim)):  # reaped, not zombies
+        assert time.monotonic() < deadline, "the run's processes never went"
+        time.sleep(0.02)
+    daemon.start()
+    assert daemon.ctl_json("wait", sid, "--timeout", "60")["state"] == "completed"
+    # The restart ended it as its STOP says, and told the stream so: once, also after another.
+    daemon.stop()
+    daemon.start()
+    kinds = [k for _, k, t in stored_events(daemon, sid) if t == 0]
+    assert kinds == ["trial_started", "trial_reported", "new_best", "trial_ended"]
+    with Client(daemon.socket) as client:
+        ended = [e for e in client.events(sid, follow=False) if e["kind"] == "trial_ended"]
+    assert ended[0]["data"]["state"] == "completed"
+    assert ended[0]["data"]["returncode"] is None
