@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -108,7 +107,7 @@ class EventLog:
         data: Mapping[str, Any] | None,
         at: float,
     ) -> Op:
-        return dataclass_wakes(event_op(study_id, trial_id, kind, data, at))
+        return event_op(study_id, trial_id, kind, data, at)
 
     @staticmethod
     def decision_ops(study_id: str, records: Iterable[DecisionRecord]) -> list[Op]:
@@ -342,11 +341,6 @@ class EventLog:
                     await changed.wait()
         finally:
             self._waiting -= 1
-
-
-def dataclass_wakes(op: Op) -> Op:
-    """``op`` marked as an event's: the store's writer wakes the long polls once it commits."""
-    return dataclasses.replace(op, wakes=True)
 
 
 def page(rows: Sequence[EventRow], after: int) -> dict[str, Any]:

@@ -505,6 +505,7 @@ def event_op(
     return Op(
         "INSERT INTO events (study_id, trial_id, at, kind, data) VALUES (?, ?, ?, ?, ?)",
         (study_id, trial_id, at, kind, _dump_json(data or {})),
+        wakes=True,  # every event wakes the stream's long polls once committed
     )
 
 

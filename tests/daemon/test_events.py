@@ -162,3 +162,20 @@ async def test_events_written_while_the_disk_is_full_are_kept_in_order(
     full[0] = False
     assert await disk.flush()
     assert [r.trial_id for r in store.load_events_after(0, "s-1")] == [0, 1, 2]
+
+
+async def test_every_event_op_wakes_the_long_polls_also_the_stores_own(store: Store) -> None:
+    # trial.oom writes with Store.add_event, not through the EventLog: its poll wakes too.
+    log = EventLog(store)
+    got = []
+
+    async def poll() -> None:
+        got.extend(await log.wait(0, "s-1", 10.0, 100))
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        await anyio.sleep(0.1)
+        await store.add_event("s-1", 0, "oom", {}, time.time())
+    assert [r.kind for r in got] == ["oom"]
+    assert time.monotonic() - started < 5.0
