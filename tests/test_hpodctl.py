@@ -533,3 +533,24 @@ def test_preview_says_how_many_points_a_grid_has(
     spec.write_text(spec.read_text().replace("partial_grid = true\n", ""))
     assert main(["preview", str(spec)]) == ErrorCode.INVALID_SPEC.exit_status
     assert "searcher.partial_grid = true" in capsys.readouterr().err
+
+
+def test_an_event_is_one_readable_line() -> None:
+    from hpod.cli.hpodctl import _fmt_event
+
+    event = {
+        "id": 17,
+        "study": "s1",
+        "trial": 3,
+        "at": 1_700_000_000.5,
+        "kind": "trial_ended",
+        "data": {"state": "completed", "objective": 0.12, "resource": 27, "error": None},
+    }
+    line = _fmt_event(event)
+    assert line.endswith("  #17  trial 3  trial_ended  state=completed objective=0.12 resource=27")
+    assert "\n" not in line
+    best = {"id": 5, "study": "s1", "trial": None, "at": 1.0, "kind": "study_ended",
+            "data": {"state": "completed", "best": {"trial": 3, "lr": 0.1}}}  # fmt: skip
+    assert "s1 study  study_ended  state=completed trial=3 lr=0.1" in _fmt_event(
+        best, with_study=True
+    )
