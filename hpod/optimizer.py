@@ -426,6 +426,12 @@ class Optimizer:
         """The best trial: ``{"study", "trial", "config", "objective", "resource"}``."""
         return self.client.best(self._study_id())
 
+    def front(self) -> list[dict[str, Any]]:
+        """Several objectives: the Pareto front, each trial as :meth:`best` gives it with
+        ``values`` (``{metric: value}``), by crowding distance (larger first), then trial id. A
+        single objective: ``[best()]``."""
+        return self.client.front(self._study_id())
+
     def active(self) -> list[dict[str, Any]]:
         """The trials running now. ClearML: ``get_active_experiments()``."""
         return [t for t in self.client.trials(self._study_id()) if t.get("state") == "running"]
@@ -882,5 +888,9 @@ def _clearml_row(row: Mapping[str, Any], metric: str) -> dict[str, Any]:
     out.setdefault("task_id", row.get("trial"))
     out.setdefault("hyper_parameters", row.get("config"))
     if not isinstance(row.get("metrics"), Mapping):
-        out["metrics"] = {metric: row.get("objective")}
+        # Several objectives: every metric ranked, as ClearML lists each objective's.
+        values = row.get("values")
+        out["metrics"] = (
+            dict(values) if isinstance(values, Mapping) else {metric: row.get("objective")}
+        )
     return out

@@ -140,6 +140,12 @@ def test_two_objectives_promote_by_pareto_rank_and_best_is_the_front(daemon: Any
     assert text.split()[:5] == ["RANK", "TRIAL", "FRONT", "ERR", "LAT"]
     text = daemon.ctl("trials", sid, check=True).stdout
     assert text.split()[:5] == ["TRIAL", "STATE", "RESOURCE", "ERR", "LAT"]
+    # The Python library: the front, and top-k rows with each metric as ClearML's metrics.
+    from hpod.optimizer import Optimizer
+
+    with Optimizer.attach(sid, socket_path=daemon.socket) as opt:
+        assert opt.front() == front
+        assert opt.top(3)[0]["metrics"] == top[0]["values"]
     # A restarted daemon rebuilds every metric's values from the store: the same front.
     assert daemon.stop() == 0
     daemon.start()
