@@ -152,7 +152,11 @@ class Client:
         """The Pareto front of a multi-objective study, best spread first: each trial as
         :meth:`best` gives it, with ``values`` (each metric's); a single objective's best,
         alone. NotFound if no result yet."""
-        return self._list(self.call("best", {"study": study, "front": True}))
+        result = self.call("best", {"study": study, "front": True})
+        if isinstance(result, dict):
+            # A daemon from before several objectives ignores "front": its one best trial.
+            return [result]
+        return self._list(result)
 
     def stop(self, study: str) -> dict[str, Any]:
         """Stop a study (its owner or root only): ``{"study", "state"}``."""

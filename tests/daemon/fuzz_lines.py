@@ -385,6 +385,34 @@ def method_fields(aim: Aim) -> dict[str, dict[str, Field]]:
         "gpus": {},
         "trial.report": {**trial, "metrics": _METRICS},
         "trial.oom": trial,
+        # The Python library's methods (issue 14). Never a real study for set (it could end it,
+        # and with it the trial's token) nor for a final tell.
+        "events": {
+            **study,
+            "after": _any(st.integers(min_value=0, max_value=10)),
+            "limit": _any(st.integers(min_value=1, max_value=100)),
+            "timeout": _TIMEOUT,
+        },
+        "decisions": {**study, "after": _any(st.integers(min_value=0, max_value=10))},
+        "set": {
+            "study": _study(aim, real=False),
+            "changes": _any(st.fixed_dictionaries({"priority": st.integers(1, 5)})),
+        },
+        "top": {
+            **study,
+            "k": _any(st.integers(min_value=1, max_value=5)),
+            "only_completed": _any(st.booleans()),
+            "all_metrics": _any(st.booleans()),
+        },
+        "trial": {**study, "trial": _trial(aim), "curve": _any(st.booleans())},
+        "ask": study,
+        "tell": {
+            "study": _study(aim, real=False),
+            "trial": _trial(aim),
+            "token": _token(aim),
+            "metrics": _METRICS,
+            "final": _any(st.booleans()),
+        },
     }
 
 

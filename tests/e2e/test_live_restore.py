@@ -250,8 +250,10 @@ def test_a_run_whose_process_died_with_its_daemon_is_resumed_from_its_checkpoint
     daemon.stop(signal.SIGKILL)
     # The trial and its shim die too (an OOM kill, a reboot's worth): nothing left to adopt.
     shim = int(Path(f"/proc/{trial_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    os.killpg(trial_pid, signal.SIGKILL)
+    # The shim first: killed after the trial, it could still write the trial's -9 (a trial
+    # killed while no daemon ran is recorded failed, as a live daemon would record it).
     os.kill(shim, signal.SIGKILL)
+    os.killpg(trial_pid, signal.SIGKILL)
     _until("the run's processes gone", lambda: not _alive(trial_pid) and not _alive(shim))
     daemon.start()
     final = daemon.ctl_json("wait", sid, "--timeout", "60")
