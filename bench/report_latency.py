@@ -255,6 +255,9 @@ def main() -> int:
     state = root / "state"
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    # The submit below carries this process's environment to the trials (the submitter's):
+    # its `python` must be this interpreter, the one with hpod installed.
+    os.environ["PATH"] = env["PATH"]
     daemon = start_daemon(root, args, env)
     try:
         # The harness talks to the daemon in-process: an hpodctl started inside the measured
