@@ -207,11 +207,13 @@ def run(
         tuner.run()
         seconds = time.perf_counter() - started
     if stream is not None:
-        started_configs = [recorder.configs[t] for t in sorted(recorder.configs)]
-        for i, c in enumerate(started_configs[: len(stream)]):
-            assert all(abs(float(c[k]) - float(stream[i][k])) < 1e-12 for k in bench.space), (
-                f"trial {i} is not the stream's configuration"
-            )
+        # By trial id: a trial started but cut by the budget before its first result is not in
+        # recorder.configs, and the ones after it keep their ids.
+        for t, c in recorder.configs.items():
+            if t < len(stream):
+                assert all(abs(float(c[k]) - float(stream[t][k])) < 1e-12 for k in bench.space), (
+                    f"trial {t} is not the stream's configuration"
+                )
     return {
         "method": METHOD,
         "benchmark": bench.name,
