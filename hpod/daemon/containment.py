@@ -28,6 +28,8 @@ import errno
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +123,44 @@ def _own_folder(path: Path) -> None:
     st = path.lstat()
     if not path.is_dir() or path.is_symlink() or st.st_uid != os.geteuid():
         raise PermissionError(errno.EACCES, f"{path} is not a folder of uid {os.geteuid()}")
+
+
+def _probe(base: Path) -> None:
+    """_NoCgroup unless a process can really be moved into a cgroup under ``base``: a tree that
+    lets a folder be made may still refuse the move (a container's, a controller's
+    no-internal-process rule), and then every trial's shim would fail to start."""
+    probe = base / f"probe.{os.getpid()}"
+    try:
+        _own_folder(probe)
+    except OSError as exc:
+        raise _NoCgroup(f"cannot make a cgroup in {base}: {_reason(exc)}") from None
+    # A child that waits for the end of its stdin (not fork(): the daemon has threads by now).
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", "import sys; sys.stdin.buffer.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={},
+    )
+    try:
+        (probe / "cgroup.procs").write_text(str(child.pid))
+    except OSError as exc:
+        raise _NoCgroup(f"cannot move a process into a cgroup in {base}: {_reason(exc)}") from None
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()  # its end of file: it exits
+        child.wait()
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                probe.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)  # the reaped child leaves the cgroup a moment later
 
 
 def _populated(path: Path) -> bool | None:
@@ -222,6 +262,7 @@ class Containment:
             _own_folder(base)
         except OSError as exc:
             raise _NoCgroup(f"cannot make {base}: {_reason(exc)}") from None
+        _probe(base)
         return cls.cgroups_in(base, f"root: one cgroup per run in {base}")
 
     # -- runs -------------------------------------------------------------------------------------

@@ -642,3 +642,23 @@ def test_release_removes_the_subtree_unless_a_run_is_in_it(folder: Path) -> None
     assert containment.kill_and_remove(again)
     containment.release()
     assert not base.exists()
+
+
+def test_a_tree_that_refuses_the_move_is_no_cgroup_tree(tmp_path: Path) -> None:
+    """discover's probe: a folder that can be made is not enough; a process must really be
+    movable into it, else every trial's shim would fail to start (auto falls back)."""
+    from hpod.daemon.containment import _NoCgroup, _probe
+
+    # A cgroup.procs that cannot be written (here: a folder in its place).
+    (tmp_path / f"probe.{os.getpid()}" / "cgroup.procs").mkdir(parents=True)
+    with pytest.raises(_NoCgroup, match="cannot move a process into a cgroup"):
+        _probe(tmp_path)
+
+
+@needs_cgroups
+def test_the_probe_moves_a_process_and_leaves_nothing(cgroups: Containment) -> None:
+    from hpod.daemon.containment import _probe
+
+    assert cgroups.base is not None
+    _probe(cgroups.base)
+    assert not any(p.name.startswith("probe.") for p in cgroups.base.iterdir())
