@@ -212,37 +212,20 @@ class ExternalRuns:
     ) -> TrialRun:
         """Take a handed-out run an earlier daemon left (a shutdown or a crash) back: its token,
         what it was last told, a fresh lease (it had no daemon to report to meanwhile)."""
-        rec = study.engine.record(row.trial_id)
-        wall, mono = time.time(), time.monotonic()
-        counted_to = max(row.launched_at, clocks_at or row.launched_at)
-        run = TrialRun(
-            row.trial_id,
-            "",
-            Launch(row.trial_id, rec.config, rec.resume_from, rec.max_resource, fresh=False),
+        mono = time.monotonic()
+        run = TrialRun.adopted_from(
+            row,
+            study.engine.record(row.trial_id),
             EXTERNAL_SLOT,
-            mono - max(0.0, wall - row.launched_at),
-            token_hash=bytes.fromhex(row.token_hash),
-            compute_from=mono - max(0.0, wall - counted_to),
-            adopted=True,
+            last,
+            clocks_at,
             external=True,
             lease_until=mono + study.spec.executor.lease,
             told_final=anyio.Event(),
         )
-        run.mark_time, run.mark_resource = mono, rec.resume_from
-        if last is not None and last.run == row.run:
-            run.last_sender, run.last_seq, run.last_answer = last.sender, last.seq, last.decision
-            if last.counted and last.resource is not None:
-                run.mark_resource = max(run.mark_resource, last.resource)
-        run.move(RunState.RUNNING)
         # What it was told still holds; a shutdown's stop (the only one stored) does not: a
         # handed-out run outlives its daemon.
-        engine = study.engine
-        if engine.state.is_final:
-            stop = StopReason.USER if engine.state is StudyState.STOPPED else StopReason.LIMIT
-            engine.mark_stopping(run.trial_id)
-            run.request_stop(stop, mono)
-        elif engine.trials[run.trial_id].ending is not None:
-            run.request_stop(StopReason.DECISION, mono + study.spec.stop_grace)
+        study.restate_stop(run, mono)
         study.runs[row.trial_id] = run
         self.trials._adopted.append((study, run))
         log.info(

@@ -14,12 +14,13 @@ import anyio
 
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
-from hpod.core.states import Decision
-from hpod.core.study import Launch, Study
+from hpod.core.states import Decision, StudyState
+from hpod.core.study import Launch, Study, TrialRecord
 from hpod.daemon.disk import Disk
 from hpod.daemon.procid import ProcessIdentity
 from hpod.daemon.runner import TrialProcess
 from hpod.daemon.slots import Slot
+from hpod.daemon.store import LiveRunRow, ReportRow
 from hpod.daemon.views import summary_view
 from hpod.errors import BadState
 from hpod.fit.fitter import FitStats
@@ -115,6 +116,45 @@ class TrialRun:
     lease_until: float = math.inf
     told_final: anyio.Event | None = None
     lease_lost: bool = False
+
+    @classmethod
+    def adopted_from(
+        cls,
+        row: LiveRunRow,
+        rec: TrialRecord,
+        slot: Slot,
+        last: ReportRow | None,
+        clocks_at: float | None,
+        *,
+        ended: float | None = None,
+        **extra: Any,
+    ) -> TrialRun:
+        """A run an earlier daemon left (live_runs ``row``), taken over: its token hash, what it
+        was last answered (``last``, its latest run's last report), running. ``ended``: when it
+        ended while no daemon watched (None: it runs still). Its time since launch is the
+        trial's; what the study's clocks had not counted (since ``clocks_at``, their last save)
+        is the study's compute, neither lost nor counted twice."""
+        wall, mono = time.time(), time.monotonic()
+        until = ended if ended is not None else wall
+        counted_to = max(row.launched_at, clocks_at or row.launched_at)
+        run = cls(
+            row.trial_id,
+            "",
+            Launch(row.trial_id, rec.config, rec.resume_from, rec.max_resource, fresh=False),
+            slot,
+            mono - max(0.0, until - row.launched_at),
+            token_hash=bytes.fromhex(row.token_hash),
+            compute_from=mono - max(0.0, until - counted_to),
+            adopted=True,
+            **extra,
+        )
+        run.mark_time, run.mark_resource = mono, rec.resume_from
+        if last is not None and last.run == row.run:
+            run.last_sender, run.last_seq, run.last_answer = last.sender, last.seq, last.decision
+            if last.counted and last.resource is not None:
+                run.mark_resource = max(run.mark_resource, last.resource)
+        run.move(RunState.RUNNING)
+        return run
 
     def __post_init__(self) -> None:
         if not self.token_hash:
@@ -243,3 +283,14 @@ class StudyRuntime:
 
     def wake(self) -> None:
         self.poke.set()
+
+    def restate_stop(self, run: TrialRun, mono: float) -> None:
+        """What an adopted run's study had told it still holds: a study that has ended stops
+        it now, a PAUSE or STOP answer gives it the grace period to save and exit, from now."""
+        engine = self.engine
+        if engine.state.is_final:
+            stop = StopReason.USER if engine.state is StudyState.STOPPED else StopReason.LIMIT
+            engine.mark_stopping(run.trial_id)
+            run.request_stop(stop, mono)
+        elif engine.trials[run.trial_id].ending is not None:
+            run.request_stop(StopReason.DECISION, mono + self.spec.stop_grace)

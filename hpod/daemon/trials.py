@@ -358,30 +358,16 @@ class Trials:
         """Take over a run an earlier daemon left alive (or that ended while none ran): its
         slot and GPUs, its token, what it was last told; its task starts with the others'."""
         row = left.row
-        rec = study.engine.record(row.trial_id)
         res = study.spec.resources
         slot = self.pool.claim(study.id, row.trial_id, row.devices, res.trials_per_gpu)
-        wall, mono = time.time(), time.monotonic()
-        # Its time since launch is the trial's; what the study's clocks had not counted yet
-        # (since their last save) is the study's compute, neither lost nor counted twice.
-        ended = left.exit.ended_at if left.exit is not None else wall
-        counted_to = max(row.launched_at, clocks_at or row.launched_at)
-        run = TrialRun(
-            row.trial_id,
-            "",
-            Launch(row.trial_id, rec.config, rec.resume_from, rec.max_resource, fresh=False),
+        run = TrialRun.adopted_from(
+            row,
+            study.engine.record(row.trial_id),
             slot,
-            mono - max(0.0, ended - row.launched_at),
-            token_hash=bytes.fromhex(row.token_hash),
-            compute_from=mono - max(0.0, ended - counted_to),
-            adopted=True,
+            last,
+            clocks_at,
+            ended=left.exit.ended_at if left.exit is not None else None,
         )
-        run.mark_time, run.mark_resource = mono, rec.resume_from
-        if last is not None and last.run == row.run:
-            run.last_sender, run.last_seq, run.last_answer = last.sender, last.seq, last.decision
-            if last.counted and last.resource is not None:
-                run.mark_resource = max(run.mark_resource, last.resource)
-        run.move(RunState.RUNNING)
         if left.exit is not None:
             run.away, run.away_identity = left.exit.returncode, left.identity
         else:
@@ -422,13 +408,7 @@ class Trials:
             if reason.forces_stop:
                 study.engine.mark_stopping(run.trial_id)
             run.request_stop(reason, due)
-        if study.engine.state.is_final:
-            stop = StopReason.USER if study.engine.state is StudyState.STOPPED else StopReason.LIMIT
-            study.engine.mark_stopping(run.trial_id)
-            run.request_stop(stop, mono)
-        elif study.engine.trials[run.trial_id].ending is not None:
-            # Answered PAUSE or STOP: the grace period to save and exit, from now.
-            run.request_stop(StopReason.DECISION, mono + study.spec.stop_grace)
+        study.restate_stop(run, mono)
 
     async def forget_left(self, runs: list[LeftRun]) -> None:
         """The runs left that were not adopted (gone, or of a study that could not be
