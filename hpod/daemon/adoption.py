@@ -18,43 +18,16 @@ This module reads files and ``/proc``; it starts, signals and stores nothing.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from hpod.daemon.procid import ProcessIdentity
+from hpod.daemon.runner import TrialExit
 from hpod.daemon.store import LiveRunRow
 
 Fate = Literal["alive", "ended", "gone"]
-
-
-@dataclass(frozen=True)
-class Exit:
-    """The trial's exit as its shim wrote it: Popen's returncode (negative: that signal)."""
-
-    returncode: int
-    ended_at: float
-
-    @classmethod
-    def read(cls, path: Path) -> Exit | None:
-        """The status file at ``path`` (the daemon's own 0700 folder), or None when there is
-        none yet or it cannot be read as one (a shim killed while writing leaves only its
-        temporary file, never a partial one: it renames into place)."""
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(raw, dict):
-            return None
-        rc, at = raw.get("returncode"), raw.get("ended_at")
-        if isinstance(rc, bool) or not isinstance(rc, int):
-            return None
-        if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
-            return None
-        return cls(rc, float(at))
 
 
 @dataclass(frozen=True)
@@ -65,7 +38,7 @@ class LeftRun:
     fate: Fate
     why: str
     identity: ProcessIdentity | None = None
-    exit: Exit | None = None
+    exit: TrialExit | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -89,7 +62,7 @@ def judge(row: LiveRunRow) -> LeftRun:
         # Killed between storing the launch and storing the started process: it may never
         # have started, and nothing proves which process would be it.
         return LeftRun(row, "gone", "its process was never recorded as started")
-    ended = Exit.read(Path(ident.status_path))
+    ended = TrialExit.read(Path(ident.status_path))
     if ended is not None:
         return LeftRun(row, "ended", "it ended while no daemon watched", ident, ended)
     if ident.matches():

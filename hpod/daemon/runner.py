@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import pwd
 import re
@@ -444,7 +445,8 @@ class TrialProcess:
                 except ChildProcessError:
                     pass
             self.shim_returncode = shim_rc
-            trial_rc = _read_status(Path(self.identity.status_path))
+            written = TrialExit.read(Path(self.identity.status_path))
+            trial_rc = None if written is None else written.returncode
             # An adopted shim that left no status was killed, or never had a trial to start
             # (its daemon died before it sent the arguments): the trial did nothing wrong.
             self.status_missing = trial_rc is None
@@ -633,18 +635,36 @@ def _shim_problem(
     )
 
 
-def _read_status(path: Path) -> int | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            raw = json.loads(f.read(4096))
-        code = raw["returncode"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
+@dataclass(frozen=True)
+class TrialExit:
+    """The trial's exit as its shim wrote it: Popen's returncode (negative: that signal), and
+    when. The one reader of the status file, for the run's own daemon and for the next one."""
+
+    returncode: int
+    ended_at: float
+
+    @classmethod
+    def read(cls, path: Path) -> TrialExit | None:
+        """The status file at ``path`` (the daemon's own 0700 folder; a link is not followed),
+        or None when there is none yet or it cannot be read as one (a shim killed while writing
+        leaves only its temporary file, never a partial one: it renames into place)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                raw = json.loads(f.read(4096))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(raw, dict):
+            return None
+        rc, at = raw.get("returncode"), raw.get("ended_at")
+        if isinstance(rc, bool) or not isinstance(rc, int):
+            return None
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+            return None
+        return cls(rc, float(at))
 
 
 def _started_monotonic(ticks: int) -> float:

@@ -25,7 +25,7 @@ import structlog
 from hpod.core import limits as lim
 from hpod.core.states import Decision, StudyState
 from hpod.core.study import Launch, ReportOutcome
-from hpod.daemon.adoption import Exit, LeftRun
+from hpod.daemon.adoption import LeftRun
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.containment import Containment, run_name
 from hpod.daemon.disk import POLL_SECONDS, Disk
@@ -36,6 +36,7 @@ from hpod.daemon.logcap import cut_trial_logs
 from hpod.daemon.procid import ProcessIdentity
 from hpod.daemon.runner import (
     LOG_STREAMS,
+    TrialExit,
     TrialLaunch,
     TrialProcess,
     TrialStartError,
@@ -375,7 +376,7 @@ class Trials:
             run.proc = await TrialProcess.adopt(self._trial_launch(study, run), left.identity)
             if run.proc is None:
                 # Gone between the survey and now: its status, if it wrote one, says how.
-                late = Exit.read(Path(left.identity.status_path))
+                late = TrialExit.read(Path(left.identity.status_path))
                 run.away = late.returncode if late is not None else None
                 run.away_identity = left.identity
         self._told_before(study, run, row)
