@@ -437,6 +437,19 @@ def _cmd_top(args: argparse.Namespace) -> int:
     if not top:
         print("no trial has an objective value yet")
         return 0
+    header, rows = _top_table(top)
+    if args.all_metrics:
+        header.append("METRICS")
+        for row, t in zip(rows, top, strict=True):
+            row.append(_fmt_config(t.get("metrics")))
+    _print_table(header, rows)
+    return 0
+
+
+def _top_table(top: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The top-k as a table (`hpodctl top`, the objective report): rank, trial, objective (for
+    several objectives: the Pareto front's number and each metric's value), resource, state,
+    config."""
     header = ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"]
     rows = [
         [
@@ -449,19 +462,13 @@ def _cmd_top(args: argparse.Namespace) -> int:
         ]
         for t in top
     ]
-    if "front" in top[0]:
-        # Several objectives: the Pareto front's number and each metric's value.
+    if top and "front" in top[0]:
         names = list(top[0].get("values") or {})
         header[2:3] = ["FRONT", *(n.upper() for n in names)]
         for row, t in zip(rows, top, strict=True):
             values = t.get("values") or {}
             row[2:3] = [_fmt(t.get("front")), *(_fmt(values.get(n)) for n in names)]
-    if args.all_metrics:
-        header.append("METRICS")
-        for row, t in zip(rows, top, strict=True):
-            row.append(_fmt_config(t.get("metrics")))
-    _print_table(header, rows)
-    return 0
+    return header, rows
 
 
 def _cmd_wait(args: argparse.Namespace) -> int:
@@ -503,9 +510,8 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         # The generation changes at each start and each re-exec (SIGHUP), the pid only at a start.
         print(f"pid {result['pid']}, generation {result.get('generation', '?')}")
     contained = result.get("containment")
-    if isinstance(contained, dict):
-        where = f" under {contained['base']}" if contained.get("base") else ""
-        print(f"trials contained by {contained.get('kind', '?')}{where}")
+    if isinstance(contained, Mapping):
+        print(_render_containment(contained))
     return 0
 
 
@@ -557,40 +563,10 @@ def _print_report(r: Mapping[str, Any]) -> None:
     else:
         print(f"best      {_fmt_best(best, with_config=True)}{best_at}")
     top = r.get("top_k") or []
-    if top and "front" in top[0]:
-        names = list(top[0].get("values") or {})
-        print("top (by front, crowding distance, trial id):")
-        _print_table(
-            ["RANK", "TRIAL", "FRONT", *(n.upper() for n in names), "RESOURCE", "STATE", "CONFIG"],
-            [
-                [
-                    _fmt(t.get("rank")),
-                    _fmt(t.get("trial")),
-                    _fmt(t.get("front")),
-                    *(_fmt((t.get("values") or {}).get(n)) for n in names),
-                    _fmt(t.get("resource")),
-                    _fmt(t.get("state")),
-                    _fmt_config(t.get("config")),
-                ]
-                for t in top
-            ],
-        )
-    elif top:
-        print("top:")
-        _print_table(
-            ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"],
-            [
-                [
-                    _fmt(t.get("rank")),
-                    _fmt(t.get("trial")),
-                    _fmt(t.get("objective")),
-                    _fmt(t.get("resource")),
-                    _fmt(t.get("state")),
-                    _fmt_config(t.get("config")),
-                ]
-                for t in top
-            ],
-        )
+    if top:
+        several = "front" in top[0]
+        print("top (by front, crowding distance, trial id):" if several else "top:")
+        _print_table(*_top_table(top))
     gpus = r.get("gpus") or []
     if gpus:
         print("gpus:")
