@@ -34,7 +34,7 @@ from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown, StoreFull
 from hpod.wire import loads_json, tag
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DB_NAME = "hpod.sqlite3"
 
 Durability = Literal["normal", "fsync"]
@@ -199,6 +199,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "CREATE INDEX decisions_by_study ON decisions (study_id, id)",
         "ALTER TABLE studies ADD COLUMN changes TEXT",
+    ),
+    # 7 -> 8: the executors and OTX's ways (docs/slurm.md, docs/time-budget.md, docs/oom.md).
+    # live_runs.handle / trials.handles: what an executor knows a run by (a Slurm job id), as
+    # JSON: the live run's, and every run's in order for `hpodctl show`. trials.retries: a
+    # trial's out-of-memory retries (the key, its value before and after, when), as a JSON
+    # list. studies.budget: the time budget's latest estimate and what it derived, as JSON.
+    7: (
+        "ALTER TABLE live_runs ADD COLUMN handle TEXT",
+        "ALTER TABLE trials ADD COLUMN handles TEXT",
+        "ALTER TABLE trials ADD COLUMN retries TEXT",
+        "ALTER TABLE studies ADD COLUMN budget TEXT",
     ),
 }
 

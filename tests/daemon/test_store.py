@@ -199,7 +199,7 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 7
+    assert int(version) == SCHEMA_VERSION == 8
     conn.close()
     assert (path.stat().st_mode & 0o777) == 0o600  # it holds trial tokens
 
