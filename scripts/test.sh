@@ -7,6 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
+bash scripts/system-packages.sh  # chromium, tmux, slurm-wlm, munge for the tests that use them
 
 failed=()
 run() {
