@@ -1,9 +1,11 @@
 """``hpodctl``: the command line for the daemon (and for trials that are not Python).
 
-Every read command takes ``--json`` and prints the daemon's raw result; without it the output is
-a compact table for people. Exit status: 0 on success, 2 on a usage error, and one status per
-:class:`~hpod.errors.ErrorCode` otherwise (``wait`` and ``submit --wait`` exit with
-:data:`~hpod.errors.EXIT_STUDY_NOT_COMPLETED` when the study ended in another state).
+Every command takes ``--json`` and prints the daemon's raw result; without it the output is a
+compact table for people. The global options (``--socket``, ``--json``) go before or after the
+command's name. Each command is registered with an example for its ``--help`` (:class:`AddCommand`).
+Exit status: 0 on success, 2 on a usage error, and one status per :class:`~hpod.errors.ErrorCode`
+otherwise (``wait`` and ``submit --wait`` exit with :data:`~hpod.errors.EXIT_STUDY_NOT_COMPLETED`
+when the study ended in another state); 141 (128 + SIGPIPE) when the reader of its output left.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from hpod import wire
+from hpod import __version__, wire
 from hpod.client import Client
 from hpod.core.durations import format_duration
 from hpod.errors import EXIT_STUDY_NOT_COMPLETED, HpodError
@@ -38,62 +42,133 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return command(args)
+        status = command(args)
+        sys.stdout.flush()  # here, where a closed pipe is still caught, not at exit
+        return status
     except HpodError as err:
         print(f"hpodctl: {err.message}", file=sys.stderr)
         return err.code.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `hpodctl ... | head`: the reader left. No traceback, and nothing more to write: stdout
+        # goes to /dev/null so that the interpreter's last flush finds no closed pipe either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 # -- arguments ---------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    # --socket lives on the top parser and on every subparser; SUPPRESS keeps a subparser that
-    # did not see it from overwriting the value given before the subcommand.
-    socket_opt = argparse.ArgumentParser(add_help=False)
-    socket_opt.add_argument(
+def _global_options(*, top: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (`hpodctl --json ls`, `hpodctl
+    ls --json`). On the subcommands their default is SUPPRESS, so that a subcommand that did not
+    see one keeps the value given before it."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("global options")
+    group.add_argument(
         "--socket",
         metavar="PATH",
-        default=argparse.SUPPRESS,
+        default=None if top else argparse.SUPPRESS,
         help="the daemon's socket (default: $HPOD_SOCKET, else the per-user or system socket)",
     )
-    json_opt = argparse.ArgumentParser(add_help=False)
-    json_opt.add_argument("--json", action="store_true", help="print the raw JSON result")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="print the raw JSON result",
+    )
+    return options
 
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps the description as usual, keeps the example's lines as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class AddCommand(Protocol):
+    """How a command is registered (here and by the other modules of hpod/cli): its name, the
+    function run, one line of help, and an example command line shown by its --help."""
+
+    def __call__(
+        self, name: str, func: Command, help_text: str, example: str
+    ) -> argparse.ArgumentParser: ...
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hpodctl", description="Control the hpod hyperparameter-optimization daemon."
+        prog="hpodctl",
+        description="Control the hpod hyperparameter-optimization daemon.",
+        epilog="Run `hpodctl COMMAND --help` for a command's options and an example.",
+        parents=[_global_options(top=True)],
     )
-    parser.add_argument(
-        "--socket", metavar="PATH", default=None, help="the daemon's socket (default: $HPOD_SOCKET)"
-    )
+    parser.add_argument("--version", action="version", version=f"hpodctl (hpod) {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    options = _global_options(top=False)
 
-    def add(name: str, func: Command, help_text: str, *, reads: bool = True) -> Any:
-        parents = [socket_opt, json_opt] if reads else [socket_opt]
-        p = sub.add_parser(name, parents=parents, help=help_text, description=help_text)
+    def add(name: str, func: Command, help_text: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            parents=[options],
+            help=help_text,
+            description=help_text,
+            epilog="example:\n" + "\n".join(f"  {line}" for line in example.splitlines()),
+            formatter_class=_HelpFormatter,
+        )
         p.set_defaults(func=func)
         return p
 
-    p = add("submit", _cmd_submit, "validate a study spec and submit it")
+    p = add(
+        "submit",
+        _cmd_submit,
+        "validate a study spec and submit it",
+        "hpodctl submit examples/quadratic/study.toml --wait",
+    )
     p.add_argument("spec", metavar="SPEC", type=Path, help="the study spec (TOML)")
     p.add_argument("--wait", action="store_true", help="wait for the study to end")
-    add("ls", _cmd_ls, "list the studies")
-    add("show", _cmd_show, "a study's detail, failures included").add_argument(
-        "study", metavar="STUDY"
+    add("ls", _cmd_ls, "list the studies", "hpodctl ls --json")
+    p = add("show", _cmd_show, "a study's detail, failures included", "hpodctl show quadratic-1")
+    p.add_argument("study", metavar="STUDY")
+    p = add("trials", _cmd_trials, "a study's trials", "hpodctl trials quadratic-1")
+    p.add_argument("study", metavar="STUDY")
+    p = add(
+        "best",
+        _cmd_best,
+        "the best configuration found so far; with -k, the best k trials, best first",
+        "hpodctl best quadratic-1\nhpodctl best quadratic-1 -k 5 --completed",
     )
-    add("trials", _cmd_trials, "a study's trials").add_argument("study", metavar="STUDY")
-    add("best", _cmd_best, "the best configuration found so far").add_argument(
-        "study", metavar="STUDY"
+    p.add_argument("study", metavar="STUDY")
+    p.add_argument("-k", metavar="N", type=int, default=None, help="the best N trials as a table")
+    p.add_argument(
+        "--completed", action="store_true", help="trials that ran to the end only (a table)"
     )
-    add("stop", _cmd_stop, "stop a study (its owner or root)", reads=False).add_argument(
-        "study", metavar="STUDY"
+    p.add_argument(
+        "--all-metrics",
+        action="store_true",
+        help="every metric of each one's last report (a table)",
     )
-    p = add("wait", _cmd_wait, "wait for a study to end; exit 0 if it completed")
+    p = add("stop", _cmd_stop, "stop a study (its owner or root)", "hpodctl stop quadratic-1")
+    p.add_argument("study", metavar="STUDY")
+    p = add(
+        "wait",
+        _cmd_wait,
+        "wait for a study to end; exit 0 if it completed",
+        "hpodctl wait quadratic-1 --timeout 600",
+    )
     p.add_argument("study", metavar="STUDY")
     p.add_argument("--timeout", metavar="S", type=float, default=None, help="give up after S s")
-    p = add("logs", _cmd_logs, "the tail of a trial's stderr (or stdout) log")
+    p = add(
+        "logs",
+        _cmd_logs,
+        "the tail of a trial's stderr (or stdout) log",
+        "hpodctl logs quadratic-1 3 --tail 20",
+    )
     p.add_argument("study", metavar="STUDY")
     p.add_argument("trial", metavar="TRIAL", type=int)
     stream = p.add_mutually_exclusive_group()
@@ -101,20 +176,22 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr")
     p.set_defaults(stream="stderr")
     p.add_argument("--tail", metavar="N", type=int, default=50, help="lines (default 50)")
-    add("ping", _cmd_ping, "check that the daemon answers")
+    add("ping", _cmd_ping, "check that the daemon answers", "hpodctl ping")
     p = add(
         "report",
         _cmd_report,
         "`report STUDY`: the study's objective report; "
         "`report key=value ...` inside a trial: report metrics and print the decision",
+        "hpodctl report quadratic-1\nhpodctl report epoch=3 val_acc=0.91   # inside a trial",
     )
     p.add_argument("args", nargs="+", metavar="STUDY | key=value")
-    add("gpus", _cmd_gpus, "the GPUs and the trials holding them")
+    add("gpus", _cmd_gpus, "the GPUs and the trials holding them", "hpodctl gpus")
     p = add(
         "set",
         _cmd_set,
         "change a running study (its owner or root): optimization_time, compute_time, "
         "deadline, max_trials, max_concurrent, report_period, priority",
+        "hpodctl set quadratic-1 optimization_time=30m max_concurrent=4",
     )
     p.add_argument("study", metavar="STUDY")
     p.add_argument(
@@ -124,19 +201,18 @@ def _parser() -> argparse.ArgumentParser:
         help='e.g. optimization_time=30m deadline=2026-12-02T18:00 max_concurrent=4 ("none" '
         "takes a limit away)",
     )
-    p = add("top", _cmd_top, "a study's best trials, best first")
-    p.add_argument("study", metavar="STUDY")
-    p.add_argument("-k", metavar="N", type=int, default=None, help="how many (default: top_k)")
-    p.add_argument("--completed", action="store_true", help="trials that ran to the end only")
-    p.add_argument(
-        "--all-metrics", action="store_true", help="every metric of each one's last report"
-    )
     add(
         "preview",
         _cmd_preview,
         "a spec's rungs, trials per bracket and rung, and budget, before anything runs",
+        "hpodctl preview examples/digits/study.toml",
     ).add_argument("spec", metavar="SPEC", type=Path, help="the study spec (TOML)")
-    p = add("events", _cmd_events, "a study's events (every study's without STUDY), one a line")
+    p = add(
+        "events",
+        _cmd_events,
+        "a study's events (every study's without STUDY), one a line",
+        "hpodctl events quadratic-1 -f --json",
+    )
     p.add_argument("study", metavar="STUDY", nargs="?", default=None)
     p.add_argument(
         "-f", "--follow", action="store_true", help="print new ones as they happen, until it ends"
@@ -144,9 +220,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--after", metavar="ID", type=int, default=0, help="only the events after this id"
     )
-    p = add("decisions", _cmd_decisions, "a study's scheduling decisions, one a line")
+    p = add(
+        "decisions",
+        _cmd_decisions,
+        "a study's scheduling decisions, one a line",
+        "hpodctl decisions quadratic-1",
+    )
     p.add_argument("study", metavar="STUDY")
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's name and its parser (for the help test and shell completion)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -337,6 +426,8 @@ def _cmd_trials(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
+    if args.k is not None or args.completed or args.all_metrics:
+        return _best_table(args)
     with _client(args) as client:
         front = client.front(args.study)
     if front and "values" in front[0]:
@@ -385,6 +476,9 @@ def _print_front(front: Sequence[Mapping[str, Any]], *, indent: str = "") -> Non
 def _cmd_stop(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.stop(args.study)
+    if args.json:
+        _print_json(result)
+        return 0
     print(f"study {_fmt(result.get('study', args.study))}: {_fmt(result.get('state'))}")
     return 0
 
@@ -403,6 +497,9 @@ def _cmd_set(args: argparse.Namespace) -> int:
         changes[key] = number if finite else raw
     with _client(args) as client:
         result = client.set(args.study, **changes)
+    if args.json:
+        _print_json(result)
+        return 0
     made = result.get("made") or []
     for change in made:
         print(f"study {_fmt(result.get('study'))}: {_fmt_change(change)}")
@@ -426,7 +523,8 @@ def _fmt_change(change: Mapping[str, Any]) -> str:
     return f"{when} uid {_fmt(change.get('by'))}: {key} {before} -> {after}"
 
 
-def _cmd_top(args: argparse.Namespace) -> int:
+def _best_table(args: argparse.Namespace) -> int:
+    """`hpodctl best STUDY -k N`: the best N trials (wire `top`), best first."""
     with _client(args) as client:
         top = client.top(
             args.study, args.k, only_completed=args.completed, all_metrics=args.all_metrics
@@ -447,7 +545,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 
 def _top_table(top: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """The top-k as a table (`hpodctl top`, the objective report): rank, trial, objective (for
+    """The top-k as a table (`hpodctl best -k`, the objective report): rank, trial, objective (for
     several objectives: the Pareto front's number and each metric's value), resource, state,
     config."""
     header = ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"]
@@ -519,7 +617,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     words: list[str] = args.args
     with_eq = [w for w in words if "=" in w]
     if with_eq and len(with_eq) == len(words):
-        return _report_metrics(words)
+        return _report_metrics(words, as_json=args.json)
     if with_eq or len(words) != 1:
         print(
             "hpodctl: usage: `hpodctl report STUDY` (the objective report) or "
@@ -573,7 +671,7 @@ def _print_report(r: Mapping[str, Any]) -> None:
         _print_generic(gpus)
 
 
-def _report_metrics(words: Sequence[str]) -> int:
+def _report_metrics(words: Sequence[str], *, as_json: bool) -> int:
     from hpod import trial
 
     metrics: dict[str, int | float] = {}
@@ -587,7 +685,11 @@ def _report_metrics(words: Sequence[str]) -> int:
             )
             return 2
         metrics[key] = value
-    print(trial.report(**metrics).value)
+    decision = trial.report(**metrics).value
+    if as_json:
+        _print_json({"decision": decision})
+    else:
+        print(decision)
     return 0
 
 

@@ -133,10 +133,10 @@ def test_two_objectives_promote_by_pareto_rank_and_best_is_the_front(daemon: Any
     report = daemon.ctl_json("report", sid)
     assert {b["trial"] for b in report["front"]} == expected
     assert report["top_k"][0]["front"] == 0
-    top = daemon.ctl_json("top", sid, "-k", "9")
+    top = daemon.ctl_json("best", sid, "-k", "9")
     assert [t["front"] for t in top] == sorted(t["front"] for t in top)
     assert {t["trial"] for t in top if t["front"] == 0} == expected
-    text = daemon.ctl("top", sid, check=True).stdout
+    text = daemon.ctl("best", sid, "-k", "9", check=True).stdout
     assert text.split()[:5] == ["RANK", "TRIAL", "FRONT", "ERR", "LAT"]
     text = daemon.ctl("trials", sid, check=True).stdout
     assert text.split()[:5] == ["TRIAL", "STATE", "RESOURCE", "ERR", "LAT"]

@@ -210,6 +210,6 @@ def test_top_and_trial_match_the_store(daemon_factory: Any) -> None:
     assert one["metrics"]["step"]["max"] == 3
     assert "curve" not in plain["metrics"]["loss"]
     assert math.isclose(plain["objective"], top[0]["objective"])
-    out = d.ctl("top", sid, "-k", "3", "--completed", check=True).stdout
+    out = d.ctl("best", sid, "-k", "3", "--completed", check=True).stdout
     assert out.splitlines()[0].split()[:3] == ["RANK", "TRIAL", "OBJECTIVE"]
     assert len(out.splitlines()) == 4

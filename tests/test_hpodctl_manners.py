@@ -1,0 +1,121 @@
+"""hpodctl's manners (issue 16): global options anywhere, --version, a closed pipe, an example in
+every command's --help, and `best -k` (the top-k table that was `hpodctl top`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpod import __version__
+from hpod.cli.hpodctl import _commands, _parser, main
+from tests.wire_server import WireServer
+
+pytestmark = pytest.mark.usefixtures("clean_trial_env")
+
+REPO = Path(__file__).resolve().parent.parent
+
+STUDIES = [{"study": "s1", "name": "quad", "state": "running", "owner": 0, "trials": {}}]
+TOP = [
+    {"rank": 1, "trial": 4, "objective": 0.5, "resource": 9, "state": "completed",
+     "config": {"x": 0.1}, "runs": 1},
+    {"rank": 2, "trial": 2, "objective": 0.7, "resource": 3, "state": "paused",
+     "config": {"x": 0.3}, "runs": 1},
+]  # fmt: skip
+
+
+@pytest.fixture
+def server() -> Iterator[WireServer]:
+    methods: dict[str, Any] = {
+        "ping": {"pong": True, "version": "0.1.0"},
+        "studies": STUDIES,
+        "top": TOP,
+        "stop": {"study": "s1", "state": "stopped"},
+        "set": {"study": "s1", "made": [], "changes": []},
+    }
+    with WireServer(methods) as srv:
+        yield srv
+
+
+def _hpodctl(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpod.cli.hpodctl", *argv],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--socket", "{s}", "ls"],
+        ["--socket", "{s}", "ls", "--json"],
+        ["ls", "--json", "--socket", "{s}"],
+        ["--json", "ls", "--socket", "{s}"],
+    ],
+)
+def test_global_options_before_or_after_the_command(
+    server: WireServer, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([a.replace("{s}", server.path) for a in argv]) == 0
+    assert json.loads(capsys.readouterr().out) == STUDIES
+
+
+def test_json_on_the_commands_that_change_things(
+    server: WireServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--json", "--socket", server.path, "stop", "s1"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"study": "s1", "state": "stopped"}
+    assert main(["--socket", server.path, "set", "s1", "max_trials=4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["study"] == "s1"
+
+
+def test_version() -> None:
+    with _hpodctl("--version", stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == f"hpodctl (hpod) {__version__}\n"
+
+
+def test_best_k_is_the_top_k_table(server: WireServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--socket", server.path, "best", "s1", "-k", "2", "--completed"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"]
+    assert lines[1].split() == ["1", "4", "0.5", "9", "completed", "x=0.1"]
+    assert server.calls("top") == [
+        {"study": "s1", "k": 2, "only_completed": True, "all_metrics": False}
+    ]
+    assert main(["--socket", server.path, "--json", "best", "s1", "-k", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == TOP
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    commands = _commands(_parser())
+    assert {"submit", "ls", "best", "wait", "logs", "ping"} <= commands.keys()
+    for name, command in commands.items():
+        text = command.format_help()
+        assert f"example:\n  hpodctl {name}" in text, name
+
+
+def test_a_closed_pipe_ends_quietly(server: WireServer) -> None:
+    # Far more than a pipe holds, so that hpodctl is still writing when `head` has gone.
+    server.methods["studies"] = [{**STUDIES[0], "study": f"s{i}"} for i in range(10_000)]
+    with _hpodctl(
+        "--socket", server.path, "ls", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline().split()[0] == "STUDY"
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    assert err == ""
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a program the pipe's signal ended
