@@ -23,7 +23,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +86,20 @@ class Client:
         *,
         request_id: str | None = None,
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Submit a study spec file: ``{"study": id, "name", "existing"}``.
 
-        The spec's relative paths (``workdir``) are resolved against the file's folder.
-        See :meth:`submit_text` for ``request_id``, ``env`` and the retries.
+        A TOML spec, or OTX's ``hpo_config.yaml`` (a ``.yaml`` file: submitted as the TOML spec
+        it makes, with ``command`` as its training command when the file has none; see
+        docs/otx.md). The spec's relative paths (``workdir``) are resolved against the file's
+        folder. See :meth:`submit_text` for ``request_id``, ``env`` and the retries.
         """
+        from hpod.core.spec import spec_file_text
+
         path = Path(spec_path).absolute()
-        return self.submit_text(
-            path.read_text(encoding="utf-8"), path.parent, request_id=request_id, env=env
-        )
+        text = spec_file_text(path, command=command)
+        return self.submit_text(text, path.parent, request_id=request_id, env=env)
 
     def submit_text(
         self,

@@ -28,8 +28,6 @@ written beside each method (docs/python-api.md has the table).
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import re
 import shutil
@@ -49,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from hpod.client import Client
+from hpod.core.tomlout import to_toml
 from hpod.errors import BadState, DaemonUnavailable, ShuttingDown
 
 __all__ = ["CallbackError", "Optimizer", "TrialEndCallback", "to_toml"]
@@ -819,48 +818,6 @@ def _param(name: str, value: Any) -> dict[str, Any]:
         f"space.{name}: give {{'param_type': ..., 'range': [...]}}, a tuple (type, *range) with a "
         f"type of {', '.join(PARAM_TYPES)}, or a list of choices; got {value!r}"
     )
-
-
-# -- a small TOML writer (the standard library reads TOML but does not write it) -------------
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string is a TOML basic string (same escapes, \uXXXX included).
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Mapping):
-        inner = ", ".join(f"{_key(str(k))} = {_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }" if inner else "{}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} in TOML")
-
-
-def to_toml(spec: Mapping[str, Any]) -> str:
-    """``spec`` as TOML: its scalars and arrays first, then one table per mapping (whose own
-    mappings are inline tables)."""
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in spec.items() if not isinstance(v, Mapping)]
-    for key, table in spec.items():
-        if isinstance(table, Mapping):
-            lines += ["", f"[{_key(key)}]"]
-            lines += [f"{_key(str(k))} = {_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
 
 
 # -- helpers ---------------------------------------------------------------------------------

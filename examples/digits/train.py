@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 20,  # only used outside hpod, where max_resource() has nothing to say
 }
 
+# OTX's names for two of the same knobs: its default hpo_config.yaml searches these, so that
+# file runs against this trial as it is (docs/otx.md). Its metric, accuracy, is reported too.
+OTX_NAMES = {"learning_parameters.learning_rate": "lr", "learning_parameters.batch_size": "bs"}
+
 CHECKPOINT = "model.pt"
 
 # Trials run side by side on a small machine: one thread each keeps them from fighting over
@@ -57,6 +61,9 @@ def _on_sigterm(signum, frame):
 
 def parse_config(argv):
     base = {**DEFAULTS, **trial.config(defaults=DEFAULTS)}
+    for otx_name, ours in OTX_NAMES.items():
+        if otx_name in base:
+            base[ours] = base.pop(otx_name)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, default=float(base["lr"]))
     parser.add_argument("--width", type=int, default=int(base["width"]))
@@ -184,7 +191,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         train_one_epoch(model, optimizer, x_tr, y_tr, cfg["bs"], gen)
         acc, loss = evaluate(model, x_va, y_va)
-        last = {"val_acc": acc, "val_loss": loss}
+        last = {"val_acc": acc, "val_loss": loss, "accuracy": acc}
         try:
             decision = trial.report(epoch=epoch, **last)
         except Exception:

@@ -36,7 +36,18 @@ Command = Callable[[argparse.Namespace], int]
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `submit hpo_config.yaml [--wait] -- python train.py ...`: what follows the first -- is a
+    # training command (docs/otx.md), never hpodctl's options.
+    after: list[str] | None = None
+    if "--" in words:
+        cut = words.index("--")
+        words, after = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    if after is not None:
+        if not hasattr(args, "command"):
+            parser.error("only submit and preview take a command after --")
+        args.command = after
     command: Command | None = getattr(args, "func", None)
     if command is None:
         parser.print_help(sys.stderr)
@@ -127,11 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     p = add(
         "submit",
         _cmd_submit,
-        "validate a study spec and submit it",
-        "hpodctl submit examples/quadratic/study.toml --wait",
+        "validate a study spec and submit it (hpo_config.yaml: SPEC [--wait] -- COMMAND ...)",
+        "hpodctl submit examples/quadratic/study.toml --wait\n"
+        "hpodctl submit examples/digits/hpo_config.yaml --wait -- python train.py",
     )
-    p.add_argument("spec", metavar="SPEC", type=Path, help="the study spec (TOML)")
+    p.add_argument(
+        "spec", metavar="SPEC", type=Path, help="the study spec (TOML), or OTX's hpo_config.yaml"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the study to end")
+    # Filled by main() from what follows `--`: an hpo_config.yaml's training command.
+    p.set_defaults(command=None)
     add("ls", _cmd_ls, "list the studies", "hpodctl ls --json")
     p = add("show", _cmd_show, "a study's detail, failures included", "hpodctl show quadratic-1")
     p.add_argument("study", metavar="STUDY")
@@ -201,12 +217,17 @@ def _parser() -> argparse.ArgumentParser:
         help='e.g. optimization_time=30m deadline=2026-12-02T18:00 max_concurrent=4 ("none" '
         "takes a limit away)",
     )
-    add(
+    p = add(
         "preview",
         _cmd_preview,
         "a spec's rungs, trials per bracket and rung, and budget, before anything runs",
-        "hpodctl preview examples/digits/study.toml",
-    ).add_argument("spec", metavar="SPEC", type=Path, help="the study spec (TOML)")
+        "hpodctl preview examples/digits/study.toml\n"
+        "hpodctl preview examples/digits/hpo_config.yaml -- python train.py",
+    )
+    p.add_argument(
+        "spec", metavar="SPEC", type=Path, help="the study spec (TOML), or OTX's hpo_config.yaml"
+    )
+    p.set_defaults(command=None)
     p = add(
         "events",
         _cmd_events,
@@ -247,9 +268,10 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     spec_path: Path = args.spec
-    _validate_locally(spec_path)
+    command = _after_dashes(args.command)
+    _validate_locally(spec_path, command)
     with _client(args) as client:
-        result = client.submit(spec_path)
+        result = client.submit(spec_path, command=command)
         study = str(result["study"])
         if not args.wait:
             if args.json:
@@ -263,12 +285,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         return _finish_wait(client.wait(study), as_json=args.json)
 
 
-def _validate_locally(spec_path: Path) -> None:
+def _after_dashes(words: Sequence[str] | None) -> list[str] | None:
+    """The command given after ``--`` (main() puts it in args.command), or None."""
+    return list(words) if words else None
+
+
+def _validate_locally(spec_path: Path, command: Sequence[str] | None = None) -> None:
     # Every problem is listed before the daemon is asked anything (the daemon checks again).
     # Imported here: the spec pulls in the search space, which `hpodctl ls` has no use for.
     from hpod.core.spec import StudySpec
 
-    StudySpec.from_file(spec_path)
+    StudySpec.from_file(spec_path, command=command)
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
@@ -708,7 +735,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from hpod.core.preview import preview
     from hpod.core.spec import StudySpec
 
-    out = preview(StudySpec.from_file(args.spec))
+    out = preview(StudySpec.from_file(args.spec, command=_after_dashes(args.command)))
     if args.json:
         _print_json(out)
         return 0

@@ -16,12 +16,12 @@ import os
 import re
 import shlex
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpod.core import passenv
+from hpod.core import otx, passenv
 from hpod.core.command import command_problems
 from hpod.core.deadlines import parse_deadline
 from hpod.core.durations import format_duration
@@ -266,6 +266,27 @@ class ExecutorSpec:
         return {"type": self.type.value, "lease": self.lease}
 
 
+@dataclass(frozen=True, slots=True)
+class OomSpec:
+    """``[oom]``: what a trial that ran out of memory gets (docs/oom.md). With no
+    ``batch_size_key`` an out-of-memory exit is a plain failure."""
+
+    # The configuration key halved on each retry (hpopt's batch_size_name); None: no retries.
+    batch_size_key: str | None = None
+    max_retries: int = 3  # retries of one trial, at most
+    min_value: int = 1  # the floor: a trial already at it is not retried but failed
+
+    @property
+    def enabled(self) -> bool:
+        return self.batch_size_key is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_retries": self.max_retries, "min_value": self.min_value}
+        if self.batch_size_key is not None:
+            out["batch_size_key"] = self.batch_size_key
+        return out
+
+
 _TOP_KEYS = (
     "name",
     "command",
@@ -283,6 +304,7 @@ _TOP_KEYS = (
     "limits",
     "report",
     "executor",
+    "oom",
 )
 
 
@@ -308,6 +330,8 @@ class StudySpec:
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
     # Who starts the trials: the daemon (local), or the caller of `ask` (external).
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    # What a trial that ran out of memory gets: retries with a halved batch (docs/oom.md).
+    oom: OomSpec = field(default_factory=OomSpec)
 
     # -- named constructors -------------------------------------------------------------------
 
@@ -318,6 +342,13 @@ class StudySpec:
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
+            if otx.looks_like_yaml(text):
+                raise SpecError(
+                    [
+                        "the spec is YAML, not TOML (OTX's hpo_config.yaml?): name the file "
+                        f".yaml and hpod reads it as OTX's format (docs/otx.md); TOML said: {exc}"
+                    ]
+                ) from None
             raise SpecError([f"TOML syntax error: {exc}"]) from None
         except RecursionError:  # tomllib recurses once per level of an array or inline table
             raise SpecError([_too_deep()]) from None
@@ -332,14 +363,17 @@ class StudySpec:
         return cls.from_mapping(raw, base_dir=base_dir, stored=stored)
 
     @classmethod
-    def from_file(cls, path: Path | str) -> StudySpec:
+    def from_file(cls, path: Path | str, *, command: Sequence[str] | None = None) -> StudySpec:
+        """A TOML spec, or OTX's ``hpo_config.yaml`` (a ``.yaml``/``.yml`` file, docs/otx.md).
+        ``command``: the training command given outside the file (YAML only)."""
         p = Path(path)
+        text = spec_file_text(p, command=command)
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise SpecError([f"{p}: cannot read the spec: {reason}"]) from None
-        return cls.from_toml(text, base_dir=p.absolute().parent)
+            return cls.from_toml(text, base_dir=p.absolute().parent)
+        except SpecError as exc:
+            if otx.is_yaml_path(p):
+                raise SpecError([otx.back(problem) for problem in exc.problems]) from None
+            raise
 
     @classmethod
     def from_mapping(
@@ -394,6 +428,7 @@ class StudySpec:
         resources = _read_resources(top.table("resources"), problems)
         limits = _read_limits(top.table("limits"), problems)
         report = _read_report(top.table("report"), problems)
+        oom = _read_oom(top.table("oom"), space, problems)
         if executor.external and resources.gpus_per_trial > 0:
             problems.append(
                 f"resources.gpus_per_trial: an external study's trials run where their caller "
@@ -436,6 +471,7 @@ class StudySpec:
             stop_grace=stop_grace,
             reconnect_timeout=reconnect_timeout,
             executor=executor,
+            oom=oom,
         )
 
     # -- forms --------------------------------------------------------------------------------
@@ -464,6 +500,8 @@ class StudySpec:
             out["reconnect_timeout"] = self.reconnect_timeout
         if self.executor != ExecutorSpec():
             out["executor"] = self.executor.to_dict()
+        if self.oom != OomSpec():
+            out["oom"] = self.oom.to_dict()
         return out
 
     def describe_limits(self) -> dict[str, str]:
@@ -474,6 +512,33 @@ class StudySpec:
             if value is not None:
                 out[key] = format_duration(value)
         return out
+
+
+def spec_file_text(path: Path | str, *, command: Sequence[str] | None = None) -> str:
+    """The TOML text a spec file submits: a TOML file's own, or the spec OTX's
+    ``hpo_config.yaml`` makes (:mod:`hpod.core.otx`). SpecError: unreadable, or YAML problems."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SpecError([f"{p}: cannot read the spec: {reason}"]) from None
+    if otx.is_yaml_path(p):
+        return otx.spec_toml(text, path=p, command=command, budget=_has_time_budget())
+    if command:
+        raise SpecError(
+            [
+                f"{p}: a TOML spec names its own command (command = [...]); a command after "
+                "the file is for OTX's hpo_config.yaml only"
+            ]
+        )
+    return text
+
+
+def _has_time_budget() -> bool:
+    """Whether [limits] takes the time budget (time_ratio, full_resource: docs/otx.md)."""
+    names = set(LimitsSpec.__dataclass_fields__)
+    return {"time_ratio", "full_resource"} <= names
 
 
 # -- placeholders ---------------------------------------------------------------------------------
@@ -914,3 +979,32 @@ def _read_executor(sec: Section | None, problems: list[str]) -> ExecutorSpec:
         sec.problem("lease", 'only an external executor has a lease (type = "external")')
     sec.finish()
     return ExecutorSpec(type=kind, lease=lease)
+
+
+def _read_oom(sec: Section | None, space: SearchSpace | None, problems: list[str]) -> OomSpec:
+    if sec is None:
+        return OomSpec()
+    sec.keys = ("batch_size_key", "max_retries", "min_value")
+    key = sec.string("batch_size_key", required=False)
+    retries = sec.integer("max_retries", default=3, minimum=1)
+    floor = sec.integer("min_value", default=1, minimum=1)
+    if key is not None and space is not None and key not in space:
+        sec.problem(
+            "batch_size_key",
+            f"{key!r} is not a parameter of [space]; the key halved on each retry must be one "
+            "(a fixed batch size: a choice of one value)",
+        )
+    elif key is not None and space is not None:
+        param = space[key]
+        if param.type is ParamType.CHOICE:
+            numeric = all(is_number(c) for c in param.choices)
+        else:
+            numeric = param.is_int
+        if not numeric:
+            sec.problem(
+                "batch_size_key",
+                f"{key!r} is a parameter of [space] whose values are not all integers; a batch "
+                "size is halved on each retry, so it must be an integer parameter",
+            )
+    sec.finish()
+    return OomSpec(batch_size_key=key, max_retries=retries, min_value=floor)
