@@ -242,6 +242,14 @@ def _parser() -> argparse.ArgumentParser:
         "--after", metavar="ID", type=int, default=0, help="only the events after this id"
     )
     p = add(
+        "top",
+        _cmd_top,
+        "a live view: the studies, the running trials, the GPUs (q or Ctrl-C quits)",
+        "hpodctl top\nhpodctl top quadratic-1 --once",
+    )
+    p.add_argument("study", metavar="STUDY", nargs="?", default=None, help="this study only")
+    p.add_argument("--once", action="store_true", help="print the view once and exit")
+    p = add(
         "decisions",
         _cmd_decisions,
         "a study's scheduling decisions, one a line",
@@ -548,6 +556,12 @@ def _fmt_change(change: Mapping[str, Any]) -> str:
     )
     before, after = shown(key, change.get("from")), shown(key, change.get("value"))
     return f"{when} uid {_fmt(change.get('by'))}: {key} {before} -> {after}"
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from hpod.cli import top
+
+    return top.run(args.socket, args.study, once=args.once, as_json=args.json)
 
 
 def _best_table(args: argparse.Namespace) -> int:
