@@ -11,6 +11,7 @@ resolved against ``base_dir`` as a path only (the daemon checks that it exists).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hpod.core import otx, passenv
+from hpod.core.budget import Shape, subset_ratio
 from hpod.core.command import command_problems
 from hpod.core.deadlines import parse_deadline
 from hpod.core.durations import format_duration
@@ -212,6 +214,10 @@ class LimitsSpec:
     trial_time: float | None = None  # seconds of one trial, summed over its runs
     # Epoch seconds by which the study ends (hpod.core.deadlines), whatever its clocks say.
     deadline: float | None = None
+    # The time budget (hpod.core.budget, docs/time-budget.md): the study may take this many
+    # times one full training to ``full_resource``, measured from its own trials.
+    time_ratio: float | None = None
+    full_resource: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -223,6 +229,10 @@ class LimitsSpec:
             out["trial_time"] = self.trial_time
         if self.deadline is not None:
             out["deadline"] = self.deadline
+        if self.time_ratio is not None:
+            out["time_ratio"] = self.time_ratio
+        if self.full_resource is not None:
+            out["full_resource"] = self.full_resource
         return out
 
 
@@ -332,6 +342,10 @@ class StudySpec:
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     # What a trial that ran out of memory gets: retries with a halved batch (docs/oom.md).
     oom: OomSpec = field(default_factory=OomSpec)
+    # The key paths the time budget filled in because the spec left them out
+    # ("scheduler.type", "space.subset_ratio", ...): said by preview and show. Not part of the
+    # spec's form: reading it again derives the same.
+    derived: tuple[str, ...] = field(default=(), compare=False)
 
     # -- named constructors -------------------------------------------------------------------
 
@@ -423,10 +437,17 @@ class StudySpec:
                 problems.extend(exc.problems)
 
         objective = _read_objective(top.table("objective", required=True), problems)
-        scheduler = _read_scheduler(top.table("scheduler"), problems)
+        limits = _read_limits(top.table("limits"), problems)
+        derived: list[str] = []
+        sched_sec = top.table("scheduler")
+        if limits.time_ratio is not None and sched_sec is None:
+            sched_sec = Section({}, "scheduler", problems, _SCHEDULER_KEYS)
+        limits = _budget_limits(limits, sched_sec, problems)
+        scheduler = _read_scheduler(sched_sec, problems, limits, derived)
+        if space is not None and limits.time_ratio is not None:
+            space = _budget_space(space, scheduler, limits, derived)
         searcher = _read_searcher(top.table("searcher"), space, scheduler, problems)
         resources = _read_resources(top.table("resources"), problems)
-        limits = _read_limits(top.table("limits"), problems)
         report = _read_report(top.table("report"), problems)
         oom = _read_oom(top.table("oom"), space, problems)
         if executor.external and resources.gpus_per_trial > 0:
@@ -472,6 +493,7 @@ class StudySpec:
             reconnect_timeout=reconnect_timeout,
             executor=executor,
             oom=oom,
+            derived=tuple(derived),
         )
 
     # -- forms --------------------------------------------------------------------------------
@@ -723,6 +745,8 @@ def _read_objectives(sec: Section, problems: list[str]) -> Objective | None:
     return Objective.multi(metrics, resource)
 
 
+_RUNG_SCHEDULERS = ("asha", "hyperband", "dyhpo")
+
 _SCHEDULER_KEYS = (
     "type",
     "min_resource",
@@ -738,19 +762,45 @@ _SCHEDULER_KEYS = (
 )
 
 
-def _read_scheduler(sec: Section | None, problems: list[str]) -> SchedulerSpec:
+def _read_scheduler(
+    sec: Section | None,
+    problems: list[str],
+    limits: LimitsSpec | None = None,
+    derived: list[str] | None = None,
+) -> SchedulerSpec:
     if sec is None:
         return SchedulerSpec()
     sec.keys = _SCHEDULER_KEYS
-    stype = sec.choice("type", SchedulerType, SchedulerType.FIFO)
-    if stype is not SchedulerType.FIFO and not sec.has("max_resource"):
+    # With a time budget, what the spec leaves out is derived (docs/time-budget.md): ASHA with
+    # the stopping rung type (one run per trial: no start-up paid again at each rung), up to
+    # the final training's resource.
+    budget = limits is not None and limits.time_ratio is not None
+    full = limits.full_resource if limits is not None else None
+    filled = derived if derived is not None else []
+    stype = sec.choice("type", SchedulerType, SchedulerType.ASHA if budget else SchedulerType.FIFO)
+    if budget and not sec.has("type"):
+        filled.append("scheduler.type")
+    if stype is not SchedulerType.FIFO and not sec.has("max_resource") and not budget:
         sec.problem("max_resource", f"missing; the {stype.value} scheduler needs it")
     min_r = sec.integer("min_resource", default=1, minimum=1)
-    max_r = sec.integer("max_resource", default=DEFAULT_FIFO_MAX_RESOURCE, minimum=1)
+    default_max = full if budget and full is not None else DEFAULT_FIFO_MAX_RESOURCE
+    max_r = sec.integer("max_resource", default=default_max, minimum=1)
+    if budget and not sec.has("max_resource"):
+        filled.append("scheduler.max_resource")
     if max_r < min_r:
         sec.problem("max_resource", f"{max_r} is less than min_resource {min_r}")
     eta = sec.number("reduction_factor", default=3.0, above=1.0)
-    rung_type = sec.choice("rung_type", RungType, RungType.PROMOTION)
+    rung_type = sec.choice(
+        "rung_type", RungType, RungType.STOPPING if budget else RungType.PROMOTION
+    )
+    if budget and not sec.has("rung_type") and stype in _RUNG_SCHEDULERS:
+        filled.append("scheduler.rung_type")
+    if budget and stype in _RUNG_SCHEDULERS:
+        filled.extend(
+            f"scheduler.{k}"
+            for k in ("min_resource", "reduction_factor", "rung_levels", "brackets")
+            if not sec.has(k)
+        )
     brackets = sec.integer("brackets", default=1, minimum=1)
     grace = sec.integer("grace_period", default=1, minimum=1)
     min_trials = sec.integer("min_trials", default=3, minimum=1)
@@ -923,6 +973,8 @@ def _read_limits(sec: Section | None, problems: list[str]) -> LimitsSpec:
         "compute_time",
         "trial_time",
         "deadline",
+        "time_ratio",
+        "full_resource",
     )
     deadline: float | None = None
     if sec.has("deadline"):
@@ -937,9 +989,88 @@ def _read_limits(sec: Section | None, problems: list[str]) -> LimitsSpec:
         compute_time=sec.duration("compute_time", default=None),
         trial_time=sec.duration("trial_time", default=None),
         deadline=deadline,
+        time_ratio=(
+            sec.number("time_ratio", default=0.0, above=0.0) if sec.has("time_ratio") else None
+        ),
+        full_resource=sec.integer("full_resource", minimum=1),
     )
+    if spec.time_ratio is not None and spec.optimization_time is not None:
+        sec.problem(
+            "optimization_time",
+            "give either optimization_time (a fixed wall clock) or time_ratio (the time "
+            "measured from the trials), not both",
+        )
+    if spec.full_resource is not None and spec.time_ratio is None:
+        sec.problem(
+            "full_resource",
+            "is the time budget's final training; set limits.time_ratio too (e.g. 4.0)",
+        )
     sec.finish()
     return spec
+
+
+def _budget_limits(
+    limits: LimitsSpec, scheduler: Section | None, problems: list[str]
+) -> LimitsSpec:
+    """A time budget's full_resource: given, or the scheduler's max_resource when that is."""
+    if limits.time_ratio is None or limits.full_resource is not None:
+        return limits
+    given = scheduler.get("max_resource") if scheduler is not None else None
+    if isinstance(given, int) and not isinstance(given, bool) and given >= 1:
+        return dataclasses.replace(limits, full_resource=given)
+    if given is not None:
+        return limits  # its own problem is listed with the scheduler's
+    problems.append(
+        "limits.full_resource: missing; time_ratio needs the final training's resource (the "
+        "epochs of one full training, hpopt's num_full_iterations), e.g. full_resource = 20"
+    )
+    return limits
+
+
+def budget_shape(scheduler: SchedulerSpec) -> Shape:
+    """The scheduler's rung system as the time budget's model sizes it."""
+    from hpod.core.rungs import rung_levels
+
+    rungs = scheduler.type in (
+        SchedulerType.ASHA,
+        SchedulerType.HYPERBAND,
+        SchedulerType.DYHPO,
+    )
+    if scheduler.type is SchedulerType.HYPERBAND:
+        brackets = min(scheduler.brackets, len(rung_levels(scheduler)) + 1)
+    else:
+        brackets = 1
+    return Shape(
+        levels=rung_levels(scheduler) if rungs else (),
+        max_resource=float(scheduler.max_resource),
+        reduction_factor=scheduler.reduction_factor,
+        brackets=brackets,
+        stopping=scheduler.rung_type is RungType.STOPPING,
+        rungs=rungs,
+    )
+
+
+# The config key of a trial's share of the dataset (hpod.trial.subset reads it).
+SUBSET_KEY = "subset_ratio"
+
+
+def _budget_space(
+    space: SearchSpace, scheduler: SchedulerSpec, limits: LimitsSpec, derived: list[str]
+) -> SearchSpace:
+    """A time budget's subset ratio, fixed in the space when the spec neither searches nor fixes
+    it and the budget cannot hold a full bracket on the whole dataset (hpod.core.budget)."""
+    if SUBSET_KEY in space.names or limits.time_ratio is None or limits.full_resource is None:
+        return space
+    ratio = subset_ratio(
+        budget_shape(scheduler),
+        limits.time_ratio,
+        limits.full_resource,
+        limits.max_concurrent or 1,
+    )
+    if ratio >= 1.0:
+        return space
+    derived.append("space.subset_ratio")
+    return SearchSpace((*space.params, Param.choice(SUBSET_KEY, [ratio])))
 
 
 def _read_report(sec: Section | None, problems: list[str]) -> ReportSpec:
