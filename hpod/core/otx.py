@@ -317,6 +317,9 @@ def spec_mapping(
         limits["time_ratio"] = ratio
         if full is not None:
             limits["full_resource"] = full
+        elif max_r is None:
+            # The budget needs one full training's resource; a file with neither says nothing.
+            limits["full_resource"] = FALLBACK_FULL_RESOURCE
     elif trials is None and max_r is not None:
         limits["max_trials"] = _fallback_trials(ratio, full or max_r, min_r or 1, max_r, rf, alg)
     out["limits"] = limits

@@ -45,8 +45,10 @@ def test_the_guides_default_file_with_hpopts_defaults(tmp_path: Path) -> None:
     assert bs.is_int
     assert (bs.low, bs.high, bs.step) == (32, 128, 2)
     assert spec.limits.max_concurrent == 1  # num_workers
-    assert spec.limits.max_trials is not None
-    assert spec.limits.max_trials >= 1
+    # expected_time_ratio is the time budget's: the trials are counted once it has measured.
+    assert spec.limits.time_ratio == 4.0
+    assert spec.limits.full_resource == 20
+    assert spec.limits.max_trials is None
 
 
 def test_bayes_opt_takes_hpopts_kappa_and_init_trials(tmp_path: Path) -> None:
@@ -153,7 +155,7 @@ def test_a_command_after_a_toml_spec_is_refused(tmp_path: Path) -> None:
 
 def test_the_toml_made_reads_back_to_the_same_spec(tmp_path: Path) -> None:
     path = _write(tmp_path, GUIDE.read_text())
-    text = otx.spec_toml(path.read_text(), path=path, command=["python", "train.py"])
+    text = otx.spec_toml(path.read_text(), path=path, command=["python", "train.py"], budget=True)
     raw = tomllib.loads(text)
     assert raw["space"]["learning_parameters.batch_size"]["range"] == [32, 128, 2]
     a = StudySpec.from_toml(text, base_dir=tmp_path)
