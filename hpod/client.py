@@ -275,6 +275,36 @@ class Client:
             out.extend(rows)
             after = int(page["cursor"])
 
+    def curves(
+        self, study: str, trial: int | None = None, *, after: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
+        """One page of a study's learning curves (method ``curves``; one ``trial``'s if given):
+        ``{"metric", "mode", "resource", "points", "next"}``, each point ``{"id", "trial",
+        "run", "resource", "at", "value", "metrics"}`` (``value``: the objective metric's),
+        oldest first, from the first report past the cursor ``after``; ``next`` is the cursor
+        of the next page, or None at the last one. :meth:`curve_points` reads every page."""
+        params: dict[str, Any] = {"study": study, "after": after}
+        if trial is not None:
+            params["trial"] = trial
+        if limit is not None:
+            params["limit"] = limit
+        return self._dict(self.call("curves", params))
+
+    def curve_points(self, study: str, trial: int | None = None) -> list[dict[str, Any]]:
+        """Every point of a study's learning curves (or one trial's), page by page."""
+        out: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.curves(study, trial, after=after)
+            points = page.get("points")
+            if not isinstance(points, list):
+                raise ProtocolError("the daemon's curves answer has no list of points")
+            out.extend(points)
+            nxt = page.get("next")
+            if nxt is None:
+                return out
+            after = int(nxt)
+
     def ask(self, study: str) -> dict[str, Any] | None:
         """Hand out the next trial of an external study (``[executor] type = "external"``) to
         run here, or None when none may run now (max_concurrent trials out, a time limit near,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hpod import __version__, wire
+from hpod.cli import curves
 from hpod.client import Client
 from hpod.core.durations import format_duration
 from hpod.errors import EXIT_STUDY_NOT_COMPLETED, HpodError
@@ -256,6 +257,7 @@ def _parser() -> argparse.ArgumentParser:
         "hpodctl decisions quadratic-1",
     )
     p.add_argument("study", metavar="STUDY")
+    curves.register(add)  # curves, plot, export
     return parser
 
 

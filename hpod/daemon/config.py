@@ -32,6 +32,7 @@ __all__ = [
     "DURABILITIES",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "READ_ACCESS",
     "ConfigError",
     "DaemonConfig",
     "GpuConfig",
@@ -46,6 +47,8 @@ BUSY_POLICIES = ("avoid", "share", "ignore")
 # How what a trial starts is kept from outliving it (hpod.daemon.containment): a cgroup per run
 # where one can be made, else the shim's subreaper ("auto"); only cgroups; only the subreaper.
 CONTAINMENTS = ("auto", "cgroup", "subreaper")
+# Who may read a study over the socket: everyone allowed on it, or its owner (root, admins).
+READ_ACCESS = ("anyone", "owner")
 
 
 class ConfigError(HpodError):
@@ -110,6 +113,10 @@ class DaemonConfig:
     # holds its studies until there is room again (0 = hold only once a write fails for space).
     min_free_disk: int = 256 * 1024**2
     containment: str = "auto"  # auto | cgroup | subreaper (hpod.daemon.containment)
+    # anyone: everyone on the socket reads every study; owner: its owner, root and admins only.
+    read_access: str = "anyone"
+    # The report's PNGs beside report.json (hpod.plots), where matplotlib is installed.
+    report_plots: bool = True
     gpu: GpuConfig = field(default_factory=GpuConfig)
 
     # -- named constructors ---------------------------------------------------------------------
@@ -222,6 +229,8 @@ class DaemonConfig:
             "idle_timeout": self.idle_timeout,
             "min_free_disk": self.min_free_disk,
             "containment": self.containment,
+            "read_access": self.read_access,
+            "report_plots": self.report_plots,
             "gpu": self.gpu.to_dict(),
         }
 
@@ -350,6 +359,12 @@ def _socket_group(value: Any, base: Path | None) -> str | None:
     return name
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {type_name(value)}")
+    return value
+
+
 def _admins(value: Any, base: Path | None) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of user names or uids, got {type_name(value)}")
@@ -392,6 +407,8 @@ _TOP_READERS: dict[str, Reader] = {
     "idle_timeout": lambda v, b: _duration(v, path="idle_timeout", positive=False),
     "min_free_disk": lambda v, b: parse_size(v, "min_free_disk"),
     "containment": _one_of(CONTAINMENTS),
+    "read_access": _one_of(READ_ACCESS),
+    "report_plots": lambda v, b: _boolean(v),
 }
 # [gpu] is a table of its own, read by _read_gpu.
 _TOP_KEYS = (*_TOP_READERS, "gpu")

@@ -28,7 +28,7 @@ from hpod.daemon.events import PAGE_MAX
 from hpod.daemon.events import page as events_page
 from hpod.daemon.external import HeldAnswer, final_metrics
 from hpod.daemon.gpus import DevicePool
-from hpod.daemon.reads import metric_summary, ranked, top_view
+from hpod.daemon.reads import curves_page, metric_summary, ranked, top_view
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.server import AnsweringHandler, Handler, Peer
 from hpod.daemon.store import metrics_text, report_op
@@ -198,6 +198,7 @@ class Methods:
             "trial.oom": self._trial_oom,
             "events": self._events,
             "decisions": self._decisions,
+            "curves": self._curves,
             "ask": self._ask,
             "tell": self._tell,
         }
@@ -210,12 +211,29 @@ class Methods:
         return self.pool.view()
 
     async def _report(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return self.studies.report(self._get_study(params))
+        return self.studies.report(self._read_study(peer, params))
 
     # -- control methods -------------------------------------------------------------------------
 
     def _get_study(self, params: Mapping[str, Any]) -> StudyRuntime:
         return self.studies.get(_param_str(params, "study"))
+
+    def _may_read(self, peer: Peer, owner: int) -> bool:
+        """Whether ``peer`` may read a study of ``owner``'s (the ``read_access`` setting)."""
+        return (
+            self.config.read_access == "anyone"
+            or peer.uid in (0, owner)
+            or peer.uid in self.config.admins
+        )
+
+    def _read_study(self, peer: Peer, params: Mapping[str, Any]) -> StudyRuntime:
+        """The study a read names; one the peer may not read is answered as one that does not
+        exist (read_access = "owner"), so its id, name and owner stay unknown."""
+        name = _param_str(params, "study")
+        study = self.studies.get(name)
+        if not self._may_read(peer, study.owner):
+            raise NotFound(f"no study {name!r} that you may read; list yours with `hpodctl ls`")
+        return study
 
     async def _ping(self, peer: Peer, params: dict[str, Any]) -> Any:
         return {
@@ -246,10 +264,10 @@ class Methods:
         return {"study": study.id, "name": study.spec.name, "existing": admitted.existing}
 
     async def _studies(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return [s.summary() for s in self.studies.all()]
+        return [s.summary() for s in self.studies.all() if self._may_read(peer, s.owner)]
 
     async def _study(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         out = study.summary()
         out["spec"] = study.spec.to_dict()
         # Whose environment its trials start from; the names only, since `show` answers anyone
@@ -306,14 +324,14 @@ class Methods:
         return out
 
     async def _trials(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         return [trial_view(study.engine, rec) for rec in study.engine.records()]
 
     async def _best(self, peer: Peer, params: dict[str, Any]) -> Any:
         """The best trial; with ``front``, the Pareto front as a list (a multi-objective
         study's answer: every non-dominated trial with each metric's value; one trial, the
         best, for a single objective)."""
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         engine = study.engine
         if _param_flag(params, "front"):
             front = front_view(study.id, engine)
@@ -347,14 +365,14 @@ class Methods:
         return {"study": study.id, "state": study.engine.state.value}
 
     async def _wait(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         timeout = _param_timeout(params)
         with anyio.move_on_after(timeout):
             await study.done.wait()
         return study.summary()
 
     async def _logs(self, peer: Peer, params: dict[str, Any]) -> Any:
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         trial_id = _param_int(params, "trial")
         study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
         stream = params.get("stream", "stderr")
@@ -474,16 +492,28 @@ class Methods:
 
     async def _events(self, peer: Peer, params: dict[str, Any]) -> Any:
         """The event stream: the events past ``after``, waiting up to ``timeout`` for one."""
-        sid = None if params.get("study") is None else self._get_study(params).id
+        sid = None if params.get("study") is None else self._read_study(peer, params).id
         after = _param_cursor(params)
         limit = _param_limit(params)
         timeout = _param_timeout(params) or 0.0
         rows = await self.trials.events.wait(after, sid, timeout, limit)
+        if sid is None and self.config.read_access != "anyone":
+            # The cursor goes past the events left out, so the next poll does not see them again.
+            cursor = rows[-1].id if rows else after
+            page = events_page([r for r in rows if self._may_read_event(peer, r.study_id)], after)
+            page["cursor"] = cursor
+            return page
         return events_page(rows, after)
+
+    def _may_read_event(self, peer: Peer, study_id: str | None) -> bool:
+        if study_id is None:  # the daemon's own events
+            return True
+        study = self.studies.find(study_id)
+        return study is not None and self._may_read(peer, study.owner)
 
     async def _decisions(self, peer: Peer, params: dict[str, Any]) -> Any:
         """A study's decision records past ``after`` (one per scheduling decision)."""
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         after = _param_cursor(params)
         rows = self.studies.store.load_decisions(study.id, after, _param_limit(params))
         return {
@@ -501,6 +531,22 @@ class Methods:
             ],
             "cursor": rows[-1].id if rows else after,
         }
+
+    async def _curves(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """A page of a study's learning curves (one ``trial``'s, if given): its reports past the
+        cursor ``after``, oldest first, each with the objective's value; ``next`` is the cursor
+        for the next page, or None once this page reached the last report stored now."""
+        study = self._read_study(peer, params)
+        trial_id = None if params.get("trial") is None else _param_int(params, "trial")
+        if trial_id is not None:
+            study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
+        after = _param_cursor(params)
+        limit = _param_limit(params)
+        # One more than asked: whether another page follows, without a second query.
+        rows = await anyio.to_thread.run_sync(
+            self.studies.store.load_reports_page, study.id, trial_id, after, limit + 1
+        )
+        return curves_page(study.engine, rows, limit)
 
     async def _trial_oom(self, peer: Peer, params: dict[str, Any]) -> Any:
         study, run = self._authenticate(params)
@@ -532,7 +578,7 @@ class Methods:
 
     async def _top(self, peer: Peer, params: dict[str, Any]) -> Any:
         """The best ``k`` trials (default: the spec's top_k), best first."""
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         k = params.get("k", study.spec.report.top_k)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidParams(f"parameter 'k' must be a positive integer, not {wire.shown(k)}")
@@ -546,7 +592,7 @@ class Methods:
 
     async def _trial(self, peer: Peer, params: dict[str, Any]) -> Any:
         """One trial, with every metric it reported: last, min, max (and the curve)."""
-        study = self._get_study(params)
+        study = self._read_study(peer, params)
         trial_id = _param_int(params, "trial")
         rec = study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
         curve = _param_flag(params, "curve")

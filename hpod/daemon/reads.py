@@ -15,7 +15,7 @@ from hpod.core.study import Study
 from hpod.daemon.reports import pareto_fronts
 from hpod.daemon.store import ReportRow
 
-__all__ = ["metric_summary", "ranked", "top_view"]
+__all__ = ["curves_page", "metric_summary", "ranked", "top_view"]
 
 
 def _number(value: Any) -> float | None:
@@ -96,3 +96,30 @@ def metric_summary(reports: Iterable[ReportRow], *, curve: bool) -> dict[str, di
             if curve:
                 entry.setdefault("curve", []).append([rep.resource, value])
     return out
+
+
+def curves_page(study: Study, rows: Sequence[ReportRow], limit: int) -> dict[str, Any]:
+    """The ``curves`` answer: the first ``limit`` of ``rows`` (report rows, oldest first) as
+    points ``{id, trial, run, resource, at, value, metrics}`` (``value``: the objective metric's,
+    None where the report had none or not a number), and ``next``: the last point's id when
+    ``rows`` held more than ``limit``, else None."""
+    objective = study.objective
+    points = [
+        {
+            "id": r.id,
+            "trial": r.trial_id,
+            "run": r.run,
+            "resource": r.resource,
+            "at": r.at,
+            "value": _number(r.metrics.get(objective.metric)),
+            "metrics": dict(r.metrics),
+        }
+        for r in rows[:limit]
+    ]
+    return {
+        "metric": objective.metric,
+        "mode": objective.mode.value,
+        "resource": objective.resource,
+        "points": points,
+        "next": points[-1]["id"] if len(rows) > limit else None,
+    }

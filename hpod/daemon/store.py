@@ -930,6 +930,24 @@ class Store:
             _report_row,
         )
 
+    def load_reports_page(
+        self, study_id: str, trial_id: int | None, after: int, limit: int
+    ) -> list[ReportRow]:
+        """Up to ``limit`` of a study's reports (one trial's, with ``trial_id``) with an id past
+        ``after``, oldest first: a page of the learning curves (method ``curves``)."""
+        if trial_id is None:
+            return self._query(
+                "SELECT * FROM reports WHERE study_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (study_id, after, limit),
+                _report_row,
+            )
+        return self._query(
+            "SELECT * FROM reports WHERE study_id = ? AND trial_id = ? AND id > ? ORDER BY id"
+            " LIMIT ?",
+            (study_id, trial_id, after, limit),
+            _report_row,
+        )
+
     def load_events(self, study_id: str | None = None) -> list[EventRow]:
         if study_id is None:
             return self._query("SELECT * FROM events ORDER BY id", (), _event_row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from hpod.core.passenv import submit_env
 from hpod.core.spec import StudySpec
 from hpod.core.states import StudyState, TrialState
 from hpod.core.study import Study, TrialRecord
+from hpod.daemon import plotting
 from hpod.daemon.adoption import survey
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.gpus import DevicePool
+from hpod.daemon.reads import curves_page
 from hpod.daemon.reports import build_report, report_summary, write_report
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids, remove_tree
@@ -95,6 +98,8 @@ class Studies:
         self._admitting = anyio.Lock()
         # One `set` at a time: each stores the whole list of changes, so two at once would lose one.
         self._changing = anyio.Lock()
+        # Studies whose report images are being drawn: one drawing at a time per study.
+        self._plotting: set[str] = set()
         trials.hooks = self
         # A full disk holds the studies (hpod.daemon.disk): their clocks stop meanwhile.
         self.disk = trials.disk
@@ -646,6 +651,41 @@ class Studies:
         except UnsafePath as exc:
             log.warning("report_write_failed", study=study.id, error=exc.message)
         log.info("objective_report", **report_summary(report))
+        if (
+            self.config.report_plots
+            and plotting.available()
+            and study.id not in self._plotting
+            and self.trials.tg is not None
+            and report.get("total_trials")
+        ):
+            # In a task of its own: neither the study's timers nor its end wait for a drawing.
+            self._plotting.add(study.id)
+            self.trials.spawn(self._write_plots, study, report)
+
+    async def _write_plots(self, study: StudyRuntime, report: Mapping[str, Any]) -> None:
+        """The report's PNGs beside report.json (hpod.daemon.plotting); a failure is logged."""
+        try:
+            rows = await anyio.to_thread.run_sync(self.store.load_reports, study.id)
+            points = curves_page(study.engine, rows, len(rows))["points"]
+            images = await plotting.draw(report, points, study.engine.rung_occupancy())
+            write = partial(
+                plotting.write_images,
+                study.folder,
+                images,
+                within=study.folder.parent,
+                ids=owner_ids(study.owner),
+            )
+            await anyio.to_thread.run_sync(write)
+            log.debug("report_plots", study=study.id, images=sorted(images))
+        except UnsafePath as exc:
+            log.warning("report_plots_failed", study=study.id, error=exc.message)
+        except (OSError, ValueError, TimeoutError, subprocess.CalledProcessError) as exc:
+            detail = str(exc)
+            if isinstance(exc, subprocess.CalledProcessError):
+                detail += ": " + exc.stderr.decode(errors="replace")[-500:]
+            log.warning("report_plots_failed", study=study.id, error=detail)
+        finally:
+            self._plotting.discard(study.id)
 
     async def _prune_checkpoints(self, study: StudyRuntime) -> None:
         keep = study.spec.report.keep_checkpoints

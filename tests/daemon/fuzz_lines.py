@@ -394,6 +394,12 @@ def method_fields(aim: Aim) -> dict[str, dict[str, Field]]:
             "timeout": _TIMEOUT,
         },
         "decisions": {**study, "after": _any(st.integers(min_value=0, max_value=10))},
+        "curves": {
+            **study,
+            "trial": _any(st.integers(min_value=0, max_value=3)),
+            "after": _any(st.integers(min_value=0, max_value=10)),
+            "limit": _any(st.integers(min_value=1, max_value=100)),
+        },
         "set": {
             "study": _study(aim, real=False),
             "changes": _any(st.fixed_dictionaries({"priority": st.integers(1, 5)})),

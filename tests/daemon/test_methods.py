@@ -85,6 +85,7 @@ def test_the_tables_name_every_wire_method(world: World) -> None:
         "set", "top", "trial",  # changing a running study, and reading it (issue 14)
         "ask", "tell",  # trials of an external study: handed out, told (issue 14)
         "events", "decisions",  # the event stream, the decision records (issue 14)
+        "curves",  # the learning curves, paged (issue 16)
     }  # fmt: skip
     assert set(world.methods.answering()) == {"trial.report"}
 

@@ -1,0 +1,81 @@
+"""The objective report's PNGs (:mod:`hpod.plots`) beside report.json, drawn off the loop.
+
+The daemon never imports matplotlib, nor :mod:`hpod.plots`: it looks the package up once
+(:func:`available`), and each report's images are drawn by ``python -m hpod.plots``, a process of
+its own that reads the report, the curves and the rungs on its stdin and writes the images, as
+base64 JSON, on its stdout. It touches no file: the daemon writes the PNGs itself, as it writes
+report.json (``hpod.daemon.statetree``: no link followed, 0600 and the owner's before the
+rename), so a root daemon never follows a path that a user controls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from hpod import wire
+from hpod.daemon.statetree import Ids, open_dir, replace_file
+from hpod.plots import NAMES
+
+__all__ = ["PLOT_NAMES", "PLOT_TIMEOUT", "available", "draw", "write_images"]
+
+# The daemon writes no other name. (hpod.plots imports matplotlib only when it draws.)
+PLOT_NAMES = NAMES
+# The longest one drawing may take; past it the process is killed and the report has no images.
+PLOT_TIMEOUT = 120.0
+# The most bytes of images the process may answer with.
+PLOT_MAX_BYTES = 64 * 1024**2
+
+
+@functools.cache
+def available() -> bool:
+    """Whether matplotlib is installed (looked up once, never imported here)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+async def draw(
+    report: Mapping[str, Any],
+    points: Sequence[Mapping[str, Any]],
+    rungs: Sequence[Mapping[str, Any]],
+) -> dict[str, bytes]:
+    """The images, drawn by ``python -m hpod.plots`` (niced), by file name."""
+    data = json.dumps(
+        wire.tag({"report": dict(report), "points": list(points), "rungs": list(rungs)}),
+        allow_nan=False,
+    ).encode("utf-8")
+    env = dict(os.environ, MPLBACKEND="Agg")
+    with anyio.fail_after(PLOT_TIMEOUT):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "hpod.plots"], input=data, env=env, check=True
+        )
+    if len(done.stdout) > PLOT_MAX_BYTES:
+        raise ValueError(f"hpod.plots answered {len(done.stdout)} bytes")
+    try:
+        raw = json.loads(done.stdout)
+        return {k: base64.b64decode(raw[k], validate=True) for k in PLOT_NAMES if k in raw}
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"hpod.plots answered something that is no images: {exc}") from None
+
+
+def write_images(
+    folder: Path, images: Mapping[str, bytes], *, within: Path, ids: Ids | None
+) -> None:
+    """Replace each image in ``folder`` atomically, as report.json is. Blocking: off the loop."""
+    fd = open_dir(within, folder, ids, create=True)
+    try:
+        for name in PLOT_NAMES:
+            if name in images:
+                replace_file(fd, name, images[name], ids, folder)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
