@@ -100,7 +100,10 @@ def render(
     resource = str((report.get("objective") or {}).get("resource") or "resource")
     maximize = _maximize(report)
     ranks = _ranks(report)
-    cmap = matplotlib.colormaps["viridis"]
+    # viridis without its palest yellow, which a white background swallows.
+    cmap = matplotlib.colors.ListedColormap(
+        matplotlib.colormaps["viridis"]([i / 255 * 0.85 for i in range(256)])
+    )
     out: dict[str, bytes] = {}
 
     def png(fig: Figure) -> bytes:
@@ -111,7 +114,7 @@ def render(
     def colour(trial: int) -> Any:
         if trial not in ranks or len(ranks) < 2:
             return cmap(0.0) if trial in ranks else "0.7"
-        return cmap(0.85 * ranks[trial] / (len(ranks) - 1))
+        return cmap(ranks[trial] / (len(ranks) - 1))
 
     # -- objective over time, with the best so far
     fig = Figure(figsize=(8, 4.5), layout="constrained")
@@ -175,7 +178,7 @@ def render(
         ax.legend(loc="best")
     if ranks:
         sm = matplotlib.cm.ScalarMappable(
-            cmap=cmap, norm=matplotlib.colors.Normalize(1, max(len(ranks), 2) / 0.85)
+            cmap=cmap, norm=matplotlib.colors.Normalize(1, max(len(ranks), 2))
         )
         fig.colorbar(sm, ax=ax, label="rank (1: best)")
     ax.set_xlabel(resource)
