@@ -12,11 +12,17 @@ rung, goes on only if it ranks among the best ``continue_quota(n, eta)`` = ``max
 of the n trials that have reached that rung so far (itself included); otherwise it is stopped.
 
 No private state: a trial's rung results are its counted curve, and "promoted past a rung" is its
-``max_resource`` above the rung, so a study rebuilt from the store decides the same.
+``max_resource`` above the rung, so a study rebuilt from the store decides the same. What it does
+keep is an index of those, derived only (:class:`RungIndex`): each rung's trials in rank order
+and its promotable ones, updated as the study hands it each changed trial
+(:class:`~hpod.core.plans.IndexedScheduler`), so that a report or a free slot costs O(log n) in
+the study's size instead of a sort of every trial. A study it is not attached to (DyHPO's inner
+ASHA, a caller's own view) is decided by walking its trials, the same rule written out.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView
@@ -27,8 +33,88 @@ from hpod.core.rungs import (
     pick_bracket,
     promotion_quota,
     ranked,
+    rung_value,
 )
 from hpod.core.states import Decision, TrialState
+
+# A trial's place at a rung: its ranking value's sort key (smaller is better, NaN as +inf), then
+# its id (ties to the older trial), exactly the order of hpod.core.rungs.ranked.
+Key = tuple[float, int]
+
+
+class _Ranks:
+    """Keys in order, with each trial's own: a sorted list kept by bisection. Inserting into a
+    Python list moves its tail (a memmove: some microseconds at 10,000 trials), the rest is
+    O(log n); a balanced tree would win only far beyond the sizes a study reaches."""
+
+    __slots__ = ("keys", "of")
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+        self.of: dict[int, Key] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def put(self, trial_id: int, key: Key | None) -> None:
+        old = self.of.get(trial_id)
+        if old == key:
+            return
+        if old is not None:
+            del self.keys[bisect.bisect_left(self.keys, old)]
+            del self.of[trial_id]
+        if key is not None:
+            bisect.insort(self.keys, key)
+            self.of[trial_id] = key
+
+    def rank(self, key: Key) -> int:
+        return bisect.bisect_left(self.keys, key)
+
+
+class RungIndex:
+    """Each (bracket, rung) of a study: the trials that reached it in rank order, and those of
+    them paused there and promotable (launched below the next rung, no report at it); and how
+    many trials each bracket has. Derived from the trials only (see the module's docstring)."""
+
+    def __init__(self, scheduler: RungScheduler, study: StudyView) -> None:
+        self.study = study
+        self.scheduler = scheduler
+        n = scheduler.brackets
+        self.rungs = [scheduler.rungs_of(b) for b in range(n)]
+        self.at = [[_Ranks() for _ in r[:-1]] for r in self.rungs]
+        self.promotable = [[_Ranks() for _ in r[:-1]] for r in self.rungs]
+        self.counts = [0] * n
+        self.seen: set[int] = set()
+        for t in study.trials:
+            self.touched(t)
+
+    def touched(self, t: TrialView, since: float | None = None) -> None:
+        b = t.bracket
+        if not 0 <= b < self.scheduler.brackets:
+            return
+        tid = t.trial_id
+        if tid not in self.seen:
+            self.seen.add(tid)
+            self.counts[b] += 1
+        objective = self.study.objective
+        rungs = self.rungs[b]
+        last = t.last_resource if t.curve else None
+        for k in range(len(rungs) - 1):
+            level = rungs[k]
+            if since is not None and level <= since:
+                # An in-order report above it: its value there, and (running) its promotability,
+                # are as they were.
+                continue
+            at = self.at[b][k]
+            if last is None or last < level:
+                at.put(tid, None)
+                self.promotable[b][k].put(tid, None)
+                continue
+            key = (objective.sort_key(rung_value(objective, t, level)), tid)
+            at.put(tid, key)
+            nxt = rungs[k + 1]
+            can = t.state is TrialState.PAUSED and t.max_resource < nxt and last < nxt
+            self.promotable[b][k].put(tid, key if can else None)
 
 
 class RungScheduler:
@@ -51,6 +137,24 @@ class RungScheduler:
         self.promotion = promotion
         self.brackets = brackets
         self.weights = bracket_weights(len(self.levels), brackets, eta)
+        # Every (level, bracket, k) rung, highest level first: the trials nearest the top go first.
+        every = [(lv, b, k) for b in range(brackets) for k, lv in enumerate(self.rungs_of(b)[:-1])]
+        self._order = sorted(every, key=lambda x: (-x[0], x[1]))
+        self._index: RungIndex | None = None
+
+    # -- the index (hpod.core.plans.IndexedScheduler) ----------------------------------------
+
+    def attach(self, study: StudyView) -> None:
+        # Several objectives rank by Pareto order, which no sorted key gives: they walk.
+        self._index = None if study.objective.is_multi else RungIndex(self, study)
+
+    def touched(self, trial: TrialView, since: float | None = None) -> None:
+        if self._index is not None:
+            self._index.touched(trial, since)
+
+    def _index_for(self, study: StudyView) -> RungIndex | None:
+        index = self._index
+        return index if index is not None and index.study is study else None
 
     def rungs_of(self, bracket: int) -> tuple[float, ...]:
         """The bracket's rung levels followed by ``max_resource``."""
@@ -65,6 +169,16 @@ class RungScheduler:
         earlier = [r for r in trial.curve if r < resource]
         before = max(earlier, default=trial.resume_from)
         rungs = self.rungs_of(trial.bracket)[:-1]
+        index = self._index_for(study)
+        if index is not None:
+            for k, level in enumerate(rungs):
+                if not before < level <= resource:
+                    continue
+                at = index.at[trial.bracket][k]
+                rank = at.rank(at.of[trial.trial_id])
+                if rank >= continue_quota(len(at), self.eta):
+                    return Decision.STOP
+            return Decision.CONTINUE
         peers = [t for t in study.trials if t.bracket == trial.bracket]
         for level in rungs:
             if not before < level <= resource:
@@ -84,25 +198,32 @@ class RungScheduler:
                 return plan
         if not can_start_new:
             return None
-        counts = [0] * self.brackets
-        for t in study.trials:
-            if 0 <= t.bracket < self.brackets:
-                counts[t.bracket] += 1
+        index = self._index_for(study)
+        if index is not None:
+            counts = index.counts
+        else:
+            counts = [0] * self.brackets
+            for t in study.trials:
+                if 0 <= t.bracket < self.brackets:
+                    counts[t.bracket] += 1
         bracket = pick_bracket(counts, self.weights)
         first = self.rungs_of(bracket)[0] if self.promotion else self.max_resource
         return NewTrial(max_resource=first, bracket=bracket)
 
     def _promotion(self, study: StudyView, *, final: bool) -> Promote | None:
-        # Every (level, bracket) rung, highest level first: the trials nearest the top go first.
-        rungs = sorted(
-            (
-                (level, b, k)
-                for b in range(self.brackets)
-                for k, level in enumerate(self.rungs_of(b)[:-1])
-            ),
-            key=lambda x: (-x[0], x[1]),
-        )
-        for level, b, k in rungs:
+        index = self._index_for(study)
+        if index is not None:
+            for _, b, k in self._order:
+                promotable = index.promotable[b][k]
+                if not promotable:
+                    continue
+                at = index.at[b][k]
+                first = promotable.keys[0]
+                # The best promotable trial is the first one met walking the rung's order.
+                if at.rank(first) < promotion_quota(len(at), self.eta, final=final):
+                    return Promote(first[1], max_resource=index.rungs[b][k + 1])
+            return None
+        for level, b, k in self._order:
             peers = [t for t in study.trials if t.bracket == b]
             order = ranked(study.objective, peers, level)
             nxt = self.rungs_of(b)[k + 1]

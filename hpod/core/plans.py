@@ -119,6 +119,25 @@ class ModeledScheduler(Scheduler, Modeled, Protocol):
         ...
 
 
+@runtime_checkable
+class IndexedScheduler(Scheduler, Protocol):
+    """A scheduler that keeps its own index of the study's trials (the rung schedulers' ranks),
+    so that a decision does not walk every trial. The index is derived state only: the study
+    hands it every trial at :meth:`attach` (a new or restored study) and each trial again after
+    anything a decision reads of it changed (:meth:`touched`), so it always equals what the
+    trials say and a restored study decides the same."""
+
+    def attach(self, study: StudyView) -> None:
+        """Index ``study``'s trials as they are now; later decisions on it use the index."""
+        ...
+
+    def touched(self, trial: TrialView, since: float | None = None) -> None:
+        """``trial`` changed: its state, its launch, or its curve. ``since``: only points above
+        this level were added (an in-order report: what it had up to there is as it was);
+        None: anything may have changed."""
+        ...
+
+
 def ranking_value(objective: Objective, trial: TrialView, upto: float | None = None) -> float:
     """The value a trial ranks by, over its counted reports up to ``upto`` (all when None)."""
     values = [v for r, v in trial.curve.items() if upto is None or r <= upto]

@@ -22,6 +22,7 @@ from hpod.core.models import FitRequest, Owner
 from hpod.core.objective import Objective
 from hpod.core.pareto import non_dominated_sort, pareto_order
 from hpod.core.plans import (
+    IndexedScheduler,
     ModeledScheduler,
     ModeledSearcher,
     NewTrial,
@@ -206,7 +207,14 @@ class Study:
         # The model-based parts, found once: those that declare the Modeled* protocols.
         self._modeled_scheduler = scheduler if isinstance(scheduler, ModeledScheduler) else None
         self._modeled_searcher = searcher if isinstance(searcher, ModeledSearcher) else None
+        # A scheduler with its own index of the trials (the rung schedulers): handed every
+        # trial that changed, so that its decisions walk no list of trials.
+        self._indexed = scheduler if isinstance(scheduler, IndexedScheduler) else None
         self._trials: list[_Trial] = []
+        # The trials in each state, and how many have a counted report: kept with every move,
+        # so that a free slot, an exit and ``finished`` walk no list of trials either.
+        self._in: dict[TrialState, set[int]] = {st: set() for st in TrialState}
+        self._curved = 0
         self._exhausted = False
         self.state = StudyState.RUNNING
         self.end_reason: str | None = None
@@ -218,6 +226,8 @@ class Study:
         # Bumped by every counted report and every launch: a model is stale only if it moved.
         self._version = 0
         self._fit_checked = -1
+        if self._indexed is not None:
+            self._indexed.attach(self)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -270,6 +280,10 @@ class Study:
             else:
                 t.state = study._restored_state(t, rec)
             study._trials.append(t)
+            study._in[t.state].add(t.trial_id)
+            study._curved += bool(t.curve)
+        if study._indexed is not None:
+            study._indexed.attach(study)
         return study
 
     def _restored_state(self, t: _Trial, rec: TrialRecord) -> TrialState:
@@ -299,6 +313,16 @@ class Study:
     def records(self) -> list[TrialRecord]:
         return [t.record() for t in self._trials]
 
+    def _move(self, t: _Trial, new: TrialState) -> None:
+        old = t.state
+        t.move(new)
+        self._in[old].discard(t.trial_id)
+        self._in[t.state].add(t.trial_id)
+
+    def _touched(self, t: _Trial, since: float | None = None) -> None:
+        if self._indexed is not None:
+            self._indexed.touched(t, since)
+
     def _get(self, trial_id: int) -> _Trial:
         if not 0 <= trial_id < len(self._trials):
             raise NotFound(f"study has no trial {trial_id}")
@@ -317,9 +341,10 @@ class Study:
         if self.state is not StudyState.RUNNING:
             return None
         # Trials cut off by a daemon shutdown go first: they hold the oldest claims.
-        for t in self._trials:
-            if t.state in (TrialState.INTERRUPTED, TrialState.PENDING):
-                return self._launch(t, fresh=t.runs == 0 and not t.curve)
+        waiting = self._in[TrialState.INTERRUPTED] | self._in[TrialState.PENDING]
+        if waiting:
+            t = self._trials[min(waiting)]
+            return self._launch(t, fresh=t.runs == 0 and not t.curve)
         while True:
             plan = self._scheduler.next(self, can_start_new=self._can_start_new())
             if plan is None:
@@ -351,6 +376,7 @@ class Study:
                 max_resource=plan.max_resource,
             )
             self._trials.append(t)
+            self._in[t.state].add(t.trial_id)
             return self._launch(t, fresh=True)
 
     def _count(self, kind: str, trial_id: int, level: float, at: float) -> None:
@@ -404,12 +430,13 @@ class Study:
 
     def _launch(self, t: _Trial, *, fresh: bool) -> Launch:
         self._version += 1
-        t.move(TrialState.RUNNING)
+        self._move(t, TrialState.RUNNING)
         # A resumed trial starts from the highest level it reported: its checkpoint's level.
         t.resume_from = 0.0 if fresh else t.last_resource
         t.runs += 1
         t.ending = None
         t.stopped_by_shell = False
+        self._touched(t)
         return Launch(t.trial_id, dict(t.config), t.resume_from, t.max_resource, fresh)
 
     def _observations(self) -> list[Observation]:
@@ -491,8 +518,10 @@ class Study:
                 if isinstance(raw, (int, float)) and not isinstance(raw, bool)
                 else math.nan
             )
-            out_of_order = bool(t.curve) and resource < next(reversed(t.curve))
+            last = next(reversed(t.curve), None)
+            out_of_order = last is not None and resource < last
             undo = _Undo(new_keys, True, t.curve.get(resource))
+            self._curved += last is None
             t.curve[resource] = value
             if vector is not None:
                 undo = undo._replace(before_vector=t.vectors.get(resource))
@@ -503,6 +532,8 @@ class Study:
             if out_of_order:
                 # Keep the curve in resource order; reports nearly always arrive in order.
                 t.curve = dict(sorted(t.curve.items()))
+            # Above its last level: what it had up to there stands (an index keeps it).
+            self._touched(t, last if last is not None and resource > last else None)
         if force is not None:
             return ReportOutcome(force, resource, counted=True, forced=True, undo=undo)
         # Only a report that carries the objective is judged: one without it (a misspelt name, a
@@ -542,6 +573,7 @@ class Study:
         if undo.point:
             if undo.before is None:
                 t.curve.pop(outcome.resource, None)
+                self._curved -= not t.curve
             else:
                 t.curve[outcome.resource] = undo.before
             if undo.before_vector is None:
@@ -549,6 +581,7 @@ class Study:
             else:
                 t.vectors[outcome.resource] = undo.before_vector
             self._version += 1
+            self._touched(t)
             if self._modeled_scheduler is not None:
                 self._modeled_scheduler.forget(trial_id, outcome.resource)
         decided = outcome.decision is not Decision.CONTINUE and not outcome.forced
@@ -582,8 +615,9 @@ class Study:
         else:
             new = TrialState.FAILED
             t.error = error or f"exited with status {returncode}"
-        t.move(new)
+        self._move(t, new)
         t.ending = None
+        self._touched(t)
         self._check_hopeless()
         return new
 
@@ -636,20 +670,22 @@ class Study:
         """The process could not even be started (bad command, missing workdir)."""
         t = self._get(trial_id)
         t.error = error
-        t.move(TrialState.FAILED)
+        self._move(t, TrialState.FAILED)
+        self._touched(t)
         self._check_hopeless()
 
     def on_interrupted(self, trial_id: int) -> None:
         """The daemon shut down under this trial: it runs again at the next start."""
         t = self._get(trial_id)
-        t.move(self._interrupted(t) if t.ending is None else self._end(t, t.ending))
+        self._move(t, self._interrupted(t) if t.ending is None else self._end(t, t.ending))
         t.ending = None
+        self._touched(t)
 
     def _check_hopeless(self) -> None:
-        failed = sum(1 for t in self._trials if t.state is TrialState.FAILED)
-        counted = any(t.curve for t in self._trials)
+        failed = len(self._in[TrialState.FAILED])
+        counted = self._curved > 0
         if failed >= FAILURES_BEFORE_GIVING_UP and not counted and self.state is StudyState.RUNNING:
-            last = next(t for t in reversed(self._trials) if t.state is TrialState.FAILED)
+            last = self._trials[max(self._in[TrialState.FAILED])]
             self.end(
                 StudyState.FAILED,
                 f"the first {failed} trials failed without one counted report "
@@ -660,16 +696,16 @@ class Study:
 
     @property
     def running(self) -> list[int]:
-        return [t.trial_id for t in self._trials if t.state is TrialState.RUNNING]
+        return sorted(self._in[TrialState.RUNNING])
 
     @property
     def finished(self) -> bool:
         """True when nothing runs and nothing more will: the shell may mark it ended."""
-        if self.running:
+        if self._in[TrialState.RUNNING]:
             return False
         if self.state is not StudyState.RUNNING:
             return True
-        if any(t.state in (TrialState.INTERRUPTED, TrialState.PENDING) for t in self._trials):
+        if self._in[TrialState.INTERRUPTED] or self._in[TrialState.PENDING]:
             return False
         if self._can_start_new():
             # Every scheduler starts a new trial when it may; asking a model-based one to plan
@@ -719,10 +755,7 @@ class Study:
             self.state = self.state.check(StudyState.RUNNING)
 
     def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in TrialState}
-        for t in self._trials:
-            out[t.state.value] += 1
-        return out
+        return {st.value: len(self._in[st]) for st in TrialState}
 
     def rung_occupancy(self) -> list[dict[str, Any]]:
         """Each rung's trials (reached, running toward it, paused at it, promoted past it)."""

@@ -1,0 +1,51 @@
+"""A loop-lag probe for bench/scale.py: on ``HPOD_BENCH_LOOP_PROBE=FILE``, every callback an
+asyncio loop runs in this process is timed (``Handle._run``: a task's step, a timer, an I/O
+callback), in wall time and in the loop thread's CPU time (which leaves out the time other
+processes held the CPU), and at exit FILE gets the longest ones: each over 2 ms with its
+wall-clock start, so the bench can leave out the daemon's start (the store's restore, before
+it serves). The variable is taken out of the environment: the trials do not inherit it.
+
+Only on the bench's PYTHONPATH; nothing of hpod imports it.
+"""
+
+from __future__ import annotations
+
+import os
+
+_OUT = os.environ.pop("HPOD_BENCH_LOOP_PROBE", None)
+
+if _OUT:
+    import asyncio.events
+    import atexit
+    import json
+    import time
+
+    _stalls: list[tuple[float, float, str]] = []
+    _count = [0, 0.0]
+    _orig = asyncio.events.Handle._run
+
+    def _name(cb: object) -> str:
+        owner = getattr(cb, "__self__", None)
+        if isinstance(owner, asyncio.Task):
+            return owner.get_name()
+        return getattr(cb, "__qualname__", repr(cb)[:60])
+
+    def _run(self: asyncio.events.Handle) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            _orig(self)
+        finally:
+            dt = time.perf_counter() - t0
+            _count[0] += 1
+            _count[1] += dt
+            if dt > 0.002:
+                cpu = time.thread_time() - c0
+                _stalls.append((time.time() - dt, dt * 1e3, cpu * 1e3, _name(self._callback)))
+
+    asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+
+    def _dump() -> None:
+        with open(_OUT, "w") as f:
+            json.dump({"callbacks": _count[0], "busy_s": _count[1], "stalls": _stalls}, f)
+
+    atexit.register(_dump)
