@@ -339,7 +339,9 @@ def _call_locked(
     global _conn, _conn_key
     try:
         if _conn is None:
-            _conn = SyncConnection(path, client=_CLIENT, timeout=_TIMEOUT)
+            _conn = SyncConnection(
+                path, client=_CLIENT, timeout=_TIMEOUT, cafile=os.environ.get("HPOD_TLS_CA")
+            )
             _conn_key = key
         return _conn.call(method, params)
     except TokenRejected as exc:

@@ -252,14 +252,15 @@ def no_daemon_message(path: str) -> str:
     )
 
 
-class SyncConnection:
-    """A blocking connection for clients and trials: ``hello`` on connect, then calls.
+TCP_SCHEMES = ("tcp://", "tls://")
 
-    Not thread-safe by itself; callers that share one hold their own lock.
-    """
 
-    def __init__(self, path: str, *, client: str, timeout: float | None = 30.0) -> None:
-        self.path = path
+def open_socket(path: str, timeout: float | None, cafile: str | None = None) -> socket.socket:
+    """A connected socket to a daemon: a Unix socket path, or ``tcp://`` / ``tls://`` and
+    ``host:port`` (the trials' TCP endpoint, hpod.daemon.tcp); DaemonUnavailable when nothing
+    listens there."""
+    scheme = next((s for s in TCP_SCHEMES if path.startswith(s)), None)
+    if scheme is None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -270,6 +271,53 @@ class SyncConnection:
         except OSError:
             sock.close()
             raise
+        return sock
+    host, _, port = path[len(scheme) :].rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit():
+        raise ProtocolError(f"{path!r} is not {scheme}host:port")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except ConnectionRefusedError as exc:
+        raise DaemonUnavailable(f"no hpod daemon is listening on {path}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one line each way, at once
+    if scheme == "tls://":
+        import ssl  # only a trial on another machine pays for it
+
+        ctx = ssl.create_default_context(cafile=cafile)
+        try:
+            sock = ctx.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            # Not a daemon that is away: one it must not trust. Never retried.
+            raise ProtocolError(
+                f"the daemon on {path} is not trusted: {exc.verify_message} (HPOD_TLS_CA names "
+                "the certificate it is checked against)"
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
+    return sock
+
+
+class SyncConnection:
+    """A blocking connection for clients and trials: ``hello`` on connect, then calls.
+
+    Not thread-safe by itself; callers that share one hold their own lock.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        client: str,
+        timeout: float | None = 30.0,
+        cafile: str | None = None,
+    ) -> None:
+        """``path`` is a Unix socket's, or a trial endpoint's ``tcp://host:port`` or
+        ``tls://host:port`` (checked against ``cafile``, else the system's CAs)."""
+        self.path = path
+        sock = open_socket(path, timeout, cafile)
         self._sock = sock
         self._file = sock.makefile("rb")
         self._next_id = 0

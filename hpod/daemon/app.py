@@ -38,6 +38,14 @@ from hpod.daemon.statelock import StateLock
 from hpod.daemon.statetree import prepare_state_dir
 from hpod.daemon.store import Store
 from hpod.daemon.studies import Studies
+from hpod.daemon.tcp import (
+    REMOTE,
+    TlsFiles,
+    TrialEndpoint,
+    advertised,
+    trial_address,
+    trial_server,
+)
 from hpod.daemon.trials import Trials
 from hpod.errors import HpodError
 from hpod.fit.fitter import Fitter
@@ -189,6 +197,9 @@ class Daemon:
             limits=limits,
         )
         tg.start_soon(self.fitter.run)
+        endpoint = await self._open_trial_tcp(methods)
+        if endpoint is not None:
+            tg.start_soon(endpoint.serve)
         listeners = [
             await self._listen(path) for path in sorted({self.socket_path, self.trial_socket})
         ]
@@ -231,6 +242,40 @@ class Daemon:
             await anyio.to_thread.run_sync(self.containment.release)
             # The servers go before their sockets close, so no accept sees a closed listener.
             tg.cancel_scope.cancel()
+
+    async def _open_trial_tcp(self, methods: Methods) -> TrialEndpoint | None:
+        """The trials' TCP endpoint (trial_tcp), bound and ready to serve; None without one."""
+        config = self.config
+        if config.trial_tcp is None:
+            return None
+        # Its own caps: every TCP peer is one "uid" (hpod.daemon.tcp.REMOTE), so the per-uid
+        # cap is the overall one, plus one connection for each running trial.
+        limits = ConnectionLimits(
+            max_connections=config.max_connections,
+            max_per_uid=config.max_connections,
+            idle_timeout=config.idle_timeout or None,
+            slots=self.pool.size,
+            running_trials=lambda: {REMOTE.uid: sum(len(s.runs) for s in self.registry.values())},
+        )
+        tls = (
+            TlsFiles(config.trial_tls_cert, config.trial_tls_key)
+            if config.trial_tls_cert is not None and config.trial_tls_key is not None
+            else None
+        )
+        server = trial_server(
+            methods.table(), methods.answering(), started_at=self.started_at, limits=limits
+        )
+        endpoint = TrialEndpoint(server, config.trial_tcp, tls)
+        try:
+            await endpoint.open()
+        except OSError as exc:
+            raise HpodError(f"cannot listen on trial_tcp {config.trial_tcp!r}: {exc}") from exc
+        assert self._trials is not None
+        self._trials.trial_address = trial_address(
+            advertised(endpoint.bound, config.trial_tcp_advertise), tls
+        )
+        log.info("trial_tcp", bound=endpoint.bound, advertised=self._trials.trial_address)
+        return endpoint
 
     def _running_trials(self) -> dict[int, int]:
         """Running trials by the uid their process runs as (a root daemon's: the owner's)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import ipaddress
 import os
 import pwd
 import tomllib
@@ -117,6 +118,17 @@ class DaemonConfig:
     read_access: str = "anyone"
     # The report's PNGs beside report.json (hpod.plots), where matplotlib is installed.
     report_plots: bool = True
+    # The trials' TCP endpoint (hpod.daemon.tcp, docs/slurm.md): "host:port" to listen on, for
+    # trials on other machines (a Slurm executor's jobs); None = none. Trial methods only.
+    trial_tcp: str | None = None
+    # What those trials connect to ("host:port"); None = trial_tcp, a wildcard host replaced
+    # by this machine's name.
+    trial_tcp_advertise: str | None = None
+    # TLS on the endpoint: the certificate (chain) and its key, PEM; both or neither. Trials
+    # check the daemon against the certificate file (HPOD_TLS_CA), so it must be on a path
+    # they can read.
+    trial_tls_cert: Path | None = None
+    trial_tls_key: Path | None = None
     gpu: GpuConfig = field(default_factory=GpuConfig)
 
     # -- named constructors ---------------------------------------------------------------------
@@ -162,6 +174,7 @@ class DaemonConfig:
         values = top.values(_bound(_TOP_READERS, base))
         gpu = _read_gpu(raw.get("gpu", {}), problems)
         top.finish()
+        problems += _tcp_problems(values)
         if problems:
             raise ConfigError(problems, source=source)
         return cls(**values, gpu=gpu)
@@ -231,6 +244,10 @@ class DaemonConfig:
             "containment": self.containment,
             "read_access": self.read_access,
             "report_plots": self.report_plots,
+            "trial_tcp": self.trial_tcp,
+            "trial_tcp_advertise": self.trial_tcp_advertise,
+            "trial_tls_cert": None if self.trial_tls_cert is None else str(self.trial_tls_cert),
+            "trial_tls_key": None if self.trial_tls_key is None else str(self.trial_tls_key),
             "gpu": self.gpu.to_dict(),
         }
 
@@ -409,7 +426,63 @@ _TOP_READERS: dict[str, Reader] = {
     "containment": _one_of(CONTAINMENTS),
     "read_access": _one_of(READ_ACCESS),
     "report_plots": lambda v, b: _boolean(v),
+    "trial_tcp": lambda v, b: _address(v),
+    "trial_tcp_advertise": lambda v, b: _address(v),
+    "trial_tls_cert": lambda v, b: _readable_file(v, b),
+    "trial_tls_key": lambda v, b: _readable_file(v, b),
 }
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for an IPv6 address) as (host, port); ValueError else."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f'{text!r} is not host:port (e.g. "0.0.0.0:7787")')
+    port = int(port_text)
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} is not between 0 (any free port) and 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    return host, port
+
+
+def _address(value: Any) -> str | None:
+    text = _optional_string(value)
+    if text is None:
+        return None
+    parse_address(text)
+    return text
+
+
+def _readable_file(value: Any, base: Path | None) -> Path | None:
+    path = _path_text(value, base)
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path!r} cannot be read")
+    return Path(path)
+
+
+def _tcp_problems(values: Mapping[str, Any]) -> list[str]:
+    """The keys of the trials' TCP endpoint that only make sense together."""
+    out: list[str] = []
+    cert, key = values.get("trial_tls_cert"), values.get("trial_tls_key")
+    if (cert is None) != (key is None):
+        given, lacking = ("trial_tls_cert", "trial_tls_key")[:: 1 if cert is not None else -1]
+        out.append(f"{lacking}: needed with {given} (TLS takes the certificate and its key)")
+    if values.get("trial_tcp") is None:
+        for name in ("trial_tcp_advertise", "trial_tls_cert", "trial_tls_key"):
+            if values.get(name) is not None:
+                out.append(f"{name}: set, but trial_tcp is not (no TCP endpoint to use it)")
+    return out
+
+
 # [gpu] is a table of its own, read by _read_gpu.
 _TOP_KEYS = (*_TOP_READERS, "gpu")
 

@@ -161,6 +161,10 @@ class LineReader:
             return chunk
 
 
+def _unix_peer(raw: socket.socket) -> Peer:
+    return Peer(peer_credentials(raw))
+
+
 def _hung_up(raw: socket.socket) -> bool:
     """Whether both directions of a Unix socket are shut: its peer closed it."""
     poller = select.poll()
@@ -215,8 +219,12 @@ class Server:
         started_at: float,
         answering: dict[str, AnsweringHandler] | None = None,
         limits: ConnectionLimits | None = None,
+        identify: Callable[[socket.socket], Peer] | None = None,
     ) -> None:
         self._methods = methods
+        # Who a new connection is: SO_PEERCRED on a Unix socket; the trials' TCP endpoint
+        # (hpod.daemon.tcp) has no such thing and names every peer the same.
+        self._identify = identify or _unix_peer
         self._answering = answering or {}
         self._started_at = started_at
         self.limits = limits or ConnectionLimits()
@@ -235,11 +243,16 @@ class Server:
         """Start serving a new connection, or refuse it: one line, closed before it costs a task."""
         raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         try:
-            peer = Peer(peer_credentials(raw))
+            peer = self._identify(raw)
         except HpodError as exc:
             log.warning("connection_unidentified", error=exc.message)
             raw.close()
             return
+        self.admit_as(tg, stream, peer)
+
+    def admit_as(self, tg: anyio.abc.TaskGroup, stream: anyio.abc.SocketStream, peer: Peer) -> None:
+        """Serve ``stream`` as ``peer``'s connection, or refuse it (over a cap): one line."""
+        raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         refusal = self.gate.refusal(peer.uid)
         if refusal is not None:
             self.gate.refused(peer.uid, refusal)

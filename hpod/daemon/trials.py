@@ -122,6 +122,9 @@ class Trials:
         self.store = store
         self.studies = studies
         self.trial_socket = trial_socket
+        # HPOD_SOCKET for a trial on another machine (a Slurm job): the daemon's TCP endpoint
+        # (hpod.daemon.tcp) once it listens, "tcp://host:port" or "tls://host:port"; None: none.
+        self.trial_address: str | None = None
         self.hooks: RunHooks | None = None
         self.tg: anyio.abc.TaskGroup | None = None
         self.closed = False  # the daemon is shutting down: nothing new starts

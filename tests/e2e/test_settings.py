@@ -37,7 +37,7 @@ from hpod.daemon import server
 from hpod.daemon.app import Daemon
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.connections import ROOT_RESERVE
-from hpod.errors import ErrorCode, PermissionDenied, TooManyConnections
+from hpod.errors import ErrorCode, HpodError, PermissionDenied, TooManyConnections
 from tests import fake_nvml
 from tests.daemon.test_authorization import SPEC as OWNED_SPEC
 from tests.daemon.test_authorization import Uids, call_as
@@ -620,6 +620,181 @@ def test_sigterm_the_moment_ready_arrives_is_a_graceful_stop(
     assert rc == 0, f"exit {rc}:\n{d.output()}"
     assert "STOPPING=1" in said
     assert "stopped" in {e["event"] for e in events(d)}
+
+
+# -- the trials' TCP endpoint (docs/slurm.md) -----------------------------------------------------
+
+# A trial that reports over the TCP endpoint named in its spec's env (TEST_TRIAL_TCP), then says
+# which address the daemon's env gave it.
+TCP_TRIAL = """
+import json, os
+from hpod import trial
+os.environ["HPOD_SOCKET"] = os.environ["TEST_TRIAL_TCP"]
+if os.environ.get("TEST_TLS_CA"):
+    os.environ["HPOD_TLS_CA"] = os.environ["TEST_TLS_CA"]
+trial.report(step=1, loss=1.0)
+with open(os.path.join(os.environ["HPOD_TRIAL_DIR"], "tcp.json"), "w") as f:
+    json.dump({"reported_on": os.environ["HPOD_SOCKET"]}, f)
+"""
+
+
+def _tcp_bound(d: DaemonHandle) -> tuple[str, str]:
+    line = next(e for e in events(d) if e["event"] == "trial_tcp")
+    return str(line["bound"]), str(line["advertised"])
+
+
+def _tcp_call(address: str, method: str, params: dict[str, Any], cafile: str | None = None) -> Any:
+    with wire.SyncConnection(address, client="test", timeout=10, cafile=cafile) as conn:
+        return conn.call(method, params)
+
+
+def _submit_tcp(d: DaemonHandle, address: str, ca: Path | None = None) -> str:
+    env = f'\n[env]\nTEST_TRIAL_TCP = "{address}"\n'
+    if ca is not None:
+        env += f'TEST_TLS_CA = "{ca}"\n'
+    text = spec("one", steps=3, limits="max_trials = 1", script="one.py") + env
+    path = d.write_spec("one", text.replace('type = "grid"', 'type = "random"'))
+    (path.parent / "one.py").write_text(TCP_TRIAL)
+    res = d.ctl("submit", str(path), "--wait", "--json")
+    sid = str(json.loads(res.stdout)["study"])
+    assert res.returncode == 0, d.ctl("logs", sid, "0").stdout
+    return sid
+
+
+@e2e
+def test_setting_trial_tcp(daemon_factory: Any) -> None:
+    d = serve(daemon_factory, trial_tcp="127.0.0.1:0")
+    bound, _ = _tcp_bound(d)
+    address = f"tcp://{bound}"
+    sid = _submit_tcp(d, address)
+    # The trial's report went over TCP, authenticated by its token, and counted.
+    assert [t["state"] for t in d.ctl_json("trials", sid)] == ["completed"]
+    assert json.loads((trial_dir(d, sid) / "tcp.json").read_text())["reported_on"] == address
+    # Only trial methods: control stays on the Unix socket.
+    for method in ("ping", "studies", "stop", "submit"):
+        with pytest.raises(HpodError) as caught:
+            _tcp_call(address, method, {"study": sid})
+        assert caught.value.code is ErrorCode.METHOD_NOT_FOUND
+    with pytest.raises(HpodError) as caught:
+        _tcp_call(
+            address,
+            "trial.report",
+            {"study": sid, "trial": 0, "token": "0" * 32, "metrics": {"step": 2, "loss": 0.5}},
+        )
+    assert caught.value.code is ErrorCode.BAD_TOKEN
+    assert call(d.socket, "ping")["pong"] is True
+
+
+@e2e
+def test_setting_trial_tcp_advertise(daemon_factory: Any) -> None:
+    d = serve(daemon_factory, trial_tcp="0.0.0.0:0", trial_tcp_advertise="trials.example:7787")
+    _, advertised = _tcp_bound(d)
+    # What a Slurm job's HPOD_SOCKET says (tests/e2e/test_slurm.py runs one).
+    assert advertised == "tcp://trials.example:7787"
+    e = serve(daemon_factory, trial_tcp="0.0.0.0:0")
+    bound, advertised = _tcp_bound(e)
+    # A wildcard host is replaced by this machine's name.
+    assert advertised == f"tcp://{socket.getfqdn()}:{bound.rpartition(':')[2]}"
+
+
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@e2e
+def test_setting_trial_tls_cert(daemon_factory: Any) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="hpod"))
+    try:
+        cert, key = _certificate(folder)
+        d = serve(
+            daemon_factory,
+            trial_tcp="127.0.0.1:0",
+            trial_tls_cert=str(cert),
+            trial_tls_key=str(key),
+        )
+        bound, advertised = _tcp_bound(d)
+        assert advertised == f"tls://{bound}"
+        # The trial checks the daemon against the certificate.
+        sid = _submit_tcp(d, f"tls://{bound}", cert)
+        assert [t["state"] for t in d.ctl_json("trials", sid)] == ["completed"]
+        # Plain TCP is not spoken there, and a client that does not trust the certificate
+        # does not get through.
+        with pytest.raises((HpodError, OSError)):
+            _tcp_call(f"tcp://{bound}", "trial.oom", {})
+        with pytest.raises(HpodError) as untrusted:
+            _tcp_call(f"tls://{bound}", "trial.oom", {})
+        assert "not trusted" in untrusted.value.message
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@e2e
+def test_setting_trial_tls_key(daemon_factory: Any) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="hpod"))
+    try:
+        cert, key = _certificate(folder)
+        d: DaemonHandle = daemon_factory(start=False)
+        # A certificate without its key (or the key without TLS's endpoint) does not start.
+        for text in (
+            f'trial_tcp = "127.0.0.1:0"\ntrial_tls_cert = "{cert}"\n',
+            f'trial_tls_key = "{key}"\ntrial_tls_cert = "{cert}"\n',
+            f'trial_tcp = "127.0.0.1:0"\ntrial_tls_cert = "{cert}"\n'
+            f'trial_tls_key = "{folder / "none.pem"}"\n',
+        ):
+            config = d.root / "bad.toml"
+            config.write_text(text)
+            bad = subprocess.run(
+                [sys.executable, "-m", "hpod", "serve", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert bad.returncode != 0
+            assert "trial_tls_key" in bad.stderr or "trial_tcp" in bad.stderr, bad.stderr
+        # With both, the endpoint is up and answers a trusting client's hello.
+        e = serve(
+            daemon_factory,
+            trial_tcp="127.0.0.1:0",
+            trial_tls_cert=str(cert),
+            trial_tls_key=str(key),
+        )
+        bound, _ = _tcp_bound(e)
+        with pytest.raises(HpodError) as caught:
+            _tcp_call(
+                f"tls://{bound}",
+                "trial.oom",
+                {"study": "x", "trial": 0, "token": "t"},
+                cafile=str(cert),
+            )
+        assert caught.value.code in (ErrorCode.BAD_TOKEN, ErrorCode.NOT_FOUND)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- every key has its test ----------------------------------------------------------------------
