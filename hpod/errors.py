@@ -83,6 +83,8 @@ _EXIT_STATUS: dict[ErrorCode, int] = {
 
 # `hpodctl wait` and `submit --wait` exit with this when the study ended but not completed.
 EXIT_STUDY_NOT_COMPLETED = 9
+# `hpodctl wait --timeout S` when S seconds passed and the study is still running.
+EXIT_WAIT_TIMED_OUT = 19
 
 
 class HpodError(Exception):

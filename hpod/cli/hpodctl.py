@@ -26,7 +26,7 @@ from hpod import __version__, wire
 from hpod.cli import curves
 from hpod.client import Client
 from hpod.core.durations import format_duration
-from hpod.errors import EXIT_STUDY_NOT_COMPLETED, HpodError
+from hpod.errors import EXIT_STUDY_NOT_COMPLETED, EXIT_WAIT_TIMED_OUT, HpodError
 
 _FINAL_TRIAL_STATES = ("completed", "stopped", "failed")
 _STATE_ORDER = ("running", "pending", "paused", "interrupted", "completed", "stopped", "failed")
@@ -292,7 +292,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(f"submitted study {study}; waiting for it to end", file=sys.stderr)
-        return _finish_wait(client.wait(study), as_json=args.json)
+    return _wait(args, study, None)
 
 
 def _after_dashes(words: Sequence[str] | None) -> list[str] | None:
@@ -613,17 +613,42 @@ def _top_table(top: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[s
 
 
 def _cmd_wait(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        summary = client.wait(args.study, timeout=args.timeout)
-    return _finish_wait(summary, as_json=args.json)
+    return _wait(args, args.study, args.timeout)
 
 
-def _finish_wait(summary: dict[str, Any], *, as_json: bool) -> int:
-    if as_json:
+def _wait(args: argparse.Namespace, study: str, timeout: float | None) -> int:
+    """Wait for the study to end, showing its progress on stderr (hpod/cli/waiting.py): one
+    line redrawn on a terminal, plain lines elsewhere (none with --json)."""
+    from hpod.cli import waiting
+
+    tty = waiting.is_tty(sys.stderr)
+    progress = None
+    if tty or not args.json:
+        progress = waiting.Progress(args.socket, study, sys.stderr, tty=tty).start()
+    try:
+        with _client(args) as client:
+            summary = client.wait(study, timeout=timeout)
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        print(waiting.interrupted_message(study), file=sys.stderr)
+        return 130
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
         _print_json(summary)
     else:
         print(_render_summary(summary))
-    return 0 if summary.get("state") == "completed" else EXIT_STUDY_NOT_COMPLETED
+    state = summary.get("state")
+    if timeout is not None and state == "running":
+        print(
+            f"hpodctl: timed out after {format_duration(timeout)}: study {study} is still "
+            f"running (`hpodctl wait {study}` waits again)",
+            file=sys.stderr,
+        )
+        return EXIT_WAIT_TIMED_OUT
+    return 0 if state == "completed" else EXIT_STUDY_NOT_COMPLETED
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:

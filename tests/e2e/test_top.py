@@ -81,8 +81,10 @@ class Pane:
         )
         return res.stdout
 
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "t")
+    def screen(self, history: bool = False) -> str:
+        """The pane's rows (with ``history``, those scrolled off the top too)."""
+        more = ["-S", "-100"] if history else []
+        return self.tmux("capture-pane", "-p", "-t", "t", *more)
 
     def wait_for(self, what: str, ok: Callable[[str], bool], timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
@@ -117,14 +119,15 @@ def _quote(arg: str) -> str:
 
 
 @pytest.fixture
-def top(daemon: Any) -> Iterator[Callable[..., Pane]]:
+def hpodctl(daemon: Any) -> Iterator[Callable[..., Pane]]:
+    """Start `hpodctl ARGS...` against the daemon in a tmux pane of its own."""
     panes: list[Pane] = []
     env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm"}
     env.pop("TMUX", None)
 
     def start(*args: str) -> Pane:
         pane = Pane(
-            [sys.executable, "-m", "hpod.cli.hpodctl", "--socket", daemon.socket, "top", *args],
+            [sys.executable, "-m", "hpod.cli.hpodctl", "--socket", daemon.socket, *args],
             env,
         )
         panes.append(pane)
@@ -133,6 +136,11 @@ def top(daemon: Any) -> Iterator[Callable[..., Pane]]:
     yield start
     for pane in panes:
         pane.close()
+
+
+@pytest.fixture
+def top(hpodctl: Callable[..., Pane]) -> Callable[..., Pane]:
+    return lambda *args: hpodctl("top", *args)
 
 
 def _row(screen: str, study: str, trial: int) -> list[str] | None:
@@ -164,8 +172,8 @@ def test_top_shows_the_running_trials_and_the_best_and_follows_the_reports(
     row0, row1 = _row(screen, sid, 0), _row(screen, sid, 1)
     assert row0 is not None
     assert row1 is not None
-    assert (row0[4], row0[5], row1[4]) == ("1", "cpu", "1.1")
-    assert "1 (trial 0)" in screen  # the best, in the study's row
+    assert (row0[4], row0[5], row1[4]) == ("1", "cpu", "1.1"), screen
+    assert "1 (trial 0)" in screen, screen  # the best, in the study's row
     assert all(len(line) <= 80 for line in screen.splitlines())
 
     # The daemon sends at most one trial_reported a trial every 0.5 s (docs/python-api.md):
@@ -180,8 +188,8 @@ def test_top_shows_the_running_trials_and_the_best_and_follows_the_reports(
     )
     row1 = _row(screen, sid, 1)
     assert row1 is not None
-    assert row1[4] == "0.6"
-    assert row1[3].endswith(("/s", "/m", "/h"))  # a rate, from two reports
+    assert row1[4] == "0.6", screen
+    assert row1[3].endswith(("/s", "/m", "/h")), screen  # a rate, from two reports
 
     pane.tmux("send-keys", "-t", "t", "q")
     assert pane.exit_status() == 0
@@ -217,3 +225,21 @@ def test_top_once_and_json_without_a_terminal(daemon: Any) -> None:
     (folder / "go2").touch()
     (folder / "go3").touch()
     assert daemon.ctl_json("wait", sid, timeout=60)["state"] == "completed"
+
+
+def test_wait_on_a_terminal_shows_one_line_that_moves(
+    daemon: Any, hpodctl: Callable[..., Pane]
+) -> None:
+    folder = daemon.write_spec("watched", SPEC).parent
+    (folder / "stepper.py").write_text(STEPPER)
+    sid = daemon.ctl_json("submit", str(folder / "study.toml"))["study"]
+    pane = hpodctl("wait", sid)
+    pane.wait_for("the progress line", lambda s: f"{sid}: 0/2 trials done, 2 running" in s)
+    (folder / "go2").touch()
+    (folder / "go3").touch()
+    assert pane.exit_status() == 0
+    # With its history: tmux's "Pane is dead" line may push the first row off the top.
+    screen = pane.screen(history=True)
+    assert screen.startswith(f"study     {sid}\n"), screen
+    assert "trials done" not in screen  # the line was wiped before the summary
+    assert "best      0.333333 (trial 0)" in screen, screen
