@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hpod import __version__, wire
-from hpod.cli import curves
+from hpod.cli import budget_view, curves
 from hpod.client import Client
 from hpod.core.durations import format_duration
 from hpod.errors import EXIT_STUDY_NOT_COMPLETED, EXIT_WAIT_TIMED_OUT, HpodError
@@ -357,6 +357,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if isinstance(limits, Mapping) and limits:
         print("limits:")
         _print_pairs(limits, indent="  ")
+    if detail.get("budget"):
+        unit = detail.get("spec", {}).get("objective", {}).get("resource", "unit")
+        print("\n".join(budget_view.show_lines(detail["budget"], unit)))
     changes = detail.get("changes") or []
     if changes:
         print(f"changed while running ({len(changes)}):")
@@ -804,6 +807,8 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     print(line)
     if out.get("note"):
         print(f"note      {out['note']}")
+    if out.get("time_budget"):
+        print("\n".join(budget_view.preview_lines(out["time_budget"], unit)))
     return 0
 
 

@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from hpod.core import budget as bud
 from hpod.core.plans import TrialView
 from hpod.core.rungs import (
     bracket_levels,
@@ -20,7 +21,15 @@ from hpod.core.rungs import (
     rung_levels,
 )
 from hpod.core.searchers import GridSearcher
-from hpod.core.spec import RungType, SchedulerSpec, SchedulerType, SearcherType, StudySpec
+from hpod.core.spec import (
+    SUBSET_KEY,
+    RungType,
+    SchedulerSpec,
+    SchedulerType,
+    SearcherType,
+    StudySpec,
+    budget_shape,
+)
 from hpod.core.states import TrialState
 
 
@@ -90,6 +99,39 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else v
 
 
+def time_budget(spec: StudySpec) -> dict[str, Any] | None:
+    """What the time budget will do (docs/time-budget.md), before anything is measured: what it
+    derived from the spec, what it will measure, and what it then sets. None without one."""
+    limits = spec.limits
+    if limits.time_ratio is None or limits.full_resource is None:
+        return None
+    shape = budget_shape(spec.scheduler)
+    unit = spec.objective.resource
+    subset = spec.space[SUBSET_KEY].choices if SUBSET_KEY in spec.space.names else None
+    smallest = bud.min_trials(shape)
+    units, _ = bud.work(shape, smallest)
+    ratio = limits.time_ratio
+    return {
+        "time_ratio": ratio,
+        "full_resource": limits.full_resource,
+        "subset_ratio": subset[0] if subset and len(subset) == 1 else None if subset else 1.0,
+        "derived": list(spec.derived),
+        "concurrency": limits.max_concurrent,
+        "smallest_bracket": {"trials": smallest, "units": _num(units)},
+        "measures": (
+            f"from the first trials' own reports: start-up (launch to the first report), time "
+            f"per {unit} (between reports) and the time after the last report; until then no "
+            "time limit or trial count applies"
+        ),
+        "then": (
+            f"one full training = start-up + {limits.full_resource} x time per {unit} + end "
+            f"time; optimization_time = {ratio:g} x that"
+            + ("" if limits.max_trials is not None else "; max_trials: as many as fit")
+            + "; estimated again as trials report (hpodctl show)"
+        ),
+    }
+
+
 def preview(spec: StudySpec) -> dict[str, Any]:
     """What a study will do before anything runs: its rungs, how many trials each bracket and
     rung will see, and the budget in resource units.
@@ -111,6 +153,7 @@ def preview(spec: StudySpec) -> dict[str, Any]:
         "max_trials": limit,
         "resource": spec.objective.resource,
         "grid": _grid(spec),
+        "time_budget": time_budget(spec),
     }
     if s.type not in (SchedulerType.ASHA, SchedulerType.HYPERBAND):
         out["rung_levels"] = []

@@ -312,6 +312,8 @@ class Methods:
             out["limits"]["deadline"] = f"{format_deadline(deadline)} ({when})"
         # What `hpodctl set` changed, in order: {key, value, from, at, by}.
         out["changes"] = study.changes
+        # The time budget's latest estimate and what it set (docs/time-budget.md); None without.
+        out["budget"] = None if study.budget is None else study.budget.view(clocks.elapsed)
         out["failures"] = [
             {
                 "trial": rec.trial_id,

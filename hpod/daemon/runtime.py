@@ -16,6 +16,7 @@ from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
 from hpod.core.states import Decision, StudyState
 from hpod.core.study import Launch, Study, TrialRecord
+from hpod.daemon.budget import BudgetState
 from hpod.daemon.disk import Disk
 from hpod.daemon.procid import ProcessIdentity
 from hpod.daemon.runner import TrialProcess
@@ -98,6 +99,8 @@ class TrialRun:
     # between consecutive ones.
     mark_time: float = 0.0
     mark_resource: float = 0.0
+    # Counted reports taken from this run (the time budget measures start-up from the first).
+    counted: int = 0
     # sha256 of the token: what a report's token is checked against, and all the store keeps
     # (an adopted run's token is known only so). Made from ``token`` when not given.
     token_hash: bytes = b""
@@ -237,6 +240,8 @@ class StudyRuntime:
     disk: Disk | None = None
     # What `hpodctl set` changed, in order (hpod.core.changes): {key, value, from, at, by}.
     changes: list[dict[str, Any]] = field(default_factory=list)
+    # The time budget (hpod.daemon.budget), for a spec with [limits] time_ratio; else None.
+    budget: BudgetState | None = None
 
     def summary(self) -> dict[str, Any]:
         return summary_view(

@@ -237,6 +237,8 @@ class StudyRow:
     clocks_at: float | None = None  # wall time of the last save of elapsed and compute
     # What `hpodctl set` changed, as JSON text (a list; hpod.core.changes reads and writes it).
     changes: str | None = None
+    # The time budget's samples and latest applied estimate, as JSON (hpod.daemon.budget).
+    budget: str | None = None
 
     def replace(self, **changes: Any) -> StudyRow:
         return dataclasses.replace(self, **changes)
@@ -1126,6 +1128,7 @@ def _study_row(r: sqlite3.Row) -> StudyRow:
         client_env=None if r["client_env"] is None else _load_env(r["client_env"]),
         clocks_at=_opt_float(r["clocks_at"]),
         changes=r["changes"],
+        budget=r["budget"],
     )
 
 

@@ -30,6 +30,7 @@ from hpod.core.states import StudyState, TrialState
 from hpod.core.study import Study, TrialRecord
 from hpod.daemon import plotting
 from hpod.daemon.adoption import survey
+from hpod.daemon.budget import BudgetState, fixed_keys
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.reads import curves_page
@@ -131,6 +132,14 @@ class Studies:
     # -- admit and restore -----------------------------------------------------------------------
 
     def _runtime(self, row: StudyRow, spec: StudySpec, engine: Study) -> StudyRuntime:
+        changes = chg.load(row.changes)
+        budget = BudgetState.of(spec, self._concurrency(spec), row.budget)
+        if budget is not None and budget.samples.measured:
+            # Restored: the estimate from the samples it had, in force again at once (its
+            # limits are not in the stored spec); said only when it moves from here.
+            budget.resume(len(engine.trials), fixed_keys(changes))
+            spec = budget.apply(spec, fixed_keys(changes))
+            engine.spec = spec
         return StudyRuntime(
             id=row.id,
             seq=row.seq,
@@ -144,8 +153,15 @@ class Studies:
             compute_base=row.compute,
             client_env=row.client_env,
             disk=self.disk,
-            changes=chg.load(row.changes),
+            changes=changes,
+            budget=budget,
         )
+
+    def _concurrency(self, spec: StudySpec) -> int:
+        """How many of a study's trials may run at once: its max_concurrent, within the pool."""
+        cap = spec.limits.max_concurrent
+        size = max(1, self.pool.size)
+        return size if cap is None else max(1, min(cap, size))
 
     def _serve(self, study: StudyRuntime, now: float) -> None:
         """A running study starts its clock, its model fits and (once serving) its timers."""

@@ -26,6 +26,7 @@ from hpod.core import limits as lim
 from hpod.core.states import Decision, StudyState
 from hpod.core.study import Launch, ReportOutcome
 from hpod.daemon.adoption import LeftRun
+from hpod.daemon.budget import fixed_keys
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.containment import Containment, run_name
 from hpod.daemon.disk import POLL_SECONDS, Disk
@@ -48,6 +49,7 @@ from hpod.daemon.slots import Slot
 from hpod.daemon.statetree import UnsafePath, owner_ids
 from hpod.daemon.store import (
     LiveRunRow,
+    Op,
     ReportRow,
     Store,
     TrialRow,
@@ -56,6 +58,7 @@ from hpod.daemon.store import (
     insert_live_run_op,
     insert_trial_op,
     update_live_run_op,
+    update_study_op,
     update_trial_op,
 )
 from hpod.errors import HpodError
@@ -635,6 +638,11 @@ class Trials:
         engine = study.engine
         now = time.time()
         elapsed = time.monotonic() - run.started
+        ended_itself = run.stop_reason in (None, StopReason.DECISION) and returncode == 0
+        if study.budget is not None and run.counted > 0 and ended_itself and not run.external:
+            # What the run spent after its last counted report: saving, a final evaluation.
+            study.budget.end(time.monotonic() - run.mark_time)
+            self.revise_budget(study)
         if run.interrupted:
             engine.on_interrupted(run.trial_id)
         elif returncode is None:
@@ -678,6 +686,46 @@ class Trials:
         await self._hooks().run_ended(study)
         if not self.closed:
             self.wake()
+
+    # -- the time budget (hpod.daemon.budget) --------------------------------------------------
+
+    def _measure(self, study: StudyRuntime, run: TrialRun, mono: float, resource: float) -> None:
+        """A counted report's interval: the run's first (start-up and its first units) or a
+        step between two reports (time per unit). An adopted run's first interval is not known
+        from its launch, nor a handed-out one's start-up."""
+        budget = study.budget
+        assert budget is not None
+        if run.counted == 0:
+            if not run.adopted and not run.external:
+                budget.first(mono - run.started, resource - run.launch.resume_from)
+        else:
+            budget.step(mono - run.mark_time, resource - run.mark_resource)
+        self.revise_budget(study)
+
+    def revise_budget(self, study: StudyRuntime) -> None:
+        """The estimate again; one that moved is applied (the study's optimization_time and
+        max_trials), stored with its ``budget_revised`` event, and acted on at once."""
+        budget = study.budget
+        if budget is None or study.engine.state is not StudyState.RUNNING:
+            return
+        fixed = fixed_keys(study.changes)
+        if not budget.revise(len(study.engine.trials), fixed):
+            return
+        study.spec = budget.apply(study.spec, fixed)
+        study.engine.spec = study.spec  # the engine reads max_trials off its spec
+        data = budget.event()
+        log.info("budget_revised", study=study.id, **data)
+        ops = (
+            update_study_op(study.id, budget=budget.to_json()),
+            self.events.op(study.id, None, "budget_revised", data, time.time()),
+        )
+        if self.tg is not None:
+            self.spawn(self._store_budget, ops)
+        study.wake()  # the watcher reads the new limit
+        self.wake()  # more (or fewer) trials may start
+
+    async def _store_budget(self, ops: tuple[Op, ...]) -> None:
+        await self.disk.write(*ops)
 
     # -- the disk --------------------------------------------------------------------------------
 
@@ -748,7 +796,10 @@ class Trials:
         if outcome.counted and outcome.resource > run.mark_resource:
             mono = time.monotonic()
             study.pace = study.pace.add(mono - run.mark_time, outcome.resource - run.mark_resource)
+            if study.budget is not None:
+                self._measure(study, run, mono, outcome.resource)
             run.mark_time, run.mark_resource = mono, outcome.resource
+            run.counted += 1
         if outcome.decision is not Decision.CONTINUE and run.stop_reason is None:
             # The trial has the grace period to save its checkpoint and exit by itself.
             run.request_stop(StopReason.DECISION, time.monotonic() + study.spec.stop_grace)
