@@ -35,10 +35,10 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 echo "setup.sh: installing into $VENV (quiet; errors are shown)" >&2
 "${PIP[@]}" install -q --upgrade pip
-# torch first and pinned: a bare `torch` requirement (from the examples extra) would otherwise
-# resolve to the CUDA build and pull several GB. `==2.13.0` also matches the local CPU build
-# `2.13.0+cpu`; on a machine that has no local wheel, point pip at the CPU index with
-# HPOD_TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+# torch first and pinned, so that the examples extra's bare `torch` takes this one. `==2.13.0`
+# also matches the local CPU build `2.13.0+cpu`, which pip prefers where one is served (a local
+# wheel folder); from PyPI alone it is PyPI's CUDA build, several GB: to get the CPU build
+# there, point pip at the CPU index with HPOD_TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 "${PIP[@]}" install -q "torch==$TORCH_VERSION" \
     ${HPOD_TORCH_INDEX:+--extra-index-url "$HPOD_TORCH_INDEX"}
 "${PIP[@]}" install -q -e ".[examples,test]"

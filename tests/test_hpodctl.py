@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hpod.cli.hpodctl import main
+from hpod.cli.hpodctl import _user, main
 from hpod.client import Client, default_socket_path
 from hpod.errors import EXIT_STUDY_NOT_COMPLETED, DaemonUnavailable, ErrorCode, NotFound
 from tests.wire_server import WireServer, raising
@@ -229,7 +229,8 @@ def test_ls_table(server: WireServer, capsys: pytest.CaptureFixture[str]) -> Non
     assert run(server, "ls") == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["STUDY", "NAME", "STATE", "TRIALS", "BEST", "OWNER"]
-    assert row.split() == ["s1", "digits-mlp", "running", "4/6", "0.97", "(trial", "4)", "1000"]
+    owner = _user(1000)  # the owner's user name where uid 1000 has one here, else 1000
+    assert row.split() == ["s1", "digits-mlp", "running", "4/6", "0.97", "(trial", "4)", owner]
     assert header.index("NAME") == row.index("digits-mlp")  # aligned columns
 
 

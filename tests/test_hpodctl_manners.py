@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,7 @@ from typing import Any
 import pytest
 
 from hpod import __version__
-from hpod.cli.hpodctl import _commands, _parser, main
+from hpod.cli.hpodctl import _commands, _fmt_change, _parser, main
 from tests.wire_server import WireServer
 
 pytestmark = pytest.mark.usefixtures("clean_trial_env")
@@ -119,3 +124,67 @@ def test_a_closed_pipe_ends_quietly(server: WireServer) -> None:
         proc.wait(timeout=60)
     assert err == ""
     assert proc.returncode == 141  # 128 + SIGPIPE, as a program the pipe's signal ended
+
+
+def test_owners_are_user_names(server: WireServer, capsys: pytest.CaptureFixture[str]) -> None:
+    nobody = next(uid for uid in range(4242, 5000) if not _has_user(uid))
+    server.methods["studies"] = [
+        {**STUDIES[0], "owner": 0},
+        {**STUDIES[0], "study": "s2", "owner": nobody},
+    ]
+    assert main(["--socket", server.path, "ls"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[-1] for r in rows] == ["root", str(nobody)]  # a uid with no name stays a number
+    assert main(["--socket", server.path, "ls", "--json"]) == 0
+    assert [s["owner"] for s in json.loads(capsys.readouterr().out)] == [0, nobody]
+    change = {"key": "max_trials", "value": 9, "from": 5, "at": 0.0, "by": 0}
+    assert _fmt_change(change).endswith(" root: max_trials 5 -> 9")
+    assert f" uid {nobody}: " in _fmt_change({**change, "by": nobody})
+
+
+def _has_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def test_ping_wait_waits_for_a_daemon_that_starts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tempfile.mkdtemp(prefix="hpod")
+    path = os.path.join(folder, "s.sock")
+    tried = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # ping found no daemon and waits before trying again
+        tried.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    status: list[int] = []
+    pinger = threading.Thread(
+        target=lambda: status.append(main(["ping", "--wait", "--socket", path])), daemon=True
+    )
+    pinger.start()
+    try:
+        assert tried.wait(60), "ping never tried"
+        with WireServer({"ping": {"pong": True, "version": "0.1.0"}}, path=path):
+            pinger.join(60)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert status == [0]
+    assert f"pong from hpod 0.1.0 on {path}" in capsys.readouterr().out
+
+
+def test_ping_wait_gives_up_at_its_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tempfile.mkdtemp(prefix="hpod")
+    path = os.path.join(folder, "absent.sock")
+    try:
+        assert main(["ping", "--wait", "--timeout", "0.3", "--socket", path]) == 3
+    finally:
+        os.rmdir(folder)
+    err = capsys.readouterr().err
+    assert err == f"hpodctl: no hpod daemon answered on {path} within 0.3 s\n"
+    assert main(["ping", "--socket", path]) == 3  # without --wait: at once, as before

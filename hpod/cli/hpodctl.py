@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import math
 import os
+import pwd
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,11 +29,17 @@ from hpod import __version__, wire
 from hpod.cli import budget_view, curves
 from hpod.client import Client
 from hpod.core.durations import format_duration
-from hpod.errors import EXIT_STUDY_NOT_COMPLETED, EXIT_WAIT_TIMED_OUT, HpodError
+from hpod.errors import (
+    EXIT_STUDY_NOT_COMPLETED,
+    EXIT_WAIT_TIMED_OUT,
+    DaemonUnavailable,
+    HpodError,
+)
 
 _FINAL_TRIAL_STATES = ("completed", "stopped", "failed")
 _STATE_ORDER = ("running", "pending", "paused", "interrupted", "completed", "stopped", "failed")
 _INT_LITERAL = re.compile(r"[+-]?\d+")
+PING_WAIT_S = 30.0  # how long `ping --wait` waits for a daemon by default
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -193,7 +202,20 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr")
     p.set_defaults(stream="stderr")
     p.add_argument("--tail", metavar="N", type=int, default=50, help="lines (default 50)")
-    add("ping", _cmd_ping, "check that the daemon answers", "hpodctl ping")
+    p = add(
+        "ping",
+        _cmd_ping,
+        "check that the daemon answers; with --wait, wait for one that is starting",
+        "hpodctl ping\nhpodctl ping --wait --timeout 60   # after starting `hpod serve &`",
+    )
+    p.add_argument("--wait", action="store_true", help="until a daemon answers (or --timeout)")
+    p.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=PING_WAIT_S,
+        help=f"with --wait: give up after S s (default {PING_WAIT_S:g})",
+    )
     p = add(
         "report",
         _cmd_report,
@@ -322,7 +344,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             str(s.get("state", "")) + (" (held)" if s.get("held") else ""),
             _done_total(s),
             _fmt_best(s.get("best")),
-            _fmt(s.get("owner")),
+            _user(s.get("owner")),
         ]
         for s in studies
     ]
@@ -549,7 +571,8 @@ def _cmd_set(args: argparse.Namespace) -> int:
 
 
 def _fmt_change(change: Mapping[str, Any]) -> str:
-    """``2026-12-02 02:31:05 uid 1000: optimization_time 1h00m -> 30m``."""
+    """``2026-12-02 02:31:05 alice: optimization_time 1h00m -> 30m`` (``uid 1000`` where the uid
+    has no user name here)."""
     from hpod.core.changes import shown
 
     key = str(change.get("key"))
@@ -560,7 +583,9 @@ def _fmt_change(change: Mapping[str, Any]) -> str:
         else _fmt(at)
     )
     before, after = shown(key, change.get("from")), shown(key, change.get("value"))
-    return f"{when} uid {_fmt(change.get('by'))}: {key} {before} -> {after}"
+    by = change.get("by")
+    who = _user(by) if _user(by) != _fmt(by) else f"uid {_fmt(by)}"
+    return f"{when} {who}: {key} {before} -> {after}"
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
@@ -665,9 +690,24 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_ping(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        result = client.ping()
-        path = client.socket_path
+    deadline = time.monotonic() + args.timeout
+    pause = 0.02
+    path = _client(args).socket_path  # opened on the first call only
+    while True:
+        try:
+            with _client(args) as client:
+                result = client.ping()
+            break
+        except DaemonUnavailable:
+            # A daemon that is starting has no socket yet, or one that does not accept yet.
+            if not args.wait or time.monotonic() + pause > deadline:
+                if args.wait:
+                    raise DaemonUnavailable(
+                        f"no hpod daemon answered on {path} within {args.timeout:g} s"
+                    ) from None
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
     if args.json:
         _print_json(result)
         return 0
@@ -964,7 +1004,7 @@ def _render_summary(s: Mapping[str, Any]) -> str:
         f"name      {_fmt(s.get('name'))}",
         f"state     {_fmt(s.get('state'))}"
         + (f" ({s['end_reason']})" if s.get("end_reason") else ""),
-        f"owner     {_fmt(s.get('owner'))}",
+        f"owner     {_user(s.get('owner'))}",
         f"created   {_fmt_time(s.get('created'))}",
     ]
     if s.get("held"):
@@ -1083,6 +1123,18 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (list, Mapping)):
         return json.dumps(wire.tag(value), separators=(",", ":"))
     return str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _user(uid: Any) -> str:
+    """A uid as its user name on this machine (the daemon's --json keeps the number); the
+    number where it has none."""
+    if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            pass
+    return _fmt(uid)
 
 
 def _fmt_time(value: Any) -> str:
