@@ -23,7 +23,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +145,27 @@ class Client:
         return self._dict(self.call("study", {"study": study}))
 
     def trials(self, study: str) -> list[dict[str, Any]]:
-        """Every trial of a study."""
-        return self._list(self.call("trials", {"study": study}))
+        """Every trial of a study (read a page at a time: :meth:`iter_trials`)."""
+        return list(self.iter_trials(study))
+
+    def iter_trials(self, study: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
+        """A study's trials in trial order, from trial ``after`` on, read from the daemon a page
+        at a time (wire ``trials`` with ``after``; each page as it is when it is read), so that
+        no answer is over the line cap however many trials the study has. A daemon older than
+        pages answers with the whole list at once."""
+        while True:
+            result = self.call("trials", {"study": study, "after": after})
+            if isinstance(result, list):
+                yield from result[after:]
+                return
+            page = self._dict(result)
+            yield from self._list(page.get("trials"))
+            nxt = page.get("next")
+            if nxt is None:
+                return
+            if isinstance(nxt, bool) or not isinstance(nxt, int) or nxt <= after:
+                raise ProtocolError(f"the daemon sent a trials page with next {nxt!r}")
+            after = nxt
 
     def best(self, study: str) -> dict[str, Any]:
         """``{"study", "trial", "config", "objective", "resource"}``; NotFound if no result yet."""

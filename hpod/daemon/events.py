@@ -343,6 +343,13 @@ class EventLog:
             self._waiting -= 1
 
 
-def page(rows: Sequence[EventRow], after: int) -> dict[str, Any]:
-    """The wire result: the events and the cursor to ask after next."""
-    return {"events": [event_view(r) for r in rows], "cursor": rows[-1].id if rows else after}
+def page(rows: Sequence[EventRow], after: int, limit: int = PAGE_MAX) -> dict[str, Any]:
+    """The wire result: the events and the cursor to ask after next; ``next``, as the other
+    paged answers have it: that cursor when the page is full (more may follow at once), else
+    None (the last stored now: a follower long-polls with ``cursor``)."""
+    cursor = rows[-1].id if rows else after
+    return {
+        "events": [event_view(r) for r in rows],
+        "cursor": cursor,
+        "next": cursor if len(rows) >= limit else None,
+    }

@@ -34,7 +34,7 @@ from hpod.daemon.server import AnsweringHandler, Handler, Peer
 from hpod.daemon.store import metrics_text, report_op
 from hpod.daemon.studies import Studies
 from hpod.daemon.trials import Trials, trial_log, trial_log_or_refusal
-from hpod.daemon.views import best_view, front_view, trial_view
+from hpod.daemon.views import best_view, front_view, trial_view, trials_page
 from hpod.errors import BadState, InvalidParams, NotFound, PermissionDenied, TokenRejected
 from hpod.fit.fitter import Fitter
 
@@ -326,7 +326,13 @@ class Methods:
         return out
 
     async def _trials(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """A study's trials: a page of them from ``after`` (0: the first; a page's ``next``) when
+        ``after`` or ``limit`` is given, else every one in one list, as before pages (an older
+        client's call; past some thousands of trials it is over the line cap)."""
         study = self._read_study(peer, params)
+        if "after" in params or "limit" in params:
+            after = _param_cursor(params, what="the 'next' of the page before")
+            return trials_page(study.engine, after, _param_limit(params))
         return [trial_view(study.engine, rec) for rec in study.engine.records()]
 
     async def _best(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -504,8 +510,9 @@ class Methods:
             cursor = rows[-1].id if rows else after
             page = events_page([r for r in rows if self._may_read_event(peer, r.study_id)], after)
             page["cursor"] = cursor
+            page["next"] = cursor if len(rows) >= limit else None
             return page
-        return events_page(rows, after)
+        return events_page(rows, after, limit)
 
     def _may_read_event(self, peer: Peer, study_id: str | None) -> bool:
         if study_id is None:  # the daemon's own events
@@ -647,12 +654,12 @@ class Methods:
         return {"decision": decision, "final": True}
 
 
-def _param_cursor(params: Mapping[str, Any]) -> int:
+def _param_cursor(params: Mapping[str, Any], what: str = "the id of the last one seen") -> int:
     value = params.get("after", 0)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEQ_MAX:
         raise InvalidParams(
-            "parameter 'after' must be a cursor: 0 (from the start) or the id of the last "
-            f"event seen, not {wire.shown(value)}"
+            f"parameter 'after' must be a cursor: 0 (from the start) or {what}, "
+            f"not {wire.shown(value)}"
         )
     return value
 

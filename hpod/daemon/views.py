@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from hpod import wire
 from hpod.core.study import Best, Study, TrialRecord
+
+# A page of ``trials`` stops once its views hold this many bytes of JSON, whatever ``limit``
+# says: a quarter of the line cap leaves room for the largest configuration, and a page costs
+# the loop a bounded time to build.
+PAGE_BYTES = wire.MAX_LINE // 4
 
 
 def best_view(study_id: str, best: Best | None) -> dict[str, Any] | None:
@@ -95,3 +102,20 @@ def summary_view(
         "objective": objective_view(study),
         **({"front": front_view(study_id, study)} if study.objective.is_multi else {}),
     }
+
+
+def trials_page(study: Study, after: int, limit: int) -> dict[str, Any]:
+    """The paged ``trials`` answer: the views of trials ``after``, ``after + 1``... (at most
+    ``limit``, and no more than :data:`PAGE_BYTES` of them), and ``next``: the ``after`` of the
+    next page, or None when this page reached the last trial there is now."""
+    total = len(study.trials)
+    views: list[dict[str, Any]] = []
+    size = 0
+    at = after
+    end = min(total, after + limit)
+    while at < end and size < PAGE_BYTES:
+        view = trial_view(study, study.record(at))
+        size += len(json.dumps(view, default=str))
+        views.append(view)
+        at += 1
+    return {"trials": views, "next": at if at < total else None}

@@ -370,7 +370,11 @@ def method_fields(aim: Aim) -> dict[str, dict[str, Field]]:
         },
         "studies": {},
         "study": study,
-        "trials": study,
+        "trials": {
+            **study,
+            "after": _any(st.integers(min_value=0, max_value=10)),
+            "limit": _any(st.integers(min_value=1, max_value=100)),
+        },
         "best": study,
         # Never the real study: a fuzzed stop would end it, and with it the trial's token.
         "stop": {"study": _study(aim, real=False)},

@@ -6,6 +6,7 @@ the fitter and the store are fakes that record what the methods asked of them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,40 @@ async def test_trials_lists_a_view_of_every_trial(world: World) -> None:
     assert [(t["trial"], t["state"]) for t in out] == [(0, "running"), (1, "running")]
     assert out[0]["objective"] == 0.5
     assert out[1]["objective"] is None
+
+
+async def test_trials_pages_from_after_with_next_until_the_last(world: World) -> None:
+    for _ in range(4):  # the fake study's max_trials
+        start_run(world.study)
+    sid = world.study.id
+    first = await world.call("trials", {"study": sid, "limit": 2})
+    assert [t["trial"] for t in first["trials"]] == [0, 1]
+    assert first["next"] == 2
+    second = await world.call("trials", {"study": sid, "after": 2, "limit": 1})
+    assert [t["trial"] for t in second["trials"]] == [2]
+    last = await world.call("trials", {"study": sid, "after": second["next"]})
+    assert [t["trial"] for t in last["trials"]] == [3]
+    assert last["next"] is None
+    past = await world.call("trials", {"study": sid, "after": 99})
+    assert past == {"trials": [], "next": None}
+    with pytest.raises(InvalidParams, match="'after' must be a cursor"):
+        await world.call("trials", {"study": sid, "after": -1})
+    with pytest.raises(InvalidParams, match="'limit'"):
+        await world.call("trials", {"study": sid, "limit": 0})
+
+
+async def test_a_trials_page_stops_at_its_byte_budget(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpod.daemon import views
+
+    for _ in range(4):
+        start_run(world.study)
+    one = len(json.dumps((await world.call("trials", {"study": world.study.id}))[0]))
+    monkeypatch.setattr(views, "PAGE_BYTES", 2 * one)
+    page = await world.call("trials", {"study": world.study.id, "after": 0})
+    assert [t["trial"] for t in page["trials"]] == [0, 1]
+    assert page["next"] == 2
 
 
 async def test_best_is_not_found_until_a_trial_reports_the_metric(world: World) -> None:
