@@ -23,6 +23,7 @@ reported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
@@ -30,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,9 @@ __all__ = [
     "close",
     "config",
     "inside_hpod",
+    "is_oom_error",
     "max_resource",
+    "oom_guard",
     "report",
     "report_oom",
     "resume_from",
@@ -214,6 +217,41 @@ def report_oom() -> bool:
     except MethodNotFound:
         return False
     return True
+
+
+# The out-of-memory errors of the frameworks, by class name (none of them is imported here):
+# torch.OutOfMemoryError and torch.cuda.OutOfMemoryError, Python's MemoryError, TensorFlow's
+# ResourceExhaustedError, JAX's XlaRuntimeError when it says RESOURCE_EXHAUSTED.
+_OOM_CLASSES = frozenset({"OutOfMemoryError", "MemoryError", "ResourceExhaustedError"})
+_OOM_WORDS = ("CUDA out of memory", "CUDA error: out of memory", "RESOURCE_EXHAUSTED")
+
+
+def is_oom_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a framework's out-of-memory error (by its class, or for an older
+    torch's RuntimeError and XLA's errors by what it says)."""
+    if any(cls.__name__ in _OOM_CLASSES for cls in type(exc).__mro__):
+        return True
+    text = str(exc)
+    return any(word in text for word in _OOM_WORDS)
+
+
+@contextlib.contextmanager
+def oom_guard() -> Iterator[None]:
+    """Around the training: an out-of-memory error raised inside (``torch.cuda.OutOfMemoryError``,
+    ``MemoryError``, ... see :func:`is_oom_error`) is reported with :func:`report_oom` and raised
+    on, so the trial exits with it and the study's ``[oom]`` policy retries it with a halved
+    batch (docs/oom.md). Any other error passes through untouched::
+
+        with hpod.trial.oom_guard():
+            train(config["batch_size"])
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if is_oom_error(exc):
+            with contextlib.suppress(Exception):  # never hide the OOM behind a report's error
+                report_oom()
+        raise
 
 
 def close() -> None:

@@ -472,3 +472,24 @@ def test_hpodctl_report_waits_and_re_sends_too(in_trial: WireServer) -> None:
     match = SENDER.fullmatch(lost[0])
     assert match is not None
     assert int(match.group(1)) != os.getpid()
+
+
+def test_oom_guard_reports_a_frameworks_oom_and_raises_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hpod import trial
+
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError, by name
+        pass
+
+    told: list[bool] = []
+    monkeypatch.setattr(trial, "report_oom", lambda: told.append(True) or True)
+    with pytest.raises(OutOfMemoryError), trial.oom_guard():
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(RuntimeError, match="CUDA error"), trial.oom_guard():
+        raise RuntimeError("CUDA error: out of memory")  # an older torch
+    with pytest.raises(ValueError, match="not a memory"), trial.oom_guard():
+        raise ValueError("not a memory problem")
+    assert told == [True, True]
+    assert trial.is_oom_error(MemoryError())
+    assert not trial.is_oom_error(KeyError("x"))

@@ -393,12 +393,25 @@ def _cmd_show(args: argparse.Namespace) -> int:
     decisions = detail.get("decisions")
     if isinstance(decisions, Mapping):
         print(_render_decisions(decisions))
+    retries = detail.get("oom_retries") or []
+    if retries:
+        print(f"out-of-memory retries ({len(retries)}, not failures):")
+        for r in retries:
+            print("  " + _fmt_retry(r))
     failures = detail.get("failures") or []
     if failures:
         print(f"failures ({len(failures)}):")
         for failure in failures:
             _print_failure(failure)
     return 0
+
+
+def _fmt_retry(r: Mapping[str, Any]) -> str:
+    """``trial 3 run 1: bs 128 -> 64 (exited with status 1 (out of memory))``."""
+    return (
+        f"trial {_fmt(r.get('trial'))} run {_fmt(r.get('run'))}: {r.get('key')} "
+        f"{_fmt(r.get('from'))} -> {_fmt(r.get('to'))} ({r.get('error', '')})"
+    )
 
 
 def _render_containment(c: Mapping[str, Any]) -> str:
@@ -467,6 +480,8 @@ def _cmd_trials(args: argparse.Namespace) -> int:
         return 0
     # Several objectives: a column per metric instead of OBJECTIVE.
     names = next((list(t["values"]) for t in trials if isinstance(t.get("values"), Mapping)), [])
+    # An OOM column only where a trial was retried for running out of memory (docs/oom.md).
+    oom = any(t.get("retries") for t in trials)
     rows = [
         [
             _fmt(t.get("trial")),
@@ -478,13 +493,24 @@ def _cmd_trials(args: argparse.Namespace) -> int:
                 else [_fmt(t.get("objective"))]
             ),
             _fmt(t.get("runs")),
+            *([_fmt_retries(t.get("retries"))] if oom else []),
             _fmt_config(t.get("config")),
         ]
         for t in trials
     ]
     metric_heads = [n.upper() for n in names] if names else ["OBJECTIVE"]
-    _print_table(["TRIAL", "STATE", "RESOURCE", *metric_heads, "RUNS", "CONFIG"], rows)
+    heads = ["TRIAL", "STATE", "RESOURCE", *metric_heads, "RUNS", *(["OOM"] if oom else [])]
+    _print_table([*heads, "CONFIG"], rows)
     return 0
+
+
+def _fmt_retries(retries: Any) -> str:
+    """A trial's out-of-memory retries in a table cell: ``bs 128>64>32``, or ``-``."""
+    if not isinstance(retries, list) or not retries:
+        return "-"
+    first = retries[0]
+    chain = [_fmt(first.get("from")), *(_fmt(r.get("to")) for r in retries)]
+    return f"{first.get('key')} " + ">".join(chain)
 
 
 def _cmd_best(args: argparse.Namespace) -> int:

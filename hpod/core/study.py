@@ -84,6 +84,42 @@ class TrialRecord:
     # A multi-objective study's counted values, one per metric (objective.names order; NaN for
     # one a report left out), by level; ``curve`` holds the first metric's. Empty otherwise.
     vectors: tuple[tuple[float, tuple[float, ...]], ...] = ()
+    # Its out-of-memory retries, oldest first (:class:`OomRetry`; trials.retries in the store).
+    retries: tuple[OomRetry, ...] = ()
+
+
+@dataclass(frozen=True)
+class OomRetry:
+    """One out-of-memory retry (docs/oom.md): the run that ran out of memory, the batch key's
+    value it had and the one the retry gets, when, and what the run's end said."""
+
+    run: int
+    key: str
+    before: int
+    after: int
+    at: float
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "key": self.key,
+            "from": self.before,
+            "to": self.after,
+            "at": self.at,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> OomRetry:
+        return cls(
+            run=int(raw["run"]),
+            key=str(raw["key"]),
+            before=int(raw["from"]),
+            after=int(raw["to"]),
+            at=float(raw["at"]),
+            error=str(raw.get("error", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -172,6 +208,9 @@ class _Trial:
     reported_keys: set[str] = field(default_factory=set)
     # Multi-objective: every metric's counted value by level (TrialRecord.vectors).
     vectors: dict[float, tuple[float, ...]] = field(default_factory=dict)
+    retries: list[OomRetry] = field(default_factory=list)
+    # Retried after running out of memory: its next run starts from scratch (resume_from 0).
+    restart: bool = False
 
     @property
     def last_resource(self) -> float:
@@ -195,6 +234,7 @@ class _Trial:
             last_decision=self.ending,
             reported_keys=tuple(sorted(self.reported_keys)),
             vectors=tuple(sorted(self.vectors.items())),
+            retries=tuple(self.retries),
         )
 
 
@@ -273,7 +313,10 @@ class Study:
                 error=rec.error,
                 reported_keys=set(rec.reported_keys),
                 vectors=dict(rec.vectors),
+                retries=list(rec.retries),
             )
+            # Retried and not run since: the retry still starts from scratch.
+            t.restart = bool(rec.retries) and rec.retries[-1].run == rec.runs
             if rec.trial_id in live and rec.state is TrialState.RUNNING:
                 if rec.last_decision is not Decision.CONTINUE and not rec.interrupting:
                     t.ending = rec.last_decision
@@ -344,7 +387,7 @@ class Study:
         waiting = self._in[TrialState.INTERRUPTED] | self._in[TrialState.PENDING]
         if waiting:
             t = self._trials[min(waiting)]
-            return self._launch(t, fresh=t.runs == 0 and not t.curve)
+            return self._launch(t, fresh=(t.runs == 0 and not t.curve) or t.restart)
         while True:
             plan = self._scheduler.next(self, can_start_new=self._can_start_new())
             if plan is None:
@@ -437,6 +480,7 @@ class Study:
         t.ending = None
         t.stopped_by_shell = False
         self._touched(t)
+        t.restart = False
         return Launch(t.trial_id, dict(t.config), t.resume_from, t.max_resource, fresh)
 
     def _observations(self) -> list[Observation]:
@@ -600,9 +644,17 @@ class Study:
         self._get(trial_id).stopped_by_shell = True
 
     def on_exit(
-        self, trial_id: int, returncode: int, now: float, error: str | None = None
+        self,
+        trial_id: int,
+        returncode: int,
+        now: float,
+        error: str | None = None,
+        *,
+        oom: bool = False,
     ) -> TrialState:
-        """Record how a trial's process ended; returns its new state."""
+        """Record how a trial's process ended; returns its new state. ``oom``: it ran out of
+        memory (it said so, its stderr shows it, or the kernel's OOM killer ended it): the
+        study's [oom] policy retries it with a halved batch (PENDING, not FAILED) while it may."""
         t = self._get(trial_id)
         if t.state is not TrialState.RUNNING:
             raise BadState(f"trial {trial_id} is {t.state.value}; it has no process to exit")
@@ -613,13 +665,52 @@ class Study:
         elif returncode == 0:
             new = TrialState.COMPLETED if self._measured(t) else self._unmeasured(t)
         else:
-            new = TrialState.FAILED
-            t.error = error or f"exited with status {returncode}"
+            text = error or f"exited with status {returncode}"
+            retry = self._oom_retry(t, text, now) if oom else None
+            if retry is None:
+                new = TrialState.FAILED
+                t.error = text + (self._no_retry(t) if oom else "")
+            else:
+                new = retry
         self._move(t, new)
         t.ending = None
         self._touched(t)
         self._check_hopeless()
         return new
+
+    def _oom_retry(self, t: _Trial, error: str, now: float) -> TrialState | None:
+        """PENDING with the batch key halved, when the [oom] policy allows another retry; None
+        when it does not (no batch key, retries spent, already at the floor)."""
+        policy = self.spec.oom
+        key = policy.batch_size_key
+        if key is None or len(t.retries) >= policy.max_retries:
+            return None
+        value = t.config.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        before = int(value)
+        if before <= policy.min_value:
+            return None
+        after = max(policy.min_value, before // 2)
+        t.retries.append(OomRetry(t.runs, key, before, after, now, error))
+        t.config[key] = after
+        t.restart = True
+        t.error = None
+        self._version += 1
+        return TrialState.PENDING
+
+    def _no_retry(self, t: _Trial) -> str:
+        """Why an out-of-memory exit was not retried, for the trial's error."""
+        policy = self.spec.oom
+        key = policy.batch_size_key
+        if key is None:
+            return "; out of memory, and [oom] batch_size_key is not set, so it is not retried"
+        if len(t.retries) >= policy.max_retries:
+            return f"; out of memory after {len(t.retries)} retries ([oom] max_retries)"
+        return (
+            f"; out of memory with {key} = {t.config.get(key)!r}, at the floor "
+            f"([oom] min_value = {policy.min_value})"
+        )
 
     def _end(self, t: _Trial, decision: Decision) -> TrialState:
         """The state a run ended by ``decision`` (PAUSE or STOP) leaves its trial in."""

@@ -40,7 +40,12 @@ REPORT_EVENT_SECONDS = 0.5
 PAGE_MAX = 1000
 
 # The kinds of a trial's run that ended without ending the trial, and of one that ended it.
-_RUN_END_KINDS = {TrialState.PAUSED: "trial_paused", TrialState.INTERRUPTED: "trial_interrupted"}
+_RUN_END_KINDS = {
+    TrialState.PAUSED: "trial_paused",
+    TrialState.INTERRUPTED: "trial_interrupted",
+    # Out of memory, and the [oom] policy runs it again with the batch key halved (docs/oom.md).
+    TrialState.PENDING: "trial_oom_retry",
+}
 
 
 def decision_op(study_id: str, rec: DecisionRecord) -> Op:
@@ -130,12 +135,13 @@ class EventLog:
     def exit_ops(
         self, study: StudyRuntime, rec: TrialRecord, returncode: int | None, at: float
     ) -> list[Op]:
-        """A run's end: ``trial_paused``, ``trial_interrupted`` (a shutdown: it runs again), or
+        """A run's end: ``trial_paused``, ``trial_interrupted`` (a shutdown: it runs again),
+        ``trial_oom_retry`` (out of memory: it runs again with a halved batch), or
         ``trial_ended`` (completed, stopped or failed: its last run)."""
         self._reported.pop((study.id, rec.trial_id), None)
         kind = _RUN_END_KINDS.get(rec.state, "trial_ended")
         curve = rec.curve
-        data = {
+        data: dict[str, Any] = {
             "state": rec.state.value,
             "objective": _number(study.engine.value_of(rec.trial_id)) if curve else None,
             "resource": curve[-1][0] if curve else None,
@@ -143,6 +149,8 @@ class EventLog:
             "run": rec.runs,
             "error": rec.error,
         }
+        if rec.state is TrialState.PENDING and rec.retries:
+            data["retry"] = rec.retries[-1].to_dict()
         ops = [self.op(study.id, rec.trial_id, kind, data, at)]
         # A study that was waiting on this run may now have a different best (never lower for a
         # run's end alone: the curve did not change), so only the report path tracks it.

@@ -269,8 +269,14 @@ class ExternalRuns:
             try:
                 if outcome != "left":
                     with anyio.CancelScope(shield=True):
+                        # A run its caller said ran out of memory (trial.oom, hpopt's
+                        # reportOOM) ends as a local one whose process died of it.
+                        oom = run.oom and outcome != "lease"
                         await self.trials._after_exit(
-                            study, run, None if outcome == "lease" else 0, None
+                            study,
+                            run,
+                            None if outcome == "lease" else 1 if oom else 0,
+                            "its caller reported it out of memory" if oom else None,
                         )
             finally:
                 self._recorded.pop(id(run), None)

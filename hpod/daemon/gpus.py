@@ -187,6 +187,9 @@ class DevicePool:
         self._all: list[GpuInfo] = []
         self._leases: dict[int, _GpuLease] = {}
         self._next_lease = 0
+        # (study, trial) -> the GPU memory (MiB) a run of it had when it ran out of memory: its
+        # retry goes where more is free, if any GPU has that (note_oom; docs/oom.md).
+        self._oom_notes: dict[tuple[str, int], int] = {}
 
     # -- the GPUs ---------------------------------------------------------------------------
 
@@ -276,14 +279,39 @@ class DevicePool:
             }
         return {"kind": "none", "reason": f"{asks}; {self._no_gpu()}: its trials wait for GPUs"}
 
-    def _pick(self, gpus_per_trial: int, trials_per_gpu: int) -> list[GpuInfo] | None:
+    def _pick(
+        self, gpus_per_trial: int, trials_per_gpu: int, needs_more_than: int | None = None
+    ) -> list[GpuInfo] | None:
         share = 1.0 / trials_per_gpu
         fitting = [g for g in self._gpus if self.usable(g, share)]
         if len(fitting) < gpus_per_trial:
             return None
-        # Fullest first: trials that may share a GPU pack onto one before opening another.
-        fitting.sort(key=lambda g: (-self.load(g.uuid), g.index))
+
+        # Fullest first: trials that may share a GPU pack onto one before opening another. A
+        # trial that ran out of memory with ``needs_more_than`` MiB goes first to GPUs with
+        # more free than that, where there are such.
+        def key(g: GpuInfo) -> tuple[bool, float, int]:
+            short = needs_more_than is not None and g.memory_free_mib <= needs_more_than
+            return (short, -self.load(g.uuid), g.index)
+
+        fitting.sort(key=key)
         return fitting[:gpus_per_trial]
+
+    def note_oom(self, study: str, trial: int, devices: Sequence[str], share: float) -> int | None:
+        """A run of the trial on ``devices`` ran out of memory: the pool learns that this
+        configuration needs more than it had (the least of its GPUs' memory times its share of
+        each), and places the trial's retry on a GPU with more free memory than that where
+        there is one. Returns the MiB noted (None: none of its GPUs is known)."""
+        had = [g.memory_total_mib * share for g in self._gpus if g.uuid in devices]
+        if not had:
+            return None
+        mib = int(min(had))
+        self._oom_notes[(study, trial)] = mib
+        return mib
+
+    def oom_note(self, study: str, trial: int) -> int | None:
+        """The GPU memory (MiB) the trial ran out of memory with, if it did (note_oom)."""
+        return self._oom_notes.get((study, trial))
 
     def fits(
         self, gpus_per_trial: int, trials_per_gpu: int = 1, *, cpu_fallback: bool = False
@@ -307,7 +335,7 @@ class DevicePool:
             return None
         if not self._uses_gpus(gpus_per_trial):
             return self._cpu.acquire(study, trial)
-        picked = self._pick(gpus_per_trial, trials_per_gpu)
+        picked = self._pick(gpus_per_trial, trials_per_gpu, self._oom_notes.get((study, trial)))
         if picked is None:
             return None
         self._next_lease += 1
@@ -376,6 +404,10 @@ class DevicePool:
             "busy_policy": self.config.busy_policy,
             "min_free_memory_mib": self.config.min_free_memory_mib,
             "gpus": gpus,
+            "oom_notes": [
+                {"study": st, "trial": tr, "had_mib": mib}
+                for (st, tr), mib in sorted(self._oom_notes.items())
+            ],
             "cpu_slots": {
                 "size": self._cpu.size,
                 "free": self._cpu.free,

@@ -323,6 +323,12 @@ class Methods:
             for rec in study.engine.records()
             if rec.state is TrialState.FAILED
         ]
+        # Each out-of-memory retry (not a failure): {trial, run, key, from, to, at, error}.
+        out["oom_retries"] = [
+            {"trial": rec.trial_id, **r.to_dict()}
+            for rec in study.engine.records()
+            for r in rec.retries
+        ]
         return out
 
     async def _trials(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -559,6 +565,8 @@ class Methods:
 
     async def _trial_oom(self, peer: Peer, params: dict[str, Any]) -> Any:
         study, run = self._authenticate(params)
+        # Its exit is then an out-of-memory one: the study's [oom] policy decides (docs/oom.md).
+        run.oom = True
         await self.studies.store.add_event(study.id, run.trial_id, "oom", {}, time.time())
         return {"recorded": True}
 

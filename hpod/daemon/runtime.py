@@ -116,6 +116,9 @@ class TrialRun:
     # task waits for ``told_final`` (`tell(final=true)`) until ``lease_until`` (monotonic),
     # which each report pushes back; past it the trial is taken back (``lease_lost``).
     external: bool = False
+    # It ran out of memory (trial.oom, its stderr, the kernel's OOM killer): the study's [oom]
+    # policy decides its exit (docs/oom.md).
+    oom: bool = False
     lease_until: float = math.inf
     told_final: anyio.Event | None = None
     lease_lost: bool = False

@@ -262,6 +262,8 @@ class TrialRow:
     run_seconds: float = 0.0
     compute_seconds: float = 0.0
     error: str | None = None
+    # Its out-of-memory retries, oldest first (OomRetry.to_dict each; docs/oom.md).
+    retries: tuple[dict[str, Any], ...] = ()
 
     def replace(self, **changes: Any) -> TrialRow:
         return dataclasses.replace(self, **changes)
@@ -366,6 +368,8 @@ def _sql_value(column: str, value: Any) -> Any:
         return _dump_json(value)
     if column == "devices":
         return json.dumps(list(value))
+    if column == "retries":
+        return json.dumps([dict(r) for r in value], separators=(",", ":")) if value else None
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
@@ -1150,7 +1154,17 @@ def _trial_row(r: sqlite3.Row) -> TrialRow:
         run_seconds=float(r["run_seconds"]),
         compute_seconds=float(r["compute_seconds"]),
         error=r["error"],
+        retries=_retries(r["retries"]),
     )
+
+
+def _retries(text: str | None) -> tuple[dict[str, Any], ...]:
+    if not text:
+        return ()
+    value = loads_json(text)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise HpodError(f"the store holds {type(value).__name__} where a list of retries belongs")
+    return tuple(value)
 
 
 def _report_row(r: sqlite3.Row) -> ReportRow:

@@ -27,7 +27,7 @@ from hpod.core.deadlines import format_deadline
 from hpod.core.passenv import submit_env
 from hpod.core.spec import StudySpec
 from hpod.core.states import StudyState, TrialState
-from hpod.core.study import Study, TrialRecord
+from hpod.core.study import OomRetry, Study, TrialRecord
 from hpod.daemon import plotting
 from hpod.daemon.adoption import survey
 from hpod.daemon.budget import BudgetState, fixed_keys
@@ -453,6 +453,7 @@ class Studies:
                 interrupting=t.trial_id in last and last[t.trial_id].interrupting,
                 reported_keys=tuple(sorted(keys.get(t.trial_id, ()))),
                 vectors=tuple(sorted(vectors.get(t.trial_id, {}).items())),
+                retries=tuple(OomRetry.from_dict(r) for r in t.retries),
             )
             for t in rows
         ]

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import signal
 import time
 from pathlib import Path
 from typing import Protocol
@@ -23,8 +24,9 @@ import anyio.abc
 import structlog
 
 from hpod.core import limits as lim
-from hpod.core.states import Decision, StudyState
+from hpod.core.states import Decision, StudyState, TrialState
 from hpod.core.study import Launch, ReportOutcome
+from hpod.daemon import oomkill
 from hpod.daemon.adoption import LeftRun
 from hpod.daemon.budget import fixed_keys
 from hpod.daemon.config import DaemonConfig
@@ -563,8 +565,12 @@ class Trials:
                 elif returncode != 0 and not run.forces_stop:
                     tail = trial_log_or_refusal(study, run.trial_id, "stderr", 20)
                     error = f"exited with status {returncode}"
-                    if looks_like_oom(tail):
+                    if run.oom or looks_like_oom(tail):
+                        run.oom = True
                         error += " (out of memory)"
+                    elif await self._oom_killed(run, returncode, cgroup):
+                        run.oom = True
+                        error += " (killed by the kernel's OOM killer)"
         finally:
             if returncode is None and error is None:
                 # Cancelled from outside (the daemon's own trouble), while starting or running:
@@ -582,15 +588,31 @@ class Trials:
                 await self._after_exit(study, run, returncode, error)
                 await self._end_containment(study, run, cgroup)
 
+    async def _oom_killed(self, run: TrialRun, returncode: int, made: Path | None) -> bool:
+        """Whether the kernel's OOM killer ended the run (hpod.daemon.oomkill): its cgroup's
+        memory.events count a kill, or (no count to read) the kernel's log names its trial
+        process killed since the run started. Only for a SIGKILL hpod did not send."""
+        if returncode != -signal.SIGKILL:
+            return False
+        ident, path = _run_cgroup(run, made)
+        if path is not None:
+            kills = await anyio.to_thread.run_sync(oomkill.cgroup_oom_kills, path)
+            if kills is not None:
+                return kills > 0
+        if ident is None:
+            return False
+        # The kernel's log names the killed process with the monotonic clock's time; a run
+        # adopted after a restart started before this daemon: its whole life is looked at.
+        since = 0.0 if run.adopted else run.started
+        return await anyio.to_thread.run_sync(oomkill.kernel_killed, ident.trial_pid, since)
+
     async def _end_containment(self, study: StudyRuntime, run: TrialRun, made: Path | None) -> None:
         """After the shim has exited: kill what is left in the run's cgroup (whatever escaped
         the shim) and remove it, and the run's status file, now that its exit is recorded."""
         proc = run.proc
         if proc is not None and proc.returncode is None:
             return  # still running (left to a daemon that takes over): not ours to end
-        ident = proc.identity if proc is not None else run.away_identity
-        named = ident.cgroup if ident is not None else None
-        path = made if made is not None else Path(named) if named is not None else None
+        ident, path = _run_cgroup(run, made)
         if path is not None:
             removed = await anyio.to_thread.run_sync(self.containment.kill_and_remove, path)
             if not removed:
@@ -648,8 +670,9 @@ class Trials:
         elif returncode is None:
             engine.on_start_failed(run.trial_id, error or "could not start")
         else:
-            engine.on_exit(run.trial_id, returncode, now, error)
+            engine.on_exit(run.trial_id, returncode, now, error, oom=run.oom and returncode != 0)
         rec = engine.record(run.trial_id)
+        retried = rec.state is TrialState.PENDING and bool(rec.retries)
         study.runs.pop(run.trial_id, None)
         if not run.external:  # a handed-out run took no slot of the pool
             self.pool.release(run.slot)
@@ -670,10 +693,31 @@ class Trials:
                 run_seconds=study.run_seconds[tid],
                 compute_seconds=study.compute_seconds[tid],
                 error=rec.error,
+                # An out-of-memory retry changes the configuration (the batch key halved).
+                **(
+                    {"config": rec.config, "retries": [r.to_dict() for r in rec.retries]}
+                    if retried
+                    else {}
+                ),
             ),
             delete_live_run_op(study.id, tid),
             *self.events.exit_ops(study, rec, returncode, now),
         )
+        if retried:
+            last = rec.retries[-1]
+            log.info(
+                "trial_oom_retry",
+                study=study.id,
+                trial=tid,
+                key=last.key,
+                before=last.before,
+                after=last.after,
+                retry=len(rec.retries),
+            )
+            if run.slot.devices:
+                share = 1.0 / study.spec.resources.trials_per_gpu
+                had = self.pool.note_oom(study.id, tid, run.slot.devices, share)
+                log.info("trial_oom_gpu_note", study=study.id, trial=tid, had_mib=had)
         log.info(
             "trial_exit",
             study=study.id,
@@ -803,3 +847,12 @@ class Trials:
         if outcome.decision is not Decision.CONTINUE and run.stop_reason is None:
             # The trial has the grace period to save its checkpoint and exit by itself.
             run.request_stop(StopReason.DECISION, time.monotonic() + study.spec.stop_grace)
+
+
+def _run_cgroup(run: TrialRun, made: Path | None) -> tuple[ProcessIdentity | None, Path | None]:
+    """A run's process identity and its cgroup: the one made for it now, else the one its
+    identity names (an adopted run's)."""
+    proc = run.proc
+    ident = proc.identity if proc is not None else run.away_identity
+    named = ident.cgroup if ident is not None else None
+    return ident, made if made is not None else Path(named) if named is not None else None

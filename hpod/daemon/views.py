@@ -65,6 +65,8 @@ def trial_view(
         "objective": study.value_of(rec.trial_id) if curve else None,
         "runs": rec.runs,
         "error": rec.error,
+        # Out-of-memory retries, oldest first: {run, key, from, to, at, error} (docs/oom.md).
+        "retries": [r.to_dict() for r in rec.retries],
     }
     if study.objective.is_multi:
         # Each metric's value the trial ranks by (``objective`` is the first one's).

@@ -190,3 +190,39 @@ def test_cpu_studies_and_gpu_studies_use_separate_capacity(nvml: Nvml) -> None:
     assert not pool.fits(1, 1)
     view = pool.view()
     assert view["cpu_slots"]["holders"] == [{"slot": 0, "study": "c", "trial": 0}]
+
+
+def test_a_trial_that_ran_out_of_memory_is_placed_where_more_is_free(nvml: Nvml) -> None:
+    # Two trials share a GPU; trial 1 runs out of memory on GPU 0 with its half (8 GiB). Its
+    # retry goes to GPU 1, where more than that is free; another trial still packs onto GPU 0.
+    fake_nvml.configure([fake_nvml.gpu(0, used_mib=9000), fake_nvml.gpu(1)])
+    pool = pool_of(discover(nvml, not_ours))
+    first = pool.acquire("s", 0, 1, 2)
+    oom = pool.acquire("s", 1, 1, 2)
+    assert first
+    assert oom
+    assert oom.devices == first.devices
+    pool.release(oom)
+    assert pool.note_oom("s", 1, oom.devices, 0.5) == 8192
+    assert pool.oom_note("s", 1) == 8192
+    assert pool.view()["oom_notes"] == [{"study": "s", "trial": 1, "had_mib": 8192}]
+    retry = pool.acquire("s", 1, 1, 2)
+    assert retry
+    assert retry.devices != first.devices
+    other = pool.acquire("s", 2, 1, 2)
+    assert other
+    assert other.devices == first.devices
+
+
+def test_an_oom_note_is_only_a_preference(nvml: Nvml) -> None:
+    # Every GPU had as much as the trial had (one whole GPU each): the retry, with its halved
+    # batch, goes where it would have gone anyway.
+    pool = pool_of(discover(nvml, not_ours))
+    slot = pool.acquire("s", 0, 1, 1)
+    assert slot
+    pool.release(slot)
+    assert pool.note_oom("s", 0, slot.devices, 1.0) == 16384
+    again = pool.acquire("s", 0, 1, 1)
+    assert again
+    assert again.devices == slot.devices
+    assert pool.note_oom("s", 0, ("GPU-unknown",), 1.0) is None

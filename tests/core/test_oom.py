@@ -1,0 +1,109 @@
+"""The [oom] policy in the engine: an out-of-memory exit retried with the batch key halved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpod.core.spec import StudySpec
+from hpod.core.states import TrialState
+from hpod.core.study import OomRetry, Study
+
+pytestmark = pytest.mark.timeout(30)
+
+SPEC = """
+name = "oom"
+command = ["python", "t.py"]
+[objective]
+metric = "acc"
+mode = "max"
+[space]
+bs = {{ param_type = "choice", range = [{bs}] }}
+lr = {{ param_type = "uniform", range = [0.1, 0.2] }}
+[limits]
+max_trials = 1
+{oom}
+"""
+
+
+def _study(
+    oom: str = '[oom]\nbatch_size_key = "bs"\nmax_retries = 3\nmin_value = 16', bs: int = 128
+) -> Study:
+    return Study.new(StudySpec.from_toml(SPEC.format(bs=bs, oom=oom), base_dir=Path("/tmp")))
+
+
+def test_an_oom_exit_is_retried_with_the_batch_halved_until_it_fits() -> None:
+    study = _study()
+    launch = study.next_launch(0.0)
+    assert launch is not None
+    assert launch.config["bs"] == 128
+    state = study.on_exit(0, 1, 1.0, "exited with status 1 (out of memory)", oom=True)
+    assert state is TrialState.PENDING
+    again = study.next_launch(2.0)
+    assert again is not None
+    assert again.trial_id == 0
+    assert again.config["bs"] == 64
+    assert again.fresh
+    assert again.resume_from == 0.0
+    study.on_report(0, {"epoch": 1, "acc": 0.9}, 3.0)
+    assert study.on_exit(0, 0, 4.0) is TrialState.COMPLETED
+    rec = study.record(0)
+    assert rec.retries == (OomRetry(1, "bs", 128, 64, 1.0, "exited with status 1 (out of memory)"),)
+    assert study.best() is not None
+    assert study.best().config["bs"] == 64
+
+
+def test_retries_are_bounded_by_max_retries_and_the_floor() -> None:
+    study = _study()
+    for expected in (128, 64, 32, 16):
+        launch = study.next_launch(0.0)
+        assert launch is not None
+        assert launch.config["bs"] == expected
+        state = study.on_exit(0, -9, 1.0, "exited with status -9", oom=True)
+    # 128 -> 64 -> 32 -> 16 (3 retries); at 16, the floor, and out of retries: failed.
+    assert state is TrialState.FAILED
+    rec = study.record(0)
+    assert len(rec.retries) == 3
+    assert rec.error is not None
+    assert "out of memory" in rec.error
+
+
+def test_an_oom_retry_is_not_a_failure_for_the_studys_rule() -> None:
+    study = _study(bs=1024, oom='[oom]\nbatch_size_key = "bs"\nmax_retries = 9')
+    for _ in range(8):
+        assert study.next_launch(0.0) is not None
+        assert study.on_exit(0, 1, 1.0, "oom", oom=True) is TrialState.PENDING
+    assert study.state.value == "running"
+
+
+def test_without_a_batch_key_an_oom_is_a_plain_failure() -> None:
+    study = _study(oom="")
+    assert study.next_launch(0.0) is not None
+    assert study.on_exit(0, 1, 1.0, "exited with status 1", oom=True) is TrialState.FAILED
+    error = study.record(0).error
+    assert error is not None
+    assert "batch_size_key is not set" in error
+
+
+def test_a_restored_retry_still_starts_from_scratch() -> None:
+    study = _study()
+    assert study.next_launch(0.0) is not None
+    study.on_report(0, {"epoch": 1, "acc": 0.5}, 0.5)
+    study.on_exit(0, 1, 1.0, "oom", oom=True)
+    again = Study.restore(study.spec, study.records())
+    launch = again.next_launch(2.0)
+    assert launch is not None
+    assert launch.config["bs"] == 64
+    assert launch.resume_from == 0.0
+
+
+def test_the_batch_key_must_be_an_integer_parameter_of_the_space() -> None:
+    from hpod.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        _study(oom='[oom]\nbatch_size_key = "lr"')
+    assert "oom.batch_size_key" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        _study(oom='[oom]\nbatch_size_key = "nope"')
+    assert "not a parameter" in str(err.value)
