@@ -3,9 +3,11 @@ every command's --help, and `best -k` (the top-k table that was `hpodctl top`)."
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 
 from hpod import __version__
+from hpod.cli import logs
 from hpod.cli.hpodctl import _commands, _fmt_change, _parser, main
 from tests.wire_server import WireServer
 
@@ -188,3 +191,95 @@ def test_ping_wait_gives_up_at_its_timeout(capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert err == f"hpodctl: no hpod daemon answered on {path} within 0.3 s\n"
     assert main(["ping", "--socket", path]) == 3  # without --wait: at once, as before
+
+
+def test_logs_follow_prints_each_line_once_until_the_trial_ends(
+    server: WireServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "POLL_S", 0.01)
+    texts = iter(
+        [
+            "a\nb\n",
+            "a\nb\nc\npart",  # a line being written: shown once complete
+            "a\nb\nc\npartial done\nd\n",
+            "c\npartial done\nd\ne\ntail",  # cut to its tail ([report] log_limit), then over
+        ]
+    )
+    states = iter(["running", "running", "completed"])
+    server.methods["logs"] = lambda params: {"text": next(texts)}
+    server.methods["trial"] = lambda params: {"trial": 3, "state": next(states)}
+    server.methods["study"] = {"study": "s1", "state": "running"}
+    assert main(["--socket", server.path, "logs", "s1", "3", "-f", "--tail", "1"]) == 0
+    assert capsys.readouterr().out == "b\nc\npartial done\nd\ne\ntail\n"
+    assert [c["tail"] for c in server.calls("logs")] == [1000, 1000, 1000, 1000]
+
+
+@pytest.mark.parametrize(
+    ("seen", "window", "fresh", "gap"),
+    [
+        ([], ["a"], ["a"], False),
+        (["a", "b"], ["a", "b"], [], False),
+        (["a", "b"], ["b", "c"], ["c"], False),
+        (["a", "b"], ["x", "y"], ["x", "y"], True),  # more came than a window holds
+        (["x", "x"], ["x", "x"], [], False),  # repeats: never printed twice
+    ],
+)
+def test_new_lines(seen: list[str], window: list[str], fresh: list[str], gap: bool) -> None:
+    assert logs.new_lines(seen, window) == (fresh, gap)
+
+
+@functools.cache
+def _bash_script() -> str:
+    return main_output(["completion", "bash"])
+
+
+def _complete(words: list[str], env: dict[str, str]) -> list[str]:
+    """What bash offers for the last of ``words`` with hpodctl's completion script loaded."""
+    script = _bash_script()
+    line = " ".join(shlex.quote(w) for w in words)
+    probe = (
+        f"{script}\nCOMP_WORDS=({line})\nCOMP_CWORD={len(words) - 1}\n"
+        '_hpodctl\nprintf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    res = subprocess.run(
+        ["bash", "-c", probe], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return res.stdout.split()
+
+
+def main_output(argv: list[str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpod.cli.hpodctl", *argv],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_bash_completion(server: WireServer, tmp_path: Path) -> None:
+    # `hpodctl` on PATH: this interpreter's, running this checkout.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "hpodctl").write_text(f'#!/bin/sh\nexec {sys.executable} -m hpod.cli.hpodctl "$@"\n')
+    (bin_dir / "hpodctl").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    assert _complete(["hpodctl", "be"], env) == ["best"]
+    assert _complete(["hpodctl", "--json", "tr"], env) == ["trials"]
+    assert "--follow" in _complete(["hpodctl", "logs", "--"], env)
+    assert "--socket" in _complete(["hpodctl", "logs", "--"], env)
+    # A STUDY: the daemon's study ids, on the socket the line names.
+    assert _complete(["hpodctl", "--socket", server.path, "best", ""], env) == ["s1"]
+    assert _complete(["hpodctl", "show", "--socket", server.path, "s"], env) == ["s1"]
+    assert _complete(["hpodctl", "--socket", "/nonexistent/x", "best", ""], env) == []
+    # A SPEC: files.
+    (tmp_path / "study.toml").write_text("")
+    words = ["hpodctl", "submit", str(tmp_path / "stu")]
+    assert _complete(words, env) == [str(tmp_path / "study.toml")]
+    zsh = main_output(["completion", "zsh"])
+    assert zsh.startswith("# zsh completion")
+    assert "bashcompinit" in zsh

@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "logs",
         _cmd_logs,
         "the tail of a trial's stderr (or stdout) log",
-        "hpodctl logs quadratic-1 3 --tail 20",
+        "hpodctl logs quadratic-1 3 --tail 20\nhpodctl logs quadratic-1 3 -f",
     )
     p.add_argument("study", metavar="STUDY")
     p.add_argument("trial", metavar="TRIAL", type=int)
@@ -202,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr")
     p.set_defaults(stream="stderr")
     p.add_argument("--tail", metavar="N", type=int, default=50, help="lines (default 50)")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="print new lines as they come, until it ends"
+    )
     p = add(
         "ping",
         _cmd_ping,
@@ -272,6 +275,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("study", metavar="STUDY", nargs="?", default=None, help="this study only")
     p.add_argument("--once", action="store_true", help="print the view once and exit")
+    p = add(
+        "completion",
+        _cmd_completion,
+        "a shell completion script: commands, options, study ids",
+        "hpodctl completion bash > ~/.local/share/bash-completion/completions/hpodctl\n"
+        'eval "$(hpodctl completion zsh)"   # in ~/.zshrc',
+    )
+    p.add_argument("shell", metavar="SHELL", nargs="?", choices=["bash", "zsh"], default="bash")
+    p.add_argument("--studies", action="store_true", help=argparse.SUPPRESS)
     p = add(
         "decisions",
         _cmd_decisions,
@@ -614,6 +626,20 @@ def _fmt_change(change: Mapping[str, Any]) -> str:
     return f"{when} {who}: {key} {before} -> {after}"
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    if args.studies:  # what the script asks for a STUDY: the ids, nothing when no daemon
+        try:
+            with _client(args) as client:
+                print("\n".join(str(s.get("study")) for s in client.studies()))
+        except HpodError:
+            pass
+        return 0
+    from hpod.cli import completion
+
+    sys.stdout.write(completion.script(args.shell, _commands(_parser())))
+    return 0
+
+
 def _cmd_top(args: argparse.Namespace) -> int:
     from hpod.cli import top
 
@@ -706,6 +732,11 @@ def _wait(args: argparse.Namespace, study: str, timeout: float | None) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
+    if args.follow:
+        from hpod.cli import logs
+
+        with _client(args) as client:
+            return logs.follow(client, args.study, args.trial, args.stream, args.tail)
     with _client(args) as client:
         text = client.logs(args.study, args.trial, stream=args.stream, tail=args.tail)
     if args.json:
