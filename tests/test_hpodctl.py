@@ -191,7 +191,7 @@ def test_socket_before_or_after_the_subcommand(
         (["ping"], "ping", {}),
         (["ls"], "studies", {}),
         (["show", "s1"], "study", {"study": "s1"}),
-        (["trials", "s1"], "trials", {"study": "s1"}),
+        (["trials", "s1"], "trials", {"study": "s1", "after": 0}),  # paged (Client.iter_trials)
         (["best", "s1"], "best", {"study": "s1", "front": True}),
         (["wait", "s1", "--timeout", "5"], "wait", {"study": "s1", "timeout": 5.0}),
         (["report", "s1"], "report", {"study": "s1"}),
