@@ -37,6 +37,7 @@ from typing import Any
 
 from hpod.core.states import Decision
 from hpod.errors import DaemonUnavailable, HpodError, InvalidParams, MethodNotFound, TokenRejected
+from hpod.subsets import subset
 from hpod.wire import SyncConnection
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "report_oom",
     "resume_from",
     "study_id",
+    "subset",
     "trial_dir",
     "trial_id",
 ]

@@ -141,6 +141,10 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(cfg["seed"])  # the batch order
 
     x_tr, y_tr, x_va, y_va = load_data()
+    # A proxy of the training split when the study sets subset_ratio (a time budget may): the
+    # same share in every trial, never under 500 samples. Without the key, all of it.
+    keep = trial.subset(list(range(len(y_tr))))
+    x_tr, y_tr = x_tr[keep], y_tr[keep]
     model = build_model(cfg, x_tr.shape[1], int(y_tr.max()) + 1)
     optimizer = build_optimizer(cfg, model)
 

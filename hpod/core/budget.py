@@ -26,6 +26,7 @@ numbers come in as :class:`Shape`.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ SUBSET_FLOOR = 500
 # The smallest subset ratio the budget picks by itself (below it a trial learns next to nothing).
 MIN_SUBSET_RATIO = 0.05
 # The most trials the model sizes a study for: beyond it a budget is not the limit.
-MAX_TRIALS = 100_000
+MAX_TRIALS = 20_000
 # A revision is said (an event, the store) when the budget moves by more than this share, or the
 # derived max_trials changes: the estimate moves a little with every report.
 REVISE_SHARE = 0.05
@@ -216,14 +217,58 @@ def work(shape: Shape, n: int) -> tuple[float, int]:
     return units, runs
 
 
+def trial_work(shape: Shape, n: int) -> list[tuple[float, int]]:
+    """Each of ``n`` trials' resource units and runs, in start order, when every rung fills as
+    :func:`work` counts it: within a bracket the earlier trials are the ones that go on (the
+    first always does; later ones meet a fuller rung)."""
+    if n <= 0:
+        return []
+    if not shape.rungs or not shape.levels:
+        return [(shape.max_resource, 1)] * n
+    levels = shape.levels
+    eta = shape.reduction_factor
+    nb = max(1, min(shape.brackets, len(levels) + 1))
+    s_max = len(levels)
+    weights = [(s_max + 1) / (s_max - b + 1) * eta ** (s_max - b) for b in range(nb)]
+    counts = [0] * nb
+    order: list[tuple[int, int]] = []  # (bracket, index within it), in start order
+    for _ in range(n):
+        b = 0 if nb == 1 else pick_bracket(counts, weights)
+        order.append((b, counts[b]))
+        counts[b] += 1
+    reach: list[list[tuple[float, int]]] = []  # per bracket: (level, trials reaching it)
+    for b, count in enumerate(counts):
+        seen = count
+        rows: list[tuple[float, int]] = []
+        for k, level in enumerate([*levels[b:], shape.max_resource]):
+            if k > 0:
+                seen = (
+                    continue_quota(seen, eta)
+                    if shape.stopping
+                    else promotion_quota(seen, eta, final=True)
+                )
+            rows.append((level, seen))
+        reach.append(rows)
+    out: list[tuple[float, int]] = []
+    for b, i in order:
+        reached = [level for level, seen in reach[b] if i < seen]
+        k = len(reached)
+        out.append((reached[-1] if reached else reach[b][0][0], 1 if shape.stopping else k))
+    return out
+
+
 def wall_seconds(shape: Shape, c: Costs, n: int, concurrency: int) -> float:
-    """The wall time ``n`` trials take on ``concurrency`` slots: their compute spread over the
-    slots, and at the end, while the last long trial finishes, half a full run of idle on each
-    other slot."""
-    units, runs = work(shape, n)
-    compute = units * c.per_unit + runs * (c.startup + c.teardown)
-    k = max(1, concurrency)
-    return (compute + (k - 1) * c.run(shape.max_resource) / 2) / k
+    """The wall time ``n`` trials take on ``concurrency`` slots: each started, in order, on the
+    slot that is free first, and running its start-up, its units and its end (once per run)."""
+    free = [0.0] * max(1, concurrency)
+    heapq.heapify(free)
+    end = 0.0
+    for units, runs in trial_work(shape, n):
+        start = heapq.heappop(free)
+        done = start + units * c.per_unit + runs * (c.startup + c.teardown)
+        heapq.heappush(free, done)
+        end = max(end, done)
+    return end
 
 
 def trials_for(shape: Shape, c: Costs, seconds: float, concurrency: int) -> int:
@@ -234,7 +279,8 @@ def trials_for(shape: Shape, c: Costs, seconds: float, concurrency: int) -> int:
     hi = min(hi, MAX_TRIALS)
     if wall_seconds(shape, c, hi, concurrency) <= seconds:
         return hi
-    # wall_seconds grows with n: the largest n in [lo, hi) that fits.
+    # wall_seconds grows with n (all but a little, where a rung's quota steps): the largest n in
+    # [lo, hi) that fits, by bisection.
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if wall_seconds(shape, c, mid, concurrency) <= seconds:

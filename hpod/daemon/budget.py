@@ -19,6 +19,9 @@ from hpod.core.spec import SUBSET_KEY, StudySpec, budget_shape
 
 # The keys a time budget sets on the study's limits, unless the spec or a `set` gave them.
 BUDGET_KEYS = ("optimization_time", "max_trials")
+# Reports come faster than an estimate needs making (and sizing a large study costs a few ms):
+# once a budget is set, a report re-estimates it at most this often; an exit always does.
+REVISE_EVERY = 1.0
 
 
 @dataclass
@@ -35,6 +38,7 @@ class BudgetState:
     plan: bud.Plan | None = None  # the latest estimate (every counted report makes one)
     said: bud.Plan | None = None  # the latest applied, stored and told (budget_revised)
     revisions: int = 0
+    estimated_at: float = -math.inf  # monotonic time of the latest estimate
 
     @classmethod
     def of(cls, spec: StudySpec, concurrency: int, stored: str | None = None) -> BudgetState | None:
@@ -82,9 +86,15 @@ class BudgetState:
 
     # -- the estimate --------------------------------------------------------------------------
 
-    def revise(self, started: int, fixed: Collection[str] = ()) -> bool:
+    def revise(
+        self, started: int, fixed: Collection[str] = (), *, now: float, force: bool = False
+    ) -> bool:
         """A new estimate from the samples; True when it moved enough to be applied and said
-        (:func:`hpod.core.budget.moved`). ``fixed``: the limits a `set` gave since."""
+        (:func:`hpod.core.budget.moved`). ``fixed``: the limits a `set` gave since. Within
+        :data:`REVISE_EVERY` of the last one (monotonic ``now``), not made unless ``force``."""
+        if not force and self.said is not None and now - self.estimated_at < REVISE_EVERY:
+            return False
+        self.estimated_at = now
         self.plan = self._estimate(started, fixed)
         if not bud.moved(self.said, self.plan):
             return False

@@ -664,7 +664,7 @@ class Trials:
         if study.budget is not None and run.counted > 0 and ended_itself and not run.external:
             # What the run spent after its last counted report: saving, a final evaluation.
             study.budget.end(time.monotonic() - run.mark_time)
-            self.revise_budget(study)
+            self.revise_budget(study, force=True)
         if run.interrupted:
             engine.on_interrupted(run.trial_id)
         elif returncode is None:
@@ -746,14 +746,14 @@ class Trials:
             budget.step(mono - run.mark_time, resource - run.mark_resource)
         self.revise_budget(study)
 
-    def revise_budget(self, study: StudyRuntime) -> None:
+    def revise_budget(self, study: StudyRuntime, *, force: bool = False) -> None:
         """The estimate again; one that moved is applied (the study's optimization_time and
         max_trials), stored with its ``budget_revised`` event, and acted on at once."""
         budget = study.budget
         if budget is None or study.engine.state is not StudyState.RUNNING:
             return
         fixed = fixed_keys(study.changes)
-        if not budget.revise(len(study.engine.trials), fixed):
+        if not budget.revise(len(study.engine.trials), fixed, now=time.monotonic(), force=force):
             return
         study.spec = budget.apply(study.spec, fixed)
         study.engine.spec = study.spec  # the engine reads max_trials off its spec

@@ -203,3 +203,15 @@ def test_subset_ratio_and_min_trials():
 def test_budget_shape_of_a_spec():
     s = spec("time_ratio = 2\nfull_resource = 20\nmax_concurrent = 2")
     assert budget_shape(s.scheduler) == SHAPE
+
+
+def test_trials_run_in_order_on_the_slot_free_first():
+    # 4 trials: the first goes on to the top (20 units), the other three stop at rung 1.
+    assert bud.trial_work(SHAPE, 4) == [(20.0, 1), (1.0, 1), (1.0, 1), (1.0, 1)]
+    promo = bud.Shape((1.0, 3.0, 9.0), 20.0, 3.0, stopping=False)
+    assert bud.trial_work(promo, 3)[0] == (20.0, 4)  # a run per rung
+    c = bud.Costs(startup=20.0, per_unit=0.5, teardown=5.0)
+    # Slot A: trial 0 (35 s), then trial 3 (25.5 s); slot B: trials 1 and 2 (25.5 s each).
+    assert bud.wall_seconds(SHAPE, c, 4, 2) == pytest.approx(35 + 25.5)
+    assert bud.wall_seconds(SHAPE, c, 1, 4) == pytest.approx(35)
+    assert bud.trials_for(SHAPE, c, 2 * bud.full_training(c, 20), 2) == 4
