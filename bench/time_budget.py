@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,29 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from asha_vs_fifo_digits import start_daemon  # the same daemon: 2 CPU slots, JSON log
+
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
-
-
-def start_daemon(root: Path) -> subprocess.Popen[bytes]:
-    notify = root / "notify"
-    ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    ready.bind(str(notify))
-    ready.settimeout(60)
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify))
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.pop("HPOD_SOCKET", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpod", "serve", "--socket", str(root / "s"),
-         "--state-dir", str(root / "state"), "--cpu-slots", "2", "--log-format", "json"],
-        env=env, stdout=(root / "daemon.log").open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        while "READY=1" not in ready.recv(4096).decode().split("\n"):
-            pass
-    finally:
-        ready.close()
-    return proc
 
 
 def ctl(root: Path, *args: str, json_out: bool = True) -> Any:

@@ -182,39 +182,8 @@ def work(shape: Shape, n: int) -> tuple[float, int]:
     sees the quota of the rung below (the stopping type's top 1/eta, or promotion's, at least one
     once the study may start no trial), the trials split between brackets as the scheduler
     splits them. Without rungs every trial trains to max_resource."""
-    if n <= 0:
-        return 0.0, 0
-    if not shape.rungs or not shape.levels:
-        return n * shape.max_resource, n
-    levels = shape.levels
-    eta = shape.reduction_factor
-    nb = max(1, min(shape.brackets, len(levels) + 1))
-    s_max = len(levels)
-    weights = [(s_max + 1) / (s_max - b + 1) * eta ** (s_max - b) for b in range(nb)]
-    counts = [0] * nb
-    if nb == 1:
-        counts[0] = n
-    else:
-        for _ in range(n):
-            counts[pick_bracket(counts, weights)] += 1
-    units = 0.0
-    runs = 0
-    for b, count in enumerate(counts):
-        blevels = [*levels[b:], shape.max_resource]
-        seen = count
-        prev = 0.0
-        for k, level in enumerate(blevels):
-            if k > 0:
-                seen = (
-                    continue_quota(seen, eta)
-                    if shape.stopping
-                    else promotion_quota(seen, eta, final=True)
-                )
-            units += seen * (level - prev)
-            prev = level
-            if k == 0 or not shape.stopping:
-                runs += seen
-    return units, runs
+    per_trial = trial_work(shape, n)
+    return float(sum(u for u, _ in per_trial)), sum(r for _, r in per_trial)
 
 
 def trial_work(shape: Shape, n: int) -> list[tuple[float, int]]:
