@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from hpod.client import Client
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 # A trial like a training run, with sleeps: a start-up, then a fixed time per step, then a
@@ -106,3 +108,35 @@ def test_a_time_ratio_study_ends_inside_its_derived_budget(daemon: Any) -> None:
     assert len(kinds) == budget["revisions"]
     assert kinds[0]["revision"] == 1
     assert json.loads(stored)["samples"]["firsts"] >= 1
+
+
+def test_the_budget_survives_a_restart(daemon: Any) -> None:
+    """A daemon stopped mid-study comes back with the budget's samples and limits, not with a
+    study that has no time limit until it measures again."""
+    folder = daemon.root / "again"
+    folder.mkdir()
+    (folder / "trial.py").write_text(SLEEP_TRIAL)
+    path = folder / "study.toml"
+    # A budget long enough that the study is still running when the daemon stops.
+    path.write_text(SPEC.replace("time_ratio = 3", "time_ratio = 40"))
+    sid = daemon.ctl_json("submit", str(path))["study"]
+    client = Client(daemon.socket)
+    stream = client.events(sid, timeout=60)
+    next(e for e in stream if e["kind"] == "budget_revised")
+    stream.close()
+    before = daemon.ctl_json("show", sid)
+    assert before["budget"]["revisions"] >= 1
+    applied = before["spec"]["limits"]["optimization_time"]
+    assert applied == pytest.approx(before["budget"]["applied"]["budget"], rel=1e-3)
+    assert daemon.stop() == 0
+    daemon.start()
+    after = daemon.ctl_json("show", sid)
+    budget = after["budget"]
+    assert budget["measured"]["runs"] >= before["budget"]["measured"]["runs"]
+    assert budget["budget"] is not None
+    # In force again at once, from the stored samples (a revision since may have moved it).
+    assert after["spec"]["limits"]["optimization_time"] == pytest.approx(
+        after["budget"]["applied"]["budget"], rel=1e-3
+    )
+    assert after["spec"]["limits"]["max_trials"] is not None
+    daemon.ctl("stop", sid, check=True)
