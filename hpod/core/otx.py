@@ -33,6 +33,7 @@ __all__ = [
     "is_yaml_path",
     "looks_like_toml",
     "looks_like_yaml",
+    "spec_from_raw",
     "spec_mapping",
     "spec_toml",
 ]
@@ -170,7 +171,7 @@ def _toml_in_yaml(where: str) -> str:
     )
 
 
-def _default_name(path: Path | None) -> str:
+def default_name(path: Path | None) -> str:
     stem = path.stem if path is not None else "hpo_config"
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", stem).lstrip("._-")[:64]
     return cleaned or "hpo_config"
@@ -190,6 +191,21 @@ def spec_mapping(
     ``full_resource``), which then derives what the file leaves out."""
     p = Path(path) if path is not None else None
     raw = _load(text, str(p) if p is not None else "the file")
+    return spec_from_raw(raw, path=p, command=command, budget=budget)
+
+
+def spec_from_raw(
+    raw: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    command: Sequence[str] | None = None,
+    budget: bool = False,
+    external: bool = False,
+) -> dict[str, Any]:
+    """:func:`spec_mapping` of the file's keys already read (hpopt's ``create`` arguments, by
+    ``hpod.compat.hpopt``). ``external``: the caller runs the trials (ask/tell), so there is
+    no command and the spec's executor is external."""
+    p = path
     problems: list[str] = []
     top = Section(raw, "", problems, _KEYS)
     for a, b in (
@@ -205,8 +221,10 @@ def spec_mapping(
         return b if top.has(b) and not top.has(a) else a
 
     out: dict[str, Any] = {}
-    out["name"] = top.string("name", default=_default_name(p))
-    if command:
+    out["name"] = top.string("name", default=default_name(p))
+    if external:
+        out["executor"] = {"type": "external"}
+    elif command:
         out["command"] = list(command)
     elif top.has("command"):
         out["command"] = top.get("command")
@@ -267,6 +285,8 @@ def spec_mapping(
     rf = top.number("reduction_factor", default=HPOPT_DEFAULTS["reduction_factor"], above=1.0)
     brackets = top.integer("num_brackets", minimum=1)
     workers = top.integer("num_workers", default=HPOPT_DEFAULTS["num_workers"], minimum=1)
+    # As hpopt: the time ratio configures only what the file leaves out (trials, epochs).
+    budget = budget and (trials is None or max_r is None)
     if max_r is None and not budget:
         max_r = full or FALLBACK_FULL_RESOURCE
     if min_r is not None and max_r is not None and min_r > max_r:

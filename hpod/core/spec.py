@@ -546,7 +546,7 @@ def spec_file_text(path: Path | str, *, command: Sequence[str] | None = None) ->
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SpecError([f"{p}: cannot read the spec: {reason}"]) from None
     if otx.is_yaml_path(p):
-        return otx.spec_toml(text, path=p, command=command, budget=_has_time_budget())
+        return otx.spec_toml(text, path=p, command=command, budget=has_time_budget())
     if command:
         raise SpecError(
             [
@@ -557,7 +557,7 @@ def spec_file_text(path: Path | str, *, command: Sequence[str] | None = None) ->
     return text
 
 
-def _has_time_budget() -> bool:
+def has_time_budget() -> bool:
     """Whether [limits] takes the time budget (time_ratio, full_resource: docs/otx.md)."""
     names = set(LimitsSpec.__dataclass_fields__)
     return {"time_ratio", "full_resource"} <= names
