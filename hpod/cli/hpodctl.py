@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hpod import __version__, wire
-from hpod.cli import budget_view, curves
+from hpod.cli import budget_view, curves, dashboard
 from hpod.client import Client
 from hpod.core.durations import format_duration
 from hpod.errors import (
@@ -292,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("study", metavar="STUDY")
     curves.register(add)  # curves, plot, export
+    dashboard.register(add)
     return parser
 
 
