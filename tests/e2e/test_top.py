@@ -100,12 +100,23 @@ class Pane:
         """Wait for the command to end; its exit status."""
         deadline = time.monotonic() + timeout
         while True:
-            # "1 STATUS" once it ended (remain-on-exit keeps the pane), "0 " while it runs.
-            dead, _, status = self.tmux(
-                "list-panes", "-t", "t", "-F", "#{pane_dead} #{pane_dead_status}"
-            ).partition(" ")
-            if dead == "1":
+            # "1 STATUS SIGNAL" once it ended (remain-on-exit keeps the pane), "0  " while it
+            # runs; tmux may mark it dead a moment before it has the status.
+            dead, status, signal = (
+                self.tmux(
+                    "list-panes",
+                    "-t",
+                    "t",
+                    "-F",
+                    "#{pane_dead};#{pane_dead_status};#{pane_dead_signal}",
+                )
+                .strip()
+                .split(";")
+            )
+            if dead == "1" and status:
                 return int(status)
+            if dead == "1" and signal:
+                return -int(signal)
             if time.monotonic() > deadline:
                 raise AssertionError(f"hpodctl top never ended:\n{self.screen()}")
             time.sleep(0.05)
