@@ -267,13 +267,20 @@ class ExecutorSpec:
     # external only: a trial handed out by `ask` that sends nothing (no report, no tell) for
     # this long is taken back (recorded interrupted) and handed out again.
     lease: float = DEFAULT_LEASE
+    # local Python trials only: each run forked from the study's pre-started interpreter, which
+    # has done these imports (docs/warm-start.md).
+    warm_start: bool = False
+    warm_imports: tuple[str, ...] = ()
 
     @property
     def external(self) -> bool:
         return self.type is ExecutorType.EXTERNAL
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type.value, "lease": self.lease}
+        out: dict[str, Any] = {"type": self.type.value, "lease": self.lease}
+        if self.warm_start:
+            out.update(warm_start=True, warm_imports=list(self.warm_imports))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +457,10 @@ class StudySpec:
         resources = _read_resources(top.table("resources"), problems)
         report = _read_report(top.table("report"), problems)
         oom = _read_oom(top.table("oom"), space, problems)
+        if executor.warm_start and command:
+            why = warm_command_problem(tuple(str(c) for c in command))
+            if why is not None:
+                problems.append(f"executor.warm_start: {why}; got {shlex.join(map(str, command))}")
         if executor.external and resources.gpus_per_trial > 0:
             problems.append(
                 f"resources.gpus_per_trial: an external study's trials run where their caller "
@@ -1102,14 +1113,61 @@ def _read_report(sec: Section | None, problems: list[str]) -> ReportSpec:
 def _read_executor(sec: Section | None, problems: list[str]) -> ExecutorSpec:
     if sec is None:
         return ExecutorSpec()
-    sec.keys = ("type", "lease")
+    sec.keys = ("type", "lease", "warm_start", "warm_imports")
     kind = sec.choice("type", ExecutorType, ExecutorType.LOCAL)
     lease = sec.duration("lease", default=DEFAULT_LEASE)
     # Said only of a type that was read: a misspelt one is its own problem.
     if sec.has("lease") and sec.get("type") in (None, ExecutorType.LOCAL.value):
         sec.problem("lease", 'only an external executor has a lease (type = "external")')
+    warm = sec.boolean("warm_start", default=False)
+    imports: tuple[str, ...] = ()
+    raw = sec.get("warm_imports")
+    if raw is not None:
+        if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+            sec.problem("warm_imports", 'expected a list of module names, like ["torch"]')
+        else:
+            bad = [m for m in raw if not _MODULE.fullmatch(m)]
+            if bad:
+                sec.problem("warm_imports", f"{bad[0]!r} is not a module name (like torch.nn)")
+            imports = tuple(raw)
+        if not warm:
+            sec.problem("warm_imports", "only a warm start imports ahead (warm_start = true)")
+    if warm and sec.get("type") not in (None, ExecutorType.LOCAL.value):
+        sec.problem("warm_start", "only the local executor starts trials warm")
     sec.finish()
-    return ExecutorSpec(type=kind, lease=lease)
+    return ExecutorSpec(type=kind, lease=lease, warm_start=warm, warm_imports=imports)
+
+
+# A module name for warm_imports: dotted identifiers.
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# What a warm start can run: a command that is this interpreter's, and a script or -m module.
+_PYTHON = re.compile(r"python(3(\.[0-9]+)?)?")
+
+
+def warm_command_problem(command: tuple[str, ...]) -> str | None:
+    """Why ``command`` cannot be started warm (None: it can). A warm run is forked from an
+    interpreter that the command's own ``python`` started, so the command must be
+    ``python [-u] script.py args...`` or ``python [-u] -m module args...``, with no placeholder
+    before the arguments."""
+    if not command or not _PYTHON.fullmatch(os.path.basename(command[0])):
+        return "a warm start needs a Python command: python script.py ... or python -m module"
+    rest = list(command[1:])
+    if rest[:1] == ["-u"]:
+        rest = rest[1:]
+    if rest[:1] == ["-m"]:
+        if len(rest) < 2 or not _MODULE.fullmatch(rest[1]):
+            return "a warm start's -m needs a module name after it"
+        head = [command[0], rest[1]]
+    elif not rest or rest[0].startswith("-"):
+        return (
+            "a warm start runs a script or a module: python script.py ... or python -m module "
+            "(no other interpreter options)"
+        )
+    else:
+        head = [command[0], rest[0]]
+    if any("{" in part for part in head):
+        return "a warm start's interpreter and script are fixed: no placeholder in them"
+    return None
 
 
 def _read_oom(sec: Section | None, space: SearchSpace | None, problems: list[str]) -> OomSpec:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ProcessIdentity", "boot_id", "start_ticks"]
+__all__ = ["ProcessIdentity", "boot_id", "parent_pid", "start_ticks"]
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
@@ -23,8 +23,8 @@ def boot_id() -> str:
         return f.read().strip()
 
 
-def start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot; None when there is no such process."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 (the state) on; None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -32,8 +32,19 @@ def start_ticks(pid: int) -> int | None:
         # Gone (ENOENT, or ESRCH mid-read), or hidden from us (hidepid): nothing is proven.
         return None
     # The command name (field 2, in parentheses) may hold spaces and ')': count after the last.
-    fields = stat.rsplit(b")", 1)[1].split()
-    return int(fields[19])  # field 22 of the whole line; fields[0] is field 3 (the state)
+    return stat.rsplit(b")", 1)[1].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None when there is no such process."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])  # field 22 of the whole line
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (field 4), None when there is no such process."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 @dataclass(frozen=True)

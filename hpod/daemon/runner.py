@@ -24,28 +24,30 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import json
+import marshal
 import math
 import os
 import pwd
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import anyio
-from anyio.abc import Process
+import anyio.lowlevel
+import anyio.to_thread
 
 # The placeholder rules are the core's, so the spec check at submit and the launch here agree.
 from hpod.core.command import ConfigValue, format_value, render_command
 from hpod.core.spec import DEFAULT_RECONNECT_TIMEOUT
-from hpod.daemon.procid import ProcessIdentity, boot_id, start_ticks
+from hpod.daemon.procid import ProcessIdentity, boot_id, parent_pid, start_ticks
 from hpod.daemon.statetree import Ids, UnsafePath, open_append, open_dir, read_tail, walk_dir
 from hpod.errors import HpodError, InvalidParams
 
@@ -65,6 +67,11 @@ LOG_STREAMS = ("stdout", "stderr")
 
 class TrialStartError(HpodError):
     """The trial's command could not be started at all (as opposed to starting and failing)."""
+
+
+class WarmForkFailed(TrialStartError):
+    """The study's fork server could not fork the run's shim: nothing of the run started, and
+    it can be started cold instead."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,7 @@ class TrialProcess:
         argv: list[str],
         identity: ProcessIdentity,
         *,
-        process: Process | None,
+        child: bool,
         pidfd: int,
         started_at: float | None = None,
     ) -> None:
@@ -264,7 +271,7 @@ class TrialProcess:
         self.trial_pid: int = identity.trial_pid
         self.started_at: float = time.monotonic() if started_at is None else started_at
         self.stop_requested = False
-        self._process = process  # None: adopted, maybe not our child
+        self._child = child  # False: adopted, maybe not our child
         # Every signal to the shim goes through this: a pidfd never names a reused pid.
         self._pidfd: int | None = pidfd
         self._lock = anyio.Lock()
@@ -279,11 +286,14 @@ class TrialProcess:
         *,
         base_env: Mapping[str, str] | None = None,
         on_shim: Callable[[ProcessIdentity], Awaitable[None]] | None = None,
+        warm: WarmFork | None = None,
     ) -> TrialProcess:
         """Start one run of the trial; raise TrialStartError when it cannot start at all.
 
         ``on_shim``: awaited with the shim's identity (no trial pid yet) before the shim is
-        told what to start: the daemon stores it there."""
+        told what to start: the daemon stores it there. ``warm``: the study's fork server
+        (hpod.daemon.warm), which forks the shim instead of the daemon starting one; the
+        shim is then not this process's child, and is watched through its pidfd."""
         argv = render_command(
             launch.command,
             launch.config,
@@ -322,11 +332,15 @@ class TrialProcess:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(status_path)  # an earlier attempt's, under the same run number
             shim, pidfd, ticks, line = await _start_shim(
-                launch, argv, env, user_args, stdout, stderr, on_shim
+                launch, argv, env, user_args, stdout, stderr, on_shim, warm
             )
             if "trial_pid" not in line:
+                if warm is None:
+                    returncode = await reap(shim, pidfd)
+                else:
+                    await anyio.wait_readable(pidfd)  # its server reaps it
+                    returncode = 1
                 os.close(pidfd)
-                returncode = await shim.wait()
                 message = _shim_problem(line, returncode, argv, launch)
                 stderr.write(f"=== could not start: {message} ===\n".encode())
                 raise TrialStartError(message, data={"argv": argv})
@@ -336,14 +350,14 @@ class TrialProcess:
             stderr.close()
         trial_ticks = line.get("trial_start_ticks")
         identity = ProcessIdentity.of_shim(
-            shim.pid,
+            shim,
             trial_pid=int(line["trial_pid"]),
             trial_start_ticks=None if trial_ticks is None else int(trial_ticks),
             cgroup=None if launch.cgroup is None else str(launch.cgroup),
             status_path=str(status_path),
             ticks=ticks,
         )
-        return cls(launch, argv, identity, process=shim, pidfd=pidfd)
+        return cls(launch, argv, identity, child=warm is None, pidfd=pidfd)
 
     @classmethod
     async def adopt(cls, launch: TrialLaunch, identity: ProcessIdentity) -> TrialProcess | None:
@@ -373,7 +387,7 @@ class TrialProcess:
             launch,
             argv,
             identity,
-            process=None,
+            child=False,
             pidfd=pidfd,
             started_at=_started_monotonic(identity.start_ticks),
         )
@@ -431,8 +445,8 @@ class TrialProcess:
             if self._returncode is not None:
                 return
             assert self._pidfd is not None
-            if self._process is not None:
-                shim_rc: int | None = await self._process.wait()
+            if self._child:
+                shim_rc: int | None = await reap(self.pid, self._pidfd)
             else:
                 # Readable once the process has exited, whoever its parent is.
                 await anyio.wait_readable(self._pidfd)
@@ -491,10 +505,11 @@ async def _start_shim(
     stdout: IO[bytes],
     stderr: IO[bytes],
     on_shim: Callable[[ProcessIdentity], Awaitable[None]] | None = None,
-) -> tuple[Process, int, int, dict[str, Any]]:
+    warm: WarmFork | None = None,
+) -> tuple[int, int, int, dict[str, Any]]:
     """Start the shim and read its one line: the trial's pid, or why it could not start. With
-    the shim, its pidfd and start time, taken before it can have exited: a trial that ends at
-    once lets the shim exit right after its line, and the child watcher may reap it then."""
+    the shim's pid, its pidfd and start time, taken before it can have been reaped (only this
+    process reaps it, once its pidfd says it has exited)."""
     args = {
         "argv": argv,
         "cwd": str(launch.workdir),
@@ -504,39 +519,59 @@ async def _start_shim(
         **user_args,
     }
     run = f"{launch.study_id}.{launch.trial_id}.{launch.run}"
+    if warm is not None:
+        # The warm shim is the owner's: it enters no cgroup and switches no user itself.
+        args.update(cgroup=None, warm=True)
+        for key in user_args:
+            args.pop(key, None)
     read_fd, write_fd = os.pipe()
     args_read, args_write = os.pipe()
     try:
         try:
-            shim = await anyio.open_process(
-                shim_command(run, args_read, write_fd),
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                cwd="/",  # the shim holds no user's folder
-                # Nothing of the trial's environment: the loader of root's interpreter reads
-                # LD_LIBRARY_PATH, LD_PRELOAD and kin, and the trial's env is its submitter's.
-                env={},
-                start_new_session=True,
-                pass_fds=(args_read, write_fd),
-            )
+            if warm is None:
+                # On a worker thread: posix_spawn returns once the shim has exec'd, which on a
+                # busy machine is milliseconds the loop would not answer a report.
+                pid = await anyio.to_thread.run_sync(
+                    spawn_shim, run, args_read, write_fd, stdout.fileno(), stderr.fileno()
+                )
+            else:
+                pid = await _fork_warm(warm, launch, args_read, write_fd, stdout, stderr)
         except OSError as exc:
             os.close(args_write)
             raise TrialStartError(
                 f"could not start the trial's shim ({sys.executable}): {exc}"
             ) from exc
+        except BaseException:
+            os.close(args_write)
+            raise
         finally:
             os.close(write_fd)
             os.close(args_read)
         pidfd: int | None = None
         args_open = True
         try:
-            # The interpreter is still starting: the shim cannot have exited (nor been reaped)
-            # before it writes its line, and a pidfd names it from now on, whatever comes.
-            pidfd = os.pidfd_open(shim.pid)
-            ticks = start_ticks(shim.pid)
-            if ticks is None:  # pragma: no cover - it died in its first microseconds
-                raise ProcessLookupError(shim.pid)
+            # Not reaped before this process reaps it: a pidfd names it from now on, whatever
+            # comes, and its start time is read while it is at worst a zombie. (A warm shim is
+            # its server's child, and waits for its arguments: it is proven by its parent.)
+            pidfd = os.pidfd_open(pid)
+            ticks = start_ticks(pid)
+            if ticks is None:  # pragma: no cover - /proc unreadable
+                raise ProcessLookupError(pid)
+            if warm is not None:
+                if parent_pid(pid) != warm.pid:
+                    raise TrialStartError(f"the fork server's shim {pid} is gone")
+                if launch.cgroup is not None:
+                    # Into the run's cgroup before it has its arguments, so before the trial
+                    # exists: the daemon moves it (the shim is not root).
+                    # A thread's: a move into a cgroup is milliseconds in the kernel.
+                    procs = launch.cgroup / "cgroup.procs"
+                    try:
+                        await anyio.to_thread.run_sync(procs.write_text, str(pid))
+                    except OSError as exc:
+                        raise TrialStartError(
+                            f"could not put the trial in its cgroup {str(launch.cgroup)!r}: "
+                            f"{exc.strerror}"
+                        ) from None
             if on_shim is not None:
                 # Stored before the shim has its arguments, so before any trial exists: a
                 # daemon killed from here on leaves a run whose shim it can prove, and one
@@ -544,7 +579,7 @@ async def _start_shim(
                 # nothing (docs/live-restore.md).
                 await on_shim(
                     ProcessIdentity(
-                        pid=shim.pid,
+                        pid=pid,
                         start_ticks=ticks,
                         boot_id=boot_id(),
                         trial_pid=0,
@@ -554,7 +589,9 @@ async def _start_shim(
                     )
                 )
             try:
-                await _write_all(args_write, json.dumps(args).encode())
+                # marshal: the shim reads it with a module built into the interpreter (json
+                # was a fifth of the shim's start).
+                await _write_all(args_write, marshal.dumps(args))
             finally:
                 args_open = False
                 os.close(args_write)  # its end of file: the shim reads to it
@@ -562,22 +599,119 @@ async def _start_shim(
         except BaseException:
             if args_open:
                 os.close(args_write)
-            if pidfd is not None:
-                os.close(pidfd)
             # Cancelled while it starts: it must not run on unwatched.
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(ProcessLookupError):
-                    shim.send_signal(signal.SIGUSR1)
-                with anyio.move_on_after(SHIM_KILL_SECONDS):
-                    await shim.wait()
-                if shim.returncode is None:
-                    shim.kill()
-                    await shim.wait()
+                if pidfd is None:  # pragma: no cover - pidfd_open failed: it is our child
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                else:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(pidfd, signal.SIGUSR1)
+                    with anyio.move_on_after(SHIM_KILL_SECONDS):
+                        await anyio.wait_readable(pidfd)
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    if warm is None:
+                        await reap(pid, pidfd)
+                    else:
+                        await anyio.wait_readable(pidfd)  # its server reaps it
+                    os.close(pidfd)
             raise
     finally:
         os.close(read_fd)
     assert pidfd is not None
-    return shim, pidfd, ticks, line
+    return pid, pidfd, ticks, line
+
+
+# Where the shim finds its two pipes: posix_spawn's dup2 puts them there (and clears their
+# close-on-exec there only), so two spawns at once on two threads never pass each other's.
+SHIM_ARGS_FD, SHIM_REPORT_FD = 3, 4
+
+
+def spawn_shim(run: str, args_read: int, report_write: int, stdout: int, stderr: int) -> int:
+    """posix_spawn the shim (a vfork and an exec: no fork of the daemon's memory, no child
+    watcher): in a session of its own, stdin from /dev/null, stdout and stderr the trial's logs,
+    its pipes on fds 3 and 4, and no environment (see :func:`shim_command`)."""
+    moved: list[int] = []
+
+    def high(fd: int) -> int:
+        # A source below 5 could be overwritten by an earlier dup2 of the list (or be its own
+        # target, which keeps close-on-exec): copied above first.
+        if fd >= 5:
+            return fd
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
+        moved.append(copy)
+        return copy
+
+    try:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, high(stdout), 1),
+            (os.POSIX_SPAWN_DUP2, high(stderr), 2),
+            (os.POSIX_SPAWN_DUP2, high(args_read), SHIM_ARGS_FD),
+            (os.POSIX_SPAWN_DUP2, high(report_write), SHIM_REPORT_FD),
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        ]
+        command = shim_command(run, SHIM_ARGS_FD, SHIM_REPORT_FD)
+        return os.posix_spawn(
+            command[0],
+            command,
+            {},
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),
+            # Python ignores these; an ignored signal stays ignored across exec.
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    finally:
+        for fd in moved:
+            os.close(fd)
+
+
+class WarmFork(Protocol):
+    """A study's fork server, as :meth:`TrialProcess.start` uses it (hpod.daemon.warm)."""
+
+    pid: int
+
+    async def fork(self, fds: list[int]) -> int: ...
+
+
+async def _fork_warm(
+    warm: WarmFork,
+    launch: TrialLaunch,
+    args_read: int,
+    report_write: int,
+    stdout: IO[bytes],
+    stderr: IO[bytes],
+) -> int:
+    """A shim forked by the study's fork server: it gets the run's logs, its two pipes and
+    its status file, made empty here (the shim, the owner's, cannot make one in the daemon's
+    folder; it writes the status into it in one write)."""
+    status = os.open(
+        launch.status_path,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        return await warm.fork([stdout.fileno(), stderr.fileno(), args_read, report_write, status])
+    except HpodError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(launch.status_path)
+        raise WarmForkFailed(exc.message) from None
+    finally:
+        os.close(status)
+
+
+async def reap(pid: int, pidfd: int) -> int:
+    """Wait (on its pidfd) for our child ``pid`` to exit and reap it: its exit status."""
+    await anyio.wait_readable(pidfd)
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # pragma: no cover - reaped elsewhere
+            return -signal.SIGKILL
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        await anyio.sleep(0.001)  # pragma: no cover - readable a moment before reapable
 
 
 async def _write_all(fd: int, data: bytes) -> None:

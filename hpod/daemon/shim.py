@@ -27,26 +27,36 @@ Signals: SIGTERM, SIGINT and SIGHUP are forwarded to the trial's process group; 
 
 from __future__ import annotations
 
+# Each import here is paid at every run's start, before the trial can start: only modules built
+# into the interpreter (os is loaded already; _signal is signal without its enum classes, marshal
+# reads the daemon's arguments), and ctypes for the one prctl. json is imported only for
+# arguments written as JSON (by hand, in tests); subprocess not at all (fork and exec below).
 import ctypes
-import json
+import marshal
 import os
-import signal
-import subprocess
 import sys
 import time
 
 # typing is one import more at each run's start, for names the checker alone reads.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable
     from typing import Any
+else:
+    import _signal as signal
 
 PR_SET_CHILD_SUBREAPER = 36
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 KILL_ALL = signal.SIGUSR1
+MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
 class Shim:
-    def __init__(self) -> None:
+    def __init__(self, start: Callable[[dict[str, Any]], int] | None = None) -> None:
+        # How the trial is started: fork and exec (here), or, for a warm start, fork and run
+        # it in the forked interpreter (hpod/daemon/forkserver.py).
+        self.start = spawn if start is None else start
         self.trial_pid: int | None = None
         # Set once the leader is reaped: from then on its pid (so its group id) may be reused by a
         # stranger, and the group is never signalled by id again.
@@ -90,42 +100,32 @@ class Shim:
             except OSError as exc:
                 tell(report_fd, {**error_line(exc), "stage": "cgroup"})
                 return 1
-        kwargs: dict[str, Any] = {}
-        if args.get("user") is not None:
-            kwargs = {
-                "user": args["user"],
-                "group": args.get("group"),
-                "extra_groups": args.get("extra_groups"),
-            }
         try:
-            proc = subprocess.Popen(
-                args["argv"],
-                cwd=args["cwd"],
-                env=args.get("env"),
-                stdin=subprocess.DEVNULL,
-                process_group=0,  # the trial leads its own group, inside the shim's session
-                **kwargs,
-            )
-        except (OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
+            pid = self.start(args)
+        except (OSError, ValueError, TypeError) as exc:
             tell(report_fd, error_line(exc))
             return 1
         # Before the leader can be reaped (only this process reaps it): its start time, which
         # proves later that the pid is still the trial's.
-        ticks = start_ticks(proc.pid)
-        self.trial_pid = proc.pid
-        tell(report_fd, {"trial_pid": proc.pid, "trial_start_ticks": ticks})
+        ticks = start_ticks(pid)
+        self.trial_pid = pid
+        tell(report_fd, {"trial_pid": pid, "trial_start_ticks": ticks})
         for signum in self.pending:
             self.on_signal(signum, None)
         self.pending.clear()
 
         # WNOWAIT: the exited leader stays a zombie, holding its pid and so its group id, while
         # the rest of the group is killed by that id.
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         self.kill_group(signal.SIGKILL)
-        returncode = proc.wait()
+        returncode = wait_exit(pid)
         self.leader_reaped = True
         reap_everything()
-        write_status(args["status_path"], {"returncode": returncode, "ended_at": time.time()})
+        status = {"returncode": returncode, "ended_at": time.time()}
+        if args.get("status_fd") is not None:
+            write_status_fd(int(args["status_fd"]), status)
+        else:
+            write_status(args["status_path"], status)
         return 0
 
 
@@ -142,8 +142,110 @@ def error_line(exc: BaseException) -> dict[str, Any]:
     return {"errno": errno, "strerror": strerror, "exc": type(exc).__name__}
 
 
+def spawn(args: dict[str, Any]) -> int:
+    """Start the trial (what subprocess.Popen did, without its import): fork, and in the child
+    lead a process group of its own, stdin from /dev/null, no descriptor but 0-2, the owner's
+    groups and ids, the signals Python ignores (SIGPIPE, SIGXFSZ) back to their defaults, the
+    folder, then exec ``argv[0]`` on the PATH of ``env``."""
+    argv = [str(a) for a in args["argv"]]
+    if not argv or not argv[0]:
+        raise ValueError("empty command")
+    env = args.get("env")
+    env = dict(os.environ) if env is None else {str(k): str(v) for k, v in env.items()}
+    cwd = str(args["cwd"])
+    uid, gid, groups = args.get("user"), args.get("group"), args.get("extra_groups")
+
+    def child(err_write: int) -> None:  # pragma: no cover - the child, until its exec
+        for sig in (*FORWARDED, KILL_ALL, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.closerange(3, err_write)  # err_write itself is close-on-exec
+        os.closerange(err_write + 1, MAX_FD)
+        if uid is not None:
+            if groups is not None:
+                os.setgroups([int(g) for g in groups])
+            if gid is not None:
+                os.setregid(int(gid), int(gid))
+            os.setreuid(int(uid), int(uid))
+        os.chdir(cwd)
+        os.execvpe(argv[0], argv, env)
+
+    return fork_with(child)
+
+
+def fork_with(child: Callable[[int], None]) -> int:
+    """Fork a child that leads a process group of its own and runs ``child(err_write)``, which
+    execs (or closes ``err_write`` and goes on to run the trial itself, never returning). An
+    exception it raises before that comes back through the close-on-exec pipe ``err_write``
+    and is raised here as the OSError it was (ValueError for any other)."""
+    err_read, err_write = os.pipe()  # both close-on-exec
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(err_read)
+            child(err_write)
+        except BaseException as exc:
+            num = exc.errno if isinstance(exc, OSError) and exc.errno else 0
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            os.write(err_write, f"{num}:{text}".encode(errors="replace"))
+        os._exit(255)
+    os.close(err_write)
+    try:  # noqa: SIM105 - contextlib is more than the shim needs to import
+        # The shell's way: the parent sets the group too, so that no signal sent to the group
+        # right after this returns can find it not made yet.
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # already exec'd (it made its group first), or already gone
+    chunks = []
+    try:
+        while chunk := os.read(err_read, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(err_read)
+    if chunks:
+        os.waitpid(pid, 0)
+        said, text = b"".join(chunks).decode(errors="replace").split(":", 1)
+        if int(said):
+            raise OSError(int(said), text)
+        raise ValueError(text)
+    return pid
+
+
+def wait_exit(pid: int) -> int:
+    """Reap the trial's leader: Popen's returncode (negative: killed by that signal)."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries it already
+            continue
+
+
+def _json(value: Any) -> str:
+    """JSON for what the shim writes (ints, floats, strings, None, flat dicts), without json."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # a float's repr is JSON for every finite float
+    if isinstance(value, str):
+        out = []
+        for ch in value:
+            if ch == '"' or ch == "\\" or ch < " ":
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_json(str(k))}: {_json(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
 def tell(fd: int, line: dict[str, Any]) -> None:
-    data = (json.dumps(line) + "\n").encode()
+    data = (_json(line) + "\n").encode()
     try:
         while data:
             data = data[os.write(fd, data) :]
@@ -226,10 +328,20 @@ def write_status(path: str, status: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, json.dumps(status).encode())
+        os.write(fd, _json(status).encode())
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def write_status_fd(fd: int, status: dict[str, Any]) -> None:
+    """A warm run's shim is the study owner's and cannot write in the daemon's folder: it writes
+    into the empty file the daemon made and passed it, in one write (a reader that comes in
+    between sees an empty file: no status yet)."""
+    try:
+        os.write(fd, _json(status).encode())
+    finally:
+        os.close(fd)
 
 
 def read_args(fd: int) -> dict[str, Any]:
@@ -244,14 +356,31 @@ def read_args(fd: int) -> dict[str, Any]:
         # The daemon died before it sent what to start (it stores this shim first): start
         # nothing, so a restarted daemon that resumes the run does not race a copy of it.
         raise SystemExit(0)
-    args: dict[str, Any] = json.loads(data)
+    if data[:1] == b"{":
+        import json  # arguments written by hand (tests); the daemon sends marshal
+
+        args: dict[str, Any] = json.loads(data)
+    else:
+        args = marshal.loads(data)
     return args
 
 
+def parse_fds(text: str) -> dict[str, int]:
+    """The two numbers of the command line's object (``json.dumps`` of ``{"run": ..., "args_fd":
+    A, "report_fd": R}``), read without json."""
+    fds: dict[str, int] = {}
+    for key in ("args_fd", "report_fd"):
+        at = text.rindex(f'"{key}":') + len(key) + 3
+        digits = text[at:].lstrip().split(",", 1)[0].split("}", 1)[0]
+        fds[key] = int(digits)
+    return fds
+
+
 def main(argv: list[str]) -> int:
-    fds = json.loads(argv[1])
-    args = read_args(int(fds["args_fd"]))
-    args["report_fd"] = int(fds["report_fd"])
+    os.chdir("/")  # the shim holds no user's folder
+    fds = parse_fds(argv[1])
+    args = read_args(fds["args_fd"])
+    args["report_fd"] = fds["report_fd"]
     return Shim().run(args)
 
 

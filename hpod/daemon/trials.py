@@ -43,8 +43,10 @@ from hpod.daemon.runner import (
     TrialLaunch,
     TrialProcess,
     TrialStartError,
+    WarmForkFailed,
     log_tail,
     looks_like_oom,
+    trial_environment,
 )
 from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
@@ -63,6 +65,7 @@ from hpod.daemon.store import (
     update_study_op,
     update_trial_op,
 )
+from hpod.daemon.warm import WarmPlan, WarmStarts, plan_for, server_environment
 from hpod.errors import HpodError
 
 log = structlog.get_logger("hpod.daemon")
@@ -151,6 +154,8 @@ class Trials:
         self._adopted: list[tuple[StudyRuntime, TrialRun]] = []
         # The runs of external studies, handed out by `ask` instead of started here.
         self.external = ExternalRuns(self)
+        # The fork servers of the studies that start their trials warm (hpod.daemon.warm).
+        self.warm = WarmStarts()
 
     def _hooks(self) -> RunHooks:
         assert self.hooks is not None, "the studies service attaches itself at start-up"
@@ -302,8 +307,9 @@ class Trials:
         )
         # The decisions that made it and its trial_started / trial_resumed, in its commit.
         told = self.events.launch_ops(study, launch, rec.runs, now)
+        ops: list[Op]
         if launch.fresh and rec.runs == 1:
-            await self.disk.write(
+            ops = [
                 insert_trial_op(
                     TrialRow(
                         study_id=study.id,
@@ -326,9 +332,9 @@ class Trials:
                 ),
                 live,
                 *told,
-            )
+            ]
         else:
-            await self.disk.write(
+            ops = [
                 update_trial_op(
                     study.id,
                     rec.trial_id,
@@ -342,7 +348,10 @@ class Trials:
                 ),
                 live,
                 *told,
-            )
+            ]
+        if external:
+            await self.disk.write(*ops)
+            ops = []
         log.info(
             "trial_launch",
             study=study.id,
@@ -352,7 +361,9 @@ class Trials:
             config=launch.config,
             external=external,
         )
-        self.spawn(self._run, study, run)
+        # The launch's commit is the run task's first step, before its process exists: the next
+        # slot's decision does not wait for it, and the launches of a burst share commits.
+        self.spawn(self._run, study, run, ops)
         return run
 
     # -- runs an earlier daemon left -------------------------------------------------------------
@@ -477,8 +488,9 @@ class Trials:
             status_dir=self.status_dir,
         )
 
-    async def _run(self, study: StudyRuntime, run: TrialRun) -> None:
-        """The run's task: start, wait inside the run's scope, stop when it fires, reap."""
+    async def _run(self, study: StudyRuntime, run: TrialRun, ops: list[Op] | None = None) -> None:
+        """The run's task: store its launch (``ops``), start, wait inside the run's scope, stop
+        when it fires, reap."""
         if run.external:
             await self.external.run(study, run)  # no process: its caller runs it
             return
@@ -487,6 +499,10 @@ class Trials:
         cgroup: Path | None = None  # the run's cgroup, once made
         try:
             try:
+                if ops:
+                    # Shielded: a run recorded as it ends must have been recorded as launched.
+                    with anyio.CancelScope(shield=True):
+                        await self.disk.write(*ops)
                 if run.adopted:
                     pass  # started by an earlier daemon (hpod.daemon.adoption)
                 elif self.disk.held is not None:
@@ -502,11 +518,7 @@ class Trials:
                         # Made before the shim starts, which enters it before the trial does.
                         cgroup = self.containment.make(run_name(study.id, run.trial_id, launch.run))
                         launch = dataclasses.replace(launch, cgroup=cgroup)
-                    run.proc = await TrialProcess.start(
-                        launch,
-                        base_env=study.client_env,
-                        on_shim=lambda ident: self._store_identity(study, run, ident),
-                    )
+                    run.proc = await self._start(study, run, launch)
                     # What proves the process is this run's, for the daemon after a crash.
                     await self.disk.write(
                         update_live_run_op(
@@ -606,6 +618,40 @@ class Trials:
         since = 0.0 if run.adopted else run.started
         return await anyio.to_thread.run_sync(oomkill.kernel_killed, ident.trial_pid, since)
 
+    async def _start(self, study: StudyRuntime, run: TrialRun, launch: TrialLaunch) -> TrialProcess:
+        """Start the run's process: forked from the study's fork server for a warm start (cold,
+        as without it, when the server cannot be had or cannot fork)."""
+        warm = None
+        if study.spec.executor.warm_start:
+            warm = await self.warm.server(lambda: self._warm_plan(study, launch), study.id)
+        try:
+            return await TrialProcess.start(
+                launch,
+                base_env=study.client_env,
+                on_shim=lambda ident: self._store_identity(study, run, ident),
+                warm=warm,
+            )
+        except WarmForkFailed as exc:
+            self.warm.give_up(study.id, exc.message)
+            return await TrialProcess.start(
+                launch,
+                base_env=study.client_env,
+                on_shim=lambda ident: self._store_identity(study, run, ident),
+            )
+
+    def _warm_plan(self, study: StudyRuntime, launch: TrialLaunch) -> WarmPlan:
+        env = trial_environment(
+            launch, os.environ if study.client_env is None else study.client_env
+        )
+        return plan_for(
+            study.id,
+            study.spec.command,
+            study.spec.workdir,
+            study.spec.executor.warm_imports,
+            server_environment(env),
+            launch.user,
+        )
+
     async def _end_containment(self, study: StudyRuntime, run: TrialRun, made: Path | None) -> None:
         """After the shim has exited: kill what is left in the run's cgroup (whatever escaped
         the shim) and remove it, and the run's status file, now that its exit is recorded."""
@@ -674,6 +720,11 @@ class Trials:
         rec = engine.record(run.trial_id)
         retried = rec.state is TrialState.PENDING and bool(rec.retries)
         study.runs.pop(run.trial_id, None)
+        if not study.runs and engine.state is not StudyState.RUNNING:
+            # Nothing runs and nothing will until it is resumed: its fork server goes.
+            server = self.warm.forget(study.id)
+            if server is not None:
+                self.spawn(server.reap)
         if not run.external:  # a handed-out run took no slot of the pool
             self.pool.release(run.slot)
         tid = run.trial_id
@@ -829,6 +880,7 @@ class Trials:
         """Start nothing more (the daemon is shutting down)."""
         self.closed = True
         self._closing.set()
+        self.warm.close_all()
         self.wake()
 
     # -- reports ---------------------------------------------------------------------------------

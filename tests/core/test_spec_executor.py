@@ -57,7 +57,7 @@ def test_an_external_study_needs_no_command_and_has_a_lease() -> None:
 def test_every_problem_of_the_executor_table_is_named() -> None:
     assert _problems('[executor]\ntype = "extern"\nlease = "5s"\nwho = 1\n') == [
         "executor.type: 'extern' is not one of local, external; did you mean 'external'?",
-        "executor.who: unknown key; expected one of type, lease",
+        "executor.who: unknown key; expected one of type, lease, warm_start, warm_imports",
         'command: missing; e.g. command = ["python", "train.py", "--lr", "{lr}"]',
     ]
     assert _problems('[executor]\ntype = "external"\nlease = 0\n') == [

@@ -1,0 +1,242 @@
+"""The warm start's fork server: one pre-started interpreter per study, runs forked from it.
+
+Run by the daemon (hpod.daemon.warm) as ``[<the command's python>, <this file>, '<json>']``, as
+the study's owner, in its workdir, with the study's environment (no trial's contract, and
+``CUDA_VISIBLE_DEVICES`` empty, so an import that touches CUDA finds no GPU). It is the user's
+interpreter, not the daemon's: it sees the user's packages, and it is stdlib-only and imports
+nothing of hpod (hpod may not be installed there); it loads the shim (hpod/daemon/shim.py, next
+to it) by path, under a name no trial module can take.
+
+It imports the study's ``warm_imports`` once, then checks that a fork is safe: one thread only
+(a fork copies only the thread that forks; a lock another thread held stays locked in the child
+forever) and no GPU device open (a CUDA context does not survive a fork). It tells the daemon
+``{"ready": true}`` or why not, on the control socket (``control_fd``, a SOCK_SEQPACKET end),
+and then, for each run, reads one request with five descriptors: the run's stdout and stderr
+logs, the shim's argument pipe, its report pipe and its status file. It forks; the child is the
+run's shim (its own session; the daemon moves it into the run's cgroup and stores it before it
+sends the arguments, exactly as for a shim it starts itself), which forks the trial and runs the
+trial's script or module in that child: no interpreter start, no import done twice. The server
+answers with the shim's pid, and exits when the daemon's end closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import runpy
+import signal
+import socket
+import sys
+import threading
+import traceback
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("_hpod_warm_shim", os.path.join(_HERE, "shim.py"))
+assert _spec is not None
+assert _spec.loader is not None
+shim = importlib.util.module_from_spec(_spec)
+sys.modules["_hpod_warm_shim"] = shim
+_spec.loader.exec_module(shim)
+
+# Where the shim finds what the request passed it, in the forked shim.
+STDOUT, STDERR, ARGS_FD, REPORT_FD, STATUS_FD = 1, 2, 3, 4, 5
+
+
+def fork_problem() -> str | None:
+    """Why forking this process now would not be safe (None: it is)."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        threads = threading.active_count()
+    if threads > 1:
+        return (
+            f"the warm imports left {threads} threads running; a fork copies only one of them "
+            '(numpy\'s OpenBLAS starts its pool at import: set OPENBLAS_NUM_THREADS = "1" in '
+            "the study's env; see docs/warm-start.md)"
+        )
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("/dev/nvidia") or target.startswith("/dev/dri"):
+                return f"the warm imports opened a GPU device ({target}); no CUDA before the fork"
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and getattr(cuda, "is_initialized", lambda: False)():
+        return "the warm imports initialised CUDA; no CUDA before the fork"
+    return None
+
+
+def exit_code(code: Any) -> int:
+    """The exit status of ``sys.exit(code)``, as the interpreter makes it."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run_trial(argv: list[str]) -> None:
+    """The trial, in the forked child: what ``python [-u] script.py args`` or ``python [-u] -m
+    module args`` would do from here on; never returns."""
+    rest = list(argv[1:])
+    if rest[:1] == ["-u"]:
+        rest = rest[1:]
+    code = 0
+    interrupted = False
+    try:
+        if rest[0] == "-m":
+            sys.argv = [rest[1], *rest[2:]]
+            sys.path[0] = os.getcwd()
+            runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(rest)
+            sys.path[0] = os.path.dirname(os.path.realpath(rest[0]))
+            runpy.run_path(rest[0], run_name="__main__")
+    except SystemExit as exc:
+        code = exit_code(exc.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # The interpreter's own ending: non-daemon threads, then atexit, then the buffers.
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    if interrupted:
+        # As the interpreter does for an uncaught KeyboardInterrupt: killed by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
+
+
+def start_trial(args: dict[str, Any]) -> int:
+    """The shim's way to start a warm trial: fork, and in the child lead a group of its own,
+    take the trial's folder and environment, close the shim's descriptors and run the trial
+    (an error before it runs comes back as the OSError it was)."""
+    argv = [str(a) for a in args["argv"]]
+    env = {str(k): str(v) for k, v in (args.get("env") or {}).items()}
+    cwd = str(args["cwd"])
+    own = [int(fd) for fd in (args.get("report_fd"), args.get("status_fd")) if fd is not None]
+
+    def child(err_write: int) -> None:  # pragma: no cover - the trial's process
+        for sig in (*shim.FORWARDED, shim.KILL_ALL):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.setpgid(0, 0)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        for fd in own:
+            os.close(fd)
+        os.close(err_write)  # set up: the shim goes on
+        run_trial(argv)
+
+    pid: int = shim.fork_with(child)
+    return pid
+
+
+def be_shim(control: socket.socket, fds: list[int]) -> None:
+    """The forked child: the run's shim; never returns."""
+    code = 1
+    try:
+        control.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its trial
+        os.setsid()
+        for fd, target in zip(fds, (STDOUT, STDERR, ARGS_FD, REPORT_FD, STATUS_FD), strict=True):
+            if fd != target:
+                os.dup2(fd, target)
+        for fd in fds:
+            if fd not in (STDOUT, STDERR, ARGS_FD, REPORT_FD, STATUS_FD):
+                os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.chdir("/")
+        args = shim.read_args(ARGS_FD)
+        args.update(report_fd=REPORT_FD, status_fd=STATUS_FD, cgroup=None)
+        args.pop("user", None)  # already the owner: this process is the owner's
+        code = shim.Shim(start=start_trial).run(args)
+    except SystemExit as exc:
+        code = exit_code(exc.code)
+    except BaseException:
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(code)
+
+
+def serve(control: socket.socket) -> None:
+    # Each shim exits on its own; nobody here waits for them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 65536, 8)
+        except OSError:
+            return
+        if not data:
+            return  # the daemon is gone (or closed us): the runs go on without us
+        if len(fds) != 5:
+            for fd in fds:
+                os.close(fd)
+            control.send(json.dumps({"error": f"expected 5 descriptors, got {len(fds)}"}).encode())
+            continue
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            control.send(json.dumps({"error": f"fork: {exc.strerror}"}).encode())
+            continue
+        if pid == 0:  # pragma: no cover - the shim
+            be_shim(control, fds)
+        for fd in fds:
+            os.close(fd)
+        control.send(json.dumps({"pid": pid}).encode())
+
+
+def main(argv: list[str]) -> int:
+    conf = json.loads(argv[1])
+    control = socket.socket(fileno=int(conf["control_fd"]))
+    # The trial's own folder first on the path (its sibling modules), never this one.
+    sys.path[0] = str(conf.get("path0") or os.getcwd())
+    problem = None
+    for name in conf.get("imports", []):
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            problem = f"import {name}: {type(exc).__name__}: {exc}"
+            break
+    if problem is None:
+        problem = fork_problem()
+    control.send(json.dumps({"ready": problem is None, "why": problem}).encode())
+    if problem is not None:
+        return 1
+    serve(control)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
