@@ -130,6 +130,20 @@ async def test_trial_round_trip(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_trials_oom_retries_round_trip_with_its_new_config(store: Store) -> None:
+    await store.insert_study(study_row())
+    await store.insert_trial(trial_row())
+    assert store.load_trial("s1", 0).retries == ()
+    retry = {"run": 1, "key": "bs", "from": 128, "to": 64, "at": 5.0, "error": "oom"}
+    config = {**trial_row().config, "bs": 64}
+    await store.update_trial("s1", 0, state=TrialState.PENDING, config=config, retries=[retry])
+    got = store.load_trial("s1", 0)
+    assert got.retries == (retry,)
+    assert got.config == config
+    assert got.state is TrialState.PENDING
+
+
+@pytest.mark.anyio
 async def test_report_and_event_round_trip(store: Store) -> None:
     await store.add_report("s1", 0, 1, 1.0, {"val_acc": 0.5, "epoch": 1}, Decision.CONTINUE, 10.0)
     await store.add_report(
