@@ -147,9 +147,25 @@ def test_time_left(detail: dict[str, Any], left: str | None) -> None:
     assert waiting.time_left(detail, done, now=1000.0) == left
 
 
-def test_ctrl_c_says_the_study_goes_on(server: WireServer) -> None:
+SPEC = """
+name = "quad"
+command = ["python", "trial.py"]
+[objective]
+metric = "loss"
+mode = "min"
+[space]
+x = { param_type = "uniform", range = [-1.0, 1.0] }
+"""
+
+
+@pytest.mark.parametrize("command", ["wait", "submit"])
+def test_ctrl_c_says_the_study_goes_on(server: WireServer, tmp_path: Path, command: str) -> None:
+    server.methods["submit"] = {"study": "s1", "name": "quad"}
+    spec = tmp_path / "study.toml"
+    spec.write_text(SPEC)
+    argv = ["wait", "s1"] if command == "wait" else ["submit", str(spec), "--wait"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpod.cli.hpodctl", "--socket", server.path, "wait", "s1"],
+        [sys.executable, "-m", "hpod.cli.hpodctl", "--socket", server.path, *argv],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
