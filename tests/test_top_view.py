@@ -115,3 +115,11 @@ def test_the_tail_of_the_stream(last: int) -> None:
     with WireServer({"events": events}) as server, Client(server.path) as client:
         assert tail_cursor(client, None) == last
     assert len(asked) < 45  # a few dozen one-event polls, never the history
+
+
+def test_a_lost_daemon_is_said_and_the_last_state_kept() -> None:
+    state = _state()
+    state.set_error("no hpod daemon is listening on /run/hpod/hpod.sock")
+    lines = state.lines(80, None, 0.0)
+    assert lines[-1] == "! no hpod daemon is listening on /run/hpod/hpod.sock"
+    assert _cells(lines, "s1", "1")[:3] == ["s1", "1", "2/9"]  # still shown

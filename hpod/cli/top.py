@@ -457,7 +457,8 @@ class Watcher:
                         return  # the study ended: nothing more comes
             except HpodError as err:
                 # The stream gave up on the daemon (a minute without one): try again, on.
-                after = stream.cursor
+                if self.stream is not None:
+                    after = self.stream.cursor
                 self.state.set_error(f"events: {err.message}")
             self.stopping.wait(RETRY_S)
 
