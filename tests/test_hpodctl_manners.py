@@ -23,7 +23,8 @@ import pytest
 from hpod import __version__
 from hpod.cli import logs
 from hpod.cli.hpodctl import _commands, _fmt_change, _parser, main
-from tests.wire_server import WireServer
+from hpod.errors import ErrorCode, NotFound
+from tests.wire_server import WireServer, raising
 
 pytestmark = pytest.mark.usefixtures("clean_trial_env")
 
@@ -283,3 +284,11 @@ def test_bash_completion(server: WireServer, tmp_path: Path) -> None:
     zsh = main_output(["completion", "zsh"])
     assert zsh.startswith("# zsh completion")
     assert "bashcompinit" in zsh
+
+
+def test_top_of_an_unknown_study_says_so(
+    server: WireServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.methods["study"] = raising(NotFound("no study 'nope'"))
+    assert main(["--socket", server.path, "top", "nope"]) == ErrorCode.NOT_FOUND.exit_status
+    assert capsys.readouterr().err == "hpodctl: no study 'nope'\n"
