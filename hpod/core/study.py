@@ -662,10 +662,16 @@ class Study:
             new = self._end(t, t.ending)
         elif t.stopped_by_shell:
             new = TrialState.STOPPED
-        elif returncode == 0:
+        elif returncode == 0 and not oom:
             new = TrialState.COMPLETED if self._measured(t) else self._unmeasured(t)
         else:
-            text = error or f"exited with status {returncode}"
+            # An exit 0 counts as out of memory too when the trial said it ran out (trial.oom,
+            # hpopt's reportOOM) and then left cleanly.
+            text = error or (
+                f"exited with status {returncode}"
+                if returncode != 0
+                else "reported out of memory (trial.oom), then exited with status 0"
+            )
             retry = self._oom_retry(t, text, now) if oom else None
             if retry is None:
                 new = TrialState.FAILED

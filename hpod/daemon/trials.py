@@ -716,7 +716,7 @@ class Trials:
         elif returncode is None:
             engine.on_start_failed(run.trial_id, error or "could not start")
         else:
-            engine.on_exit(run.trial_id, returncode, now, error, oom=run.oom and returncode != 0)
+            engine.on_exit(run.trial_id, returncode, now, error, oom=run.oom)
         rec = engine.record(run.trial_id)
         retried = rec.state is TrialState.PENDING and bool(rec.retries)
         study.runs.pop(run.trial_id, None)

@@ -107,3 +107,11 @@ def test_the_batch_key_must_be_an_integer_parameter_of_the_space() -> None:
     with pytest.raises(SpecError) as err:
         _study(oom='[oom]\nbatch_size_key = "nope"')
     assert "not a parameter" in str(err.value)
+
+
+def test_a_trial_that_said_it_ran_out_of_memory_and_exited_0_is_retried() -> None:
+    study = _study()
+    assert study.next_launch(0.0) is not None
+    assert study.on_exit(0, 0, 1.0, oom=True) is TrialState.PENDING
+    (retry,) = study.record(0).retries
+    assert "reported out of memory" in retry.error
