@@ -55,8 +55,9 @@ class User:
     gid: int
 
 
-@pytest.fixture(scope="module")
-def users() -> Iterator[tuple[User, User]]:
+@contextlib.contextmanager
+def throwaway_users() -> Iterator[tuple[User, User]]:
+    """Two users made with useradd, removed (with anything they left running) at the end."""
     made: list[str] = []
     try:
         out: list[User] = []
@@ -80,6 +81,12 @@ def users() -> Iterator[tuple[User, User]]:
                 with contextlib.suppress(KeyError):
                     grp.getgrnam(name)
                     subprocess.run(["groupdel", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[tuple[User, User]]:
+    with throwaway_users() as made:
+        yield made
 
 
 def as_user(user: User, fn: Callable[[], Any]) -> Any:

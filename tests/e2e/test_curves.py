@@ -167,6 +167,11 @@ def test_the_report_writes_its_pngs_beside_report_json(ended: Any) -> None:
         assert (folder / name).read_bytes().startswith(PNG)
     assert (folder / "report.json").exists()
     assert not list(folder.glob(".*.tmp"))
+    # Drawn by a process of its own: the daemon never loaded matplotlib (its compiled parts
+    # would be mapped into it).
+    assert d.proc is not None
+    maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
+    assert "matplotlib" not in maps
 
 
 @pytest.mark.parametrize("plots", [True, False])

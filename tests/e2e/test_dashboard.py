@@ -174,38 +174,23 @@ def test_a_study_page_shows_the_best_and_new_reports_live(daemon_factory: Any, s
 # -- another user's study --------------------------------------------------------------------
 
 
-@pytest.fixture
-def users() -> Iterator[list[tuple[str, int, int]]]:
+@pytest.fixture(scope="module")
+def users() -> Iterator[Any]:
+    """Two throwaway users (tests/daemon/test_hostile_users.py makes them); root only."""
     if os.geteuid() != 0:
-        pytest.skip("needs root: makes a throwaway user with useradd")
+        pytest.skip("needs root: makes throwaway users with useradd")
     if shutil.which("useradd") is None:
         pytest.skip("needs useradd")
-    import pwd
+    from tests.daemon.test_hostile_users import throwaway_users
 
-    name = f"hpodw{secrets.token_hex(4)}"
-    subprocess.run(
-        ["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
-         "/usr/sbin/nologin", "--user-group", name],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    try:
-        pw = pwd.getpwnam(name)
-        yield [(name, pw.pw_uid, pw.pw_gid)]
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", name], capture_output=True)
-        with contextlib.suppress(KeyError):
-            import grp
-
-            grp.getgrnam(name)
-            subprocess.run(["groupdel", name], capture_output=True)
+    with throwaway_users() as made:
+        yield made
 
 
-def drop_to(name: str, uid: int, gid: int) -> None:
-    os.setgroups(os.getgrouplist(name, gid))
-    os.setgid(gid)
-    os.setuid(uid)
+def drop_to(user: Any) -> None:
+    os.setgroups(os.getgrouplist(user.name, user.gid))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
 
 
 def warm_dashboard(socket_path: str, sid: str) -> None:
@@ -251,7 +236,7 @@ def warm_dashboard(socket_path: str, sid: str) -> None:
 
 
 @contextlib.contextmanager
-def dashboard_as(user: tuple[str, int, int], socket_path: str) -> Iterator[str]:
+def dashboard_as(user: Any, socket_path: str) -> Iterator[str]:
     """The dashboard served by a forked child running as ``user``; its URL."""
     import uvicorn
 
@@ -271,7 +256,7 @@ def dashboard_as(user: tuple[str, int, int], socket_path: str) -> Iterator[str]:
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
-            drop_to(*user)
+            drop_to(user)
             uvicorn.Server(config).run(sockets=[sock])
             code = 0
         finally:
@@ -290,14 +275,14 @@ def dashboard_as(user: tuple[str, int, int], socket_path: str) -> Iterator[str]:
             time.sleep(0.05)
 
 
-def submit_as(user: tuple[str, int, int], socket_path: str, text: str, base: Path) -> str:
+def submit_as(user: Any, socket_path: str, text: str, base: Path) -> str:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
             os.close(read)
-            drop_to(*user)
+            drop_to(user)
             with Client(socket_path) as c:
                 os.write(write, c.submit_text(text, base)["study"].encode())
             code = 0
@@ -307,7 +292,7 @@ def submit_as(user: tuple[str, int, int], socket_path: str, text: str, base: Pat
     with os.fdopen(read, "rb") as f:
         sid = f.read().decode()
     _, status = os.waitpid(pid, 0)
-    assert status == 0, f"submit as {user[0]} failed"
+    assert status == 0, f"submit as {user.name} failed"
     assert sid
     return sid
 
