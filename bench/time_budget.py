@@ -12,6 +12,9 @@ it ran and the best validation accuracy, then the checks: every study ends withi
 ``R x full``, every best is >= 0.95, and per seed ratio 4's best is at least ratio 2's. The load
 average before and after is printed too: the machine may be shared.
 
+The example's searcher keeps its known-good first point (``points_to_evaluate``), so each study's
+first trial is the same configuration; ``--no-prior`` leaves it out.
+
 Before the studies it times one full training of the default configuration run alone (20 epochs,
 ``train.py`` outside hpod), for comparison with what hpod measured from the trials' reports.
 """
@@ -51,8 +54,9 @@ def ctl(root: Path, *args: str, json_out: bool = True) -> Any:
     return res
 
 
-def budget_spec(ratio: float, seed: int) -> str:
-    """study.toml without its [scheduler] and [limits], and the time budget in their place."""
+def budget_spec(ratio: float, seed: int, prior: bool = True) -> str:
+    """study.toml without its [scheduler] and [limits], and the time budget in their place;
+    without ``prior``, without its known-good first point either (random configurations only)."""
     text = (DIGITS / "study.toml").read_text()
     kept: list[str] = []
     skip = False
@@ -66,6 +70,8 @@ def budget_spec(ratio: float, seed: int) -> str:
             continue
         if re.match(r"seed\s*=", line):
             line = f"seed = {seed}"
+        if not prior and re.match(r"points_to_evaluate\s*=", line):
+            continue
         kept.append(line.replace('name = "digits-mlp"', f'name = "budget-r{ratio:g}-s{seed}"'))
     kept += ["", "[limits]", f"time_ratio = {ratio:g}", "full_resource = 20", "max_concurrent = 2"]
     return "\n".join(kept) + "\n"
@@ -90,6 +96,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ratios", type=float, nargs="+", default=[2.0, 4.0])
+    ap.add_argument(
+        "--no-prior",
+        action="store_true",
+        help="leave out the example's known-good first point (random configurations only)",
+    )
     args = ap.parse_args()
 
     print(f"load average before: {loadavg()} ({os.cpu_count()} cores)")
@@ -105,7 +116,7 @@ def main() -> int:
         for seed in args.seeds:
             for ratio in args.ratios:
                 spec = folder / f"r{ratio:g}-s{seed}.toml"
-                spec.write_text(budget_spec(ratio, seed))
+                spec.write_text(budget_spec(ratio, seed, prior=not args.no_prior))
                 res = ctl(root, "submit", str(spec), "--wait", json_out=False)
                 sid = f"budget-r{ratio:g}-s{seed}"
                 show = ctl(root, "show", sid)

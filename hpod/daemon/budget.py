@@ -130,7 +130,7 @@ class BudgetState:
             return spec
         values: dict[str, Any] = {}
         if "optimization_time" not in fixed:
-            values["optimization_time"] = plan.budget
+            values["optimization_time"] = limit_of(plan)
         if plan.max_trials is not None and "max_trials" not in fixed:
             values["max_trials"] = plan.max_trials
         if not values:
@@ -196,13 +196,26 @@ class BudgetState:
             expected_seconds=_round(plan.expected_seconds),
             applied=None
             if self.said is None
-            else {"budget": _round(self.said.budget), "max_trials": self.said.max_trials},
+            else {
+                "budget": _round(self.said.budget),
+                "optimization_time": _round(limit_of(self.said)),
+                "max_trials": self.said.max_trials,
+            },
             note=(
                 f"{self.time_ratio:g} x one full training of {plan.full_training or 0.0:.3g}s "
                 f"= {format_duration(plan.budget)}"
             ),
         )
         return out
+
+
+def limit_of(plan: bud.Plan) -> float:
+    """The optimization_time that ends a study by its budget: the budget less one end time, since
+    the runs stopped at the limit take their end time to save and exit, and the study ends when
+    the last of them has."""
+    assert plan.budget is not None
+    end = plan.costs.teardown if plan.costs is not None else 0.0
+    return max(plan.budget - end, plan.budget / 2)
 
 
 def fixed_keys(changes: Collection[dict[str, Any]]) -> set[str]:
