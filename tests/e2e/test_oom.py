@@ -25,6 +25,7 @@ bs = {{ param_type = "choice", range = [16, 64, 128] }}
 lr = {{ param_type = "uniform", range = [0.0, 1.0] }}
 [searcher]
 points_to_evaluate = [{{ bs = 16, lr = 0.1 }}, {{ bs = 128, lr = 0.5 }}]
+{resources}
 [limits]
 max_trials = 2
 max_concurrent = 1
@@ -70,7 +71,7 @@ def _check_retried(daemon: Any, study: str, chain: list[int]) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_trial_out_of_memory_is_retried_with_half_the_batch(daemon: Any) -> None:
-    path = _write(daemon, SPEC.format(mode="raise", env=""))
+    path = _write(daemon, SPEC.format(mode="raise", env="", resources=""))
     res = daemon.ctl("submit", str(path), "--wait", timeout=100)
     assert res.returncode == 0, res.stdout + res.stderr
     _check_retried(daemon, "oom-1", [128, 64, 32])
@@ -121,7 +122,7 @@ def test_a_trial_the_kernel_oom_kills_is_recognised_and_retried(daemon: Any) -> 
     try:
         env = f'[env]\nOOM_CGROUP = "{cgroup}"\n'
         # 128 and 64 MiB are past the 48 MiB limit: the kernel kills them; 32 fits.
-        path = _write(daemon, SPEC.format(mode="alloc", env=env))
+        path = _write(daemon, SPEC.format(mode="alloc", env=env, resources=""))
         res = daemon.ctl("submit", str(path), "--wait", timeout=130)
         assert res.returncode == 0, res.stdout + res.stderr + daemon.output()
         detail = daemon.ctl_json("show", "oom-1")
@@ -132,3 +133,26 @@ def test_a_trial_the_kernel_oom_kills_is_recognised_and_retried(daemon: Any) -> 
     finally:
         with contextlib.suppress(OSError):
             cgroup.rmdir()
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(300)
+def test_a_real_cuda_out_of_memory_is_retried_with_half_the_batch(daemon: Any) -> None:
+    if not _cuda():
+        pytest.skip("no CUDA GPU here (torch with CUDA and a GPU are needed)")
+    # bs 128 asks torch for 4/3 of the GPU's memory: torch.cuda.OutOfMemoryError; 64, 2/3 of it.
+    resources = "[resources]\ngpus_per_trial = 1\n"
+    path = _write(daemon, SPEC.format(mode="cuda", env="", resources=resources))
+    res = daemon.ctl("submit", str(path), "--wait", timeout=280)
+    assert res.returncode == 0, res.stdout + res.stderr + daemon.output()
+    _check_retried(daemon, "oom-1", [128, 64])
+    notes = daemon.ctl_json("gpus")["oom_notes"]
+    assert [n["trial"] for n in notes] == [1], notes

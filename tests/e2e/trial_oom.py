@@ -3,7 +3,9 @@
 ``--mode raise``: raises MemoryError inside ``hpod.trial.oom_guard()`` when ``bs`` is above
 ``--fits`` (what a CUDA trial's torch.cuda.OutOfMemoryError does). ``--mode alloc``: allocates
 ``bs`` MiB for real, after moving itself into the memory-limited cgroup named by $OOM_CGROUP:
-the kernel's OOM killer ends it. The objective is best near lr = 0.5.
+the kernel's OOM killer ends it. ``--mode cuda``: allocates bs/96 of its GPU's memory with
+torch, inside ``oom_guard()``: past 96 a real torch.cuda.OutOfMemoryError. The objective is
+best near lr = 0.5.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ MIB = 1024 * 1024
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["raise", "alloc"], default="raise")
+    parser.add_argument("--mode", choices=["raise", "alloc", "cuda"], default="raise")
     parser.add_argument("--fits", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
@@ -32,6 +34,12 @@ def main() -> None:
         block[::4096] = b"\x01" * len(range(0, len(block), 4096))  # touch every page
         print(f"allocated {bs} MiB", flush=True)
     with trial.oom_guard():
+        if args.mode == "cuda":
+            import torch
+
+            total = torch.cuda.get_device_properties(0).total_memory
+            block = torch.empty(int(total * bs / 96), dtype=torch.uint8, device="cuda")
+            print(f"allocated {block.numel() / 2**30:.1f} GiB on the GPU", flush=True)
         if args.mode == "raise" and bs > args.fits:
             raise MemoryError(f"simulated: a batch of {bs} does not fit (at most {args.fits})")
         for epoch in range(1, args.epochs + 1):
