@@ -292,3 +292,13 @@ def test_top_of_an_unknown_study_says_so(
     server.methods["study"] = raising(NotFound("no study 'nope'"))
     assert main(["--socket", server.path, "top", "nope"]) == ErrorCode.NOT_FOUND.exit_status
     assert capsys.readouterr().err == "hpodctl: no study 'nope'\n"
+
+
+def test_report_inside_a_trial_with_json(
+    server: WireServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.methods["trial.report"] = {"decision": "PAUSE"}
+    for name, value in {"SOCKET": server.path, "STUDY": "s1", "TRIAL": "2", "TOKEN": "t"}.items():
+        monkeypatch.setenv(f"HPOD_{name}", value)
+    assert main(["--json", "report", "epoch=3", "loss=0.5"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"decision": "PAUSE"}
