@@ -162,7 +162,9 @@ def make_app(socket_path: str | None, token: str, *, port: int) -> Starlette:
         return lambda c: {"studies": [_named(s) for s in c.studies()]}
 
     def study(request: Request) -> Callable[[Client], Any]:
-        return lambda c: study_view(c, request.path_params["study"])
+        after = request.query_params.get("after", "0")
+        since = int(after) if after.isdigit() else 0
+        return lambda c: study_view(c, request.path_params["study"], after=since)
 
     def trial(request: Request) -> Callable[[Client], Any]:
         sid, n = request.path_params["study"], int(request.path_params["trial"])
@@ -246,9 +248,10 @@ async def _event_stream(
         client.close()
 
 
-def study_view(client: Client, sid: str) -> dict[str, Any]:
+def study_view(client: Client, sid: str, *, after: int = 0) -> dict[str, Any]:
     """What the study page shows: the study (``show``), its trials, its report (best, GPU
-    use), its curves (every page) and the best as ``hpodctl best`` says it (None: none yet)."""
+    use), its curves' points past ``after`` (every page: the page keeps those it has, and
+    asks only for the new ones) and the best as ``hpodctl best`` says it (None: none yet)."""
     detail = client.study(sid)
     sid = str(detail["study"])
     try:
@@ -259,7 +262,8 @@ def study_view(client: Client, sid: str) -> dict[str, Any]:
         "study": _named(detail),
         "trials": client.trials(sid),
         "report": _slim_report(client.report(sid)),
-        "curves": [_slim_point(p) for p in client.curve_points(sid)],
+        "curves": [_slim_point(p) for p in _points_after(client, sid, after)],
+        "curves_after": after,
         "best": best,
     }
 
@@ -277,6 +281,16 @@ def trial_view(client: Client, sid: str, trial: int) -> dict[str, Any]:
         out["log"] = client.logs(sid, trial, "stderr", 100)
     except HpodError as exc:
         out["log"] = f"({exc.message})"
+    return out
+
+
+def _points_after(client: Client, sid: str, after: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    cursor: int | None = after
+    while cursor is not None:
+        page = client.curves(sid, after=cursor)
+        out.extend(page.get("points") or [])
+        cursor = page.get("next")
     return out
 
 

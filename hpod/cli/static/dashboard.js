@@ -60,8 +60,13 @@ const here = route();
 // -- the event stream: a refetch shortly after each event ---------------------------------------
 
 let pending = null;
+let inflight = false;
+let again = false;
 let notShown = false;
+// The study page's curve points so far: each refetch asks only for those past the last one.
+let points = [];
 function refreshSoon() {
+  if (inflight) { again = true; return; } // one fetch at a time; one more once it is back
   if (pending !== null) return;
   pending = setTimeout(() => { pending = null; refresh(); }, 150);
 }
@@ -87,14 +92,24 @@ function follow() {
 }
 
 async function refresh() {
+  inflight = true;
   try {
     if (here.view === "studies") renderStudies(await api("/api/studies"));
-    else if (here.view === "study") renderStudy(await api(`/api/study/${encodeURIComponent(here.study)}`));
+    else if (here.view === "study") {
+      const after = points.length ? points[points.length - 1].id : 0;
+      const body = await api(`/api/study/${encodeURIComponent(here.study)}?after=${after}`);
+      if (body.curves_after === after) points = points.concat(body.curves);
+      body.curves = points;
+      renderStudy(body);
+    }
     else renderTrial(await api(`/api/study/${encodeURIComponent(here.study)}/trial/${here.trial}`));
     window.hpodRefreshes += 1;
   } catch (error) {
     notShown = true;
     main.innerHTML = `<section><h1>Not shown</h1><p id="error">${esc(error.message)}</p></section>`;
+  } finally {
+    inflight = false;
+    if (again) { again = false; refreshSoon(); }
   }
 }
 
