@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,9 @@ class Pane:
     """One tmux session of its own (its own server socket) running a command at 80x30."""
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.server = f"hpod-{uuid.uuid4().hex[:8]}"
+        # The server's socket in a folder of the test's own, removed with it.
+        self.folder = tempfile.mkdtemp(prefix="hpod")
+        self.server = os.path.join(self.folder, "tmux")
         self.env = env
         line = " ".join(_quote(a) for a in command)
         self.tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "30", line)
@@ -72,7 +74,7 @@ class Pane:
 
     def tmux(self, *args: str) -> str:
         res = subprocess.run(
-            ["tmux", "-L", self.server, *args],
+            ["tmux", "-S", self.server, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -122,7 +124,8 @@ class Pane:
             time.sleep(0.05)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.server, "kill-server"], env=self.env, timeout=30)
+        subprocess.run(["tmux", "-S", self.server, "kill-server"], env=self.env, timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _quote(arg: str) -> str:
