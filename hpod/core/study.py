@@ -33,10 +33,11 @@ from hpod.core.plans import (
     ranking_value,
 )
 from hpod.core.preview import occupancy
+from hpod.core.problems import is_number
 from hpod.core.rungs import max_brackets, rung_levels
 from hpod.core.schedulers import FifoScheduler
 from hpod.core.searchers import GridSearcher, RandomSearcher
-from hpod.core.space import Config
+from hpod.core.space import Config, ParamType
 from hpod.core.spec import RungType, SchedulerType, SearcherType, StudySpec
 from hpod.core.states import Decision, StudyState, TrialState
 from hpod.errors import BadState, InvalidParams, NotFound
@@ -695,15 +696,34 @@ class Study:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
         before = int(value)
-        if before <= policy.min_value:
+        after = self._halved(key, before)
+        if after is None:
             return None
-        after = max(policy.min_value, before // 2)
         t.retries.append(OomRetry(t.runs, key, before, after, now, error))
         t.config[key] = after
         t.restart = True
         t.error = None
         self._version += 1
         return TrialState.PENDING
+
+    def _halved(self, key: str, before: int) -> int | None:
+        """The batch key's value for a retry: half of ``before`` (floor division), never under
+        [oom] min_value; for a choice parameter, the largest of its choices at or under half
+        (else the largest under ``before``), so that the retried configuration stays one of
+        the space's. None: nothing smaller is allowed."""
+        floor = self.spec.oom.min_value
+        param = self.spec.space[key]  # the spec holds it to a parameter of the space
+        if param.type is ParamType.CHOICE:
+            smaller = sorted(
+                int(c) for c in param.choices if is_number(c) and floor <= int(c) < before
+            )
+            if not smaller:
+                return None
+            halves = [c for c in smaller if c <= before // 2]
+            return halves[-1] if halves else smaller[-1]
+        if before <= floor:
+            return None
+        return max(floor, before // 2)
 
     def _no_retry(self, t: _Trial) -> str:
         """Why an out-of-memory exit was not retried, for the trial's error."""
@@ -714,8 +734,8 @@ class Study:
         if len(t.retries) >= policy.max_retries:
             return f"; out of memory after {len(t.retries)} retries ([oom] max_retries)"
         return (
-            f"; out of memory with {key} = {t.config.get(key)!r}, at the floor "
-            f"([oom] min_value = {policy.min_value})"
+            f"; out of memory with {key} = {t.config.get(key)!r}, and nothing smaller to retry "
+            f"with ([oom] min_value = {policy.min_value}, or the smallest of its choices)"
         )
 
     def _end(self, t: _Trial, decision: Decision) -> TrialState:

@@ -19,8 +19,10 @@ command = ["python", "t.py"]
 metric = "acc"
 mode = "max"
 [space]
-bs = {{ param_type = "choice", range = [{bs}] }}
+bs = {{ param_type = "quniform", range = [1, 4096, 1] }}
 lr = {{ param_type = "uniform", range = [0.1, 0.2] }}
+[searcher]
+points_to_evaluate = [{{ bs = {bs}, lr = 0.15 }}]
 [limits]
 max_trials = 1
 {oom}
@@ -115,3 +117,35 @@ def test_a_trial_that_said_it_ran_out_of_memory_and_exited_0_is_retried() -> Non
     assert study.on_exit(0, 0, 1.0, oom=True) is TrialState.PENDING
     (retry,) = study.record(0).retries
     assert "reported out of memory" in retry.error
+
+
+def test_a_choice_batch_steps_down_its_choices() -> None:
+    text = SPEC.format(bs=128, oom='[oom]\nbatch_size_key = "bs"\nmax_retries = 5').replace(
+        '"quniform", range = [1, 4096, 1]', '"choice", range = [16, 96, 128]'
+    )
+    study = Study.new(StudySpec.from_toml(text, base_dir=Path("/tmp")))
+    seen = []
+    for _ in range(4):
+        launch = study.next_launch(0.0)
+        if launch is None:
+            break
+        seen.append(launch.config["bs"])
+        state = study.on_exit(0, 1, 1.0, "oom", oom=True)
+    # 128: the largest choice at or under half (64) is 16; 16: none smaller.
+    assert seen == [128, 16]
+    assert state is TrialState.FAILED
+    error = study.record(0).error
+    assert error is not None
+    assert "nothing smaller" in error
+
+
+def test_a_choice_without_one_at_half_takes_the_next_smaller() -> None:
+    text = SPEC.format(bs=128, oom='[oom]\nbatch_size_key = "bs"').replace(
+        '"quniform", range = [1, 4096, 1]', '"choice", range = [96, 128]'
+    )
+    study = Study.new(StudySpec.from_toml(text, base_dir=Path("/tmp")))
+    assert study.next_launch(0.0) is not None
+    assert study.on_exit(0, 1, 1.0, "oom", oom=True) is TrialState.PENDING
+    launch = study.next_launch(1.0)
+    assert launch is not None
+    assert launch.config["bs"] == 96

@@ -74,7 +74,7 @@ def test_a_trial_out_of_memory_is_retried_with_half_the_batch(daemon: Any) -> No
     path = _write(daemon, SPEC.format(mode="raise", env="", resources=""))
     res = daemon.ctl("submit", str(path), "--wait", timeout=100)
     assert res.returncode == 0, res.stdout + res.stderr
-    _check_retried(daemon, "oom-1", [128, 64, 32])
+    _check_retried(daemon, "oom-1", [128, 64, 16])
 
 
 def _memory_cgroup() -> tuple[Path, str] | None:
@@ -121,7 +121,7 @@ def test_a_trial_the_kernel_oom_kills_is_recognised_and_retried(daemon: Any) -> 
     cgroup, _ = made
     try:
         env = f'[env]\nOOM_CGROUP = "{cgroup}"\n'
-        # 128 and 64 MiB are past the 48 MiB limit: the kernel kills them; 32 fits.
+        # 128 and 64 MiB are past the 48 MiB limit: the kernel kills them; 16 fits.
         path = _write(daemon, SPEC.format(mode="alloc", env=env, resources=""))
         res = daemon.ctl("submit", str(path), "--wait", timeout=130)
         assert res.returncode == 0, res.stdout + res.stderr + daemon.output()
@@ -129,7 +129,7 @@ def test_a_trial_the_kernel_oom_kills_is_recognised_and_retried(daemon: Any) -> 
         errors = [r["error"] for r in detail["oom_retries"]]
         assert errors, detail
         assert all("OOM killer" in e for e in errors), errors
-        _check_retried(daemon, "oom-1", [128, 64, 32])
+        _check_retried(daemon, "oom-1", [128, 64, 16])
     finally:
         with contextlib.suppress(OSError):
             cgroup.rmdir()
