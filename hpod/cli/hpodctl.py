@@ -368,6 +368,31 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_jobs(jobs: list[Mapping[str, Any]]) -> None:
+    """A Slurm study's jobs, a run a line: its id, Slurm's state, node, queue and run time."""
+
+    def span(start: Any, end: Any) -> str:
+        if not isinstance(start, (int, float)):
+            return "-"
+        until = end if isinstance(end, (int, float)) else time.time()
+        return format_duration(max(0.0, until - start))
+
+    rows = [
+        [
+            str(j.get("trial")),
+            str(j.get("run")),
+            str(j.get("job")),
+            str(j.get("state")),
+            str(j.get("node") or "-"),
+            span(j.get("submitted_at"), j.get("started_at") or j.get("ended_at")),
+            span(j.get("started_at"), j.get("ended_at")),
+        ]
+        for j in jobs
+    ]
+    print(f"Slurm jobs ({len(jobs)}):")
+    _print_table(["TRIAL", "RUN", "JOB", "STATE", "NODE", "QUEUED", "RAN"], rows)
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         detail = client.study(args.study)
@@ -384,6 +409,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     containment = detail.get("containment")
     if isinstance(containment, Mapping):
         print(_render_containment(containment))
+    jobs = detail.get("jobs") or []
+    if jobs:
+        _print_jobs(jobs)
     adopted = detail.get("adopted") or []
     if adopted:
         trials = ", ".join(str(t) for t in adopted)

@@ -255,6 +255,55 @@ class ReportSpec:
 class ExecutorType(enum.StrEnum):
     LOCAL = "local"  # the daemon starts each trial's command on a slot of its own
     EXTERNAL = "external"  # the caller asks for a trial, runs it wherever it likes, and tells
+    SLURM = "slurm"  # each run is a Slurm job, submitted with sbatch (docs/slurm.md)
+
+
+# [executor] poll (slurm): how often the daemon asks Slurm (squeue) how its jobs are.
+DEFAULT_SLURM_POLL = 2.0
+# The keys only a Slurm executor has.
+SLURM_KEYS = (
+    "partition",
+    "account",
+    "qos",
+    "time_limit",
+    "gpus",
+    "gres",
+    "cpus",
+    "memory",
+    "sbatch_args",
+    "setup",
+    "poll",
+    "checkpoint_root",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmSpec:
+    """``[executor] type = "slurm"``: what each run's job asks Slurm for (docs/slurm.md)."""
+
+    partition: str | None = None  # --partition
+    account: str | None = None  # --account
+    qos: str | None = None  # --qos
+    time_limit: float | None = None  # seconds: --time (whole minutes, rounded up)
+    gpus: int = 0  # --gpus (per job); 0 = none asked for
+    gres: str | None = None  # --gres, in place of --gpus ("gpu:a100:1")
+    cpus: int | None = None  # --cpus-per-task
+    memory: int | None = None  # bytes: --mem (MiB, rounded up)
+    sbatch_args: tuple[str, ...] = ()  # more sbatch arguments, as they are
+    setup: str | None = None  # shell lines run in the job before the trial's command
+    poll: float = DEFAULT_SLURM_POLL
+    # Shared storage every node mounts at the same path: each trial's folder (its checkpoint,
+    # logs and exit status) is <checkpoint_root>/<study>/<trial>. None: the daemon's state dir.
+    checkpoint_root: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in SLURM_KEYS:
+            value = getattr(self, key)
+            if value is None or value == () or (key == "gpus" and value == 0):
+                continue
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 # [executor] lease: how long a handed-out trial may go without a report before it is taken back.
@@ -271,12 +320,22 @@ class ExecutorSpec:
     # has done these imports (docs/warm-start.md).
     warm_start: bool = False
     warm_imports: tuple[str, ...] = ()
+    # slurm only: what each job asks for.
+    slurm: SlurmSpec | None = None
 
     @property
     def external(self) -> bool:
         return self.type is ExecutorType.EXTERNAL
 
+    @property
+    def remote(self) -> bool:
+        """Its runs are not the daemon's processes (handed out, or Slurm jobs): they take no
+        slot of the pool and outlive the daemon's stop."""
+        return self.type is not ExecutorType.LOCAL
+
     def to_dict(self) -> dict[str, Any]:
+        if self.slurm is not None:
+            return {"type": self.type.value, **self.slurm.to_dict()}
         out: dict[str, Any] = {"type": self.type.value, "lease": self.lease}
         if self.warm_start:
             out.update(warm_start=True, warm_imports=list(self.warm_imports))
@@ -461,6 +520,23 @@ class StudySpec:
             why = warm_command_problem(tuple(str(c) for c in command))
             if why is not None:
                 problems.append(f"executor.warm_start: {why}; got {shlex.join(map(str, command))}")
+        if executor.slurm is not None:
+            if limits.max_concurrent is None:
+                problems.append(
+                    'limits.max_concurrent: needed with [executor] type = "slurm": it bounds '
+                    "the study's jobs, queued and running"
+                )
+            if resources.gpus_per_trial > 0 and executor.slurm.gres is None:
+                asked = executor.slurm.gpus
+                if asked and asked != resources.gpus_per_trial:
+                    problems.append(
+                        f"executor.gpus: {asked} differs from resources.gpus_per_trial "
+                        f"({resources.gpus_per_trial}); give one of them"
+                    )
+                executor = dataclasses.replace(
+                    executor,
+                    slurm=dataclasses.replace(executor.slurm, gpus=resources.gpus_per_trial),
+                )
         if executor.external and resources.gpus_per_trial > 0:
             problems.append(
                 f"resources.gpus_per_trial: an external study's trials run where their caller "
@@ -1113,11 +1189,11 @@ def _read_report(sec: Section | None, problems: list[str]) -> ReportSpec:
 def _read_executor(sec: Section | None, problems: list[str]) -> ExecutorSpec:
     if sec is None:
         return ExecutorSpec()
-    sec.keys = ("type", "lease", "warm_start", "warm_imports")
+    sec.keys = ("type", "lease", "warm_start", "warm_imports", *SLURM_KEYS)
     kind = sec.choice("type", ExecutorType, ExecutorType.LOCAL)
     lease = sec.duration("lease", default=DEFAULT_LEASE)
     # Said only of a type that was read: a misspelt one is its own problem.
-    if sec.has("lease") and sec.get("type") in (None, ExecutorType.LOCAL.value):
+    if sec.has("lease") and sec.get("type") in (None, ExecutorType.LOCAL.value, "slurm"):
         sec.problem("lease", 'only an external executor has a lease (type = "external")')
     warm = sec.boolean("warm_start", default=False)
     imports: tuple[str, ...] = ()
@@ -1134,8 +1210,15 @@ def _read_executor(sec: Section | None, problems: list[str]) -> ExecutorSpec:
             sec.problem("warm_imports", "only a warm start imports ahead (warm_start = true)")
     if warm and sec.get("type") not in (None, ExecutorType.LOCAL.value):
         sec.problem("warm_start", "only the local executor starts trials warm")
+    slurm = _read_slurm(sec) if kind is ExecutorType.SLURM else None
+    if sec.get("type") in (None, ExecutorType.LOCAL.value, ExecutorType.EXTERNAL.value):
+        for key in SLURM_KEYS:
+            if sec.has(key):
+                sec.problem(key, 'only a Slurm executor has it (type = "slurm")')
     sec.finish()
-    return ExecutorSpec(type=kind, lease=lease, warm_start=warm, warm_imports=imports)
+    return ExecutorSpec(
+        type=kind, lease=lease, warm_start=warm, warm_imports=imports, slurm=slurm
+    )
 
 
 # A module name for warm_imports: dotted identifiers.
@@ -1168,6 +1251,93 @@ def warm_command_problem(command: tuple[str, ...]) -> str | None:
     if any("{" in part for part in head):
         return "a warm start's interpreter and script are fixed: no placeholder in them"
     return None
+
+
+def _read_slurm(sec: Section) -> SlurmSpec:
+    """The Slurm executor's keys, every problem by its key path."""
+    words = {
+        key: sec.string(key, required=False)
+        for key in ("partition", "account", "qos", "gres", "setup")
+    }
+    for key in ("partition", "account", "qos", "gres"):
+        value = words[key]
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            sec.problem(key, f"must be one word, as sbatch takes it; got {value!r}")
+            words[key] = None
+    time_limit = sec.duration("time_limit", default=None)
+    gpus = sec.integer("gpus", default=0, minimum=0)
+    if gpus and words["gres"] is not None:
+        sec.problem("gres", "give gpus or gres, not both (gres asks for the GPUs itself)")
+    cpus = sec.integer("cpus", minimum=1)
+    memory: int | None = None
+    if sec.has("memory"):
+        try:
+            memory = parse_size(sec.get("memory"), sec.where("memory"))
+        except ValueError as exc:
+            sec.problem("memory", str(exc))
+        else:
+            if memory <= 0:
+                sec.problem("memory", f"must be more than 0 bytes, got {sec.get('memory')!r}")
+                memory = None
+    args: tuple[str, ...] = ()
+    if sec.has("sbatch_args"):
+        raw = sec.get("sbatch_args")
+        if not isinstance(raw, list) or not all(isinstance(a, str) and a for a in raw):
+            sec.problem("sbatch_args", 'expected a list of sbatch arguments ["--exclusive"]')
+        else:
+            args = tuple(raw)
+            for i, arg in enumerate(args):
+                name = arg.split("=", 1)[0]
+                if name in _SBATCH_OWN:
+                    sec.problem(
+                        "sbatch_args",
+                        f"[{i}] {name} is hpod's to set for each job (docs/slurm.md); "
+                        "use the executor's own keys",
+                    )
+    poll = sec.duration("poll", default=DEFAULT_SLURM_POLL)
+    root = sec.string("checkpoint_root", required=False)
+    if root is not None and not os.path.isabs(root):
+        sec.problem(
+            "checkpoint_root", f"must be an absolute path (shared by every node), got {root!r}"
+        )
+        root = None
+    return SlurmSpec(
+        checkpoint_root=None if root is None else os.path.normpath(root),
+        partition=words["partition"],
+        account=words["account"],
+        qos=words["qos"],
+        time_limit=time_limit,
+        gpus=gpus,
+        gres=words["gres"],
+        cpus=cpus,
+        memory=memory,
+        sbatch_args=args,
+        setup=words["setup"],
+        poll=poll,
+    )
+
+
+# sbatch arguments that hpod sets for each job itself: sbatch_args may not change them.
+_SBATCH_OWN = frozenset(
+    {
+        "--job-name",
+        "-J",
+        "--output",
+        "-o",
+        "--error",
+        "-e",
+        "--open-mode",
+        "--chdir",
+        "-D",
+        "--export",
+        "--parsable",
+        "--uid",
+        "--gid",
+        "--wrap",
+        "--array",
+        "-a",
+    }
+)
 
 
 def _read_oom(sec: Section | None, space: SearchSpace | None, problems: list[str]) -> OomSpec:

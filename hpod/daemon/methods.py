@@ -284,6 +284,17 @@ class Methods:
                 "kind": "external",
                 "reason": f"handed out by ask, run where their caller starts them; lease {lease}",
             }
+        if study.spec.executor.slurm is not None:
+            out["devices"] = {
+                "kind": "slurm",
+                "reason": "each run a Slurm job; its GPUs are the ones Slurm gives it",
+            }
+            # Each run's job: its id, Slurm's state, node and times (trials.handles).
+            out["jobs"] = [
+                {"trial": tid, **handle}
+                for tid, handles in sorted(study.handles.items())
+                for handle in handles
+            ]
         out["running"] = sorted(study.runs)
         # Runs started by an earlier daemon (or this one before a re-exec) and taken over, and
         # how what every trial starts is kept from outliving it (docs/live-restore.md).
@@ -449,8 +460,9 @@ class Methods:
         # checkpoint and exit, you will be resumed", as it is at the next start. A limit or a
         # user's stop ends the run: STOP.
         # A handed-out run (hpod.daemon.external) outlives its daemon: never PAUSEd for it.
-        shutdown = not run.external and (not self.studies.accepting or run.interrupted)
-        stop = run.forces_stop and not (run.external and run.interrupted)
+        # So is a Slurm job: the next daemon adopts it by its job id.
+        shutdown = not run.remote and (not self.studies.accepting or run.interrupted)
+        stop = run.forces_stop and not (run.remote and run.interrupted)
         force = Decision.PAUSE if shutdown else (Decision.STOP if stop else None)
         outcome = engine.on_report(run.trial_id, metrics, now, force=force)
         answer.prepare({"decision": outcome.decision.value})

@@ -207,7 +207,7 @@ def _open_logs(launch: TrialLaunch, trial_fd: int, ids: Ids | None) -> tuple[IO[
     return files[0], files[1]
 
 
-def _prepare_folders(launch: TrialLaunch, ids: Ids | None) -> tuple[IO[bytes], IO[bytes]]:
+def prepare_folders(launch: TrialLaunch, ids: Ids | None) -> tuple[IO[bytes], IO[bytes]]:
     """The trial folder and its checkpoint folder (kept across runs), made the owner's, and
     its logs opened for appending; TrialStartError for a path the daemon will not use."""
     try:
@@ -322,7 +322,7 @@ class TrialProcess:
 
         # The trial writes its checkpoints as its owner, who also reads its logs.
         ids = Ids(user_args["user"], user_args["group"]) if user_args else None
-        stdout, stderr = _prepare_folders(launch, ids)
+        stdout, stderr = prepare_folders(launch, ids)
         try:
             if not launch.workdir.is_dir():
                 message = _missing_workdir(launch)

@@ -122,6 +122,11 @@ class TrialRun:
     lease_until: float = math.inf
     told_final: anyio.Event | None = None
     lease_lost: bool = False
+    # A Slurm job (hpod.daemon.slurm): no process of the daemon's; ``started`` and
+    # ``compute_from`` are infinite while it waits in the queue (queue time counts for neither
+    # the trial nor the study's compute), and ``handle`` is what Slurm says of it.
+    slurm: bool = False
+    handle: dict[str, Any] | None = None
 
     @classmethod
     def adopted_from(
@@ -176,6 +181,12 @@ class TrialRun:
         if new not in _RUN_TRANSITIONS[self.state]:
             raise BadState(f"run of trial {self.trial_id} cannot go from {self.state} to {new}")
         self.state = new
+
+    @property
+    def remote(self) -> bool:
+        """Not the daemon's process (handed out, or a Slurm job): it outlives the daemon's
+        stop, and a shutdown is no reason to PAUSE it."""
+        return self.external or self.slurm
 
     @property
     def forces_stop(self) -> bool:
@@ -245,6 +256,8 @@ class StudyRuntime:
     changes: list[dict[str, Any]] = field(default_factory=list)
     # The time budget (hpod.daemon.budget), for a spec with [limits] time_ratio; else None.
     budget: BudgetState | None = None
+    # Each trial's runs' executor handles (Slurm jobs), as trials.handles keeps them.
+    handles: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return summary_view(
@@ -269,8 +282,9 @@ class StudyRuntime:
         return self.elapsed_base + max(0.0, now - self.running_since)
 
     def compute(self, now: float) -> float:
-        live = sum((now - r.compute_from) * r.devices for r in self.runs.values())
-        return self.compute_base + max(0.0, live)
+        # A queued Slurm job's compute_from is infinite: it adds nothing until it runs.
+        live = sum(max(0.0, now - r.compute_from) * r.devices for r in self.runs.values())
+        return self.compute_base + live
 
     def clocks(self, now: float) -> lim.Clocks:
         # Wall time too, for a deadline: read here, so every caller's clocks have it.

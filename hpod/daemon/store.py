@@ -264,6 +264,9 @@ class TrialRow:
     error: str | None = None
     # Its out-of-memory retries, oldest first (OomRetry.to_dict each; docs/oom.md).
     retries: tuple[dict[str, Any], ...] = ()
+    # What an executor knew each run by, in order (a Slurm job: its id, state, node, times);
+    # None for a trial of the local executor.
+    handles: list[dict[str, Any]] | None = None
 
     def replace(self, **changes: Any) -> TrialRow:
         return dataclasses.replace(self, **changes)
@@ -322,12 +325,16 @@ class LiveRunRow:
     identity: dict[str, Any] | None = None
     stop_reason: int | None = None  # runtime.StopReason once a stop was asked for
     stop_at: float | None = None  # wall time the stop was due
+    # What the executor knows the run by (a Slurm job: {"job": id, ...}); None for a process.
+    handle: dict[str, Any] | None = None
 
     def replace(self, **changes: Any) -> LiveRunRow:
         return dataclasses.replace(self, **changes)
 
 
-_JSON_COLUMNS = frozenset({"config", "metrics", "data", "client_env", "identity"})
+_JSON_COLUMNS = frozenset(
+    {"config", "metrics", "data", "client_env", "identity", "handle", "handles"}
+)
 _STUDY_COLUMNS = tuple(f.name for f in dataclasses.fields(StudyRow))
 _TRIAL_COLUMNS = tuple(f.name for f in dataclasses.fields(TrialRow))
 # The key columns name a row; an update may not change them.
@@ -335,7 +342,7 @@ _TRIAL_COLUMNS = tuple(f.name for f in dataclasses.fields(TrialRow))
 _STUDY_UPDATABLE = frozenset(_STUDY_COLUMNS) - {"id", "request_id", "client_env"}
 _TRIAL_UPDATABLE = frozenset(_TRIAL_COLUMNS) - {"study_id", "trial_id"}
 _LIVE_COLUMNS = tuple(f.name for f in dataclasses.fields(LiveRunRow))
-_LIVE_UPDATABLE = frozenset({"identity", "stop_reason", "stop_at"})
+_LIVE_UPDATABLE = frozenset({"identity", "stop_reason", "stop_at", "handle"})
 
 
 # ---------------------------------------------------------------------------------------- ops
@@ -358,9 +365,11 @@ class Op:
     wakes: bool = False
 
 
-def _dump_json(value: Mapping[str, Any]) -> str:
+def _dump_json(value: Mapping[str, Any] | list[Any]) -> str:
     # Tagged so NaN and infinities round-trip exactly; allow_nan=False keeps the text real JSON.
-    return json.dumps(tag(dict(value)), separators=(",", ":"), allow_nan=False)
+    # A list (trials.handles) is kept as a list.
+    data = [tag(dict(v)) for v in value] if isinstance(value, list) else tag(dict(value))
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 def _sql_value(column: str, value: Any) -> Any:
@@ -1092,6 +1101,13 @@ def _execute(conn: sqlite3.Connection, op: Op) -> None:
         raise NotFound(op.not_found or "no row matched")
 
 
+def _load_handles(text: str | None) -> list[dict[str, Any]] | None:
+    value = None if text is None else loads_json(text)
+    if not isinstance(value, list):
+        return None
+    return [h for h in value if isinstance(h, dict)]
+
+
 def _load_json(text: str) -> dict[str, Any]:
     value = loads_json(text)
     if not isinstance(value, dict):
@@ -1155,6 +1171,7 @@ def _trial_row(r: sqlite3.Row) -> TrialRow:
         compute_seconds=float(r["compute_seconds"]),
         error=r["error"],
         retries=_retries(r["retries"]),
+        handles=_load_handles(r["handles"]),
     )
 
 
@@ -1196,6 +1213,7 @@ def _live_run_row(r: sqlite3.Row) -> LiveRunRow:
         identity=None if r["identity"] is None else _load_json(r["identity"]),
         stop_reason=_opt_int(r["stop_reason"]),
         stop_at=_opt_float(r["stop_at"]),
+        handle=None if r["handle"] is None else _load_json(r["handle"]),
     )
 
 

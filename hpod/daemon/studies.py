@@ -322,8 +322,9 @@ class Studies:
                 for t in trial_rows
                 if t.state is TrialState.RUNNING
                 and (found := left.get((row.id, t.trial_id))) is not None
-                # A handed-out run has no process to prove: its caller runs it.
-                and (found.fate != "gone" or spec.executor.external)
+                # A handed-out run has no process to prove: its caller runs it; a Slurm
+                # job is proven by its job id, by its first poll (hpod.daemon.slurm).
+                and (found.fate != "gone" or spec.executor.remote)
                 and found.row.run == t.runs
             }
             engine = Study.restore(
@@ -345,8 +346,13 @@ class Studies:
             await self._record_restored_ends(study, trial_rows, live)
             study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
             study.compute_seconds = {t.trial_id: t.compute_seconds for t in trial_rows}
+            study.handles = {t.trial_id: list(t.handles) for t in trial_rows if t.handles}
             for tid in sorted(live):
-                if spec.executor.external:
+                if spec.executor.slurm is not None:
+                    self.trials.slurm.adopt(
+                        study, left[(row.id, tid)].row, last.get(tid), row.clocks_at
+                    )
+                elif spec.executor.external:
                     self.trials.external.adopt(
                         study, left[(row.id, tid)].row, last.get(tid), row.clocks_at
                     )

@@ -50,6 +50,7 @@ from hpod.daemon.runner import (
 )
 from hpod.daemon.runtime import RunState, StopReason, StudyRuntime, TrialRun
 from hpod.daemon.slots import Slot
+from hpod.daemon.slurm import SlurmRuns, may_submit, slot_for
 from hpod.daemon.statetree import UnsafePath, owner_ids
 from hpod.daemon.store import (
     LiveRunRow,
@@ -85,7 +86,22 @@ class RunHooks(Protocol):
 
 
 def trial_dir(study: StudyRuntime, trial_id: int) -> Path:
+    root = _checkpoint_root(study)
+    if root is not None:
+        # A Slurm study's trial folders on the storage every node shares (docs/slurm.md).
+        return root / study.id / str(trial_id)
     return study.folder / "trials" / str(trial_id)
+
+
+def _checkpoint_root(study: StudyRuntime) -> Path | None:
+    slurm = study.spec.executor.slurm
+    return None if slurm is None or slurm.checkpoint_root is None else Path(slurm.checkpoint_root)
+
+
+def trial_top(study: StudyRuntime) -> Path:
+    """The folder a trial folder is walked from: the daemon's studies/, or checkpoint_root."""
+    root = _checkpoint_root(study)
+    return root if root is not None else study.folder.parent
 
 
 def trial_log(study: StudyRuntime, trial_id: int, stream: str = "stderr", lines: int = 20) -> str:
@@ -96,7 +112,7 @@ def trial_log(study: StudyRuntime, trial_id: int, stream: str = "stderr", lines:
         trial_dir(study, trial_id),
         stream,
         lines,
-        within=study.folder.parent,
+        within=trial_top(study),
         ids=owner_ids(study.owner),
     )
 
@@ -156,6 +172,10 @@ class Trials:
         self.external = ExternalRuns(self)
         # The fork servers of the studies that start their trials warm (hpod.daemon.warm).
         self.warm = WarmStarts()
+        # The runs of Slurm studies, each a job (hpod.daemon.slurm), and what their trials
+        # check a TLS endpoint against (trial_tls_cert).
+        self.slurm = SlurmRuns(self)
+        self.tls_ca = None if config.trial_tls_cert is None else str(config.trial_tls_cert)
 
     def _hooks(self) -> RunHooks:
         assert self.hooks is not None, "the studies service attaches itself at start-up"
@@ -182,6 +202,9 @@ class Trials:
             return False
         if study.spec.executor.external:
             return False  # its trials are handed out by `ask`, never started here
+        if study.spec.executor.slurm is not None:
+            # Jobs take no slot of the pool: max_concurrent bounds them, queued and running.
+            return may_submit(study) and self.time_allows(study, now)
         cap = study.spec.limits.max_concurrent
         if cap is not None and len(study.runs) >= cap:
             return False
@@ -235,12 +258,17 @@ class Trials:
                 passed.add(study.id)
                 continue
             res = study.spec.resources
-            slot = self.pool.acquire(
-                study.id,
-                launch.trial_id,
-                res.gpus_per_trial,
-                res.trials_per_gpu,
-                cpu_fallback=res.cpu_fallback,
+            slurm = study.spec.executor.slurm
+            slot = (
+                slot_for(slurm)
+                if slurm is not None
+                else self.pool.acquire(
+                    study.id,
+                    launch.trial_id,
+                    res.gpus_per_trial,
+                    res.trials_per_gpu,
+                    cpu_fallback=res.cpu_fallback,
+                )
             )
             assert slot is not None, "fits() said there was room"
             self._rotation += 1
@@ -289,6 +317,8 @@ class Trials:
         if external:
             run.lease_until, run.told_final = mono + study.spec.executor.lease, anyio.Event()
         run.mark_time, run.mark_resource = run.started, launch.resume_from
+        if study.spec.executor.slurm is not None:
+            SlurmRuns.begun(run)
         study.runs[launch.trial_id] = run
         study.wake()  # the compute clock now runs faster: the deadline moves
         rec = study.engine.record(launch.trial_id)
@@ -466,6 +496,7 @@ class Trials:
 
     def _trial_launch(self, study: StudyRuntime, run: TrialRun) -> TrialLaunch:
         folder = trial_dir(study, run.trial_id)
+        top = trial_top(study)
         as_user = study.owner if os.geteuid() == 0 and study.owner != 0 else None
         return TrialLaunch(
             study_id=study.id,
@@ -483,7 +514,7 @@ class Trials:
             devices=run.slot.devices,
             extra_env=study.spec.env,
             user=as_user,
-            within=study.folder.parent,
+            within=top,
             run=study.engine.trials[run.trial_id].runs,
             status_dir=self.status_dir,
         )
@@ -493,6 +524,9 @@ class Trials:
         when it fires, reap."""
         if run.external:
             await self.external.run(study, run)  # no process: its caller runs it
+            return
+        if run.slurm:
+            await self.slurm.run(study, run)  # a Slurm job (hpod.daemon.slurm)
             return
         returncode: int | None = None
         error: str | None = None
@@ -725,7 +759,7 @@ class Trials:
             server = self.warm.forget(study.id)
             if server is not None:
                 self.spawn(server.reap)
-        if not run.external:  # a handed-out run took no slot of the pool
+        if not run.remote:  # a handed-out run or a Slurm job took no slot of the pool
             self.pool.release(run.slot)
         tid = run.trial_id
         study.run_seconds[tid] = study.run_seconds.get(tid, 0.0) + elapsed

@@ -157,3 +157,19 @@ def daemon_factory() -> Iterator[Any]:
 def daemon(daemon_factory: Any) -> DaemonHandle:
     handle: DaemonHandle = daemon_factory()
     return handle
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Any]:
+    """A real single-node Slurm (munged, slurmctld, slurmd) on localhost for the session, as
+    tests/slurm_cluster.py starts it; skipped, with the reason, where it cannot be."""
+    from tests import slurm_cluster
+
+    why = slurm_cluster.why_not()
+    if why is not None:
+        pytest.skip(why)
+    cluster = slurm_cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
