@@ -1216,9 +1216,7 @@ def _read_executor(sec: Section | None, problems: list[str]) -> ExecutorSpec:
             if sec.has(key):
                 sec.problem(key, 'only a Slurm executor has it (type = "slurm")')
     sec.finish()
-    return ExecutorSpec(
-        type=kind, lease=lease, warm_start=warm, warm_imports=imports, slurm=slurm
-    )
+    return ExecutorSpec(type=kind, lease=lease, warm_start=warm, warm_imports=imports, slurm=slurm)
 
 
 # A module name for warm_imports: dotted identifiers.
