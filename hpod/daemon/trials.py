@@ -526,6 +526,10 @@ class Trials:
             await self.external.run(study, run)  # no process: its caller runs it
             return
         if run.slurm:
+            if ops:
+                # Its launch is stored before its job is submitted (and its handle with it).
+                with anyio.CancelScope(shield=True):
+                    await self.disk.write(*ops)
             await self.slurm.run(study, run)  # a Slurm job (hpod.daemon.slurm)
             return
         returncode: int | None = None
