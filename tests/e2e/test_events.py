@@ -231,6 +231,7 @@ def test_events_wire_method_long_polls_and_checks_its_params(daemon: Any) -> Non
         assert client.call("events", {"study": sid, "after": cursor, "timeout": 0.3}) == {
             "events": [],
             "cursor": cursor,
+            "next": None,  # not a full page: nothing more to read at once
         }
         assert time.monotonic() - started >= 0.3
         everyone = client.call("events", {"after": 0, "limit": 1})
