@@ -210,12 +210,13 @@ class BudgetState:
 
 
 def limit_of(plan: bud.Plan) -> float:
-    """The optimization_time that ends a study by its budget: the budget less one end time, since
-    the runs stopped at the limit take their end time to save and exit, and the study ends when
-    the last of them has."""
+    """The optimization_time that ends a study at its budget: the budget less half an end time.
+    The study ends once the runs stopped at the limit have exited: one that was training takes
+    its end time to save and exit, one still starting up (SIGTERM before its handler is set)
+    goes at once; half an end time is the middle of the two."""
     assert plan.budget is not None
     end = plan.costs.teardown if plan.costs is not None else 0.0
-    return max(plan.budget - end, plan.budget / 2)
+    return max(plan.budget - end / 2, plan.budget / 2)
 
 
 def fixed_keys(changes: Collection[dict[str, Any]]) -> set[str]:

@@ -54,8 +54,8 @@ def test_it_sets_the_time_and_the_trials_once_measured():
     measured(state)
     assert state.revise(2, now=1.0)
     applied = state.apply(s)
-    # The budget less one end time: the runs the limit stops need it to exit.
-    assert applied.limits.optimization_time == pytest.approx(2 * (2.0 + 20 * 0.5 + 0.5) - 0.5)
+    # The budget less half an end time: a run the limit stops needs up to one to exit.
+    assert applied.limits.optimization_time == pytest.approx(2 * (2.0 + 20 * 0.5 + 0.5) - 0.25)
     assert applied.limits.max_trials is not None
     assert state.event()["revision"] == 1
     # The same samples a moment later: nothing moved, nothing said.
