@@ -68,7 +68,12 @@ class Pane:
         self.folder = tempfile.mkdtemp(prefix="hpod")
         self.server = os.path.join(self.folder, "tmux")
         self.env = env
+        # The command's exit status goes to a file of the test's: tmux's own pane_dead_status is
+        # empty where the server cannot collect it (a parent that ignores SIGCHLD).
+        self.status_file = os.path.join(self.folder, "status")
         line = " ".join(_quote(a) for a in command)
+        line = f"{line}; echo $? > {_quote(self.status_file + '.tmp')}"
+        line += f" && mv {_quote(self.status_file + '.tmp')} {_quote(self.status_file)}"
         self.tmux("new-session", "-d", "-s", "t", "-x", "80", "-y", "30", line)
         self.tmux("set-option", "-t", "t", "remain-on-exit", "on")
 
@@ -101,27 +106,12 @@ class Pane:
     def exit_status(self, timeout: float = 30.0) -> int:
         """Wait for the command to end; its exit status."""
         deadline = time.monotonic() + timeout
-        while True:
-            # "1 STATUS SIGNAL" once it ended (remain-on-exit keeps the pane), "0  " while it
-            # runs; tmux may mark it dead a moment before it has the status.
-            dead, status, signal = (
-                self.tmux(
-                    "list-panes",
-                    "-t",
-                    "t",
-                    "-F",
-                    "#{pane_dead};#{pane_dead_status};#{pane_dead_signal}",
-                )
-                .strip()
-                .split(";")
-            )
-            if dead == "1" and status:
-                return int(status)
-            if dead == "1" and signal:
-                return -int(signal)
+        while not os.path.exists(self.status_file):
             if time.monotonic() > deadline:
                 raise AssertionError(f"hpodctl top never ended:\n{self.screen()}")
             time.sleep(0.05)
+        with open(self.status_file) as f:
+            return int(f.read().strip())
 
     def close(self) -> None:
         subprocess.run(["tmux", "-S", self.server, "kill-server"], env=self.env, timeout=30)
