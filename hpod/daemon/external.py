@@ -297,16 +297,7 @@ class ExternalRuns:
         # The scope fired: a stop was asked for (or trial_time ran out).
         if run.stop_reason is StopReason.SHUTDOWN:
             return "left"
-        if run.stop_reason in (None, StopReason.DECISION) and time.monotonic() >= run.time_cap:
-            log.info(
-                "trial_time_limit",
-                study=study.id,
-                trial=run.trial_id,
-                reason=f"trial_time limit of {study.spec.limits.trial_time:g}s reached",
-            )
-            run.request_stop(StopReason.TRIAL_TIME, time.monotonic())
-            study.engine.mark_stopping(run.trial_id)
-        elif run.stop_reason is StopReason.DECISION:
+        if not study.stop_if_out_of_time(run) and run.stop_reason is StopReason.DECISION:
             # Answered PAUSE or STOP, and its grace period is over without a final tell.
             return "ended"
         # A limit, a user's stop, trial_time: its reports are answered STOP from now, and it

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
 from hpod.core import limits as lim
 from hpod.core.spec import StudySpec
@@ -25,6 +26,8 @@ from hpod.daemon.store import LiveRunRow, ReportRow
 from hpod.daemon.views import summary_view
 from hpod.errors import BadState
 from hpod.fit.fitter import FitStats
+
+log = structlog.get_logger("hpod.daemon")
 
 
 class RunState(enum.StrEnum):
@@ -305,6 +308,22 @@ class StudyRuntime:
 
     def wake(self) -> None:
         self.poke.set()
+
+    def stop_if_out_of_time(self, run: TrialRun) -> bool:
+        """A run's cancel scope fired: if nothing sterner than a decision asked for it and the
+        run's trial_time is used up, it is stopped for that (logged, its trial marked
+        stopping). Whether it was. One rule for every executor's run task."""
+        if run.stop_reason not in (None, StopReason.DECISION) or time.monotonic() < run.time_cap:
+            return False
+        log.info(
+            "trial_time_limit",
+            study=self.id,
+            trial=run.trial_id,
+            reason=f"trial_time limit of {self.spec.limits.trial_time:g}s reached",
+        )
+        run.request_stop(StopReason.TRIAL_TIME, time.monotonic())
+        self.engine.mark_stopping(run.trial_id)
+        return True
 
     def restate_stop(self, run: TrialRun, mono: float) -> None:
         """What an adopted run's study had told it still holds: a study that has ended stops

@@ -454,16 +454,7 @@ class SlurmRuns:
         # The scope fired: a stop was asked for (or trial_time ran out).
         if run.stop_reason is StopReason.SHUTDOWN:
             return "left", None, None
-        if run.stop_reason in (None, StopReason.DECISION) and time.monotonic() >= run.time_cap:
-            log.info(
-                "trial_time_limit",
-                study=study.id,
-                trial=run.trial_id,
-                reason=f"trial_time limit of {study.spec.limits.trial_time:g}s reached",
-            )
-            run.request_stop(StopReason.TRIAL_TIME, time.monotonic())
-            study.engine.mark_stopping(run.trial_id)
-        elif run.stop_reason is StopReason.DECISION:
+        if not study.stop_if_out_of_time(run) and run.stop_reason is StopReason.DECISION:
             log.warning("trial_ignored_decision", study=study.id, trial=run.trial_id)
         with anyio.CancelScope(shield=True):
             info = await self._stop(study, run, job, study.spec.stop_grace)

@@ -713,17 +713,7 @@ class Trials:
         with run.scope:
             return await proc.wait()
         # The scope fired: a stop was asked for (or trial_time ran out). The one stop recipe.
-        if run.stop_reason in (None, StopReason.DECISION) and time.monotonic() >= run.time_cap:
-            limit = study.spec.limits.trial_time
-            log.info(
-                "trial_time_limit",
-                study=study.id,
-                trial=run.trial_id,
-                reason=f"trial_time limit of {limit:g}s reached",
-            )
-            run.request_stop(StopReason.TRIAL_TIME, time.monotonic())
-            study.engine.mark_stopping(run.trial_id)
-        elif run.stop_reason is StopReason.DECISION:
+        if not study.stop_if_out_of_time(run) and run.stop_reason is StopReason.DECISION:
             log.warning("trial_ignored_decision", study=study.id, trial=run.trial_id)
         grace = study.spec.stop_grace
         if run.stop_reason is StopReason.SHUTDOWN:
