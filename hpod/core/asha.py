@@ -42,7 +42,7 @@ from hpod.core.states import Decision, TrialState
 Key = tuple[float, int]
 
 
-class _Ranks:
+class Ranks:
     """Keys in order, with each trial's own: a sorted list kept by bisection. Inserting into a
     Python list moves its tail (a memmove: some microseconds at 10,000 trials), the rest is
     O(log n); a balanced tree would win only far beyond the sizes a study reaches."""
@@ -81,8 +81,8 @@ class RungIndex:
         self.scheduler = scheduler
         n = scheduler.brackets
         self.rungs = [scheduler.rungs_of(b) for b in range(n)]
-        self.at = [[_Ranks() for _ in r[:-1]] for r in self.rungs]
-        self.promotable = [[_Ranks() for _ in r[:-1]] for r in self.rungs]
+        self.at = [[Ranks() for _ in r[:-1]] for r in self.rungs]
+        self.promotable = [[Ranks() for _ in r[:-1]] for r in self.rungs]
         self.counts = [0] * n
         self.seen: set[int] = set()
         for t in study.trials:

@@ -11,12 +11,20 @@ at least as good on every metric and strictly better on one. With one metric tha
 rule above; with several a trial is stopped only when it is behind the typical trial on every
 metric at once, so a trial that trades one metric for another (a point of the front) runs on.
 Stopping on any one metric would stop every trial at the cheap end of the front.
+
+One objective, on a study it is attached to (:class:`~hpod.core.plans.IndexedScheduler`): each
+level a decision has asked about keeps the running averages there in order (derived state only,
+built on the first decision at that level and kept as the study hands over each changed trial),
+so that a report costs O(log n) in the study's size instead of a walk of every trial's curve.
+Several objectives, or a study it is not attached to, walk the trials: the same rule written out.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 
+from hpod.core.asha import Key, Ranks
 from hpod.core.pareto import dominates
 from hpod.core.plans import NewTrial, Plan, StudyView, TrialView
 from hpod.core.states import Decision
@@ -27,6 +35,53 @@ class MedianStoppingScheduler:
         self.max_resource = float(max_resource)
         self.grace_period = float(grace_period)
         self.min_trials = min_trials
+        self._study: StudyView | None = None
+        # Level -> the running averages' keys there of the trials that reached it; the levels
+        # in increasing order beside it, so that an in-order report finds those it passed.
+        self._at: dict[float, Ranks] = {}
+        self._levels: list[float] = []
+
+    # -- the index (hpod.core.plans.IndexedScheduler) ----------------------------------------
+
+    def attach(self, study: StudyView) -> None:
+        self._study = None if study.objective.is_multi else study
+        self._at = {}
+        self._levels = []
+
+    def touched(self, trial: TrialView, since: float | None = None) -> None:
+        if self._study is None or not self._levels:
+            return
+        levels = self._levels
+        start = 0 if since is None else bisect.bisect_right(levels, since)
+        if since is not None:
+            # In order: what it had up to ``since`` is as it was, and it reached no level above
+            # its last report.
+            end = bisect.bisect_right(levels, trial.last_resource) if trial.curve else start
+        else:
+            end = len(levels)
+        for level in levels[start:end]:
+            self._at[level].put(trial.trial_id, self._key(trial, level))
+
+    def _key(self, trial: TrialView, level: float) -> Key | None:
+        assert self._study is not None
+        curve = trial.curve
+        if not curve or (trial.last_resource < level and not any(r >= level for r in curve)):
+            return None
+        values = [v for r, v in curve.items() if r <= level]
+        avg = math.fsum(values) / len(values) if values else math.nan
+        return (self._study.objective.sort_key(avg), trial.trial_id)
+
+    def _ranks(self, study: StudyView, level: float) -> Ranks:
+        ranks = self._at.get(level)
+        if ranks is None:
+            # The first decision at this level: one walk, then kept by ``touched``.
+            ranks = self._at[level] = Ranks()
+            bisect.insort(self._levels, level)
+            for t in study.trials:
+                ranks.put(t.trial_id, self._key(t, level))
+        return ranks
+
+    # -- reports ------------------------------------------------------------------------------
 
     def on_report(self, study: StudyView, trial: TrialView, resource: float) -> Decision:
         if resource < self.grace_period:
@@ -34,6 +89,22 @@ class MedianStoppingScheduler:
         objective = study.objective
         if objective.is_multi:
             return self._on_report_multi(study, trial, resource)
+        if study is self._study:
+            median = self._indexed_median(study, trial, resource)
+        else:
+            median = self._walked_median(study, trial, resource)
+        if median is None:
+            return Decision.CONTINUE
+        best_so_far = [v for r, v in trial.curve.items() if r <= resource]
+        best = math.nan
+        for v in best_so_far:
+            if objective.better(v, best):
+                best = v
+        # Keys are "smaller is better" in both directions, with NaN as +inf.
+        return Decision.STOP if objective.sort_key(best) > median else Decision.CONTINUE
+
+    def _walked_median(self, study: StudyView, trial: TrialView, resource: float) -> float | None:
+        objective = study.objective
         keys: list[float] = []
         for other in study.trials:
             if other.trial_id == trial.trial_id or not any(r >= resource for r in other.curve):
@@ -42,17 +113,25 @@ class MedianStoppingScheduler:
             avg = math.fsum(values) / len(values) if values else math.nan
             keys.append(objective.sort_key(avg))
         if len(keys) < self.min_trials:
-            return Decision.CONTINUE
+            return None
         keys.sort()
-        mid = len(keys) // 2
-        median = keys[mid] if len(keys) % 2 else (keys[mid - 1] + keys[mid]) / 2
-        best_so_far = [v for r, v in trial.curve.items() if r <= resource]
-        best = math.nan
-        for v in best_so_far:
-            if objective.better(v, best):
-                best = v
-        # Keys are "smaller is better" in both directions, with NaN as +inf.
-        return Decision.STOP if objective.sort_key(best) > median else Decision.CONTINUE
+        return _median(keys)
+
+    def _indexed_median(self, study: StudyView, trial: TrialView, resource: float) -> float | None:
+        ranks = self._ranks(study, resource)
+        keys = ranks.keys
+        own = ranks.of.get(trial.trial_id)
+        skip = len(keys) if own is None else ranks.rank(own)
+        n = len(keys) - (own is not None)
+        if n < self.min_trials:
+            return None
+
+        # The others' i-th key: the trial's own left out of the order.
+        def kth(i: int) -> float:
+            return keys[i if i < skip else i + 1][0]
+
+        mid = n // 2
+        return kth(mid) if n % 2 else (kth(mid - 1) + kth(mid)) / 2
 
     def _on_report_multi(self, study: StudyView, trial: TrialView, resource: float) -> Decision:
         objective = study.objective

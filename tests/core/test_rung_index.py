@@ -1,4 +1,4 @@
-"""The rung schedulers' index decides exactly as the walk over every trial it replaced.
+"""The rung and median schedulers' indexes decide exactly as the walk over every trial it replaced.
 
 Two studies of the same spec are driven by the same random history (launches at free slots,
 reports in and out of order with NaNs and ties, forced answers, failed starts, exits, shutdowns,
@@ -46,6 +46,7 @@ SCHEDULERS = {
         "reduction_factor = 3"
     ),
     "asha_global": 'type = "asha"\nmin_resource = 1\nmax_resource = 9\nreduction_factor = 2',
+    "median": 'type = "median"\nmax_resource = 27\ngrace_period = 2\nmin_trials = 3',
 }
 
 
