@@ -17,7 +17,6 @@ from hpod.core.rungs import (
     max_brackets,
     pick_bracket,
     promotion_quota,
-    reached,
     rung_levels,
 )
 from hpod.core.searchers import GridSearcher
@@ -40,35 +39,45 @@ def occupancy(spec: StudySpec, trials: Sequence[TrialView]) -> list[dict[str, An
     if s.type not in (SchedulerType.ASHA, SchedulerType.HYPERBAND):
         return []
     levels = rung_levels(s)
-    out: list[dict[str, Any]] = []
-    for b in range(_brackets(s)):
-        mine = [t for t in trials if t.bracket == b]
-        blevels = [*bracket_levels(levels, b), float(s.max_resource)]
+    n = _brackets(s)
+    rungs = [[*bracket_levels(levels, b), float(s.max_resource)] for b in range(n)]
+    # One pass over the trials (a 10,000-trial study is counted on the daemon's loop): each
+    # bracket's rungs' [reached, running toward, paused at, promoted past].
+    counts = [[[0, 0, 0, 0] for _ in r] for r in rungs]
+    for t in trials:
+        if not 0 <= t.bracket < n:
+            continue
+        blevels = rungs[t.bracket]
+        last = t.last_resource if t.curve else 0.0
+        running = t.state is TrialState.RUNNING
+        paused = t.state is TrialState.PAUSED
         for k, level in enumerate(blevels):
-            at = [t for t in mine if reached(t, level)]
-            below = blevels[k - 1] if k else 0.0
-            running = [
-                t
-                for t in mine
-                if t.state is TrialState.RUNNING
-                and t.max_resource >= level
-                and max(t.curve, default=0.0) < level
-                and max(t.curve, default=0.0) >= below
-            ]
-            paused = [t for t in at if t.state is TrialState.PAUSED and t.max_resource <= level]
+            c = counts[t.bracket][k]
+            if running and t.max_resource >= level and (blevels[k - 1] if k else 0.0) <= last:
+                c[1] += last < level
+            if not (t.curve and last >= level):
+                continue
+            c[0] += 1
+            c[2] += paused and t.max_resource <= level
+            c[3] += k + 1 < len(blevels) and t.max_resource >= blevels[k + 1]
+    out: list[dict[str, Any]] = []
+    for b, blevels in enumerate(rungs):
+        for k, level in enumerate(blevels):
+            reached_n, running_n, paused_n, promoted_n = counts[b][k]
             nxt = blevels[k + 1] if k + 1 < len(blevels) else None
-            promoted = [t for t in at if nxt is not None and t.max_resource >= nxt]
             out.append(
                 {
                     "bracket": b,
                     "rung": k,
                     "level": _num(level),
                     "top": nxt is None,
-                    "reached": len(at),
-                    "running": len(running),
-                    "paused": len(paused),
-                    "promoted": len(promoted),
-                    "quota": None if nxt is None else promotion_quota(len(at), s.reduction_factor),
+                    "reached": reached_n,
+                    "running": running_n,
+                    "paused": paused_n,
+                    "promoted": promoted_n,
+                    "quota": None
+                    if nxt is None
+                    else promotion_quota(reached_n, s.reduction_factor),
                 }
             )
     return out

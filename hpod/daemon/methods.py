@@ -573,7 +573,7 @@ class Methods:
         rows = await anyio.to_thread.run_sync(
             self.studies.store.load_reports_page, study.id, trial_id, after, limit + 1
         )
-        return curves_page(study.engine, rows, limit)
+        return curves_page(study.engine.objective, rows, limit)
 
     async def _trial_oom(self, peer: Peer, params: dict[str, Any]) -> Any:
         study, run = self._authenticate(params)

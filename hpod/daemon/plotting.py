@@ -43,16 +43,22 @@ def available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-async def draw(
+def encode(
     report: Mapping[str, Any],
     points: Sequence[Mapping[str, Any]],
     rungs: Sequence[Mapping[str, Any]],
-) -> dict[str, bytes]:
-    """The images, drawn by ``python -m hpod.plots`` (niced), by file name."""
-    data = json.dumps(
+) -> bytes:
+    """What :func:`draw` hands ``hpod.plots``. Some seconds for a 10,000-trial study's
+    reports: off the loop."""
+    return json.dumps(
         wire.tag({"report": dict(report), "points": list(points), "rungs": list(rungs)}),
         allow_nan=False,
     ).encode("utf-8")
+
+
+async def draw(data: bytes) -> dict[str, bytes]:
+    """The images of :func:`encode`'s ``data``, drawn by ``python -m hpod.plots`` (niced), by
+    file name."""
     env = dict(os.environ, MPLBACKEND="Agg")
     with anyio.fail_after(PLOT_TIMEOUT):
         done = await anyio.run_process(

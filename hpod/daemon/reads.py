@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from hpod.core.objective import Objective
 from hpod.core.states import TrialState
 from hpod.core.study import Study
 from hpod.daemon.reports import pareto_fronts
@@ -98,12 +99,12 @@ def metric_summary(reports: Iterable[ReportRow], *, curve: bool) -> dict[str, di
     return out
 
 
-def curves_page(study: Study, rows: Sequence[ReportRow], limit: int) -> dict[str, Any]:
+def curves_page(objective: Objective, rows: Sequence[ReportRow], limit: int) -> dict[str, Any]:
     """The ``curves`` answer: the first ``limit`` of ``rows`` (report rows, oldest first) as
     points ``{id, trial, run, resource, at, value, metrics}`` (``value``: the objective metric's,
     None where the report had none or not a number), and ``next``: the last point's id when
-    ``rows`` held more than ``limit``, else None."""
-    objective = study.objective
+    ``rows`` held more than ``limit``, else None. Reads nothing of the study but its (fixed)
+    objective, so it may run off the loop."""
     points = [
         {
             "id": r.id,

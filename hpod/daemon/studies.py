@@ -688,9 +688,18 @@ class Studies:
     async def _write_plots(self, study: StudyRuntime, report: Mapping[str, Any]) -> None:
         """The report's PNGs beside report.json (hpod.daemon.plotting); a failure is logged."""
         try:
-            rows = await anyio.to_thread.run_sync(self.store.load_reports, study.id)
-            points = curves_page(study.engine, rows, len(rows))["points"]
-            images = await plotting.draw(report, points, study.engine.rung_occupancy())
+            # Read on the loop (it changes there): the rest, every stored report turned into
+            # points and encoded, runs in a thread.
+            rungs = study.engine.rung_occupancy()
+            objective = study.engine.objective
+
+            def payload() -> bytes:
+                rows = self.store.load_reports(study.id)
+                return plotting.encode(
+                    report, curves_page(objective, rows, len(rows))["points"], rungs
+                )
+
+            images = await plotting.draw(await anyio.to_thread.run_sync(payload))
             write = partial(
                 plotting.write_images,
                 study.folder,

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hpod.core.plans import Plan, Scheduler, StudyView, TrialView
-from hpod.core.spec import StudySpec
-from hpod.core.states import Decision, StudyState
+from hpod.core.rungs import bracket_levels, max_brackets, promotion_quota, rung_levels
+from hpod.core.spec import SchedulerType, StudySpec
+from hpod.core.states import Decision, StudyState, TrialState
 from hpod.core.study import Study, make_scheduler, make_searcher
 
 SPEC = """
@@ -140,7 +142,49 @@ def drive(kind: str, seed: int) -> None:
             a = Study.restore(spec, a.records(), live=live, state=StudyState.RUNNING)
         assert a.records() == b.records()
         assert a.counts() == b.counts()
+        if steps % 7 == 0:
+            assert a.rung_occupancy() == occupancy_walked(spec, a.trials)
     assert steps > 20
+
+
+def occupancy_walked(spec: StudySpec, trials: Sequence[TrialView]) -> list[dict[str, Any]]:
+    """hpod.core.preview.occupancy written out rung by rung, each a walk over the trials."""
+    s = spec.scheduler
+    if s.type not in (SchedulerType.ASHA, SchedulerType.HYPERBAND):
+        return []
+    levels = rung_levels(s)
+    n = min(s.brackets, max_brackets(s)) if s.type is SchedulerType.HYPERBAND else 1
+    out: list[dict[str, Any]] = []
+    for b in range(n):
+        mine = [t for t in trials if t.bracket == b]
+        blevels = [*bracket_levels(levels, b), float(s.max_resource)]
+        for k, level in enumerate(blevels):
+            at = [t for t in mine if t.curve and max(t.curve) >= level]
+            below = blevels[k - 1] if k else 0.0
+            running = [
+                t
+                for t in mine
+                if t.state is TrialState.RUNNING
+                and t.max_resource >= level
+                and below <= max(t.curve, default=0.0) < level
+            ]
+            nxt = blevels[k + 1] if k + 1 < len(blevels) else None
+            out.append(
+                {
+                    "bracket": b,
+                    "rung": k,
+                    "level": int(level) if level == int(level) else level,
+                    "top": nxt is None,
+                    "reached": len(at),
+                    "running": len(running),
+                    "paused": sum(
+                        t.state is TrialState.PAUSED and t.max_resource <= level for t in at
+                    ),
+                    "promoted": sum(nxt is not None and t.max_resource >= nxt for t in at),
+                    "quota": None if nxt is None else promotion_quota(len(at), s.reduction_factor),
+                }
+            )
+    return out
 
 
 def _restore_walking(spec: StudySpec, like: Study) -> Study:
