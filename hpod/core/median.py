@@ -25,8 +25,10 @@ import bisect
 import math
 
 from hpod.core.asha import Key, Ranks
+from hpod.core.objective import Objective
 from hpod.core.pareto import dominates
 from hpod.core.plans import NewTrial, Plan, StudyView, TrialView
+from hpod.core.rungs import reached
 from hpod.core.states import Decision
 
 
@@ -64,12 +66,9 @@ class MedianStoppingScheduler:
 
     def _key(self, trial: TrialView, level: float) -> Key | None:
         assert self._study is not None
-        curve = trial.curve
-        if not curve or (trial.last_resource < level and not any(r >= level for r in curve)):
+        if not reached(trial, level):
             return None
-        values = [v for r, v in curve.items() if r <= level]
-        avg = math.fsum(values) / len(values) if values else math.nan
-        return (self._study.objective.sort_key(avg), trial.trial_id)
+        return (_average_key(self._study.objective, trial, level), trial.trial_id)
 
     def _ranks(self, study: StudyView, level: float) -> Ranks:
         ranks = self._at.get(level)
@@ -107,11 +106,9 @@ class MedianStoppingScheduler:
         objective = study.objective
         keys: list[float] = []
         for other in study.trials:
-            if other.trial_id == trial.trial_id or not any(r >= resource for r in other.curve):
+            if other.trial_id == trial.trial_id or not reached(other, resource):
                 continue
-            values = [v for r, v in other.curve.items() if r <= resource]
-            avg = math.fsum(values) / len(values) if values else math.nan
-            keys.append(objective.sort_key(avg))
+            keys.append(_average_key(objective, other, resource))
         if len(keys) < self.min_trials:
             return None
         keys.sort()
@@ -163,3 +160,10 @@ class MedianStoppingScheduler:
 def _median(keys: list[float]) -> float:
     mid = len(keys) // 2
     return keys[mid] if len(keys) % 2 else (keys[mid - 1] + keys[mid]) / 2
+
+
+def _average_key(objective: Objective, trial: TrialView, level: float) -> float:
+    """The sort key of a trial's running average at ``level``: the mean of its counted reports
+    up to there (NaN, as +inf, when it has none)."""
+    values = [v for r, v in trial.curve.items() if r <= level]
+    return objective.sort_key(math.fsum(values) / len(values) if values else math.nan)

@@ -17,6 +17,7 @@ from hpod.core.rungs import (
     max_brackets,
     pick_bracket,
     promotion_quota,
+    reached,
     rung_levels,
 )
 from hpod.core.searchers import GridSearcher
@@ -55,7 +56,7 @@ def occupancy(spec: StudySpec, trials: Sequence[TrialView]) -> list[dict[str, An
             c = counts[t.bracket][k]
             if running and t.max_resource >= level and (blevels[k - 1] if k else 0.0) <= last:
                 c[1] += last < level
-            if not (t.curve and last >= level):
+            if not reached(t, level):
                 continue
             c[0] += 1
             c[2] += paused and t.max_resource <= level
