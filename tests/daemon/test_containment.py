@@ -39,6 +39,7 @@ from hpod.daemon.store import Store
 from hpod.daemon.trials import Trials, trial_dir
 from tests.daemon.fakes import spec_toml
 from tests.daemon.test_trials import Hooks, make_study
+from tests.reach import skip_unless_others_reach_the_checkout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -265,6 +266,7 @@ def test_discover_without_root_falls_back_or_refuses(folder: Path) -> None:
             nobody = pwd.getpwnam("nobody")
         except KeyError:
             pytest.skip("no user 'nobody'")
+        skip_unless_others_reach_the_checkout()
         folder.chmod(0o755)
         code = textwrap.dedent(
             f"""

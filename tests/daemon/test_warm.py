@@ -31,6 +31,7 @@ from hpod.daemon.warm import (
     start_server,
 )
 from hpod.errors import SpecError
+from tests.reach import skip_unless_others_reach_the_checkout
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,6 +203,7 @@ async def test_a_warm_trial_runs_as_the_studys_owner(folder: Path) -> None:
         pw = pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no user 'nobody'")
+    skip_unless_others_reach_the_checkout()
     launch = launch_in(folder, user=pw.pw_uid)
     env = server_environment(trial_environment(launch, system_env()))
     srv = await start_server(plan_for("w", launch.command, folder, ("colorsys",), env, pw.pw_uid))

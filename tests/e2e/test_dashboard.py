@@ -37,6 +37,7 @@ from hpod.client import Client
 from tests.e2e.browser import CHROMIUM, Browser, poll
 from tests.e2e.conftest import DaemonHandle
 from tests.e2e.specs import spec
+from tests.reach import skip_unless_others_reach_the_checkout
 
 pytestmark = [
     pytest.mark.e2e,
@@ -181,6 +182,7 @@ def users() -> Iterator[Any]:
         pytest.skip("needs root: makes throwaway users with useradd")
     if shutil.which("useradd") is None:
         pytest.skip("needs useradd")
+    skip_unless_others_reach_the_checkout()
     from tests.daemon.test_hostile_users import throwaway_users
 
     with throwaway_users() as made:
