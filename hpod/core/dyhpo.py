@@ -17,6 +17,10 @@ ASHA (promotion type). Once the study may start no new trial the ASHA rule (fina
 alone, so a study with ``max_trials`` ends the way ASHA's does instead of resuming every paused
 trial to ``max_resource``.
 
+A configuration a trial already has is never started again: when the model's best candidate is
+one, that trial is resumed instead (paused below max_resource) or the candidate dropped, and the
+random starts come from :class:`hpod.core.searchers.DistinctSearcher`.
+
 Deterministic: the coin and the candidates are drawn from (seed, the number of trials, the
 resources launched so far), all of which a restored study has.
 """
@@ -37,7 +41,7 @@ from hpod.core.bo import chebyshev
 from hpod.core.gp import Array, log_expected_improvement, robust_cholesky
 from hpod.core.models import FitRequest, Owner, refit_due
 from hpod.core.objective import Objective
-from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView
+from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView, config_key
 from hpod.core.space import SearchSpace
 from hpod.core.states import Decision, TrialState
 
@@ -238,6 +242,8 @@ class DyHPOScheduler:
         self._asked = 0  # training rows in the last request
         self._installed = 0  # models installed so far: the posterior cache's key
         self._conditioned: tuple[tuple[int, int, float, float], Surrogate] | None = None
+        self._seen: dict[tuple[Any, ...], int] = {}  # config_key: the first trial with it
+        self._seen_upto = 0  # trials looked at for _seen
 
     # -- reports ----------------------------------------------------------------------------------
 
@@ -440,12 +446,37 @@ class DyHPOScheduler:
         # In log space: a confident model puts every EI deep in the Gaussian tail, where the
         # plain formula is 0 for all and argmax would pick the first paused trial.
         ei = log_expected_improvement(mu, var, best_std)
-        i = int(np.argmax(ei))
-        if i < len(paused):
-            t, nxt = paused[i]
-            return Promote(t.trial_id, max_resource=nxt, how="model")
-        config = self.space.decode(cands[i - len(paused)])
-        return NewTrial(max_resource=first, config=config, how="model")
+        # Each distinct candidate once (a finite space's 256 draws are a few configurations).
+        _, unique = np.unique(cands, axis=0, return_index=True)
+        considered = np.concatenate([np.arange(len(paused)), len(paused) + unique])
+        seen = self._seen_configs(study)
+        for i in considered[np.argsort(-ei[considered], kind="stable")]:
+            if i < len(paused):
+                t, nxt = paused[i]
+                return Promote(t.trial_id, max_resource=nxt, how="model")
+            config = self.space.decode(cands[i - len(paused)])
+            owner = seen.get(config_key(config))
+            if owner is None:
+                return NewTrial(max_resource=first, config=config, how="model")
+            # A configuration a trial already has is never started again: that trial is resumed
+            # instead when it is paused below max_resource, and the candidate dropped otherwise.
+            t = study.trials[owner]
+            nxt = self._next_rung(t.max_resource)
+            if t.state is TrialState.PAUSED and nxt is not None:
+                return Promote(t.trial_id, max_resource=nxt, how="model")
+        # Every candidate was run already: the searcher draws one that was not, or says the
+        # space is exhausted (the study then only promotes).
+        return NewTrial(max_resource=first)
+
+    def _seen_configs(self, study: StudyView) -> Mapping[tuple[Any, ...], int]:
+        """Each configuration a trial has, to the first trial with it. Trials are only ever
+        appended, and their configurations never change: each is looked at once."""
+        trials = study.trials
+        for k in range(self._seen_upto, len(trials)):
+            t = trials[k]
+            self._seen.setdefault(config_key(_config_of(t)), t.trial_id)
+        self._seen_upto = len(trials)
+        return self._seen
 
     def _local_moves(self, rows: Sequence[_Row], rng: np.random.Generator) -> Array:
         """Candidates near the best five configurations at the highest rung that has three."""

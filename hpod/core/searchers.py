@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hpod.core.plans import Observation, Suggestion
+from hpod.core.plans import Observation, Suggestion, config_key
 from hpod.core.space import Config, ParamValue, SearchSpace
 
 
@@ -56,6 +56,59 @@ class RandomSearcher:
         # A generator per trial, not one shared stream: trial n's configuration must not depend
         # on how many draws earlier trials made, or on the order in which they were asked for.
         return Suggestion(self.space.sample(np.random.default_rng([self.seed, number])))
+
+
+# Draws tried before a finite space is walked in a random order for a configuration not yet run.
+DISTINCT_DRAWS = 32
+# A finite space up to this size is walked (a permutation of its indices); a larger one only drawn.
+DISTINCT_WALK = 100_000
+
+
+class DistinctSearcher:
+    """Random draws that skip every configuration an earlier trial already has: DyHPO's
+    searcher, so a study never trains the same configuration twice (it resumes the trial that
+    has it instead). ``points_to_evaluate`` first, as given; then trial ``n``'s draw from
+    (seed, n), as :class:`RandomSearcher`'s, and while that one was run, draws from
+    (seed, n, attempt); a finite space (choices and quantized parameters only) is walked in an
+    order drawn from (seed, n) when those all were. None once a finite space is exhausted: the
+    study then starts nothing new. Pure: the history names every trial started so far (a trial
+    with no counted report as a NaN observation at 0)."""
+
+    needs_history = True
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        points_to_evaluate: Sequence[Mapping[str, ParamValue]] = (),
+    ) -> None:
+        self.space = space
+        self.seed = seed
+        self.points = tuple(space.normalize(p) for p in points_to_evaluate)
+
+    def suggest(self, number: int, history: Sequence[Observation]) -> Suggestion | None:
+        if number < 0:
+            raise ValueError(f"trial numbers start at 0, got {number}")
+        if number < len(self.points):
+            return Suggestion(dict(self.points[number]))
+        seen = {config_key(o.config) for o in history}
+        size = self.space.finite_size
+        if size is not None and len(seen) >= size:
+            return None
+        config: Config = {}
+        for attempt in range(DISTINCT_DRAWS):
+            key = [self.seed, number] if attempt == 0 else [self.seed, number, attempt]
+            config = self.space.sample(np.random.default_rng(key))
+            if config_key(config) not in seen:
+                return Suggestion(config)
+        if size is None or size > DISTINCT_WALK:
+            return Suggestion(config)  # a continuous space: 32 draws all run is no real case
+        order = np.random.default_rng([self.seed, number, DISTINCT_DRAWS]).permutation(size)
+        for index in order:
+            config = self.space.grid_point(int(index), 1)
+            if config_key(config) not in seen:
+                return Suggestion(config)
+        return None
 
 
 class GridSearcher:

@@ -589,6 +589,20 @@ class SearchSpace:
         names = self.names
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
 
+    @property
+    def finite_size(self) -> int | None:
+        """How many configurations the space holds when every parameter is a ``choice`` or
+        quantized (each lattice point once), None when one is continuous."""
+        size = 1
+        for p in self.params:
+            if p.type is ParamType.CHOICE:
+                size *= len(p.choices)
+            elif p.type.is_quantized:
+                size *= p._levels
+            else:
+                return None
+        return size
+
     def grid_size(self, points_per_param: int) -> int:
         """``len(grid(points_per_param))``, without listing it."""
         return math.prod(p.grid_count(points_per_param) for p in self.params)

@@ -36,7 +36,7 @@ from hpod.core.preview import occupancy
 from hpod.core.problems import is_number
 from hpod.core.rungs import max_brackets, rung_levels
 from hpod.core.schedulers import FifoScheduler
-from hpod.core.searchers import GridSearcher, RandomSearcher
+from hpod.core.searchers import DistinctSearcher, GridSearcher, RandomSearcher
 from hpod.core.space import Config, ParamType
 from hpod.core.spec import RungType, SchedulerType, SearcherType, StudySpec
 from hpod.core.states import Decision, StudyState, TrialState
@@ -1016,6 +1016,9 @@ def make_searcher(spec: StudySpec) -> Searcher:
             kappa_decay_delay=s.kappa_decay_delay,
             scalarize=spec.objective.is_multi,
         )
-    # random, and dyhpo: the DyHPO scheduler picks its new configurations itself and hands them
-    # over with its plan; this one stands in while it has no model.
+    if s.type is SearcherType.DYHPO:
+        # The DyHPO scheduler picks its new configurations itself and hands them over with its
+        # plan; this one stands in while it has no model, and when no candidate of the model's
+        # was new. Never a configuration an earlier trial has.
+        return DistinctSearcher(spec.space, s.seed, s.points_to_evaluate)
     return RandomSearcher(spec.space, s.seed, s.points_to_evaluate)

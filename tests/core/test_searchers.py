@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from hpod.core.bo import BOSearcher
-from hpod.core.plans import Observation, Searcher
-from hpod.core.searchers import GridSearcher, RandomSearcher
+from hpod.core.plans import Observation, Searcher, config_key
+from hpod.core.searchers import DistinctSearcher, GridSearcher, RandomSearcher
 from hpod.core.space import Config, Param, SearchSpace
 from hpod.core.spec import StudySpec
 from hpod.core.study import make_searcher
@@ -52,6 +52,26 @@ def test_random_returns_copies():
     assert first is not None
     first["bs"] = 96
     assert _config(s, 0, []) == POINT
+
+
+def test_distinct_never_suggests_a_configuration_already_run_and_ends_an_exhausted_space():
+    # 4 x 2 = 8 configurations: each suggested once, then None.
+    small = SearchSpace.of(Param.quniform("bs", 32, 128, 32), Param.choice("opt", ["sgd", "adam"]))
+    assert small.finite_size == 8
+    s = DistinctSearcher(small, seed=4)
+    history: list[Observation] = []
+    for n in range(8):
+        config = _config(s, n, history)
+        assert config is not None
+        assert config_key(config) not in {config_key(o.config) for o in history}
+        history.append(Observation(config, 0.0, float("nan")))
+    assert _config(s, 8, history) is None
+    # Pure: the same history, the same answer; where nothing was run yet, random's draw.
+    assert _config(s, 3, history[:3]) == history[3].config
+    assert _config(s, 0, []) == _config(RandomSearcher(small, seed=4), 0, [])
+    # A continuous parameter: no end.
+    assert SPACE.finite_size is None
+    assert DistinctSearcher(SPACE).suggest(0, history) is not None
 
 
 def test_grid_order_and_exhaustion():
@@ -114,7 +134,7 @@ grid_points = 3
         ("asha", "random", RandomSearcher),
         ("fifo", "grid", GridSearcher),
         ("hyperband", "bo", BOSearcher),  # random (the same draws) until it has a model
-        ("dyhpo", "dyhpo", RandomSearcher),
+        ("dyhpo", "dyhpo", DistinctSearcher),  # random draws, none run twice
     ],
 )
 def test_make_searcher(scheduler, searcher, kind):
