@@ -8,10 +8,11 @@ seed: the same seed gives the same trace.
 
     python -m hpod.sim SPEC --benchmark NAME --workers 4 --budget EPOCHS --seeds 0-4 --json
 
-``--benchmark`` is a built-in name (see :mod:`hpod.benchmarks` and, with two objectives,
-:mod:`hpod.benchmarks_mo`) or ``path/to/file.py:function`` with ``function(config, resource, seed)
--> (metrics, seconds)``. The budget counts resource units actually trained (a resumed trial trains
-only from its resume level).
+``--benchmark`` is a built-in name (see :mod:`hpod.benchmarks`, the wider suite of
+:mod:`hpod.benchmarks_suite` and, with two objectives, :mod:`hpod.benchmarks_mo`) or
+``path/to/file.py:function`` with ``function(config, resource, seed) -> (metrics, seconds)``.
+The budget counts resource units actually trained (a resumed trial trains only from its resume
+level).
 
 A study with several objectives is measured by the hypervolume of its measured points (every
 report's metrics, each turned "smaller is better" by its mode) against a reference point: the area
@@ -36,6 +37,7 @@ from typing import Any
 
 from hpod.benchmarks import BUILTIN, Benchmark, StepFn
 from hpod.benchmarks_mo import MULTI, Front, Hypervolume, MultiBenchmark
+from hpod.benchmarks_suite import SUITE
 from hpod.core.models import fit
 from hpod.core.plans import Searcher
 from hpod.core.space import Config
@@ -233,11 +235,13 @@ def load_benchmark(name: str) -> Benchmark | MultiBenchmark:
     """A built-in by name, or ``path/to/file.py:function``."""
     if name in BUILTIN:
         return BUILTIN[name]
+    if name in SUITE:
+        return SUITE[name]
     if name in MULTI:
         return MULTI[name]
     path, sep, func = name.rpartition(":")
     if not sep or not path.endswith(".py"):
-        known = ", ".join(sorted([*BUILTIN, *MULTI]))
+        known = ", ".join(sorted([*BUILTIN, *SUITE, *MULTI]))
         raise ValueError(
             f"unknown benchmark {name!r}: use one of {known} or path/to/file.py:function"
         )
