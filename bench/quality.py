@@ -1,15 +1,25 @@
-"""Search quality: hpod's schedulers against Optuna's pruners, on the simulator's benchmarks.
+"""Search quality: hpod's schedulers against Optuna's pruners and Syne Tune, on the simulator.
 
 Run it with ``bench/run-quality.sh``: Optuna is installed in the benchmark's own environment
 (``bench/.venv-quality``), never as a dependency of hpod.
 
+The benchmarks (``--benchmarks``): ``builtin``, the five of ``hpod/benchmarks.py`` (the default);
+``suite``, the wider suite of ``hpod/benchmarks_suite.py`` (``powerlaw``, ``slow-starters``,
+``cost-aware-7d``, ``lcdb-fried``); ``all``; or names.
+
 Every method gets the same total budget, 20 x max_resource epochs (resource units actually
 trained: a promoted hpod trial trains only from its checkpoint; the steps in flight when the budget
-runs out are not counted, for either), the same 4 workers on a virtual clock, and the same 5 seeds.
-hpod runs random search to max_resource (fifo), ASHA with promotion, ASHA with stopping and
-Hyperband (every bracket). Optuna runs SuccessiveHalvingPruner and HyperbandPruner with its
-RandomSampler and the pruners' documented defaults but min_resource 1 and reduction_factor 3 (as
-hpod's), asked and told on the same virtual clock with the same 4 workers.
+runs out are not counted, for either), the same 4 workers on a virtual clock, and the same seeds
+(``--seeds``, 10 by default), paired: seed s of every method sees the same benchmark noise and,
+for the random-search-based ones, the same configurations. hpod runs its default (``hpod
+default``: the spec names no scheduler type and no searcher, so it is whatever a user who names
+neither gets), random search to max_resource (fifo), ASHA with promotion, ASHA with stopping,
+Hyperband (every bracket), BO + ASHA and DyHPO. Optuna runs SuccessiveHalvingPruner and
+HyperbandPruner with its RandomSampler and the pruners' documented defaults but min_resource 1 and
+reduction_factor 3 (as hpod's), TPESampler (its defaults, ``seed=s``) with the same
+HyperbandPruner and with MedianPruner (its defaults), asked and told on the same virtual clock with
+the same 4 workers. A NaN report (a diverged run of ``cost-aware-7d``) goes to Optuna as it is
+(its pruners prune it); a trial that ends on one is told FAIL.
 
 The same configurations for every method (common random numbers): on seed s, the i-th trial any
 method starts is the i-th configuration Optuna's ``RandomSampler(seed=s)`` draws (hpod is handed
@@ -22,20 +32,26 @@ The regret is the benchmark's true objective (at max_resource, without noise) of
 a method would answer with, minus the optimum, with one rule for all: ``Study.best()``'s (what
 ``hpodctl best`` says), the trial with the best last report wherever it got to, the further one on
 ties. ``--optuna-best-trial`` lets Optuna answer with ``study.best_trial`` (completed trials only)
-instead. The table gives the mean over the seeds and the standard error, at 25, 50 and 100 % of
-the budget.
+instead. The table gives the mean over the seeds and the standard error at 50 and 100 % of the
+budget (``--fractions``), and beside each, against hpod's default (``--reference``) on the same
+benchmark and seeds, the difference of the mean regrets relative to the default's (+: the method is
+behind the default) and the two-sided p-value of the paired Wilcoxon signed-rank test (scipy's
+``wilcoxon``; p = 1 when every seed ties). A second table gives per benchmark, at 100 %, the
+default, hpod's best other method, the best peer and the default against that peer.
 
-Model-based peers: Optuna's TPESampler (its defaults, ``seed=s``) with the same HyperbandPruner, on
-the same clock (it proposes its own configurations); and Syne Tune 0.13.0's promotion-type ASHA and
-DyHPO on Syne Tune's own simulator backend, run by ``bench/syne_baselines.py`` in
-``bench/.venv-syne`` (Syne Tune pins numpy < 1.27; ``bench/run-quality.sh`` makes that environment)
-with the same budget counting, workers, rung levels and answer rule; Syne Tune's ASHA is handed the
-same configuration stream (``points_to_evaluate``). Without that environment those rows are left
-out, and the output says so. DyHPO takes minutes a run, so its rows are cached
-(``bench/results/syne-baselines.jsonl``, keyed by seed, benchmark and a hash of the code that makes
-them); the output says which rows came from the cache.
+Model-based peers beside TPE: Syne Tune 0.13.0's ASHA (promotion and stopping type) and DyHPO, and
+Syne Tune 0.16.0's ASHA (stopping: the only type it has), on Syne Tune's own simulator backend, run
+by ``bench/syne_baselines.py`` in ``bench/.venv-syne`` and ``bench/.venv-syne16`` (Syne Tune 0.13
+pins numpy < 1.27; ``bench/run-syne.sh`` makes those environments) with the same budget counting,
+workers, rung levels and answer rule; Syne Tune's ASHAs are handed the same configuration stream
+(``points_to_evaluate``; 0.13.0 skips a configuration it has started, so on a finite space it gets
+the stream's distinct ones and its search ends when they are used up: the output says so). Without
+an environment its rows are left out, and the output says so. DyHPO takes minutes a run, so the
+Syne Tune rows are cached (``bench/results/syne-baselines.jsonl``, keyed by seed, benchmark and a
+hash of the code that makes them); the output says which rows came from the cache.
+``--methods`` and ``--skip`` choose the rows.
 
-Decision times, in ms, the median and the max over every decision of the 5 seeds: a launch decision
+Decision times, in ms, the median and the max over every decision of the seeds: a launch decision
 picks what a free worker runs (hpod: ``Study.next_launch`` without the time the shared stream takes
 to draw; Optuna: ``study.ask``; Syne Tune: ``scheduler.suggest``), a report decision answers a
 report (hpod: ``Study.on_report``; Optuna: ``trial.report``, ``should_prune`` and ``tell``; Syne
@@ -66,16 +82,21 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from hpod.benchmarks import BUILTIN, Benchmark
+from hpod.benchmarks_suite import ALL, SUITE
 from hpod.core.plans import Suggestion
-from hpod.core.spec import StudySpec
+from hpod.core.spec import SearcherType, StudySpec
 from hpod.core.study import Study
 from hpod.sim import simulate
 
-FRACTIONS = (0.25, 0.5, 1.0)
+FRACTIONS = (0.5, 1.0)
 WORKERS = 4
 ETA = 3
 
+# What a user gets who names no scheduler and no searcher (the spec's defaults, whatever they are
+# now): the reference the p-values compare every other method with.
+DEFAULT = "hpod default"
 HPOD_METHODS: dict[str, dict[str, Any]] = {
+    DEFAULT: {},
     "hpod random (fifo)": {"type": "fifo"},
     "hpod ASHA promotion": {"type": "asha", "min_resource": 1, "reduction_factor": ETA},
     "hpod ASHA stopping": {
@@ -94,11 +115,21 @@ HPOD_SEARCHERS: dict[str, dict[str, Any]] = {
     "hpod BO + ASHA": {"type": "bo"},
     "hpod DyHPO": {"type": "dyhpo"},
 }
-OPTUNA_METHODS = ("optuna SuccessiveHalving", "optuna Hyperband", "optuna TPE + Hyperband")
-SYNE_METHODS = ("syne-tune ASHA promotion", "syne-tune DyHPO")
+OPTUNA_METHODS = (
+    "optuna SuccessiveHalving",
+    "optuna Hyperband",
+    "optuna TPE + Hyperband",
+    "optuna TPE + Median",
+)
 HERE = Path(__file__).resolve().parent
-SYNE_PYTHON = HERE / ".venv-syne" / "bin" / "python"
+# Syne Tune's methods by the environment that runs them (bench/run-syne.sh makes both).
+SYNE_ENVS: dict[str, tuple[str, ...]] = {
+    ".venv-syne": ("syne-tune ASHA promotion", "syne-tune ASHA stopping", "syne-tune DyHPO"),
+    ".venv-syne16": ("syne-tune 0.16 ASHA stopping",),
+}
+SYNE_METHODS = tuple(m for ms in SYNE_ENVS.values() for m in ms)
 SYNE_CACHE = HERE / "results" / "syne-baselines.jsonl"
+GROUPS = {"builtin": sorted(BUILTIN), "suite": sorted(SUITE), "all": sorted(ALL)}
 
 
 @dataclass(frozen=True)
@@ -150,9 +181,21 @@ class SharedStream:
 
 
 def _distributions(bench: Benchmark) -> dict[str, Any]:
+    """The benchmark's ``[space]`` as Optuna distributions (the kinds the benchmarks use)."""
     import optuna
 
-    return {k: optuna.distributions.FloatDistribution(*v["range"]) for k, v in bench.space.items()}
+    out: dict[str, Any] = {}
+    for k, v in bench.space.items():
+        kind, rng = v["param_type"], v["range"]
+        if kind == "uniform":
+            out[k] = optuna.distributions.FloatDistribution(*rng)
+        elif kind == "loguniform" and len(rng) == 2:
+            out[k] = optuna.distributions.FloatDistribution(*rng, log=True)
+        elif kind == "choice":
+            out[k] = optuna.distributions.CategoricalDistribution(list(rng))
+        else:
+            raise ValueError(f"{bench.name}: no Optuna distribution for {kind} {rng}")
+    return out
 
 
 @contextlib.contextmanager
@@ -190,7 +233,11 @@ def run_hpod(bench: Benchmark, method: str, seed: int, budget: float, shared: bo
     if method in HPOD_SEARCHERS:
         raw["searcher"] = dict(HPOD_SEARCHERS[method])
         shared = False
+    if method == DEFAULT:
+        raw["searcher"] = {}  # the default searcher too
     spec = StudySpec.from_mapping(raw, base_dir=Path("."))
+    # A random searcher gets the shared stream; a model-based one proposes its own.
+    shared = shared and spec.searcher.type is SearcherType.RANDOM
     stream = SharedStream(bench, seed) if shared else None
     launch: list[float] = []
     report: list[float] = []
@@ -225,11 +272,13 @@ def run_optuna(
     pruner: optuna.pruners.BasePruner
     if method == "optuna SuccessiveHalving":
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=ETA)
+    elif method == "optuna TPE + Median":
+        pruner = optuna.pruners.MedianPruner()  # its defaults: 5 startup trials, no warm-up
     else:
         pruner = optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=bench.max_resource, reduction_factor=ETA
         )
-    tpe = method == "optuna TPE + Hyperband"
+    tpe = method.startswith("optuna TPE")
     sampler: optuna.samplers.BaseSampler = (
         optuna.samplers.TPESampler(seed=seed) if tpe else optuna.samplers.RandomSampler(seed=seed)
     )
@@ -277,7 +326,10 @@ def run_optuna(
         started = time.perf_counter()
         trial.report(value, step)
         if step >= bench.max_resource:
-            study.tell(trial, value)
+            if math.isfinite(value):
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a diverged run
             running -= 1
             go_on = False
         elif trial.should_prune():
@@ -289,7 +341,9 @@ def run_optuna(
         report_ms.append((time.perf_counter() - started) * 1000.0)
         if go_on:
             schedule(trial, step + 1)
-        latest[trial.number] = (sign * value, -step, trial.number)
+        # A diverged report (NaN) ranks last, as in Study.best().
+        key = sign * value if math.isfinite(value) else math.inf
+        latest[trial.number] = (key, -step, trial.number)
         if best_trial:
             answer = _optuna_best_trial(study, optuna, latest)
         else:
@@ -314,13 +368,16 @@ def _optuna_best_trial(
 
 def _job(args: tuple[str, str, int, float, bool, bool]) -> tuple[str, str, int, Curve, float]:
     name, method, seed, budget, shared, best_trial = args
-    bench = BUILTIN[name]
+    bench = ALL[name]
     started = time.perf_counter()
     if method in HPOD_METHODS:
         curve = run_hpod(bench, method, seed, budget, shared)
     else:
         curve = run_optuna(bench, method, seed, budget, shared, best_trial)
     return name, method, seed, curve, time.perf_counter() - started
+
+
+Results = dict[tuple[str, str], dict[int, Curve]]  # (benchmark, method): {seed: curve}
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -337,34 +394,40 @@ def _ms(values: Sequence[float]) -> str:
     return f"{statistics.median(values):.3g} / {max(values):.3g}"
 
 
-def table(
-    results: Mapping[tuple[str, str], list[Curve]],
-    budget_of: Mapping[str, float],
-    seeds: int | None = None,
-) -> list[str]:
-    head = [
-        "benchmark",
-        "method",
-        *(f"{int(f * 100)} % budget" for f in FRACTIONS),
-        "launch ms med / max",
-        "report ms med / max",
-    ]
-    rows: list[list[str]] = []
-    for (name, method), curves in results.items():
-        if not curves:
-            continue
-        optimum = BUILTIN[name].optimum
-        assert optimum is not None
-        cells = []
-        for f in FRACTIONS:
-            vals = [v - optimum for c in curves if (v := c.at(f * budget_of[name])) is not None]
-            mark = "" if len(vals) == len(curves) else f" ({len(curves) - len(vals)} no answer)"
-            cells.append(_cell(vals) + mark)
-        if seeds is not None and len(curves) != seeds:
-            method = f"{method} ({len(curves)} of {seeds} seeds)"
-        cells.append(_ms([t for c in curves for t in c.launch_ms]))
-        cells.append(_ms([t for c in curves for t in c.report_ms]))
-        rows.append([name, method, *cells])
+def regrets(curves: Mapping[int, Curve], optimum: float, epochs: float) -> dict[int, float]:
+    """Each seed's regret at ``epochs`` (seeds that had no answer yet left out)."""
+    return {s: v - optimum for s, c in curves.items() if (v := c.at(epochs)) is not None}
+
+
+def paired(
+    mine: Mapping[int, float], ref: Mapping[int, float]
+) -> tuple[float | None, float | None]:
+    """(relative difference of the mean regrets, ``(mine - ref) / ref``; the two-sided p-value of
+    the Wilcoxon signed-rank test on the seeds both have). ``None`` where it cannot be said:
+    fewer than two paired seeds, or a reference mean of 0 for the difference. Every difference 0:
+    p = 1."""
+    from scipy.stats import wilcoxon
+
+    seeds = sorted(set(mine) & set(ref))
+    if len(seeds) < 2:
+        return None, None
+    a = [mine[s] for s in seeds]
+    b = [ref[s] for s in seeds]
+    ref_mean = statistics.fmean(b)
+    rel = (statistics.fmean(a) - ref_mean) / ref_mean if ref_mean > 0 else None
+    if all(abs(x - y) < 1e-12 for x, y in zip(a, b, strict=True)):
+        return rel, 1.0
+    return rel, float(wilcoxon(a, b).pvalue)
+
+
+def _vs(rel: float | None, p: float | None) -> str:
+    if p is None:
+        return "-"
+    diff = "" if rel is None else f"{rel * 100:+.0f} % "
+    return f"{diff}p={p:.2g}"
+
+
+def _markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -372,6 +435,80 @@ def table(
         "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     )
     return out
+
+
+def table(
+    results: Results,
+    budget_of: Mapping[str, float],
+    seeds: int | None = None,
+    reference: str = DEFAULT,
+    fractions: Sequence[float] = FRACTIONS,
+) -> list[str]:
+    """One row per benchmark and method: the mean regret ± standard error at each fraction of
+    the budget, and against ``reference`` on the same benchmark the relative difference of the
+    mean regrets and the paired Wilcoxon p-value (a positive difference: the method is behind)."""
+    head = ["benchmark", "method"]
+    for f in fractions:
+        head += [f"{f * 100:g} % budget", f"vs default {f * 100:g} %"]
+    head += ["launch ms med / max", "report ms med / max"]
+    rows: list[list[str]] = []
+    for (name, method), curves in results.items():
+        if not curves:
+            continue
+        optimum = ALL[name].optimum
+        assert optimum is not None
+        ref = results.get((name, reference), {})
+        cells = []
+        for f in fractions:
+            mine = regrets(curves, optimum, f * budget_of[name])
+            mark = "" if len(mine) == len(curves) else f" ({len(curves) - len(mine)} no answer)"
+            cells.append(_cell(list(mine.values())) + mark)
+            if method == reference:
+                cells.append("(reference)")
+            else:
+                cells.append(_vs(*paired(mine, regrets(ref, optimum, f * budget_of[name]))))
+        label = method
+        if seeds is not None and len(curves) != seeds:
+            label = f"{method} ({len(curves)} of {seeds} seeds)"
+        cells.append(_ms([t for c in curves.values() for t in c.launch_ms]))
+        cells.append(_ms([t for c in curves.values() for t in c.report_ms]))
+        rows.append([name, label, *cells])
+    return _markdown(head, rows)
+
+
+def summary(
+    results: Results, budget_of: Mapping[str, float], reference: str = DEFAULT
+) -> list[str]:
+    """Per benchmark, at 100 % of the budget: the reference, hpod's best method, the best peer
+    (lowest mean regret) and the reference against that peer."""
+    head = ["benchmark", reference, "hpod's best", "best peer", "default vs best peer (-: ahead)"]
+    rows = []
+    for name in dict.fromkeys(n for n, _ in results):
+        optimum = ALL[name].optimum
+        assert optimum is not None
+        means: dict[str, float] = {}
+        regret: dict[str, dict[int, float]] = {}
+        for (n, method), curves in results.items():
+            if n == name and curves:
+                regret[method] = regrets(curves, optimum, budget_of[name])
+                if regret[method]:
+                    means[method] = statistics.fmean(regret[method].values())
+        if reference not in means:
+            continue
+        hpod = {m: v for m, v in means.items() if m.startswith("hpod ") and m != reference}
+        peers = {m: v for m, v in means.items() if not m.startswith("hpod ")}
+        best_hpod = min(hpod, key=hpod.__getitem__, default=None)
+        best_peer = min(peers, key=peers.__getitem__, default=None)
+        rows.append(
+            [
+                name,
+                f"{means[reference]:.4f}",
+                "-" if best_hpod is None else f"{best_hpod} {hpod[best_hpod]:.4f}",
+                "-" if best_peer is None else f"{best_peer} {peers[best_peer]:.4f}",
+                "-" if best_peer is None else _vs(*paired(regret[reference], regret[best_peer])),
+            ]
+        )
+    return _markdown(head, rows)
 
 
 def _stream_head(bench: Benchmark, seed: int) -> list[dict[str, Any]]:
@@ -387,63 +524,86 @@ def run_syne(
     shared: bool,
     refresh: bool,
     cached_only: bool = False,
-) -> tuple[dict[tuple[str, str], list[Curve]], list[str]]:
-    """Syne Tune's rows, from ``bench/syne_baselines.py`` in ``bench/.venv-syne`` (``jobs``
+    methods: Sequence[str] = SYNE_METHODS,
+) -> tuple[Results, list[str]]:
+    """Syne Tune's rows, from ``bench/syne_baselines.py`` in each of its environments (``jobs``
     processes, one share of the benchmarks each), and lines that say where they came from."""
-    if not SYNE_PYTHON.exists():
-        return {}, [
-            f"Syne Tune rows left out: no {SYNE_PYTHON.relative_to(HERE.parent)} "
-            "(bench/run-syne.sh --setup makes it)"
-        ]
-    out: dict[tuple[str, str], list[Curve]] = {}
+    out: Results = {}
+    notes: list[str] = []
     cached: dict[str, int] = {}
     seconds: dict[str, float] = {}
     missing: dict[tuple[str, str], list[int]] = {}
+    configs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    if shared:
+        # Syne Tune's ASHAs get the stream hpod's methods get (budget + workers covers it).
+        configs = {
+            name: {str(seed): _stream_head(ALL[name], seed) for seed in range(seeds)}
+            for name in benchmarks
+        }
     with tempfile.TemporaryDirectory(prefix="hpod-quality-") as tmp:
-        cmd = [str(SYNE_PYTHON), str(HERE / "syne_baselines.py"), "--seeds", str(seeds)]
-        cmd += ["--cache", str(SYNE_CACHE)] + (["--refresh"] if refresh else [])
-        cmd += ["--cached-only", "syne-tune DyHPO"] if cached_only else []
-        if shared:
-            # Syne Tune's ASHA gets the stream hpod's methods get (budget + workers covers it).
-            configs = {
-                name: {str(seed): _stream_head(BUILTIN[name], seed) for seed in range(seeds)}
-                for name in benchmarks
-            }
-            path = Path(tmp) / "configs.json"
-            path.write_text(json.dumps(configs))
-            cmd += ["--configs", str(path)]
-        shares = [list(benchmarks[i::jobs]) for i in range(jobs) if benchmarks[i::jobs]]
-        env = {**os.environ, "PYTHONPATH": ""}
-        procs = [
-            subprocess.Popen(
-                [*cmd, "--benchmarks", *share], stdout=subprocess.PIPE, text=True, env=env
-            )
-            for share in shares
-        ]
-        for proc in procs:
-            stdout, _ = proc.communicate()
-            if proc.returncode != 0:
-                return {}, [
-                    f"Syne Tune rows left out: bench/syne_baselines.py exited {proc.returncode}"
-                ]
-            for line in stdout.splitlines():
-                if not line.startswith("{"):
-                    continue
-                row = json.loads(line)
-                if "missing" in row:
-                    gone = row["missing"]
-                    missing.setdefault((gone["method"], gone["benchmark"]), []).append(gone["seed"])
-                    continue
-                m = row["method"]
-                curve = Curve(
-                    tuple((float(e), float(v)) for e, v in row["points"]),
-                    tuple(row["launch_ms"]),
-                    tuple(row["report_ms"]),
+        path = Path(tmp) / "configs.json"
+        path.write_text(json.dumps(configs))
+        for env, env_methods in SYNE_ENVS.items():
+            wanted = [m for m in env_methods if m in methods]
+            if not wanted:
+                continue
+            python = HERE / env / "bin" / "python"
+            if not python.exists():
+                notes.append(
+                    f"{', '.join(wanted)}: left out, no bench/{env} (bench/run-syne.sh "
+                    + ("--version 0.16.0 " if env.endswith("16") else "")
+                    + "--setup makes it)"
                 )
-                out.setdefault((row["benchmark"], m), []).append(curve)
-                cached[m] = cached.get(m, 0) + int(row["cached"])
-                seconds[m] = seconds.get(m, 0.0) + float(row["seconds"])
-    notes = [
+                continue
+            cmd = [str(python), str(HERE / "syne_baselines.py"), "--seeds", str(seeds)]
+            cmd += ["--cache", str(SYNE_CACHE), "--methods", *wanted]
+            cmd += ["--refresh"] if refresh else []
+            cmd += (
+                ["--cached-only", "syne-tune DyHPO"] if cached_only and env == ".venv-syne" else []
+            )
+            cmd += ["--configs", str(path)] if shared else []
+            shares = [list(benchmarks[i::jobs]) for i in range(jobs) if benchmarks[i::jobs]]
+            env_vars = {**os.environ, "PYTHONPATH": ""}
+            procs = [
+                subprocess.Popen(
+                    [*cmd, "--benchmarks", *share], stdout=subprocess.PIPE, text=True, env=env_vars
+                )
+                for share in shares
+            ]
+            for proc in procs:
+                stdout, _ = proc.communicate()
+                if proc.returncode != 0:
+                    notes.append(
+                        f"{', '.join(wanted)}: left out, bench/syne_baselines.py in bench/{env} "
+                        f"exited {proc.returncode}"
+                    )
+                    continue
+                for line in stdout.splitlines():
+                    if not line.startswith("{"):
+                        continue
+                    row = json.loads(line)
+                    if "missing" in row:
+                        gone = row["missing"]
+                        key = (gone["method"], gone["benchmark"])
+                        missing.setdefault(key, []).append(gone["seed"])
+                        continue
+                    m = row["method"]
+                    curve = Curve(
+                        tuple((float(e), float(v)) for e, v in row["points"]),
+                        tuple(row["launch_ms"]),
+                        tuple(row["report_ms"]),
+                    )
+                    out.setdefault((row["benchmark"], m), {})[int(row["seed"])] = curve
+                    cached[m] = cached.get(m, 0) + int(row["cached"])
+                    seconds[m] = seconds.get(m, 0.0) + float(row["seconds"])
+                    if float(row["epochs_used"]) < float(row["budget"]):
+                        short = f"{m} on {row['benchmark']}"
+                        notes.append(
+                            f"{short} seed {row['seed']}: ended after {row['epochs_used']:g} of "
+                            f"{row['budget']:g} epochs ({row['trials']} trials: its searcher "
+                            "had no new configuration left)"
+                        )
+    notes[:0] = [
         f"{m}: {seconds[m]:.0f} s of Syne Tune runs, "
         + (
             f"{cached[m]} of them from {SYNE_CACHE.relative_to(HERE.parent)}"
@@ -460,11 +620,60 @@ def run_syne(
     return out, notes
 
 
+def save_curves(path: Path, results: Results) -> None:
+    with path.open("w") as f:
+        for (name, method), curves in results.items():
+            for seed, c in sorted(curves.items()):
+                row = {"benchmark": name, "method": method, "seed": seed, "points": c.points}
+                row |= {"launch_ms": c.launch_ms, "report_ms": c.report_ms}
+                f.write(json.dumps(row) + "\n")
+
+
+def load_curves(path: Path) -> Iterator[tuple[tuple[str, str], int, Curve]]:
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        points = tuple((float(e), float(v)) for e, v in row["points"])
+        curve = Curve(points, tuple(row["launch_ms"]), tuple(row["report_ms"]))
+        yield (row["benchmark"], row["method"]), int(row["seed"]), curve
+
+
+def _benchmarks(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        for n in GROUPS.get(name, [name]):
+            if n not in ALL:
+                raise SystemExit(f"quality.py: unknown benchmark {n!r}: {', '.join(sorted(ALL))}")
+            if n not in out:
+                out.append(n)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
-    p.add_argument("--benchmarks", nargs="*", default=sorted(BUILTIN))
+    p.add_argument(
+        "--benchmarks",
+        nargs="*",
+        default=["builtin"],
+        help="names, or builtin (the five of hpod/benchmarks.py, the default), suite (those of "
+        "hpod/benchmarks_suite.py) or all",
+    )
+    every = [*HPOD_METHODS, *OPTUNA_METHODS, *SYNE_METHODS]
+    p.add_argument("--methods", nargs="*", default=every, choices=every, metavar="METHOD")
+    p.add_argument("--skip", nargs="*", default=[], choices=every, metavar="METHOD")
+    p.add_argument(
+        "--reference",
+        default=DEFAULT,
+        choices=list(HPOD_METHODS),
+        help=f"the method the p-values compare the others with (default {DEFAULT!r})",
+    )
+    p.add_argument(
+        "--fractions",
+        type=lambda t: tuple(float(x) for x in t.split(",")),
+        default=FRACTIONS,
+        help="fractions of the budget to give the regret at (default 0.5,1)",
+    )
     p.add_argument(
         "--own-samplers",
         action="store_true",
@@ -474,6 +683,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--optuna-best-trial",
         action="store_true",
         help="Optuna answers with study.best_trial (completed trials only), not by best()'s rule",
+    )
+    p.add_argument("--save", type=Path, help="write every run's curve here (JSON lines) for --load")
+    p.add_argument(
+        "--load",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="curves of an earlier --save: the runs they have are not run again",
     )
     p.add_argument("--no-syne", action="store_true", help="leave out Syne Tune's rows")
     p.add_argument(
@@ -485,41 +702,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Syne Tune rows from the cache only (DyHPO takes minutes a run); lists what it lacks",
     )
     args = p.parse_args(argv)
-    methods = [*HPOD_METHODS, *OPTUNA_METHODS]
-    budget_of = {name: 20.0 * BUILTIN[name].max_resource for name in args.benchmarks}
+    benchmarks = _benchmarks(args.benchmarks)
+    chosen = [m for m in args.methods if m not in args.skip]
+    if args.reference not in chosen:
+        chosen.insert(0, args.reference)
+    methods = [m for m in chosen if m not in SYNE_METHODS]
+    budget_of = {name: 20.0 * ALL[name].max_resource for name in benchmarks}
+    started = time.perf_counter()
+    results: Results = {(name, method): {} for name in benchmarks for method in chosen}
+    for path in args.load:
+        for key, seed, curve in load_curves(path):
+            if key in results and seed < args.seeds:
+                results[key][seed] = curve
     jobs = [
         (name, method, seed, budget_of[name], not args.own_samplers, args.optuna_best_trial)
-        for name in args.benchmarks
+        for name in benchmarks
         for method in methods
         for seed in range(args.seeds)
+        if seed not in results[(name, method)]
     ]
-    started = time.perf_counter()
-    results: dict[tuple[str, str], list[Curve]] = {
-        (name, method): [] for name in args.benchmarks for method in [*methods, *SYNE_METHODS]
-    }
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for name, method, _seed, curve, _secs in pool.map(_job, jobs):
-            results[(name, method)].append(curve)
+        for name, method, seed, curve, _secs in pool.map(_job, jobs):
+            results[(name, method)][seed] = curve
     syne_notes = ["Syne Tune rows left out (--no-syne)"]
-    if not args.no_syne:
+    syne_methods = [m for m in chosen if m in SYNE_METHODS]
+    if not args.no_syne and syne_methods:
         syne, syne_notes = run_syne(
-            args.benchmarks,
+            benchmarks,
             args.seeds,
             args.jobs,
             not args.own_samplers,
             args.syne_refresh,
             args.syne_cached_only,
+            syne_methods,
         )
         for key, curves in syne.items():
-            results[key] = curves
+            if key in results:
+                results[key] = curves
+    if args.save is not None:
+        save_curves(args.save, results)
     print(
         f"mean regret ± standard error over {args.seeds} seeds; budget 20 x max_resource "
         f"epochs; {WORKERS} workers; eta {ETA}; "
         + ("each its own sampler" if args.own_samplers else "the same configurations for all")
         + ("; Optuna answers best_trial" if args.optuna_best_trial else "")
-        + f"; {time.perf_counter() - started:.0f} s"
+        + f"; vs default: the mean regret's difference to {args.reference!r} (+: behind it) and "
+        "the paired Wilcoxon p-value over the seeds" + f"; {time.perf_counter() - started:.0f} s"
     )
-    for line in table(results, budget_of, args.seeds):
+    for line in table(results, budget_of, args.seeds, args.reference, args.fractions):
+        print(line)
+    print()
+    for line in summary(results, budget_of, args.reference):
         print(line)
     for line in syne_notes:
         print(line)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/quality.py in its own environment: Optuna is the benchmark's dependency, not hpod's.
-# Syne Tune's rows run in a second one (bench/run-syne.sh); if it cannot be made, quality.py says so
-# and leaves those rows out.
+# Syne Tune's rows run in two more, 0.13.0's and 0.16.0's (bench/run-syne.sh); where one cannot be
+# made, quality.py says so and leaves those rows out.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 venv="$here/.venv-quality"
@@ -15,4 +15,6 @@ if ! "$venv/bin/python" -c "import optuna, torch, hpod" 2>/dev/null; then
     "$venv/bin/pip" install --quiet -e "$here/.." optuna
 fi
 sh "$here/run-syne.sh" --setup || echo "run-quality.sh: could not make bench/.venv-syne" >&2
+sh "$here/run-syne.sh" --version 0.16.0 --setup ||
+    echo "run-quality.sh: could not make bench/.venv-syne16" >&2
 exec "$venv/bin/python" "$here/quality.py" "$@"

@@ -1,9 +1,13 @@
-"""Syne Tune 0.13.0's DyHPO and promotion-type ASHA on hpod's built-in benchmarks.
+"""Syne Tune's DyHPO and ASHA on hpod's benchmarks (the built-ins and the wider suite).
 
-Run in its own environment (``bench/.venv-syne``, made by ``bench/run-syne.sh``): Syne Tune 0.13.0
-pins numpy < 1.27, which the Optuna environment of ``bench/quality.py`` does not share, and it is
-never a dependency of hpod. ``bench/quality.py`` runs this script as a subprocess and merges its
-JSON lines (one per method, benchmark and seed) into its table.
+Syne Tune 0.13.0's DyHPO and ASHA (promotion and stopping type) run in ``bench/.venv-syne``, made
+by ``bench/run-syne.sh``; Syne Tune 0.16.0's ASHA (which has only the stopping type: its
+``ASHA`` baseline takes no ``type``) in ``bench/.venv-syne16``, made by ``bench/run-syne.sh
+--version 0.16.0``. Syne Tune 0.13.0 pins numpy < 1.27, which the Optuna environment of
+``bench/quality.py`` does not share, and neither is a dependency of hpod; this script imports only
+``hpod.benchmarks`` and ``hpod.benchmarks_suite`` (numpy and the standard library; the LCDB replay
+reads its gzip'd JSON with the standard library). ``bench/quality.py`` runs this script as a
+subprocess and merges its JSON lines (one per method, benchmark and seed) into its table.
 
 Syne Tune's own simulator: a :class:`~syne_tune.blackbox_repository.blackbox.Blackbox` over the
 hpod benchmark's ``step(config, resource, seed)`` (its metric and the cumulative ``seconds`` as
@@ -11,9 +15,12 @@ hpod benchmark's ``step(config, resource, seed)`` (its metric and the cumulative
 the levels past the one it paused at) under ``syne_tune.Tuner`` with ``SimulatorCallback``,
 ``sleep_time = 0`` and 4 workers. The methods are the library's baselines,
 ``DyHPO(config_space, metric, resource_attr, max_resource_attr=..., grace_period=1,
-reduction_factor=3, random_seed=seed)`` and the same for ``ASHA(..., type="promotion")``: the same
-space (translated from the hpod ``[space]``), max_resource, rung levels 1, 3, 9, 27 and workers as
-hpod's and Optuna's methods in ``bench/quality.py``.
+reduction_factor=3, random_seed=seed)`` and the same for ``ASHA(..., type="promotion")`` and
+``ASHA(..., type="stopping")``; in 0.16.0 ``ASHA(config_space, metric, time_attr, max_t,
+do_minimize, random_seed, grace_period=1, reduction_factor=3)``: the same space (translated from
+the hpod ``[space]``), max_resource, rung levels (1, 3, 9, 27 at max_resource 81) and workers as
+hpod's and Optuna's methods in ``bench/quality.py``. A NaN report (``cost-aware-7d``'s diverged
+runs) reaches Syne Tune's schedulers as it is.
 
 What this changes in the simulation, and why:
 
@@ -31,13 +38,15 @@ What this changes in the simulation, and why:
 The answer at each point is ``bench/quality.py``'s rule (``Study.best()``'s): the trial with the
 best last report, the further one on ties, then the older one; the regret is the benchmark's true
 objective of its configuration minus the optimum. ``--configs FILE`` (JSON
-``{benchmark: {seed: [config, ...]}}``, written by ``bench/quality.py``) hands ASHA the same
+``{benchmark: {seed: [config, ...]}}``, written by ``bench/quality.py``) hands every ASHA the same
 configurations, in the same order, as hpod's random-search-based methods get
 (``points_to_evaluate``): common random numbers. DyHPO always proposes its own.
 
 ``--cache FILE`` keeps each run's JSON line, keyed by method, benchmark, seed and a fingerprint
-(``RUN_VERSION``, ``hpod/benchmarks.py``, Syne Tune's version, the budget and the configurations
-handed over), and answers from it when the key matches: a DyHPO run takes minutes.
+(``RUN_VERSION``, the source file that defines the benchmark (``hpod/benchmarks.py`` or
+``hpod/benchmarks_suite.py`` and its data file), Syne Tune's version, the budget and the
+configurations handed over), and answers from it when the key matches: a DyHPO run takes
+minutes.
 
 Decision times: the wall time of each ``scheduler.suggest`` call the tuner makes (a launch
 decision: which trial to resume or which new configuration to start) and of each
@@ -50,6 +59,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -72,9 +82,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from hpod.benchmarks import BUILTIN, Benchmark  # noqa: E402
+from hpod.benchmarks import Benchmark  # noqa: E402
+from hpod.benchmarks_suite import ALL, LCDB_FILE  # noqa: E402
 
-METHODS = ("syne-tune DyHPO", "syne-tune ASHA promotion")
+# Syne Tune 0.13.0's methods, then 0.16.0's; each environment runs the ones of its version.
+METHODS_013 = ("syne-tune DyHPO", "syne-tune ASHA promotion", "syne-tune ASHA stopping")
+METHODS_016 = ("syne-tune 0.16 ASHA stopping",)
+METHODS = (*METHODS_013, *METHODS_016)
+ASHAS = ("syne-tune ASHA promotion", "syne-tune ASHA stopping", "syne-tune 0.16 ASHA stopping")
 WORKERS = 4  # as bench/quality.py
 ETA = 3
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -183,7 +198,7 @@ def run(
     from syne_tune.backend.trial_status import Trial
     from syne_tune.blackbox_repository.blackbox import Blackbox
     from syne_tune.blackbox_repository.simulated_tabular_backend import UserBlackboxBackend
-    from syne_tune.optimizer.baselines import ASHA, DyHPO
+    from syne_tune.optimizer import baselines
     from syne_tune.tuner_callback import TunerCallback
 
     space = config_space(bench)
@@ -250,12 +265,31 @@ def run(
         "random_seed": seed,
     }
     scheduler: Any
+    if method in METHODS_013 and configs is not None:
+        # Syne Tune 0.13's searchers never start a configuration twice, points_to_evaluate
+        # included: on a finite space (lcdb-fried) it gets the stream's distinct configurations
+        # in the order they first appear there, and its random search ends when they are used up.
+        configs = _distinct(configs)
+    if method in ASHAS and configs is not None:
+        kwargs["points_to_evaluate"] = [dict(c) for c in configs]
     if method == "syne-tune DyHPO":
-        scheduler = DyHPO(space, **kwargs)
-    elif method == "syne-tune ASHA promotion":
-        if configs is not None:
-            kwargs["points_to_evaluate"] = [dict(c) for c in configs]
-        scheduler = ASHA(space, type="promotion", **kwargs)
+        scheduler = baselines.DyHPO(space, **kwargs)
+    elif method in ("syne-tune ASHA promotion", "syne-tune ASHA stopping"):
+        scheduler = baselines.ASHA(space, type=method.rsplit(" ", 1)[1], **kwargs)
+    elif method == "syne-tune 0.16 ASHA stopping":
+        # 0.16.0's ASHA: stopping only; the rungs from grace_period and max_t, the resource
+        # attribute as time_attr, the mode as do_minimize.
+        scheduler = baselines.ASHA(
+            space,
+            metric=bench.metric,
+            time_attr=RESOURCE,
+            max_t=bench.max_resource,
+            do_minimize=bench.mode == "min",
+            random_seed=seed,
+            grace_period=1,
+            reduction_factor=ETA,
+            points_to_evaluate=kwargs.get("points_to_evaluate"),
+        )
     else:
         raise ValueError(f"unknown method {method!r}")
     launch_times: list[float] = []
@@ -295,11 +329,11 @@ def run(
         started = time.perf_counter()
         tuner.run()
         seconds = time.perf_counter() - started
-    if configs is not None and method == "syne-tune ASHA promotion":
+    if configs is not None and method in ASHAS:
         # Common random numbers only hold while the stream lasts (it has budget + workers).
         started_configs = [recorder.configs[t] for t in sorted(recorder.configs)]
         for i, c in enumerate(started_configs[: len(configs)]):
-            assert all(abs(float(c[k]) - float(configs[i][k])) < 1e-12 for k in bench.space), (
+            assert all(_same(c[k], configs[i][k]) for k in bench.space), (
                 f"trial {i} is not the stream's configuration"
             )
     assert bench.optimum is not None
@@ -322,8 +356,25 @@ def run(
         "regret": regret,
         **decision_stats(launch_times, report_times),
         "seconds": seconds,
-        "common_configs": configs is not None and method == "syne-tune ASHA promotion",
+        "common_configs": configs is not None and method in ASHAS,
     }
+
+
+def _distinct(configs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for c in configs:
+        key = json.dumps(dict(c), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return bool(a == b)
+    return abs(float(a) - float(b)) < 1e-12
 
 
 def _quiet() -> None:
@@ -332,6 +383,7 @@ def _quiet() -> None:
 
 
 def fingerprint(
+    bench: Benchmark,
     method: str,
     budget: float,
     configs: Sequence[Mapping[str, Any]] | None,
@@ -339,7 +391,12 @@ def fingerprint(
 ) -> str:
     import syne_tune
 
-    h = hashlib.sha256((HERE.parent / "hpod" / "benchmarks.py").read_bytes())
+    # The file that defines the benchmark (for the built-ins hpod/benchmarks.py, as before the
+    # suite came: their cached runs stay valid), and the replay's data.
+    source = Path(inspect.getfile(bench.step))
+    h = hashlib.sha256(source.read_bytes())
+    if source.name == "benchmarks_suite.py":
+        h.update(LCDB_FILE.read_bytes())
     extra = [RUN_VERSION, syne_tune.__version__, method, budget, configs, charge_decision_time]
     h.update(json.dumps(extra, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -365,8 +422,14 @@ def _append_cache(path: Path, row: Mapping[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--benchmarks", nargs="*", default=sorted(BUILTIN))
-    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    p.add_argument("--benchmarks", nargs="*", default=sorted(ALL), choices=sorted(ALL))
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        choices=METHODS,
+        help="default: every method of the installed Syne Tune's version",
+    )
     p.add_argument("--configs", type=Path, help="JSON {benchmark: {seed: [config, ...]}}")
     p.add_argument(
         "--charge-decision-time",
@@ -386,6 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     _quiet()
+    if args.methods is None:
+        import syne_tune
+
+        version = tuple(int(x) for x in syne_tune.__version__.split(".")[:2])
+        args.methods = list(METHODS_016 if version >= (0, 16) else METHODS_013)
     streams: dict[str, dict[str, list[dict[str, Any]]]] = {}
     if args.configs is not None:
         streams = json.loads(args.configs.read_text())
@@ -394,14 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Syne Tune prints (import notices, a summary per run): stdout carries only the JSON lines.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         for name in args.benchmarks:
-            bench = BUILTIN[name]
+            bench = ALL[name]
             budget = 20.0 * bench.max_resource
             for method in args.methods:
                 for seed in range(args.seeds):
                     configs = streams.get(name, {}).get(str(seed))
-                    if method != "syne-tune ASHA promotion":
+                    if method not in ASHAS:
                         configs = None
-                    fp = fingerprint(method, budget, configs, args.charge_decision_time)
+                    fp = fingerprint(bench, method, budget, configs, args.charge_decision_time)
                     row = cache.get((method, name, seed, fp))
                     if row is not None:
                         row = {**row, "cached": True}
