@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def audit(root: Path, sid: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
 WARM = """
 [executor]
 warm_start = true
-warm_imports = ["torch", "sklearn.datasets", "sklearn.model_selection", "sklearn.preprocessing",
+warm_imports = ["torch", "torch._dynamo", "sklearn.datasets", "sklearn.model_selection", "sklearn.preprocessing",
                 "hpod.trial"]
 """
 ENV = """
@@ -139,12 +140,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--warm", action="store_true", help="[executor] warm_start = true")
     parser.add_argument("--both", action="store_true", help="cold, then warm")
+    parser.add_argument("--only", choices=["asha", "fifo"], help="run one of the two only")
+    parser.add_argument("--keep", action="store_true", help="keep the daemon's state folder")
     args = parser.parse_args()
     starts = ["cold", "warm"] if args.both else ["warm"] if args.warm else ["cold"]
     env = args.warm or args.both
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="hpod-digits") as tmp:
-        root = Path(tmp)
+    root = Path(tempfile.mkdtemp(prefix="hpod-digits"))
+    try:
         proc = start_daemon(root)
         try:
             if env:
@@ -153,7 +156,7 @@ def main() -> int:
                 once = re.sub(r"^max_trials = .*$", "max_trials = 1", once, flags=re.M)
                 run_study(root, "warmup", once)
             for start in starts:
-                for scheduler in ("asha", "fifo"):
+                for scheduler in [args.only] if args.only else ["asha", "fifo"]:
                     label = f"{scheduler}-{start}"
                     text = spec_text(scheduler, warm=start == "warm", env=env)
                     out[label] = run_study(root, label, text)
@@ -161,8 +164,13 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(60)
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     ok = True
-    for start in starts:
+    for start in [] if args.only else starts:
         asha, fifo_res = out[f"asha-{start}"], out[f"fifo-{start}"]
         levels = sorted({lvl for _, lvl in asha["resumes"]})
         print(
