@@ -11,7 +11,8 @@ checkpoint at the level the trial was paused at and trained no epoch twice, and 
 epochs trained, best val_acc and wall time (from the submit to the study's end) of each.
 
 ``--warm`` runs both studies with ``[executor] warm_start = true`` and ``warm_imports`` of the
-trial's heavy imports (torch, scikit-learn's modules it uses, hpod.trial): each run, new or
+trial's heavy imports (torch and torch._dynamo, which torch.optim imports at the first optimizer,
+scikit-learn's modules it uses, hpod.trial): each run, new or
 resumed after a promotion, is forked from the study's pre-started interpreter instead of paying
 its own interpreter start and ``import torch`` (docs/warm-start.md). numpy's OpenBLAS starts a
 thread pool at import, which a fork would not copy: the studies set ``OPENBLAS_NUM_THREADS = "1"``
@@ -100,8 +101,8 @@ def audit(root: Path, sid: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
 WARM = """
 [executor]
 warm_start = true
-warm_imports = ["torch", "torch._dynamo", "sklearn.datasets", "sklearn.model_selection", "sklearn.preprocessing",
-                "hpod.trial"]
+warm_imports = ["torch", "torch._dynamo", "sklearn.datasets", "sklearn.model_selection",
+                "sklearn.preprocessing", "hpod.trial"]
 """
 ENV = """
 [env]

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import importlib
 import importlib.util
 import json
 import os
+import pkgutil  # noqa: F401 - runpy.run_path imports it (and typing) at each run: here, once
 import runpy
 import signal
 import socket
@@ -48,6 +50,30 @@ _spec.loader.exec_module(shim)
 
 # Where the shim finds what the request passed it, in the forked shim.
 STDOUT, STDERR, ARGS_FD, REPORT_FD, STATUS_FD = 1, 2, 3, 4, 5
+# A run that imported at least this many modules after its fork is told so on its stderr: they
+# were imported at every run's start (torch.optim imports torch._dynamo and sympy at the first
+# optimizer: 800 modules, seconds of every resume), where warm_imports would do it once.
+LATE_IMPORTS = 50
+
+
+def late_imports(before: set[str], after: list[str], least: int = LATE_IMPORTS) -> str | None:
+    """The line a run that imported ``least`` or more modules past its fork gets on its stderr,
+    naming the packages most of them are in (a package the server had imported by its
+    subpackage: torch._dynamo, not torch); None for fewer."""
+    late = [name for name in after if name not in before]
+    if len(late) < least:
+        return None
+    counts: dict[str, int] = {}
+    for name in late:
+        parts = name.split(".")
+        group = ".".join(parts[:2]) if parts[0] in before and len(parts) > 1 else parts[0]
+        counts[group] = counts.get(group, 0) + 1
+    top = sorted(counts, key=lambda g: (-counts[g], g))[:3]
+    return (
+        f"hpod warm start: this run imported {len(late)} modules after its fork, most of them "
+        f"under {', '.join(top)}: every run imports them again; naming them in [executor] "
+        "warm_imports imports them once, in the fork server (docs/warm-start.md)"
+    )
 
 
 def fork_problem() -> str | None:
@@ -97,6 +123,7 @@ def run_trial(argv: list[str]) -> None:
         rest = rest[1:]
     code = 0
     interrupted = False
+    before = set(sys.modules)
     try:
         if rest[0] == "-m":
             sys.argv = [rest[1], *rest[2:]]
@@ -118,6 +145,10 @@ def run_trial(argv: list[str]) -> None:
     with contextlib.suppress(BaseException):
         threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
+    with contextlib.suppress(BaseException):
+        told = late_imports(before, list(sys.modules))
+        if told is not None:
+            print(told, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             stream.flush()
@@ -188,6 +219,11 @@ def be_shim(control: socket.socket, fds: list[int]) -> None:
 def serve(control: socket.socket) -> None:
     # Each shim exits on its own; nobody here waits for them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Everything the imports made goes into the collector's permanent generation: a run's
+    # collections then never walk it. Walked, each of a fork's first full collections wrote
+    # to every page of the imports' objects (copying each) and took 0.5 s of a digits run's
+    # start with torch and sklearn imported (gc.freeze's own use: a fork without exec).
+    gc.freeze()
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, 65536, 8)

@@ -136,6 +136,8 @@ async def test_a_warm_trial_runs_with_the_contracts_environment(
     assert "=== run started" in out
     assert "hello from the trial" in out
     assert proc.returncode == 0
+    # It imported nothing the server had not: no word about late imports.
+    assert "hpod warm start" not in (launch.trial_dir / "stderr.log").read_text()
 
 
 @pytest.mark.anyio
@@ -157,6 +159,28 @@ async def test_a_warm_trial_is_stopped_like_a_cold_one(folder: Path, server: War
         while "up" not in (launch.trial_dir / "stdout.log").read_text():
             await anyio.sleep(0.01)
         assert await proc.stop(5.0) == -signal.SIGTERM
+
+
+@pytest.mark.anyio
+async def test_a_warm_run_that_imports_much_after_its_fork_is_told_so(
+    folder: Path, server: WarmServer
+) -> None:
+    """What each run imports again (not in warm_imports) is named on its stderr: the packages
+    most of them are in."""
+    package = folder / "bulky"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for i in range(60):
+        (package / f"part{i}.py").write_text("")
+    imports = "".join(f"import bulky.part{i}\n" for i in range(60))
+    launch = launch_in(folder)
+    (folder / "trial.py").write_text(f"import colorsys\n{imports}")
+    proc = await TrialProcess.start(launch, base_env=system_env(), warm=server)
+    with anyio.fail_after(30):
+        assert await proc.wait() == 0
+    err = (launch.trial_dir / "stderr.log").read_text()
+    assert "this run imported 61 modules after its fork, most of them under bulky:" in err
+    assert "warm_imports" in err
 
 
 @pytest.mark.anyio
