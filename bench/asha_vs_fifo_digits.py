@@ -11,14 +11,15 @@ checkpoint at the level the trial was paused at and trained no epoch twice, and 
 epochs trained, best val_acc and wall time (from the submit to the study's end) of each.
 
 ``--warm`` runs both studies with ``[executor] warm_start = true`` and ``warm_imports`` of the
-trial's heavy imports (torch and torch._dynamo, which torch.optim imports at the first optimizer,
-scikit-learn's modules it uses, hpod.trial): each run, new or
-resumed after a promotion, is forked from the study's pre-started interpreter instead of paying
-its own interpreter start and ``import torch`` (docs/warm-start.md). numpy's OpenBLAS starts a
-thread pool at import, which a fork would not copy: the studies set ``OPENBLAS_NUM_THREADS = "1"``
-(cold runs too, in this bench, so that cold and warm differ by the start only). Before the
-measured studies a one-trial study imports torch once, so that the first measured one does not
-pay a cold page cache for the others.
+trial's heavy imports: torch, torch._dynamo (which torch.optim imports at the first optimizer),
+hpod.trial and the example's digits_data (scikit-learn's digits, split and scaled at its
+import): each run, new or resumed after a promotion, is forked from the study's pre-started
+interpreter instead of paying its own interpreter start, ``import torch`` and the data's
+loading (docs/warm-start.md). numpy's OpenBLAS starts a thread pool at import, which a fork
+would not copy: the studies set ``OPENBLAS_NUM_THREADS = "1"`` (cold runs too, in this bench, so
+that cold and warm differ by the start only). Before the measured studies a one-trial study
+imports torch once, so that the first measured one does not pay a cold page cache for the
+others.
 """
 
 from __future__ import annotations
@@ -101,8 +102,7 @@ def audit(root: Path, sid: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
 WARM = """
 [executor]
 warm_start = true
-warm_imports = ["torch", "torch._dynamo", "sklearn.datasets", "sklearn.model_selection",
-                "sklearn.preprocessing", "hpod.trial"]
+warm_imports = ["torch", "torch._dynamo", "hpod.trial", "digits_data"]
 """
 ENV = """
 [env]

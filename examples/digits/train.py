@@ -21,10 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import digits_data
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from hpod import trial
@@ -80,13 +78,9 @@ def parse_config(argv):
 
 
 def load_data():
-    """The same split for every trial (fixed seed, stratified), so their val_acc compare."""
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
-    scaler = StandardScaler().fit(x_tr)  # fitted on the training split only: no leakage
-    as_x = lambda a: torch.tensor(scaler.transform(a), dtype=torch.float32)  # noqa: E731
-    as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
-    return as_x(x_tr), as_y(y_tr), as_x(x_va), as_y(y_va)
+    """The same split for every trial (digits_data.py: made at its import), as tensors."""
+    d = digits_data
+    return tuple(torch.tensor(a) for a in (d.X_TRAIN, d.Y_TRAIN, d.X_VAL, d.Y_VAL))
 
 
 def build_model(cfg, n_in, n_out):

@@ -184,6 +184,32 @@ async def test_a_warm_run_that_imports_much_after_its_fork_is_told_so(
 
 
 @pytest.mark.anyio
+async def test_a_warm_run_leaves_the_servers_finalizers_to_the_server(folder: Path) -> None:
+    """A finalizer the warm imports registered is not called at a run's exit (what it cleans up
+    is shared by every fork); one the run registered is, as in any interpreter."""
+    mark = "lambda name: open(os.path.join(os.environ['HPOD_TRIAL_DIR'], name), 'w').close()"
+    (folder / "final.py").write_text(
+        f"import os, weakref\nclass Held: pass\nheld = Held()\nmark = {mark}\n"
+        "weakref.finalize(held, mark, 'server-finalizer')\n"
+    )
+    launch = launch_in(folder)
+    (folder / "trial.py").write_text(
+        f"import os, weakref\nclass Held: pass\nheld = Held()\nmark = {mark}\n"
+        "weakref.finalize(held, mark, 'trial-finalizer')\n"
+    )
+    env = server_environment(trial_environment(launch, system_env()))
+    srv = await start_server(plan_for("w", launch.command, folder, ("final",), env, None))
+    try:
+        proc = await TrialProcess.start(launch, base_env=system_env(), warm=srv)
+        with anyio.fail_after(30):
+            assert await proc.wait() == 0
+    finally:
+        await srv.reap()
+    assert (launch.trial_dir / "trial-finalizer").exists()
+    assert not (launch.trial_dir / "server-finalizer").exists()
+
+
+@pytest.mark.anyio
 async def test_a_warm_shim_is_adopted_through_its_identity(
     folder: Path, server: WarmServer
 ) -> None:

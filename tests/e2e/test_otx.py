@@ -23,7 +23,8 @@ needs_torch = pytest.mark.skipif(
 def test_otx_default_hpo_config_runs_against_digits(daemon: Any) -> None:
     folder = daemon.root / "otx"
     folder.mkdir()
-    shutil.copy(EXAMPLE / "train.py", folder / "train.py")
+    for name in ("train.py", "digits_data.py"):
+        shutil.copy(EXAMPLE / name, folder / name)
     # The guide's file as it is, and a shortened budget in hpopt's own keys after it.
     text = (EXAMPLE / "hpo_config.yaml").read_text()
     assert "qloguniform" in text
