@@ -267,6 +267,9 @@ class Study:
         # Bumped by every counted report and every launch: a model is stale only if it moved.
         self._version = 0
         self._fit_checked = -1
+        # ``best`` as of a ``_version``: it moves only with a counted report or a launch, and
+        # the status answers ask for it on every call (a walk of every trial at 10,000 trials).
+        self._best_at: tuple[int, Best | None] | None = None
         if self._indexed is not None:
             self._indexed.attach(self)
 
@@ -356,6 +359,10 @@ class Study:
 
     def records(self) -> list[TrialRecord]:
         return [t.record() for t in self._trials]
+
+    def records_in(self, state: TrialState) -> list[TrialRecord]:
+        """The records of the trials in ``state``, by trial id (no walk of the others)."""
+        return [self._trials[i].record() for i in sorted(self._in[state])]
 
     def _move(self, t: _Trial, new: TrialState) -> None:
         old = t.state
@@ -929,6 +936,13 @@ class Study:
         return [b for i, b in enumerate(ranked) if i in first]
 
     def best(self) -> Best | None:
+        """The trial with the best ranking value (:meth:`find_best`), found again only after a
+        counted report or a launch moved the study."""
+        if self._best_at is None or self._best_at[0] != self._version:
+            self._best_at = (self._version, self.find_best())
+        return self._best_at[1]
+
+    def find_best(self) -> Best | None:
         """The trial with the best ranking value (ties: the one that went further).
 
         Every trial with a counted report is a candidate, ranked by its value where it got to (its

@@ -331,14 +331,14 @@ class Methods:
                 "error": rec.error,
                 "stderr_tail": trial_log_or_refusal(study, rec.trial_id, "stderr", 20),
             }
-            for rec in study.engine.records()
-            if rec.state is TrialState.FAILED
+            for rec in study.engine.records_in(TrialState.FAILED)
         ]
         # Each out-of-memory retry (not a failure): {trial, run, key, from, to, at, error}.
         out["oom_retries"] = [
-            {"trial": rec.trial_id, **r.to_dict()}
-            for rec in study.engine.records()
-            for r in rec.retries
+            {"trial": t.trial_id, **r.to_dict()}
+            for t in study.engine.trials
+            if t.retries
+            for r in t.retries
         ]
         return out
 

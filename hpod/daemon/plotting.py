@@ -17,14 +17,17 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from hpod import wire
+from hpod.core.objective import Objective
+from hpod.daemon.reads import objective_number
 from hpod.daemon.statetree import Ids, open_dir, replace_file
+from hpod.daemon.store import ReportRow
 from hpod.plots import NAMES
 
 __all__ = ["PLOT_NAMES", "PLOT_TIMEOUT", "available", "draw", "write_images"]
@@ -45,15 +48,27 @@ def available() -> bool:
 
 def encode(
     report: Mapping[str, Any],
-    points: Sequence[Mapping[str, Any]],
+    points: Iterable[Mapping[str, Any]],
     rungs: Sequence[Mapping[str, Any]],
 ) -> bytes:
     """What :func:`draw` hands ``hpod.plots``. Some seconds for a 10,000-trial study's
-    reports: off the loop."""
-    return json.dumps(
-        wire.tag({"report": dict(report), "points": list(points), "rungs": list(rungs)}),
-        allow_nan=False,
-    ).encode("utf-8")
+    reports: off the loop. ``points`` is read once, each encoded as it comes, so that an
+    iterator over the store's pages (:func:`plot_points`) never holds every report at once."""
+    head = json.dumps(wire.tag({"report": dict(report), "rungs": list(rungs)}), allow_nan=False)
+    body = ",".join(json.dumps(wire.tag(dict(p)), allow_nan=False) for p in points)
+    return (head[:-1] + ', "points": [' + body + "]}").encode("utf-8")
+
+
+def plot_points(objective: Objective, rows: Iterable[ReportRow]) -> Iterator[dict[str, Any]]:
+    """Each report as the images use it: its trial, resource, time and objective value (None
+    where it had none); the metrics and the rest of a ``curves`` point are left out."""
+    for r in rows:
+        yield {
+            "trial": r.trial_id,
+            "resource": r.resource,
+            "at": r.at,
+            "value": objective_number(r.metrics.get(objective.metric)),
+        }
 
 
 async def draw(data: bytes) -> dict[str, bytes]:

@@ -19,7 +19,8 @@ from hpod.daemon.store import ReportRow
 __all__ = ["curves_page", "metric_summary", "ranked", "top_view"]
 
 
-def _number(value: Any) -> float | None:
+def objective_number(value: Any) -> float | None:
+    """A reported value as a float; None for one missing, not a number, or NaN."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return None if math.isnan(value) else float(value)
@@ -91,7 +92,7 @@ def metric_summary(reports: Iterable[ReportRow], *, curve: bool) -> dict[str, di
             entry = out.setdefault(name, {"last": None, "min": None, "max": None, "count": 0})
             entry["last"] = value
             entry["count"] += 1
-            if _number(value) is not None:
+            if objective_number(value) is not None:
                 entry["min"] = value if entry["min"] is None else min(entry["min"], value)
                 entry["max"] = value if entry["max"] is None else max(entry["max"], value)
             if curve:
@@ -112,7 +113,7 @@ def curves_page(objective: Objective, rows: Sequence[ReportRow], limit: int) -> 
             "run": r.run,
             "resource": r.resource,
             "at": r.at,
-            "value": _number(r.metrics.get(objective.metric)),
+            "value": objective_number(r.metrics.get(objective.metric)),
             "metrics": dict(r.metrics),
         }
         for r in rows[:limit]

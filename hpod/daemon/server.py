@@ -7,6 +7,7 @@ its newline without ever being held in memory whole.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -294,6 +295,9 @@ class Server:
                         rid = maybe
                 req = wire.Request.from_obj(obj)
                 method = req.method
+                # Named for what it serves now, so a loop profile (bench/loopprobe) says which
+                # request held the loop.
+                _name_task(f"request {method}")
                 if not conn.greeted and req.method != "hello":
                     raise HelloRequired(f"call hello first (got {req.method!r} before hello)")
                 if req.method == "hello":
@@ -380,3 +384,9 @@ class Server:
             known = ", ".join(sorted(["hello", *self._methods, *self._answering]))
             raise MethodNotFound(f"no method {wire.shown(req.method)}; known: {known}")
         return await handler(peer, req.params)
+
+
+def _name_task(name: str) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.set_name(name)

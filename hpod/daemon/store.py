@@ -24,7 +24,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -944,6 +944,18 @@ class Store:
             (study_id, trial_id),
             _report_row,
         )
+
+    def iter_reports(self, study_id: str, page: int = 5000) -> Iterator[ReportRow]:
+        """A study's reports, oldest first, read a page at a time: a restart or a report's plots
+        of a 10,000-trial study hold one page of rows at once, not every one (270,000 rows of
+        parsed metrics were 300 MB of the daemon's RSS, kept by the allocator after)."""
+        after = 0
+        while True:
+            rows = self.load_reports_page(study_id, None, after, page)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1].id
 
     def load_reports_page(
         self, study_id: str, trial_id: int | None, after: int, limit: int

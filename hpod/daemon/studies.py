@@ -33,7 +33,6 @@ from hpod.daemon.adoption import survey
 from hpod.daemon.budget import BudgetState, fixed_keys
 from hpod.daemon.config import DaemonConfig
 from hpod.daemon.gpus import DevicePool
-from hpod.daemon.reads import curves_page
 from hpod.daemon.reports import build_report, report_summary, write_report
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.statetree import UnsafePath, open_dir, owner_ids, remove_tree
@@ -425,7 +424,7 @@ class Studies:
         # a run the store still calls running ended.
         latest = {t.trial_id: t.runs for t in rows}
         last: dict[int, ReportRow] = {}
-        for rep in self.store.load_reports(study_id):
+        for rep in self.store.iter_reports(study_id):
             keys.setdefault(rep.trial_id, set()).update(rep.metrics)
             if rep.run == latest.get(rep.trial_id):
                 last[rep.trial_id] = rep
@@ -694,10 +693,8 @@ class Studies:
             objective = study.engine.objective
 
             def payload() -> bytes:
-                rows = self.store.load_reports(study.id)
-                return plotting.encode(
-                    report, curves_page(objective, rows, len(rows))["points"], rungs
-                )
+                rows = self.store.iter_reports(study.id)
+                return plotting.encode(report, plotting.plot_points(objective, rows), rungs)
 
             images = await plotting.draw(await anyio.to_thread.run_sync(payload))
             write = partial(

@@ -237,3 +237,26 @@ def test_random_and_grid_searchers_do_not_ask_for_the_history() -> None:
     assert grid.spec.searcher.type.value == "grid"
     assert grid._searcher.needs_history is False
     assert RandomSearcher(grid.spec.space).needs_history is False
+
+
+def test_best_follows_every_report_and_retraction_though_it_is_kept() -> None:
+    # best() is kept between reports (the status answers ask for it on every call): a report
+    # that beats it, and the retraction of that report, each move the answer at once.
+    study = make()
+    study.next_launch(0.0)
+    study.next_launch(0.0)
+    study.on_report(0, {"step": 1, "loss": 2.0}, 0.0)
+    first = study.best()
+    assert first is not None
+    assert first.trial_id == 0
+    assert study.best() is first
+    outcome = study.on_report(1, {"step": 1, "loss": 1.0}, 0.0)
+    moved = study.best()
+    assert moved is not None
+    assert moved.trial_id == 1
+    study.retract_report(1, outcome)
+    back = study.best()
+    assert back is not None
+    assert back.trial_id == 0
+    failed = study.on_exit(1, 1, 0.0)
+    assert [r.trial_id for r in study.records_in(failed)] == [1]
