@@ -456,7 +456,8 @@ def _one_daemon(kind: str, n: int) -> str:
                     sid,
                     "--json",
                 ],
-                env=env,
+                # Not the probe's file: hpodctl's exit would write its own (empty) probe over it.
+                env={k: v for k, v in env.items() if k != "HPOD_BENCH_LOOP_PROBE"},
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -473,6 +474,7 @@ def _one_daemon(kind: str, n: int) -> str:
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
+                print(f"  {kind} {n}: the daemon did not stop within 60 s of SIGTERM (killed)")
         probe = json.loads(probe_out.read_text()) if probe_out.exists() else {"stalls": []}
         served = [(ms, cpu, what) for at, ms, cpu, what in probe["stalls"] if at >= ready_at]
         wall = max((ms for ms, _, _ in served), default=0.0)

@@ -44,7 +44,12 @@ if _OUT:
 
     asyncio.events.Handle._run = _run  # type: ignore[method-assign]
 
+    _PID = os.getpid()
+
     def _dump() -> None:
+        # A forked child (the fit worker) runs this at its exit too: only the daemon writes.
+        if os.getpid() != _PID:
+            return
         with open(_OUT, "w") as f:
             json.dump({"callbacks": _count[0], "busy_s": _count[1], "stalls": _stalls}, f)
 

@@ -24,7 +24,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -956,6 +956,30 @@ class Store:
             if len(rows) < page:
                 return
             after = rows[-1].id
+
+    def report_counts(self, study_id: str) -> dict[int, int]:
+        """How many reports each trial of a study has stored, by trial id."""
+        rows = self._query(
+            "SELECT trial_id, COUNT(*) AS n FROM reports WHERE study_id = ? GROUP BY trial_id",
+            (study_id,),
+            lambda r: (int(r["trial_id"]), int(r["n"])),
+        )
+        return dict(rows)
+
+    def iter_reports_of(
+        self, study_id: str, trial_ids: Sequence[int], chunk: int = 200
+    ) -> Iterator[ReportRow]:
+        """The reports of ``trial_ids``' trials, a chunk of trials at a time (each trial's in
+        order, the trials in the order given)."""
+        for i in range(0, len(trial_ids), chunk):
+            part = list(trial_ids[i : i + chunk])
+            marks = ", ".join("?" * len(part))
+            yield from self._query(
+                f"SELECT * FROM reports WHERE study_id = ? AND trial_id IN ({marks})"
+                " ORDER BY trial_id, id",
+                (study_id, *part),
+                _report_row,
+            )
 
     def load_reports_page(
         self, study_id: str, trial_id: int | None, after: int, limit: int

@@ -693,7 +693,12 @@ class Studies:
             objective = study.engine.objective
 
             def payload() -> bytes:
-                rows = self.store.iter_reports(study.id)
+                drawn = plotting.drawn_trials(report, self.store.report_counts(study.id))
+                rows = (
+                    self.store.iter_reports(study.id)
+                    if drawn is None
+                    else self.store.iter_reports_of(study.id, drawn)
+                )
                 return plotting.encode(report, plotting.plot_points(objective, rows), rungs)
 
             images = await plotting.draw(await anyio.to_thread.run_sync(payload))

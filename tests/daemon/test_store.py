@@ -694,3 +694,21 @@ async def test_async_write_after_close(tmp_path: Path) -> None:
 def test_write_rejects_non_ops(store: Store) -> None:
     with pytest.raises(TypeError, match="Op"):
         store.write_sync("DELETE FROM studies")  # type: ignore[arg-type]
+
+
+def test_reports_read_a_page_at_a_time_and_by_trial_are_the_ones_stored(store: Store) -> None:
+    store.write_sync(insert_study_op(study_row()))
+    ops = [
+        report_op("s1", t, 1, float(e), {"loss": t + e / 10}, Decision.CONTINUE, 1.0)
+        for e in range(1, 8)
+        for t in range(5)
+    ]
+    store.write_sync(*ops)
+    every = store.load_reports("s1")
+    assert [r.id for r in store.iter_reports("s1", page=4)] == [r.id for r in every]
+    assert store.report_counts("s1") == dict.fromkeys(range(5), 7)
+    some = list(store.iter_reports_of("s1", [3, 1], chunk=1))
+    assert [(r.trial_id, r.resource) for r in some] == [
+        *((3, float(e)) for e in range(1, 8)),
+        *((1, float(e)) for e in range(1, 8)),
+    ]
