@@ -28,16 +28,18 @@ agree). With 5 seeds the luck of the draw is otherwise larger than the differenc
 pruners: the best of the first 350 random configurations alone differs by 0.006 in regret between
 the two generators on ``curves-parallel``. ``--own-samplers`` gives hpod its own random searcher.
 
-The regret is the benchmark's true objective (at max_resource, without noise) of the configuration
-a method would answer with, minus the optimum, with one rule for all: ``Study.best()``'s (what
-``hpodctl best`` says), the trial with the best last report wherever it got to, the further one on
-ties. ``--optuna-best-trial`` lets Optuna answer with ``study.best_trial`` (completed trials only)
-instead. The table gives the mean over the seeds and the standard error at 50 and 100 % of the
-budget (``--fractions``), and beside each, against hpod's default (``--reference``) on the same
-benchmark and seeds, the difference of the mean regrets relative to the default's (+: the method is
-behind the default) and the two-sided p-value of the paired Wilcoxon signed-rank test (scipy's
-``wilcoxon``; p = 1 when every seed ties). A second table gives per benchmark, at 100 %, the
-default, hpod's best other method, the best peer and the default against that peer.
+The regret is the benchmark's true objective (at max_resource, without noise) of the configuration a
+method would answer with, minus the optimum, with one rule for all: ``Study.best()``'s (what
+``hpodctl best`` says), the trial with the best estimate wherever it got to (the mean of its last
+``hpod.core.answer.WINDOW`` reports, ``docs/answer.md``), the further one on ties; Optuna's and Syne
+Tune's trials are ranked by the same ``hpod.core.answer`` code. ``--optuna-best-trial`` lets Optuna
+answer with ``study.best_trial`` (completed trials only) instead. The table gives the mean over the
+seeds and the standard error at 50 and 100 % of the budget (``--fractions``), and beside each,
+against hpod's default (``--reference``) on the same benchmark and seeds, the difference of the mean
+regrets relative to the default's (+: the method is behind the default) and the two-sided p-value of
+the paired Wilcoxon signed-rank test (scipy's ``wilcoxon``; p = 1 when every seed ties). A second
+table gives per benchmark, at 100 %, the default, hpod's best other method, the best peer and the
+default against that peer.
 
 Model-based peers beside TPE: Syne Tune 0.13.0's ASHA (promotion and stopping type) and DyHPO, and
 Syne Tune 0.16.0's ASHA (stopping: the only type it has), on Syne Tune's own simulator backend, run
@@ -83,6 +85,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from hpod.benchmarks import BUILTIN, Benchmark
 from hpod.benchmarks_suite import ALL, SUITE
+from hpod.core.answer import AnswerIndex
+from hpod.core.objective import Objective, ObjectiveMode
 from hpod.core.plans import Suggestion
 from hpod.core.spec import SearcherType, StudySpec
 from hpod.core.study import Study
@@ -301,8 +305,9 @@ def run_optuna(
     points: list[tuple[float, float]] = []
     last: int | None = None
     running = 0
-    sign = 1.0 if bench.mode == "min" else -1.0
-    latest: dict[int, tuple[float, float, int]] = {}  # trial number: its last report, as a key
+    # Study.best()'s rule (hpod.core.answer), over each trial's reports by step.
+    answers = AnswerIndex(Objective(bench.metric, ObjectiveMode(bench.mode)))
+    curves: dict[int, dict[float, float]] = {}
     params: dict[int, dict[str, Any]] = {}
 
     def schedule(trial: Any, step: int) -> None:
@@ -341,29 +346,26 @@ def run_optuna(
         report_ms.append((time.perf_counter() - started) * 1000.0)
         if go_on:
             schedule(trial, step + 1)
-        # A diverged report (NaN) ranks last, as in Study.best().
-        key = sign * value if math.isfinite(value) else math.inf
-        latest[trial.number] = (key, -step, trial.number)
-        if best_trial:
-            answer = _optuna_best_trial(study, optuna, latest)
-        else:
-            # Study.best()'s rule: the best last report of any trial, the further one on ties.
-            answer = min(latest.values(), default=None)
-        if answer is not None and answer[2] != last:
-            last = answer[2]
+        # A diverged report (NaN, or an infinity) ranks last, as in Study.best().
+        curve = curves.setdefault(trial.number, {})
+        before = next(reversed(curve), None)
+        curve[float(step)] = float(value) if math.isfinite(value) else math.nan
+        since = before if before is not None and step > before else None
+        answers.update(trial.number, curve, since)
+        answer = _optuna_best_trial(study, optuna, answers) if best_trial else answers.best()
+        if answer is not None and answer != last:
+            last = answer
             points.append((used, true_value(params[last])))
     return Curve(tuple(points), tuple(launch_ms), tuple(report_ms))
 
 
-def _optuna_best_trial(
-    study: Any, optuna: Any, latest: Mapping[int, tuple[float, float, int]]
-) -> tuple[float, float, int] | None:
-    """Optuna's own answer: ``study.best_trial`` (completed trials only); before any trial
-    completed, the best last report."""
+def _optuna_best_trial(study: Any, optuna: Any, answers: AnswerIndex) -> int | None:
+    """Optuna's own answer: ``study.best_trial`` (completed trials only, by the value told, its
+    last report); before any trial completed, Study.best()'s rule."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if done:
-        return latest[study.best_trial.number]
-    return min(latest.values(), default=None)
+        return int(study.best_trial.number)
+    return answers.best()
 
 
 def _job(args: tuple[str, str, int, float, bool, bool]) -> tuple[str, str, int, Curve, float]:

@@ -35,9 +35,10 @@ What this changes in the simulation, and why:
   scheduler is one resource unit trained; when 20 x max_resource have been, the run stops and the
   results still in flight are not counted.
 
-The answer at each point is ``bench/quality.py``'s rule (``Study.best()``'s): the trial with the
-best last report, the further one on ties, then the older one; the regret is the benchmark's true
-objective of its configuration minus the optimum. ``--configs FILE`` (JSON
+The answer at each point is ``bench/quality.py``'s rule (``Study.best()``'s, the same
+``hpod.core.answer`` code): the trial with the best estimate (the mean of its last
+``hpod.core.answer.WINDOW`` reports), the further one on ties, then the older one; the regret is
+the benchmark's true objective of its configuration minus the optimum. ``--configs FILE`` (JSON
 ``{benchmark: {seed: [config, ...]}}``, written by ``bench/quality.py``) hands every ASHA the same
 configurations, in the same order, as hpod's random-search-based methods get
 (``points_to_evaluate``): common random numbers. DyHPO always proposes its own.
@@ -84,6 +85,8 @@ import numpy as np  # noqa: E402
 
 from hpod.benchmarks import Benchmark  # noqa: E402
 from hpod.benchmarks_suite import ALL, LCDB_FILE  # noqa: E402
+from hpod.core.answer import WINDOW, AnswerIndex  # noqa: E402
+from hpod.core.objective import Objective, ObjectiveMode  # noqa: E402
 
 # Syne Tune 0.13.0's methods, then 0.16.0's; each environment runs the ones of its version.
 METHODS_013 = ("syne-tune DyHPO", "syne-tune ASHA promotion", "syne-tune ASHA stopping")
@@ -130,8 +133,9 @@ class Recorder:
         self.bench = bench
         self.budget = budget
         self.used = 0.0
-        self.sign = 1.0 if bench.mode == "min" else -1.0
-        self.latest: dict[int, tuple[float, float, int]] = {}
+        # Study.best()'s rule (hpod.core.answer), over each trial's results by level.
+        self.answers = AnswerIndex(Objective(bench.metric, ObjectiveMode(bench.mode)))
+        self.curves: dict[int, dict[float, float]] = {}
         self.configs: dict[int, dict[str, Any]] = {}
         self.points: list[tuple[float, float]] = []
         self.last: int | None = None
@@ -144,12 +148,17 @@ class Recorder:
         if trial_id not in self.configs:
             self.configs[trial_id] = {k: config[k] for k in self.bench.space}
         value = float(result[self.bench.metric])
-        key = self.sign * value if math.isfinite(value) else math.inf
         level = float(result[RESOURCE])
-        self.latest[trial_id] = (key, -level, trial_id)
-        answer = min(self.latest.values())
-        if answer[2] != self.last:
-            self.last = answer[2]
+        curve = self.curves.setdefault(trial_id, {})
+        before = next(reversed(curve), None)
+        curve[level] = value if math.isfinite(value) else math.nan
+        if before is not None and level < before:
+            curve = self.curves[trial_id] = dict(sorted(curve.items()))
+        since = before if before is not None and level > before else None
+        self.answers.update(trial_id, curve, since)
+        answer = self.answers.best()
+        if answer is not None and answer != self.last:
+            self.last = answer
             assert self.bench.true_value is not None
             self.points.append((self.used, self.bench.true_value(self.configs[self.last])))
 
@@ -397,7 +406,11 @@ def fingerprint(
     h = hashlib.sha256(source.read_bytes())
     if source.name == "benchmarks_suite.py":
         h.update(LCDB_FILE.read_bytes())
+    # The answer's window: a row's points were ranked by it (docs/answer.md); 1 is the last
+    # report, the rule the rows from before it had, so those keep their key.
+    rule = [] if WINDOW == 1 else [{"answer_window": WINDOW}]
     extra = [RUN_VERSION, syne_tune.__version__, method, budget, configs, charge_decision_time]
+    extra += rule
     h.update(json.dumps(extra, sort_keys=True).encode())
     return h.hexdigest()[:16]
 

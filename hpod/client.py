@@ -168,7 +168,9 @@ class Client:
             after = nxt
 
     def best(self, study: str) -> dict[str, Any]:
-        """``{"study", "trial", "config", "objective", "resource"}``; NotFound if no result yet."""
+        """``{"study", "trial", "config", "objective", "last", "window", "resource"}``:
+        ``objective`` is the estimate the trial ranks by (the mean of its last ``window`` counted
+        reports, docs/answer.md), ``last`` its last report. NotFound if no result yet."""
         return self._dict(self.call("best", {"study": study}))
 
     def front(self, study: str) -> list[dict[str, Any]]:

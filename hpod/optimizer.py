@@ -422,7 +422,8 @@ class Optimizer:
         return self._objective_metric
 
     def best(self) -> dict[str, Any]:
-        """The best trial: ``{"study", "trial", "config", "objective", "resource"}``."""
+        """The best trial: ``{"study", "trial", "config", "objective", "last", "window",
+        "resource"}`` (``objective``: the mean of its last ``window`` reports; docs/answer.md)."""
         return self.client.best(self._study_id())
 
     def front(self) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("clean_trial_env")
 REPO = Path(__file__).resolve().parent.parent
 
 BEST = {"study": "s1", "trial": 4, "config": {"lr": 0.01, "width": 128}, "objective": 0.97,
-        "resource": 20}  # fmt: skip
+        "last": 0.975, "window": 5, "resource": 20}  # fmt: skip
 SUMMARY = {
     "study": "s1",
     "name": "digits-mlp",
@@ -50,10 +50,11 @@ DETAIL = {
 }
 TRIALS = [
     {"trial": 0, "state": "completed", "config": {"lr": 0.01, "width": 128}, "resume_from": 0,
-     "max_resource": 20, "resource": 20, "objective": 0.97, "exit_code": 0, "runs": 1,
-     "run_seconds": 3.2, "error": None},
+     "max_resource": 20, "resource": 20, "objective": 0.97, "last": 0.975, "exit_code": 0,
+     "runs": 1, "run_seconds": 3.2, "error": None},
     {"trial": 1, "state": "running", "config": {"lr": 0.2, "width": 16}, "resume_from": 0,
-     "max_resource": 20, "resource": None, "objective": None, "exit_code": None, "runs": 1,
+     "max_resource": 20, "resource": None, "objective": None, "last": None, "exit_code": None,
+     "runs": 1,
      "run_seconds": 0.5, "error": None},
 ]  # fmt: skip
 
@@ -256,9 +257,11 @@ def test_show_lists_failures_with_their_stderr(
 def test_trials_table(server: WireServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(server, "trials", "s1") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["TRIAL", "STATE", "RESOURCE", "OBJECTIVE", "RUNS", "CONFIG"]
-    assert lines[1].split() == ["0", "completed", "20", "0.97", "1", "lr=0.01", "width=128"]
-    assert lines[2].split() == ["1", "running", "-", "-", "1", "lr=0.2", "width=16"]
+    heads = ["TRIAL", "STATE", "RESOURCE", "OBJECTIVE", "LAST", "RUNS", "CONFIG"]
+    assert lines[0].split() == heads
+    first = ["0", "completed", "20", "0.97", "0.975", "1", "lr=0.01", "width=128"]
+    assert lines[1].split() == first
+    assert lines[2].split() == ["1", "running", "-", "-", "-", "1", "lr=0.2", "width=16"]
     assert lines[0].index("CONFIG") == lines[1].index("lr=0.01")
 
 
@@ -266,7 +269,9 @@ def test_best_human(server: WireServer, capsys: pytest.CaptureFixture[str]) -> N
     assert run(server, "best", "s1") == 0
     out = capsys.readouterr().out
     assert "trial      4" in out
-    assert "objective  0.97" in out
+    # The estimate it ranks by, what it averages, and the last report beside it.
+    assert "objective  0.97 (mean of its last 5 reports)\n" in out
+    assert "last       0.975 (its last report)\n" in out
     assert "  lr     0.01" in out
 
 

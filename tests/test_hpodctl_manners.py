@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 STUDIES = [{"study": "s1", "name": "quad", "state": "running", "owner": 0, "trials": {}}]
 TOP = [
-    {"rank": 1, "trial": 4, "objective": 0.5, "resource": 9, "state": "completed",
-     "config": {"x": 0.1}, "runs": 1},
-    {"rank": 2, "trial": 2, "objective": 0.7, "resource": 3, "state": "paused",
-     "config": {"x": 0.3}, "runs": 1},
+    {"rank": 1, "trial": 4, "objective": 0.5, "last": 0.45, "window": 5, "resource": 9,
+     "state": "completed", "config": {"x": 0.1}, "runs": 1},
+    {"rank": 2, "trial": 2, "objective": 0.7, "last": 0.7, "window": 3, "resource": 3,
+     "state": "paused", "config": {"x": 0.3}, "runs": 1},
 ]  # fmt: skip
 
 
@@ -97,8 +97,8 @@ def test_version() -> None:
 def test_best_k_is_the_top_k_table(server: WireServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--socket", server.path, "best", "s1", "-k", "2", "--completed"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"]
-    assert lines[1].split() == ["1", "4", "0.5", "9", "completed", "x=0.1"]
+    assert lines[0].split() == ["RANK", "TRIAL", "OBJECTIVE", "LAST", "RESOURCE", "STATE", "CONFIG"]
+    assert lines[1].split() == ["1", "4", "0.5", "0.45", "9", "completed", "x=0.1"]
     assert server.calls("top") == [
         {"study": "s1", "k": 2, "only_completed": True, "all_metrics": False}
     ]

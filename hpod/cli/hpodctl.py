@@ -531,7 +531,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
             *(
                 [_fmt((t.get("values") or {}).get(n)) for n in names]
                 if names
-                else [_fmt(t.get("objective"))]
+                else [_fmt(t.get("objective")), _fmt(t.get("last"))]
             ),
             _fmt(t.get("runs")),
             *([_fmt_retries(t.get("retries"))] if oom else []),
@@ -539,7 +539,8 @@ def _cmd_trials(args: argparse.Namespace) -> int:
         ]
         for t in trials
     ]
-    metric_heads = [n.upper() for n in names] if names else ["OBJECTIVE"]
+    # OBJECTIVE: what the answer ranks by (the mean of the last reports); LAST: the last report.
+    metric_heads = [n.upper() for n in names] if names else ["OBJECTIVE", "LAST"]
     heads = ["TRIAL", "STATE", "RESOURCE", *metric_heads, "RUNS", *(["OOM"] if oom else [])]
     _print_table([*heads, "CONFIG"], rows)
     return 0
@@ -573,13 +574,22 @@ def _cmd_best(args: argparse.Namespace) -> int:
         return 0
     print(f"study      {_fmt(best.get('study'))}")
     print(f"trial      {_fmt(best.get('trial'))}")
-    print(f"objective  {_fmt(best.get('objective'))}")
+    print(f"objective  {_fmt(best.get('objective'))}{_fmt_window(best.get('window'))}")
+    if "last" in best:  # a daemon from before issue 19 sends no last report
+        print(f"last       {_fmt(best.get('last'))} (its last report)")
     print(f"resource   {_fmt(best.get('resource'))}")
     config = best.get("config")
     if isinstance(config, Mapping) and config:
         print("config")
         _print_pairs(config, indent="  ")
     return 0
+
+
+def _fmt_window(window: Any) -> str:
+    """`` (mean of its last 5 reports)`` beside an answer's objective that averages reports."""
+    if isinstance(window, int) and not isinstance(window, bool) and window > 1:
+        return f" (mean of its last {window} reports)"
+    return ""
 
 
 def _print_front(front: Sequence[Mapping[str, Any]], *, indent: str = "") -> None:
@@ -697,15 +707,16 @@ def _best_table(args: argparse.Namespace) -> int:
 
 
 def _top_table(top: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """The top-k as a table (`hpodctl best -k`, the objective report): rank, trial, objective (for
-    several objectives: the Pareto front's number and each metric's value), resource, state,
-    config."""
-    header = ["RANK", "TRIAL", "OBJECTIVE", "RESOURCE", "STATE", "CONFIG"]
+    """The top-k as a table (`hpodctl best -k`, the objective report): rank, trial, objective
+    (the estimate it ranks by) and last report (for several objectives: the Pareto front's number
+    and each metric's value), resource, state, config."""
+    header = ["RANK", "TRIAL", "OBJECTIVE", "LAST", "RESOURCE", "STATE", "CONFIG"]
     rows = [
         [
             _fmt(t.get("rank")),
             _fmt(t.get("trial")),
             _fmt(t.get("objective")),
+            _fmt(t.get("last")),
             _fmt(t.get("resource")),
             _fmt(t.get("state")),
             _fmt_config(t.get("config")),
@@ -714,10 +725,10 @@ def _top_table(top: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[s
     ]
     if top and "front" in top[0]:
         names = list(top[0].get("values") or {})
-        header[2:3] = ["FRONT", *(n.upper() for n in names)]
+        header[2:4] = ["FRONT", *(n.upper() for n in names)]
         for row, t in zip(rows, top, strict=True):
             values = t.get("values") or {}
-            row[2:3] = [_fmt(t.get("front")), *(_fmt(values.get(n)) for n in names)]
+            row[2:4] = [_fmt(t.get("front")), *(_fmt(values.get(n)) for n in names)]
     return header, rows
 
 

@@ -244,6 +244,7 @@ class TopState:
     def apply_trials(self, sid: str, trials: Sequence[Mapping[str, Any]]) -> None:
         """The study's trials as read now: its running ones replace those shown."""
         with self.lock:
+            study = self.studies.get(sid)
             for key in [k for k in self.trials if k[0] == sid]:
                 if not any(
                     t.get("trial") == key[1] and t.get("state") == "running" for t in trials
@@ -259,7 +260,7 @@ class TopState:
                     trial=tid,
                     resource=_number(t.get("resource")),
                     max_resource=_number(t.get("max_resource")),
-                    objective=_number(t.get("objective")),
+                    objective=_number(_as_reported(study, t)),
                     config=config if isinstance(config, Mapping) else {},
                 )
         self.changed.set()
@@ -620,6 +621,14 @@ def _objective_of(study: StudyRow | None, metrics: Any, old: float | None) -> fl
     if old is not None and study.mode == "max_global":
         return max(old, value)
     return value
+
+
+def _as_reported(study: StudyRow | None, trial: Mapping[str, Any]) -> Any:
+    """A trial's objective as a report moves it (:func:`_objective_of`): its last counted report
+    (``last``; ``objective`` is the estimate the answer ranks by), its best for ``*_global``."""
+    if study is not None and study.mode in ("min_global", "max_global"):
+        return trial.get("objective")
+    return trial.get("last", trial.get("objective"))
 
 
 def _fmt_best(s: StudyRow) -> str:

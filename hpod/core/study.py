@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from hpod.core.answer import AnswerIndex, Estimate
 from hpod.core.asha import RungScheduler
 from hpod.core.bo import BOSearcher
 from hpod.core.dyhpo import DyHPOScheduler
@@ -30,7 +31,6 @@ from hpod.core.plans import (
     Promote,
     Scheduler,
     Searcher,
-    ranking_value,
 )
 from hpod.core.preview import occupancy
 from hpod.core.problems import is_number
@@ -181,6 +181,10 @@ DECISION_LOG_MAX = 10_000
 
 @dataclass(frozen=True)
 class Best:
+    """The trial the study answers with. ``objective``: what it ranks by, its estimate
+    (:mod:`hpod.core.answer`: the mean of its last ``window`` counted reports, or its best
+    one for ``*_global``); ``last``: its last counted report, beside it."""
+
     trial_id: int
     config: Config
     objective: float
@@ -188,6 +192,8 @@ class Best:
     # Multi-objective: the trial's value of each metric, and the metrics' names; () otherwise.
     values: tuple[float, ...] = ()
     names: tuple[str, ...] = ()
+    last: float = math.nan
+    window: int = 1
 
 
 @dataclass
@@ -270,6 +276,9 @@ class Study:
         # ``best`` as of a ``_version``: it moves only with a counted report or a launch, and
         # the status answers ask for it on every call (a walk of every trial at 10,000 trials).
         self._best_at: tuple[int, Best | None] | None = None
+        # Each trial's answer estimate and the best of them (a single objective), kept with
+        # every change of a curve, so that best() walks no list of trials.
+        self._answers = None if self.objective.is_multi else AnswerIndex(self.objective)
         if self._indexed is not None:
             self._indexed.attach(self)
 
@@ -329,6 +338,7 @@ class Study:
             study._trials.append(t)
             study._in[t.state].add(t.trial_id)
             study._curved += bool(t.curve)
+            study._curve_changed(t)
         if study._indexed is not None:
             study._indexed.attach(study)
         return study
@@ -369,6 +379,11 @@ class Study:
         t.move(new)
         self._in[old].discard(t.trial_id)
         self._in[t.state].add(t.trial_id)
+
+    def _curve_changed(self, t: _Trial, since: float | None = None) -> None:
+        """``t``'s curve changed (``since``: only above that level): its answer estimate too."""
+        if self._answers is not None:
+            self._answers.update(t.trial_id, t.curve, since)
 
     def _touched(self, t: _Trial, since: float | None = None) -> None:
         if self._indexed is not None:
@@ -585,7 +600,9 @@ class Study:
                 # Keep the curve in resource order; reports nearly always arrive in order.
                 t.curve = dict(sorted(t.curve.items()))
             # Above its last level: what it had up to there stands (an index keeps it).
-            self._touched(t, last if last is not None and resource > last else None)
+            since = last if last is not None and resource > last else None
+            self._curve_changed(t, since)
+            self._touched(t, since)
         if force is not None:
             return ReportOutcome(force, resource, counted=True, forced=True, undo=undo)
         # Only a report that carries the objective is judged: one without it (a misspelt name, a
@@ -633,6 +650,7 @@ class Study:
             else:
                 t.vectors[outcome.resource] = undo.before_vector
             self._version += 1
+            self._curve_changed(t)
             self._touched(t)
             if self._modeled_scheduler is not None:
                 self._modeled_scheduler.forget(trial_id, outcome.resource)
@@ -886,11 +904,25 @@ class Study:
         return occupancy(self.spec, self._trials)
 
     def value_of(self, trial_id: int) -> float:
-        """The value a trial ranks by (multi-objective: its first metric's; see vector_of)."""
+        """The value a trial ranks by for the answer, its estimate (:mod:`hpod.core.answer`;
+        NaN: no counted report). Multi-objective: its first metric's; see vector_of."""
         t = self._get(trial_id)
-        if self.objective.is_multi:
+        if self._answers is None:
             return self.vector_of(trial_id)[0] if t.vectors else math.nan
-        return ranking_value(self.objective, t)
+        est = self._answers.get(trial_id)
+        return math.nan if est is None else est.value
+
+    def answer_of(self, trial_id: int) -> Estimate | None:
+        """A trial's answer estimate: the value it ranks by, its last counted report and how
+        many reports the value averages; None: no counted report. Multi-objective: its first
+        metric's (vector_of), the value and the last alike."""
+        t = self._get(trial_id)
+        if self._answers is None:
+            if not t.vectors:
+                return None
+            first = self.vector_of(trial_id)[0]
+            return Estimate(first, next(reversed(t.vectors.values()))[0], 1)
+        return self._answers.get(trial_id)
 
     def vector_of(self, trial_id: int) -> tuple[float, ...]:
         """Multi-objective: the values a trial ranks by, one per metric (objective.names
@@ -920,8 +952,17 @@ class Study:
         for i in pareto_order(points, [t.trial_id for t in rows]):
             t = rows[i]
             names = self.objective.names
+            last = next(reversed(t.vectors.values()))[0]
             out.append(
-                Best(t.trial_id, dict(t.config), vectors[i][0], t.last_resource, vectors[i], names)
+                Best(
+                    t.trial_id,
+                    dict(t.config),
+                    vectors[i][0],
+                    t.last_resource,
+                    vectors[i],
+                    names,
+                    last=last,
+                )
             )
         return out
 
@@ -936,19 +977,21 @@ class Study:
         return [b for i, b in enumerate(ranked) if i in first]
 
     def best(self) -> Best | None:
-        """The trial with the best ranking value (:meth:`find_best`), found again only after a
-        counted report or a launch moved the study."""
+        """The trial with the best estimate (:meth:`find_best`), found again only after a counted
+        report or a launch moved the study."""
         if self._best_at is None or self._best_at[0] != self._version:
             self._best_at = (self._version, self.find_best())
         return self._best_at[1]
 
     def find_best(self) -> Best | None:
-        """The trial with the best ranking value (ties: the one that went further).
+        """The trial with the best estimate (ties: the one that went further, then the older).
 
-        Every trial with a counted report is a candidate, ranked by its value where it got to (its
-        last report, or its best for ``*_global``), as Syne Tune and Ray Tune report the best
-        result: a trial paused or stopped at a lower rung is handed over only when its value there
-        beats every trial that went further, a handicap on curves that improve with the resource.
+        Every trial with a counted report is a candidate, ranked by its estimate where it got to
+        (:mod:`hpod.core.answer`: the mean of its last few counted reports, or its best one for
+        ``*_global``; ``docs/answer.md``), as Syne Tune and Ray Tune rank by the trial's result
+        where it got to: a trial paused or stopped at a lower rung is handed over only when its
+        value there beats every trial that went further, a handicap on curves that improve with
+        the resource.
         Ranking the trials that reached ``max_resource`` first (Optuna's ``best_trial``, completed
         trials only) was measured and not chosen: on the built-in benchmarks it answered worse in
         32 of 45 cases and better in 2 (``docs/schedulers.md``, "Which trial is the best")."""
@@ -956,18 +999,21 @@ class Study:
             # The first trial of the front (the one on it with the most room around it).
             front = self.front()
             return front[0] if front else None
-        best: tuple[float, float, int] | None = None
-        for t in self._trials:
-            if not t.curve:
-                continue
-            value = ranking_value(self.objective, t)
-            key = (self.objective.sort_key(value), -t.last_resource, t.trial_id)
-            if best is None or key < best:
-                best = key
-        if best is None or math.isinf(best[0]):
+        assert self._answers is not None
+        trial_id = self._answers.best()
+        if trial_id is None:
             return None
-        t = self._trials[best[2]]
-        return Best(t.trial_id, dict(t.config), ranking_value(self.objective, t), t.last_resource)
+        t = self._trials[trial_id]
+        est = self._answers.get(trial_id)
+        assert est is not None
+        return Best(
+            t.trial_id,
+            dict(t.config),
+            est.value,
+            t.last_resource,
+            last=est.last,
+            window=est.window,
+        )
 
 
 def _number(raw: Any) -> float:

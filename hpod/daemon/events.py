@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from hpod.core import answer
 from hpod.core.pareto import dominates
 from hpod.core.plans import TrialView as _TrialView
 from hpod.core.states import TrialState
@@ -74,11 +75,8 @@ def _number(value: float) -> float | None:
 def _rank(engine: Study, t: _TrialView, without: float | None) -> tuple[float, float, int] | None:
     """A trial's key as ``Study.best`` orders them (smaller first), from its curve; ``without``:
     leaving out the point at that resource (what it was before that report). None: no point."""
-    points = [(r, v) for r, v in t.curve.items() if r != without]
-    if not points:
-        return None
-    value = engine.objective.summary([v for _, v in points])
-    return (engine.objective.sort_key(value), -points[-1][0], t.trial_id)
+    curve = t.curve if without is None else {r: v for r, v in t.curve.items() if r != without}
+    return answer.rank_key(engine.objective, t.trial_id, curve)
 
 
 class EventLog:
@@ -202,9 +200,10 @@ class EventLog:
         changed it.
 
         Each trial's rank (``Study.best``'s key) is kept here and updated from the report
-        alone: the curve's last value, or for ``*_global`` the better of the kept one and the
-        new point. The best changes to this trial when it now ranks first; only when the best
-        trial itself fell behind are the kept ranks looked through (never the curves)."""
+        alone: its estimate (the study keeps it: hpod.core.answer), or for ``*_global`` the
+        better of the kept one and the new point. The best changes to this trial when it now
+        ranks first; only when the best trial itself fell behind are the kept ranks looked
+        through (never the curves)."""
         engine = study.engine
         if engine.objective.is_multi:
             return self._new_on_front(study, trial_id)
@@ -229,7 +228,7 @@ class EventLog:
         if objective.is_global:
             first = point if old is None else min(old[0], point)
         else:
-            first = objective.sort_key(next(reversed(t.curve.values())))
+            first = objective.sort_key(engine.value_of(trial_id))
         mine = (first, -t.last_resource, trial_id)
         keys[trial_id] = mine
         before = self._best.get(sid)
@@ -249,6 +248,7 @@ class EventLog:
         return {
             "trial": now[2],
             "objective": -now[0] if objective.maximize else now[0],
+            "last": next(reversed(best.curve.values())),
             "resource": best.last_resource,
             "config": dict(best.config),
         }
@@ -297,6 +297,8 @@ class EventLog:
             else {
                 "trial": best.trial_id,
                 "objective": best.objective,
+                "last": best.last,
+                "window": best.window,
                 "resource": best.resource,
                 "config": best.config,
             },

@@ -28,20 +28,25 @@ def objective_number(value: Any) -> float | None:
 
 def ranked(study: Study, *, only_completed: bool = False) -> list[dict[str, Any]]:
     """Every trial with an objective value, best first, as ``hpodctl report``'s top-k ranks
-    them (the value where it got to, or its best for ``*_global``; ties: the one that went
-    further, then the lower id). ``only_completed``: trials that reached the end only."""
+    them (its estimate where it got to, as ``Study.best``: the mean of its last counted reports,
+    or its best for ``*_global``; ``last``: its last report, ``window``: how many the estimate
+    averages; ties: the one that went further, then the lower id). ``only_completed``: trials
+    that reached the end only."""
     objective = study.objective
     rows: list[dict[str, Any]] = []
     for t in study.trials:
         if not t.curve or (only_completed and t.state is not TrialState.COMPLETED):
             continue
-        value = study.value_of(t.trial_id)
+        est = study.answer_of(t.trial_id)
+        value = math.nan if est is None else est.value
         if math.isnan(value) and not objective.is_multi:
             continue
         rows.append(
             {
                 "trial": t.trial_id,
                 "objective": value,
+                "last": math.nan if est is None else est.last,
+                "window": 1 if est is None else est.window,
                 "resource": t.last_resource,
                 "state": t.state.value,
                 "config": dict(t.config),

@@ -15,7 +15,9 @@ PAGE_BYTES = wire.MAX_LINE // 16
 
 
 def best_view(study_id: str, best: Best | None) -> dict[str, Any] | None:
-    """One trial as ``best`` answers it; a multi-objective one with ``values``, each metric's
+    """One trial as ``best`` answers it: ``objective``, the estimate it ranks by (the mean of
+    its last ``window`` counted reports, or its best one for ``*_global``: hpod.core.answer),
+    and ``last``, its last counted report; a multi-objective one with ``values``, each metric's
     value (``objective`` is the first one's)."""
     if best is None:
         return None
@@ -24,6 +26,8 @@ def best_view(study_id: str, best: Best | None) -> dict[str, Any] | None:
         "trial": best.trial_id,
         "config": best.config,
         "objective": best.objective,
+        "last": best.last,
+        "window": best.window,
         "resource": best.resource,
     }
     if best.values:
@@ -62,7 +66,9 @@ def trial_view(
         "resume_from": rec.resume_from,
         "max_resource": rec.max_resource,
         "resource": curve[-1][0] if curve else None,
+        # The estimate it ranks by for the answer, and its last counted report (hpod.core.answer).
         "objective": study.value_of(rec.trial_id) if curve else None,
+        "last": curve[-1][1] if curve else None,
         "runs": rec.runs,
         "error": rec.error,
         # Out-of-memory retries, oldest first: {run, key, from, to, at, error} (docs/oom.md).

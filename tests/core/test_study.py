@@ -64,16 +64,18 @@ def test_grid_launches_each_point_once_then_finishes() -> None:
     assert study.finished
     best = study.best()
     assert best is not None
-    assert (best.trial_id, best.config, best.objective, best.resource) == (1, {"x": 2}, 1.0, 3)
+    # Ranked by the mean of its last reports (hpod.core.answer), the last one beside it.
+    assert (best.trial_id, best.config, best.objective, best.resource) == (1, {"x": 2}, 1.5, 3)
+    assert (best.last, best.window) == (1.0, 3)
 
 
 def test_max_mode_and_global_modes_rank_differently() -> None:
-    # trial 0: last 0.7, max 0.7, min 0.5; trial 1: last 0.6, max 0.9, min 0.55
+    # trial 0: mean 0.7, max 0.8, min 0.5; trial 1: mean 0.683, max 0.9, min 0.55
     for mode, expected in [("max", 0), ("max_global", 1), ("min", 1), ("min_global", 0)]:
         study = make(mode)
         study.next_launch(0.0)
         study.next_launch(0.0)
-        run_to_end(study, 0, [0.5, 0.6, 0.7])
+        run_to_end(study, 0, [0.5, 0.8, 0.8])
         run_to_end(study, 1, [0.9, 0.55, 0.6])
         best = study.best()
         assert best is not None
@@ -155,7 +157,9 @@ def test_reports_past_stop_are_answered_and_not_ranked() -> None:
     run_to_end(study, 0, [3.0, 2.0, 1.0])
     late = study.on_report(0, {"step": 4, "loss": -100.0}, 0.0)
     assert (late.decision, late.counted) == (Decision.STOP, False)
-    assert study.value_of(0) == 1.0
+    answer = study.answer_of(0)
+    assert answer is not None
+    assert (study.value_of(0), answer.last, answer.window) == (2.0, 1.0, 3)
 
 
 def test_reports_need_a_running_trial_and_a_numeric_resource() -> None:

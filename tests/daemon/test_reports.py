@@ -4,6 +4,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from hpod.core.limits import Clocks
 from hpod.core.spec import StudySpec
 from hpod.core.study import Study
@@ -53,7 +55,9 @@ def test_build_report() -> None:
     )
     assert r["limits"]["optimization_time"]["share"] == 0.25
     assert r["best"]["trial"] == 1
-    assert r["best"]["objective"] == 0.3  # mode min ranks by the last value
+    # Mode min ranks by the mean of the last reports (hpod.core.answer), the last one beside it.
+    assert r["best"]["objective"] == pytest.approx(0.25)
+    assert (r["best"]["last"], r["best"]["window"]) == (0.3, 2)
     assert [t["trial"] for t in r["top_k"]] == [1, 0]
     rows = {t["trial"]: t for t in r["per_trial"]}
     assert rows[1]["last"] == 0.3

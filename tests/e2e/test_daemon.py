@@ -37,11 +37,18 @@ def test_grid_study_finds_the_known_optimum(daemon: Any) -> None:
     # x in {-0.1, 0.1, 0.3, 0.5}, y in {-0.6, -0.2, 0.2}: the optimum (0.3, -0.2) is a grid point.
     assert best["study"] == sid
     assert best["config"] == {"x": pytest.approx(0.3), "y": -0.2}
-    assert best["objective"] == pytest.approx(1 / 3)
+    # Its loss is 1/step there: ranked by the mean of its reports (1, 1/2, 1/3), the last beside.
+    assert best["objective"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert best["last"] == pytest.approx(1 / 3)
+    assert best["window"] == 3
     trials = daemon.ctl_json("trials", sid)
     assert len(trials) == 12
     assert {t["state"] for t in trials} == {"completed"}
+    mine = next(t for t in trials if t["trial"] == best["trial"])
+    assert (mine["objective"], mine["last"]) == (best["objective"], best["last"])
     human = daemon.ctl("best", sid, check=True).stdout
+    assert "objective  0.611111 (mean of its last 3 reports)\n" in human
+    assert "last       0.333333 (its last report)\n" in human
     assert "0.3" in human
     assert "-0.2" in human
 
