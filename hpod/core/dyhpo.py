@@ -42,7 +42,7 @@ from hpod.core.gp import Array, log_expected_improvement, robust_cholesky
 from hpod.core.models import FitRequest, Owner, refit_due
 from hpod.core.objective import Objective
 from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView, config_key
-from hpod.core.space import SearchSpace
+from hpod.core.space import ParamType, SearchSpace
 from hpod.core.states import Decision, TrialState
 
 CURVE_LEN = 32  # the curve the convolution sees, resampled onto this many resource points
@@ -55,6 +55,11 @@ N_CANDIDATES = 256
 LOCAL_ABOVE_DIM = 4
 N_LOCAL = 64
 LOCAL_SD = 0.1
+# A local move changes each `choice` to another value with this chance: around the best five
+# configurations a Gaussian step alone keeps their values, and the other values were never scored.
+LOCAL_FLIP = 0.25
+# The chance that a model start is held to each choice's least-tried value (see score).
+CHOICE_EXPLORE = 0.5
 
 
 class Surrogate(Protocol):
@@ -95,6 +100,10 @@ class DeepKernel:
     train_z: Array  # the training features
     chol: Array
     alpha: Array
+    # Predicted variances are multiplied by this: the mean squared standardized error the fit
+    # measured on rows it held out of training (hpod.fit.dyhpo_torch), so that the spread the
+    # acquisition sees is as wide as the model's real errors.
+    var_scale: float = 1.0
 
     def features(self, x: Array, budget: Array, curve: Array) -> Array:
         return features(self, x, budget, curve)
@@ -105,7 +114,7 @@ class DeepKernel:
         ks = rbf(z, self.train_z, self.lengthscale, self.signal)
         mu = self.mean + ks @ self.alpha
         v = linalg.solve_triangular(self.chol, ks.T, lower=True)
-        var = np.maximum(self.signal - (v * v).sum(0), 1e-12)
+        var = np.maximum(self.signal - (v * v).sum(0), 1e-12) * self.var_scale
         return mu, var
 
     def condition(self, x: Array, budget: Array, curve: Array, y: Array) -> DeepKernel:
@@ -237,6 +246,7 @@ class DyHPOScheduler:
         default_local = N_LOCAL if space.dim > LOCAL_ABOVE_DIM else 0
         self.n_local = int(opts.get("local_candidates", default_local))
         self.fit_iterations = int(opts.get("fit_iterations", 300))
+        self.local_flip = float(opts.get("local_flip", LOCAL_FLIP))
         self.model: Surrogate | None = None
         self._rows: dict[tuple[int, float], _Row] = {}
         self._asked = 0  # training rows in the last request
@@ -244,6 +254,15 @@ class DyHPOScheduler:
         self._conditioned: tuple[tuple[int, int, float, float], Surrogate] | None = None
         self._seen: dict[tuple[Any, ...], int] = {}  # config_key: the first trial with it
         self._seen_upto = 0  # trials looked at for _seen
+        self.choice_explore = float(opts.get("choice_explore", CHOICE_EXPLORE))
+        # Each choice's one-hot block (offset, values) and how many trials have each value.
+        self._choice_blocks: list[tuple[int, int]] = []
+        at = 0
+        for p in space.params:
+            if p.type is ParamType.CHOICE and p.encoded_len > 1:
+                self._choice_blocks.append((at, p.encoded_len))
+            at += p.encoded_len
+        self._value_counts = [np.zeros(n, dtype=np.int64) for _, n in self._choice_blocks]
 
     # -- reports ----------------------------------------------------------------------------------
 
@@ -421,7 +440,7 @@ class DyHPOScheduler:
                 if nxt is not None:
                     paused.append((t, nxt))
         first = self.rungs[0]
-        cands = self.space.sample_encoded(rng, self.n_candidates)
+        cands = self.space.balanced_choices(self.space.sample_encoded(rng, self.n_candidates), rng)
         if self.n_local > 0:
             cands = np.concatenate([cands, self._local_moves(rows, rng)])
         m = len(paused) + len(cands)
@@ -448,9 +467,50 @@ class DyHPOScheduler:
         ei = log_expected_improvement(mu, var, best_std)
         # Each distinct candidate once (a finite space's 256 draws are a few configurations).
         _, unique = np.unique(cands, axis=0, return_index=True)
-        considered = np.concatenate([np.arange(len(paused)), len(paused) + unique])
         seen = self._seen_configs(study)
-        for i in considered[np.argsort(-ei[considered], kind="stable")]:
+        considered = np.concatenate([np.arange(len(paused)), len(paused) + unique])
+        order = considered[np.argsort(-ei[considered], kind="stable")]
+        plan = self._pick(study, order, paused, cands, seen, first)
+        if (
+            isinstance(plan, NewTrial)
+            and plan.config is not None
+            and self._choice_blocks
+            and rng.random() < self.choice_explore
+        ):
+            # Keep every value of a choice alive: this start is the best candidate that has, for
+            # each choice, the value the fewest trials have. A model sure of a spurious effect of
+            # a choice would otherwise start nearly all its trials on one value; a start costs a
+            # first rung, and whether it goes further is the model's call as ever.
+            keep = np.ones(len(cands), dtype=bool)
+            for (at, _), counts in zip(self._choice_blocks, self._value_counts, strict=True):
+                least = np.flatnonzero(counts == counts.min())
+                keep &= cands[:, at + int(least[rng.integers(len(least))])] == 1.0
+            held = order[order >= len(paused)]
+            held = held[keep[held - len(paused)]]
+            alive = self._pick(study, held, paused, cands, seen, first, resume=False)
+            if alive is not None:
+                return alive
+        if plan is not None:
+            return plan
+        # Every candidate was run already: the searcher draws one that was not, or says the
+        # space is exhausted (the study then only promotes).
+        return NewTrial(max_resource=first)
+
+    def _pick(
+        self,
+        study: StudyView,
+        order: Array,
+        paused: Sequence[tuple[TrialView, float]],
+        cands: Array,
+        seen: Mapping[tuple[Any, ...], int],
+        first: float,
+        *,
+        resume: bool = True,
+    ) -> Plan | None:
+        """The first plan in ``order`` (indices: paused trials, then candidates) that is not a
+        configuration a trial already has; with ``resume``, such a candidate resumes that trial
+        instead when it is paused below max_resource (otherwise it is dropped)."""
+        for i in order:
             if i < len(paused):
                 t, nxt = paused[i]
                 return Promote(t.trial_id, max_resource=nxt, how="model")
@@ -458,15 +518,13 @@ class DyHPOScheduler:
             owner = seen.get(config_key(config))
             if owner is None:
                 return NewTrial(max_resource=first, config=config, how="model")
-            # A configuration a trial already has is never started again: that trial is resumed
-            # instead when it is paused below max_resource, and the candidate dropped otherwise.
+            if not resume:
+                continue
             t = study.trials[owner]
             nxt = self._next_rung(t.max_resource)
             if t.state is TrialState.PAUSED and nxt is not None:
                 return Promote(t.trial_id, max_resource=nxt, how="model")
-        # Every candidate was run already: the searcher draws one that was not, or says the
-        # space is exhausted (the study then only promotes).
-        return NewTrial(max_resource=first)
+        return None
 
     def _seen_configs(self, study: StudyView) -> Mapping[tuple[Any, ...], int]:
         """Each configuration a trial has, to the first trial with it. Trials are only ever
@@ -474,7 +532,12 @@ class DyHPOScheduler:
         trials = study.trials
         for k in range(self._seen_upto, len(trials)):
             t = trials[k]
-            self._seen.setdefault(config_key(_config_of(t)), t.trial_id)
+            config = _config_of(t)
+            self._seen.setdefault(config_key(config), t.trial_id)
+            if self._choice_blocks:
+                x = self.space.encode(config)
+                for (at, n), counts in zip(self._choice_blocks, self._value_counts, strict=True):
+                    counts[int(np.argmax(x[at : at + n]))] += 1
         self._seen_upto = len(trials)
         return self._seen
 
@@ -486,7 +549,7 @@ class DyHPOScheduler:
             (r for r in rows if r.level == top and math.isfinite(r.loss)), key=lambda r: r.loss
         )
         best = np.stack([r.x for r in at[:5]] or [rows[0].x])
-        return self.space.neighbours(best, self.n_local, LOCAL_SD, rng)
+        return self.space.neighbours(best, self.n_local, LOCAL_SD, rng, flip=self.local_flip)
 
     def _posterior(
         self, model: Surrogate, rows: Sequence[_Row], lo: float, span: float

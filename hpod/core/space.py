@@ -535,12 +535,50 @@ class SearchSpace:
         return self.snap(rng.random((n, self.dim)))
 
     def neighbours(
-        self, top: np.ndarray[Any, Any], n: int, sd: float, rng: np.random.Generator
+        self,
+        top: np.ndarray[Any, Any],
+        n: int,
+        sd: float,
+        rng: np.random.Generator,
+        flip: float = 0.0,
     ) -> np.ndarray[Any, Any]:
         """``n`` candidates, each a Gaussian step (``sd`` in the unit cube) from one of ``top``'s
-        encoded configurations, snapped back into the space."""
+        encoded configurations, snapped back into the space. ``flip``: the chance that each
+        ``choice`` of a candidate is moved to one of its other values (uniformly) instead: a
+        Gaussian step of a one-hot hardly ever changes its largest entry."""
         base = top[rng.integers(len(top), size=n)]
-        return self.snap(base + rng.normal(0.0, sd, size=base.shape))
+        out = self.snap(base + rng.normal(0.0, sd, size=base.shape))
+        if flip <= 0.0:
+            return out
+        i = 0
+        for p in self.params:
+            k = p.encoded_len
+            if p.type is ParamType.CHOICE and k > 1:
+                moved = np.flatnonzero(rng.random(n) < flip)
+                hot = np.argmax(out[moved, i : i + k], axis=1)
+                other = (hot + rng.integers(1, k, size=len(moved))) % k
+                out[moved, i : i + k] = 0.0
+                out[moved, i + other] = 1.0
+            i += k
+        return out
+
+    def balanced_choices(
+        self, points: np.ndarray[Any, Any], rng: np.random.Generator
+    ) -> np.ndarray[Any, Any]:
+        """``points`` (encoded) with each ``choice``'s values dealt out evenly over the rows, in
+        a random order: every value as often as any other (to one), none left out by the luck
+        of the draw."""
+        out = np.array(points, dtype=np.float64)
+        n = len(out)
+        i = 0
+        for p in self.params:
+            k = p.encoded_len
+            if p.type is ParamType.CHOICE and k > 1:
+                hot = rng.permutation(n) % k
+                out[:, i : i + k] = 0.0
+                out[np.arange(n), i + hot] = 1.0
+            i += k
+        return out
 
     def snap(self, points: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Encoded points moved onto what a configuration can encode to: a one-hot per
