@@ -265,7 +265,8 @@ function renderStudy(body) {
   const bestHtml = best
     ? `<div class="value" data-trial="${best.trial}" data-objective="${esc(JSON.stringify(best.objective))}">${esc(fmt(best.objective))}</div>
        <div>${esc(mode)} ${esc(metric)}, trial <a href="/study/${encodeURIComponent(s.study)}/trial/${best.trial}">${best.trial}</a>
-       at ${esc(resource)} ${esc(fmt(best.resource))}</div><div><code>${fmtConfig(best.config)}</code></div>`
+       at ${esc(resource)} ${esc(fmt(best.resource))}${best.window > 1
+         ? ` (mean of its last ${esc(best.window)} reports; last ${esc(fmt(best.last))})` : ""}</div><div><code>${fmtConfig(best.config)}</code></div>`
     : '<div class="value muted" data-trial="" data-objective="">no result yet</div>';
   const structure = `
     <section><h1>${esc(s.name)} <span class="muted">${esc(s.study)}</span>
