@@ -187,8 +187,10 @@ def test_top_shows_the_running_trials_and_the_best_and_follows_the_reports(
     while time.time() < max(reported) + 0.6:
         time.sleep(0.05)
     (folder / "go2").touch()  # both trials report step 2
+    # The study's best is the mean of its reports (1, 1/2: docs/answer.md); a running trial's
+    # OBJECTIVE, its last report.
     screen = pane.wait_for(
-        "step 2 and the new best", lambda s: at_step(2)(s) and "0.5 (trial 0)" in s
+        "step 2 and the new best", lambda s: at_step(2)(s) and "0.75 (trial 0)" in s
     )
     row1 = _row(screen, sid, 1)
     assert row1 is not None
@@ -246,4 +248,5 @@ def test_wait_on_a_terminal_shows_one_line_that_moves(
     screen = pane.screen(history=True)
     assert screen.startswith(f"study     {sid}\n"), screen
     assert "trials done" not in screen  # the line was wiped before the summary
-    assert "best      0.333333 (trial 0)" in screen, screen
+    # The mean of trial 0's reports 1, 1/2, 1/3 (docs/answer.md).
+    assert "best      0.611111 (trial 0)" in screen, screen
