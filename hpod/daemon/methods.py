@@ -29,6 +29,7 @@ from hpod.daemon.events import page as events_page
 from hpod.daemon.external import HeldAnswer, final_metrics
 from hpod.daemon.gpus import DevicePool
 from hpod.daemon.reads import curves_page, metric_summary, ranked, top_view
+from hpod.daemon.reports import best_rows
 from hpod.daemon.runtime import StopReason, StudyRuntime, TrialRun
 from hpod.daemon.server import AnsweringHandler, Handler, Peer
 from hpod.daemon.store import metrics_text, report_op
@@ -50,6 +51,8 @@ def _param_str(params: Mapping[str, Any], key: str) -> str:
 
 # A submit's request id is stored with its study and named back in errors: short and printable.
 REQUEST_ID_MAX = 128
+# The most per-trial rows a ``report`` answer holds (see Methods._report).
+REPORT_TRIALS = 1000
 
 
 def _param_env(params: Mapping[str, Any]) -> dict[str, str] | None:
@@ -211,7 +214,16 @@ class Methods:
         return self.pool.view()
 
     async def _report(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return self.studies.report(self._read_study(peer, params))
+        """The objective report; past :data:`REPORT_TRIALS` trials its ``per_trial`` holds the
+        rows of the best ones only (by ``top_k``'s ranking), ``per_trial_total`` says of how
+        many: every row of 10,000 trials was over the line cap (report.json keeps them all;
+        ``trials`` pages them)."""
+        report = await self.studies.report(self._read_study(peer, params))
+        rows = report["per_trial"]
+        report["per_trial_total"] = len(rows)
+        if len(rows) > REPORT_TRIALS:
+            report["per_trial"] = best_rows(report["objective"], rows, REPORT_TRIALS)
+        return report
 
     # -- control methods -------------------------------------------------------------------------
 

@@ -43,32 +43,27 @@ def _best_of(study: Study, curve: Mapping[float, float]) -> float | None:
     return max(values) if study.objective.maximize else min(values)
 
 
-def build_report(
-    study_id: str,
+def trial_rows(
     study: Study,
-    *,
-    clocks: Clocks,
-    now: float,
-    created: float,
-    ended: float | None,
     run_seconds: Mapping[int, float],
     compute_seconds: Mapping[int, float],
-    gpus: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
-    """The report as of ``now`` (wall clock seconds)."""
-    spec = study.spec
+    start: int = 0,
+    stop: int | None = None,
+) -> list[dict[str, Any]]:
+    """The report's ``per_trial`` rows of trials ``start`` to ``stop`` (all: the defaults)."""
     objective = study.objective
     rows: list[dict[str, Any]] = []
-    for t in study.trials:
-        curve = dict(t.curve)
-        last = curve[max(curve)] if curve else None
+    for t in study.trials[start:stop]:
+        curve = t.curve
+        # The curve is kept in resource order: its last key is its highest level.
+        top = next(reversed(curve)) if curve else None
         rows.append(
             {
                 "trial": t.trial_id,
                 "state": t.state.value,
-                "resource": max(curve) if curve else None,
+                "resource": top,
                 "objective": _num(study.value_of(t.trial_id)) if curve else None,
-                "last": _num(last),
+                "last": _num(curve[top]) if top is not None else None,
                 "best": _num(_best_of(study, curve)),
                 "runs": t.runs,
                 "run_seconds": round(run_seconds.get(t.trial_id, 0.0), 3),
@@ -83,6 +78,28 @@ def build_report(
                 if curve
                 else None
             )
+    return rows
+
+
+def build_report(
+    study_id: str,
+    study: Study,
+    *,
+    clocks: Clocks,
+    now: float,
+    created: float,
+    ended: float | None,
+    run_seconds: Mapping[int, float],
+    compute_seconds: Mapping[int, float],
+    gpus: Sequence[Mapping[str, Any]] = (),
+    rows: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The report as of ``now`` (wall clock seconds). ``rows``: its ``per_trial`` rows, made
+    already by :func:`trial_rows` (the daemon makes them a slice at a time); None: made here."""
+    spec = study.spec
+    objective = study.objective
+    if rows is None:
+        rows = trial_rows(study, run_seconds, compute_seconds)
 
     def rank_key(row: Mapping[str, Any]) -> tuple[float, float, int]:
         return (objective.sort_key(row["objective"]), -(row["resource"] or 0.0), row["trial"])
@@ -128,6 +145,23 @@ def build_report(
         "per_trial": rows,
         "gpus": [dict(g) for g in gpus],
     }
+
+
+def best_rows(
+    objective: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], keep: int
+) -> list[Mapping[str, Any]]:
+    """The ``keep`` best of a report's ``per_trial`` rows (``objective``: the report's view of
+    it; by the first metric's value for several), in trial order; rows with no value go last."""
+    mode = str(objective.get("mode") or (objective.get("metrics") or [{}])[0].get("mode"))
+    sign = -1.0 if mode.startswith("max") else 1.0
+
+    def key(row: Mapping[str, Any]) -> tuple[int, float, int]:
+        value = row.get("objective")
+        if not isinstance(value, int | float) or value != value:
+            return (1, 0.0, int(row["trial"]))
+        return (0, sign * float(value), int(row["trial"]))
+
+    return sorted(sorted(rows, key=key)[:keep], key=lambda r: int(r["trial"]))
 
 
 def pareto_fronts(objective: Objective, ranked: Sequence[Best]) -> dict[int, int]:

@@ -98,6 +98,7 @@ class FakeStudies:
         self.admitted_env: list[dict[str, str] | None] = []
         self.ended: list[tuple[StudyRuntime, StudyState, str, StopReason]] = []
         self.reported: list[StudyRuntime] = []
+        self.report_rows: list[dict[str, Any]] = []
 
     def get(self, sid: str) -> StudyRuntime:
         if sid not in self.studies:
@@ -132,9 +133,10 @@ class FakeStudies:
         study.engine.end(state, reason)
         study.done.set()
 
-    def report(self, study: StudyRuntime) -> dict[str, Any]:
+    async def report(self, study: StudyRuntime) -> dict[str, Any]:
         self.reported.append(study)
-        return {"study": study.id, "report": True}
+        objective = {"metric": "loss", "mode": "min"}
+        return {"study": study.id, "objective": objective, "per_trial": list(self.report_rows)}
 
 
 class FakeTrials:

@@ -327,9 +327,25 @@ async def test_wait_names_a_timeout_that_is_not_a_number(world: World, timeout: 
 
 
 async def test_report_is_the_studies_services_report(world: World) -> None:
+    world.studies.report_rows = [{"trial": 0, "objective": 1.0}]
     out = await world.call("report", {"study": world.study.id})
-    assert out == {"study": world.study.id, "report": True}
+    assert out["per_trial"] == [{"trial": 0, "objective": 1.0}]
+    assert out["per_trial_total"] == 1
     assert world.studies.reported == [world.study]
+
+
+async def test_a_report_of_many_trials_answers_the_rows_of_the_best(world: World) -> None:
+    # 3,000 trials (over the 1 MiB line with every row): the best 1,000 (lowest loss here), in
+    # trial order, and how many there are; a trial without a value is never among them.
+    rows = [{"trial": i, "objective": float((i * 7919) % 3000)} for i in range(3000)]
+    rows.append({"trial": 3000, "objective": None})
+    world.studies.report_rows = rows
+    out = await world.call("report", {"study": world.study.id})
+    assert out["per_trial_total"] == 3001
+    got = out["per_trial"]
+    assert len(got) == 1000
+    assert [r["trial"] for r in got] == sorted(r["trial"] for r in got)
+    assert max(r["objective"] for r in got) == 999.0
 
 
 async def test_logs_tails_the_chosen_stream_of_a_trial(world: World) -> None:

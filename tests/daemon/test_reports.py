@@ -9,7 +9,7 @@ import pytest
 from hpod.core.limits import Clocks
 from hpod.core.spec import StudySpec
 from hpod.core.study import Study
-from hpod.daemon.reports import build_report, report_summary, write_report
+from hpod.daemon.reports import build_report, report_summary, trial_rows, write_report
 
 SPEC = """
 name = "r"
@@ -86,3 +86,13 @@ def test_write_report_replaces_both_files(tmp_path: Path) -> None:
     assert lines[0].split(",")[-1] == "x"
     assert len(lines) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.csv", "report.json"]
+
+
+def test_per_trial_rows_made_in_slices_are_the_rows_made_at_once() -> None:
+    # The daemon makes a report's rows a slice at a time (the loop turns between slices).
+    study = study_with_results()
+    whole = trial_rows(study, {0: 1.0}, {0: 2.0})
+    sliced = [row for i in range(3) for row in trial_rows(study, {0: 1.0}, {0: 2.0}, i, i + 1)]
+    assert json.dumps(sliced) == json.dumps(whole)
+    assert [r["trial"] for r in whole] == [0, 1, 2]
+    assert (whole[0]["resource"], whole[0]["last"], whole[0]["best"]) == (2.0, 0.4, 0.4)
