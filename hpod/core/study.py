@@ -16,8 +16,6 @@ from typing import Any, NamedTuple
 
 from hpod.core.answer import AnswerIndex, Estimate
 from hpod.core.asha import RungScheduler
-from hpod.core.bo import BOSearcher
-from hpod.core.dyhpo import DyHPOScheduler
 from hpod.core.median import MedianStoppingScheduler
 from hpod.core.models import FitRequest, Owner
 from hpod.core.objective import Objective
@@ -1044,6 +1042,10 @@ def make_scheduler(spec: StudySpec) -> Scheduler:
     if kind is SchedulerType.MEDIAN:
         return MedianStoppingScheduler(s.max_resource, s.grace_period, s.min_trials)
     assert kind is SchedulerType.DYHPO
+    # Imported here: the model-based parts need scipy, 28 MB of a daemon whose studies may
+    # never use a model.
+    from hpod.core.dyhpo import DyHPOScheduler
+
     return DyHPOScheduler(
         spec.space,
         rung_levels(s),
@@ -1064,6 +1066,8 @@ def make_searcher(spec: StudySpec) -> Searcher:
     if s.type is SearcherType.GRID:
         return GridSearcher(spec.space, s.grid_points, s.points_to_evaluate)
     if s.type is SearcherType.BO:
+        from hpod.core.bo import BOSearcher
+
         return BOSearcher(
             spec.space,
             s.seed,

@@ -10,6 +10,7 @@ trial is stopped and recorded before the servers go away.
 from __future__ import annotations
 
 import contextlib
+import gc
 import grp
 import os
 import secrets
@@ -161,6 +162,11 @@ class Daemon:
             self.config, self.store, self.state_dir, self.fitter, self.pool, self._trials
         )
         await self._studies.restore()
+        # What the restore built lives as long as its studies do: out of the collector's
+        # reach, a full collection does not walk it again and again (64 ms of the loop a time
+        # with a 10,000-trial study). Freed objects are still freed; only cycles among them wait.
+        gc.collect()
+        gc.freeze()
 
     def _wake_dispatcher(self) -> None:
         if self._trials is not None:

@@ -6,6 +6,9 @@ these are the studies' own lifecycles, and what the store keeps of them.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -203,3 +206,28 @@ async def test_a_stored_gpu_study_restored_without_gpus_waits_for_them_and_says_
     assert line["log_level"] == "warning"
     # Nor run on a CPU slot it did not accept.
     assert not studies.trials.wants_slot(studies.all()[0], time.monotonic())
+
+
+def test_the_daemon_loads_scipy_only_for_a_study_with_a_model() -> None:
+    # scipy is 28 MB of RSS: a daemon whose studies are fifo or ASHA never imports it, and a
+    # BO study's searcher does.
+    code = (
+        "import sys, pathlib\n"
+        "import hpod.daemon.app\n"
+        "from hpod.core.spec import StudySpec\n"
+        "from hpod.core.study import Study\n"
+        'base = \'name = "s"\\ncommand = ["true"]\\n[objective]\\n'
+        'metric = "loss"\\nmode = "min"\\n[space]\\n'
+        'x = { param_type = "uniform", range = [0.0, 1.0] }\\n\'\n'
+        "Study.new(StudySpec.from_toml(base, base_dir=pathlib.Path('/')))\n"
+        "print('scipy' in sys.modules)\n"
+        "bo = base + '[searcher]\\ntype = \"bo\"\\n'\n"
+        "Study.new(StudySpec.from_toml(bo, base_dir=pathlib.Path('/')))\n"
+        "print('scipy' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["False", "True"]
