@@ -20,7 +20,8 @@ the study pauses and resumes trials as it goes, so its round trips also carry th
 some 50 trial processes (``--churn-only`` runs the same with ASHA, no model, to tell the two
 apart).
 
-``HPOD_BENCH_KEEP=1`` keeps the daemon's log, state folder and the trials' timings.
+``HPOD_BENCH_KEEP=1`` keeps the daemon's log, state folder and the trials' timings;
+``HPOD_BENCH_PROFILE=FILE`` runs the daemon under cProfile and writes its profile there.
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ max_trials = {max_trials}
 max_concurrent = {trials}
 """
 )
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -150,9 +158,13 @@ def start_daemon(
     conf = root / "hpod.toml"
     conf.write_text(f'durability = "{args.durability}"\n')
     modeled = args.during_fit or args.dyhpo_study
+    # HPOD_BENCH_PROFILE=FILE: the daemon runs under cProfile, its profile written there.
+    prof = os.environ.get("HPOD_BENCH_PROFILE")
+    profile = ["-m", "cProfile", "-o", prof] if prof else []
     daemon = subprocess.Popen(
         [
             sys.executable,
+            *profile,
             "-m",
             "hpod",
             "serve",
@@ -304,10 +316,12 @@ def main() -> int:
             if sum(1 for t in client.trials(sid) if t["resource"] is not None) >= args.trials:
                 break
             time.sleep(0.05)  # the harness's own barrier, polled gently; not a readiness wait
+        cpu0 = cpu_seconds(daemon.pid)
         (trials_dir.parent / "go").touch()
         t0 = time.monotonic()
         client.wait(sid)
         wall = time.monotonic() - t0
+        cpu = cpu_seconds(daemon.pid) - cpu0
         stamped: list[tuple[float, float]] = []  # (sent at, round trip in ms)
         for f in trials_dir.glob("*/latency.txt"):
             for line in f.read_text().splitlines():
@@ -331,6 +345,10 @@ def main() -> int:
             f"p99 {percentile(lat, 99):.3f} ms   max {lat[-1]:.3f} ms"
         )
         print(f"  target p99 < 2 ms: {'met' if percentile(lat, 99) < 2.0 else 'NOT met'}")
+        # The daemon's own CPU time (user + system, all its threads) over the measured window:
+        # what a report costs it, which a machine busy with other work inflates far less than
+        # the round trips.
+        print(f"  daemon CPU: {cpu:.2f} s, {1e6 * cpu / max(total, 1):.0f} us a report")
         if args.during_fit or (args.dyhpo_study and not args.churn_only):
             during_fit_figures(root / "daemon.log", stamped, client, sid)
     finally:

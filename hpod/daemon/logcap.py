@@ -107,3 +107,23 @@ def cut_trial_logs(
     finally:
         os.close(dir_fd)
     return cut
+
+
+def cut_logs(
+    runs: list[tuple[Path, Path, Ids | None, int]], streams: tuple[str, ...]
+) -> list[dict[str, int]]:
+    """:func:`cut_trial_logs` for each ``(top, trial_dir, ids, limit)``, in one call (the daemon
+    makes it on a worker thread every poll: one hand-off for every running trial, not one each).
+    A log is looked at with one ``lstat`` of its path; only one that seems past its limit is
+    opened as :func:`cut_trial_logs` opens it, which decides (a link, or someone else's file,
+    is never cut), so a poll of a thousand trials costs two thousand ``lstat`` calls."""
+    out: list[dict[str, int]] = []
+    for top, trial_dir, ids, limit in runs:
+        over = False
+        for stream in streams:
+            try:
+                over = over or os.lstat(trial_dir / f"{stream}.log").st_size > limit
+            except OSError:
+                continue
+        out.append(cut_trial_logs(top, trial_dir, ids, limit, streams) if over else {})
+    return out

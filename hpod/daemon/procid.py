@@ -17,10 +17,18 @@ __all__ = ["ProcessIdentity", "boot_id", "parent_pid", "start_ticks"]
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
+_boot_id: str | None = None
+
+
 def boot_id() -> str:
-    """This boot's id, a UUID the kernel draws at each boot."""
-    with open(_BOOT_ID_PATH, encoding="ascii") as f:
-        return f.read().strip()
+    """This boot's id, a UUID the kernel draws at each boot: read once per process (it cannot
+    change under a running one; each run's identity asked for it again, one file read on the
+    loop per start)."""
+    global _boot_id
+    if _boot_id is None:
+        with open(_BOOT_ID_PATH, encoding="ascii") as f:
+            _boot_id = f.read().strip()
+    return _boot_id
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:

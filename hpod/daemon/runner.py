@@ -196,7 +196,8 @@ def _open_logs(launch: TrialLaunch, trial_fd: int, ids: Ids | None) -> tuple[IO[
         for stream in LOG_STREAMS:
             # Append: a resumed trial's output continues the same file, run after run.
             fd = open_append(trial_fd, f"{stream}.log", ids, launch.trial_dir)
-            log: IO[bytes] = os.fdopen(fd, "ab")
+            # Unbuffered: the header and an error line are single writes (no isatty, no buffer).
+            log: IO[bytes] = os.fdopen(fd, "ab", buffering=0)
             files.append(log)
             log.write(header)
             log.flush()

@@ -29,7 +29,7 @@ import pytest
 
 from hpod.core.sizes import format_size
 from hpod.daemon.disk import RESERVE_NAME, Disk, release_reserve, reserve_size
-from hpod.daemon.logcap import cut_to_tail, cut_trial_logs
+from hpod.daemon.logcap import cut_logs, cut_to_tail, cut_trial_logs
 from hpod.daemon.store import Store, disk_full, update_study_op
 from hpod.errors import StoreFull
 from tests.daemon.test_report_kept import fill
@@ -332,6 +332,25 @@ def test_a_log_that_is_a_link_or_not_the_owners_is_never_cut(tmp_path: Path) -> 
     assert cut_trial_logs(top, folder, None, 100_000, ("stdout", "stderr")) == {}
     assert target.stat().st_size == 200_000
     assert (folder / "stderr.log").stat().st_size == 200_000
+
+
+def test_one_call_cuts_every_trials_logs_past_their_limit_and_only_those(tmp_path: Path) -> None:
+    top = tmp_path / "studies"
+    short, long, gone = (top / "s-1" / "trials" / str(i) for i in range(3))
+    for folder in (short, long):
+        folder.mkdir(parents=True)
+    (short / "stdout.log").write_bytes(b"short\n" * 100)
+    (long / "stderr.log").write_bytes(b"long line\n" * 30_000)
+    out = cut_logs(
+        [(top, short, None, 100_000), (top, long, None, 100_000), (top, gone, None, 100_000)],
+        ("stdout", "stderr"),
+    )
+    assert out[0] == {}
+    assert out[2] == {}
+    assert set(out[1]) == {"stderr"}
+    assert out[1]["stderr"] > 200_000
+    assert (short / "stdout.log").stat().st_size == 600
+    assert (long / "stderr.log").stat().st_size < 100_000
 
 
 @e2e

@@ -21,7 +21,7 @@ import pytest
 
 from hpod.core.spec import StudySpec, warm_command_problem
 from hpod.daemon.containment import Containment
-from hpod.daemon.procid import ProcessIdentity
+from hpod.daemon.procid import ProcessIdentity, parent_pid
 from hpod.daemon.runner import TrialLaunch, TrialProcess, trial_environment
 from hpod.daemon.warm import (
     WarmServer,
@@ -207,6 +207,88 @@ async def test_a_warm_run_leaves_the_servers_finalizers_to_the_server(folder: Pa
         await srv.reap()
     assert (launch.trial_dir / "trial-finalizer").exists()
     assert not (launch.trial_dir / "server-finalizer").exists()
+
+
+# Runs until the test says go: its shim and trial are there to look at meanwhile.
+UNTIL_GO = "import os, time\nwhile not os.path.exists(os.environ['GO']):\n    time.sleep(0.01)\n"
+
+
+def numbered(folder: Path, trial_id: int) -> TrialLaunch:
+    trial_dir = folder / "studies" / "w" / "trials" / str(trial_id)
+    launch = launch_in(
+        folder,
+        trial_id=trial_id,
+        trial_dir=trial_dir,
+        checkpoint_dir=trial_dir / "checkpoint",
+        extra_env={"GO": str(folder / "go")},
+    )
+    (folder / "trial.py").write_text(UNTIL_GO)
+    return launch
+
+
+async def assert_own_shims(folder: Path, procs: list[TrialProcess]) -> None:
+    """Each run's shim (what the daemon watches) is its trial's parent: the answer each start
+    was given was its own request's."""
+    for proc in procs:
+        assert parent_pid(proc.trial_pid) == proc.pid
+    (folder / "go").touch()
+    with anyio.fail_after(30):
+        for proc in procs:
+            assert await proc.wait() == 0
+
+
+@pytest.mark.anyio
+async def test_runs_started_at_once_each_get_their_own_shim(
+    folder: Path, server: WarmServer
+) -> None:
+    """Fork requests are pipelined (sent at once, answered in order): twelve starts at once."""
+    procs: dict[int, TrialProcess] = {}
+
+    async def start(i: int) -> None:
+        procs[i] = await TrialProcess.start(numbered(folder, i), base_env=system_env(), warm=server)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(start, i)
+    assert len({p.pid for p in procs.values()}) == 12
+    await assert_own_shims(folder, list(procs.values()))
+
+
+@pytest.mark.anyio
+async def test_a_start_given_up_leaves_the_next_its_own_answer(
+    folder: Path, server: WarmServer
+) -> None:
+    """A start cancelled after its request went out: its answer, when it comes, is dropped, and
+    the next start gets the answer to its own request, not that one."""
+    await server._read_lock.acquire()  # nobody reads an answer until both requests are out
+    try:
+
+        async def first() -> None:
+            await TrialProcess.start(numbered(folder, 1), base_env=system_env(), warm=server)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            with anyio.fail_after(10):
+                while len(server._waiting) < 1:
+                    await anyio.sleep(0.005)
+            tg.cancel_scope.cancel()
+        later: list[TrialProcess] = []
+
+        async def second() -> None:
+            later.append(
+                await TrialProcess.start(numbered(folder, 2), base_env=system_env(), warm=server)
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(second)
+            with anyio.fail_after(10):
+                while len(server._waiting) < 2:
+                    await anyio.sleep(0.005)
+            server._read_lock.release()
+    finally:
+        if server._read_lock.locked():
+            server._read_lock.release()
+    await assert_own_shims(folder, later)
 
 
 @pytest.mark.anyio
