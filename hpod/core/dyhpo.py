@@ -27,6 +27,7 @@ resources launched so far), all of which a restored study has.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -60,6 +61,10 @@ LOCAL_SD = 0.1
 LOCAL_FLIP = 0.25
 # The chance that a model start is held to each choice's least-tried value (see score).
 CHOICE_EXPLORE = 0.5
+# Bounds on the work of a fit and of a decision as the study grows (measured: docs/models.md).
+MAX_ROWS = 384
+CONDITION_ROWS = 384
+PAUSED_PER_RUNG = 64
 
 
 class Surrogate(Protocol):
@@ -174,6 +179,17 @@ def curve_input(
     """The (value, mask) channels the convolution sees: the losses reported strictly below
     ``below``, normalized to [0, 1] by the study's range, at CURVE_LEN resource points spread up
     to ``max_resource`` (each point takes the last report at or under it)."""
+    raw = raw_curve(curve, below, max_resource, maximize)[None]
+    out: Array = normalize_curves(raw, lo, span)[0]
+    return out
+
+
+def raw_curve(
+    curve: Mapping[float, float], below: float, max_resource: float, maximize: bool
+) -> Array:
+    """:func:`curve_input` before the normalization: the losses as reported (0 where the mask,
+    the second channel, is 0). A trial's curve below a level never changes, the study's range
+    does: this is what is kept, and :func:`normalize_curves` is vectorized."""
     out = np.zeros((2, CURVE_LEN))
     points = [(r, -v if maximize else v) for r, v in curve.items() if r < below]
     if not points:
@@ -186,9 +202,19 @@ def curve_input(
             last = points[k][1]
             k += 1
         if last is not None and at < below + 1e-9:
-            value = (last - lo) / span if math.isfinite(last) else 1.0
-            out[0, i] = min(max(value, 0.0), 1.0)
+            out[0, i] = last
             out[1, i] = 1.0
+    return out
+
+
+def normalize_curves(raw: Array, lo: float, span: float) -> Array:
+    """Raw curves (m, 2, CURVE_LEN) normalized to [0, 1] by the range (a non-finite loss as 1)."""
+    values, mask = raw[:, 0], raw[:, 1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = np.where(np.isfinite(values), np.clip((values - lo) / span, 0.0, 1.0), 1.0)
+    out = np.zeros_like(raw)
+    out[:, 0] = np.where(mask > 0, scaled, 0.0)
+    out[:, 1] = mask
     return out
 
 
@@ -210,6 +236,87 @@ class _Row:
     level: float
     curve: Mapping[float, float]
     loss: float
+    raw: Array  # the curve below the level as the model takes it, before normalizing (raw_curve)
+
+
+def _rank(loss: float) -> float:
+    return loss if math.isfinite(loss) else math.inf
+
+
+class _Rows:
+    """The (trial, rung) rows, and what decisions need of them without walking them all: each
+    level's rows by loss and by trial, the lowest and highest finite loss, a version that moves
+    with every change."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, float], _Row] = {}
+        self.by_loss: dict[float, list[tuple[float, int]]] = {}
+        self.by_trial: dict[float, list[int]] = {}
+        self.version = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, key: tuple[int, float]) -> bool:
+        return key in self.rows
+
+    def add(self, key: tuple[int, float], row: _Row) -> None:
+        self.rows[key] = row
+        bisect.insort(self.by_loss.setdefault(row.level, []), (_rank(row.loss), key[0]))
+        bisect.insort(self.by_trial.setdefault(row.level, []), key[0])
+        self.version += 1
+
+    def remove(self, key: tuple[int, float]) -> None:
+        row = self.rows.pop(key)
+        losses, trials = self.by_loss[row.level], self.by_trial[row.level]
+        del losses[bisect.bisect_left(losses, (_rank(row.loss), key[0]))]
+        del trials[bisect.bisect_left(trials, key[0])]
+        if not trials:
+            del self.by_loss[row.level], self.by_trial[row.level]
+        self.version += 1
+
+    def scale(self) -> tuple[float, float]:
+        """(lowest finite loss, its distance to the highest): the range losses are normalized by."""
+        firsts = [v[0][0] for v in self.by_loss.values() if v[0][0] < math.inf]
+        lo = min(firsts, default=0.0)
+        lasts = []
+        for v in self.by_loss.values():
+            i = bisect.bisect_left(v, (math.inf, -1)) - 1
+            if i >= 0:
+                lasts.append(v[i][0])
+        hi = max(lasts, default=1.0)
+        return lo, max(hi - lo, 1e-12)
+
+    def best_at(self, level: float) -> float:
+        """The lowest finite loss at ``level``; at any level when none there is finite."""
+        at = self.by_loss.get(level)
+        if at and at[0][0] < math.inf:
+            return at[0][0]
+        firsts = [v[0][0] for v in self.by_loss.values() if v[0][0] < math.inf]
+        return min(firsts, default=0.0)
+
+    def select(self, cap: int) -> list[tuple[int, float]]:
+        """At most ``cap`` rows' keys, in key order: all of them when they are no more; else an
+        even share for each level (a level with fewer rows leaves its spare share to the others),
+        each level's share half its best rows and half its newest trials' (the highest ids)."""
+        if len(self.rows) <= cap:
+            return sorted(self.rows)
+        levels = sorted(self.by_trial, key=lambda lv: (len(self.by_trial[lv]), lv))
+        left = cap
+        chosen: set[tuple[int, float]] = set()
+        for i, level in enumerate(levels):
+            quota = min(len(self.by_trial[level]), left // (len(levels) - i))
+            left -= quota
+            best = quota - quota // 2
+            chosen.update((tid, level) for _, tid in self.by_loss[level][:best])
+            need = quota - best
+            for tid in reversed(self.by_trial[level]):
+                if need == 0:
+                    break
+                if (tid, level) not in chosen:
+                    chosen.add((tid, level))
+                    need -= 1
+        return sorted(chosen)
 
 
 class DyHPOScheduler:
@@ -247,8 +354,20 @@ class DyHPOScheduler:
         self.n_local = int(opts.get("local_candidates", default_local))
         self.fit_iterations = int(opts.get("fit_iterations", 300))
         self.local_flip = float(opts.get("local_flip", LOCAL_FLIP))
+        # Bounds that keep a fit's and a decision's cost from growing with the study (see
+        # _Rows.select and _paused): rows a fit trains on, rows a decision conditions on, paused
+        # trials scored per rung.
+        self.max_rows = int(opts.get("max_rows", MAX_ROWS))
+        self.condition_rows = int(opts.get("condition_rows", CONDITION_ROWS))
+        self.paused_per_rung = int(opts.get("paused_candidates", PAUSED_PER_RUNG))
         self.model: Surrogate | None = None
-        self._rows: dict[tuple[int, float], _Row] = {}
+        self._store = _Rows()
+        # The study handed over by attach, and the trials touched since the rows were updated;
+        # another study view is walked whole at each update, as before there was an index.
+        self._attached: StudyView | None = None
+        self._full = True
+        self._dirty: set[int] = set()
+        self._paused_raw: dict[int, tuple[float, Array]] = {}  # trial: (its next rung, raw_curve)
         self._asked = 0  # training rows in the last request
         self._installed = 0  # models installed so far: the posterior cache's key
         self._conditioned: tuple[tuple[int, int, float, float], Surrogate] | None = None
@@ -272,53 +391,95 @@ class DyHPOScheduler:
 
     # -- fits -------------------------------------------------------------------------------------
 
+    # -- the index (hpod.core.plans.IndexedScheduler) ----------------------------------------
+
+    def attach(self, study: StudyView) -> None:
+        self.asha.attach(study)
+        self._attached = study
+        self._full = True
+        self._dirty.clear()
+        self._paused_raw.clear()
+
+    def touched(self, trial: TrialView, since: float | None = None) -> None:
+        self.asha.touched(trial, since)
+        self._dirty.add(trial.trial_id)
+        self._paused_raw.pop(trial.trial_id, None)
+
     def forget(self, trial_id: int, resource: float) -> None:
         # A row at a level holds the curve up to that level: those at or above the retracted
         # point are stale; the posterior conditioned on them too.
-        for key in [k for k in self._rows if k[0] == trial_id and k[1] >= resource]:
-            del self._rows[key]
+        for level in [lv for lv in self._store.by_trial if lv >= resource]:
+            if (trial_id, level) in self._store:
+                self._store.remove((trial_id, level))
+        self._paused_raw.pop(trial_id, None)
         self._conditioned = None
+
+    def _update(self, study: StudyView) -> _Rows:
+        """The rows, with those of every trial touched since the last update added."""
+        if self._attached is study and not self._full:
+            trials: Sequence[TrialView] = [study.trials[i] for i in sorted(self._dirty)]
+        else:
+            trials = study.trials
+            self._full = self._attached is not study
+        self._dirty.clear()
+        for t in trials:
+            self._add_rows(study, t, self._scal, self._store)
+        return self._store
 
     def _training_rows(
         self,
         study: StudyView,
         scal: _Scalarization | None = None,
-        rows: dict[tuple[int, float], _Row] | None = None,
+        rows: _Rows | None = None,
     ) -> list[_Row]:
+        """Every row, in key order: the scheduler's own, or those of ``study`` under ``scal``
+        added to ``rows``."""
+        if rows is None:
+            store = self._update(study)
+        else:
+            store = rows
+            for t in study.trials:
+                self._add_rows(study, t, scal, store)
+        return [store.rows[k] for k in sorted(store.rows)]
+
+    def _add_rows(
+        self, study: StudyView, t: TrialView, scal: _Scalarization | None, rows: _Rows
+    ) -> None:
         # A trial's curve below a rung it reached never changes again (reports past a pause are
         # not counted; a report taken back drops its rows, see forget), so each (trial, rung) row
         # is built once (under one scalarization, with several objectives).
-        if rows is None:
-            rows, scal = self._rows, self._scal
-        for t in study.trials:
-            if not t.curve:
+        if not t.curve:
+            return
+        top = t.last_resource
+        series: Mapping[float, float] | None = None
+        for level in self.rungs:
+            if level > top:
+                break
+            key = (t.trial_id, level)
+            if key in rows:
                 continue
-            top = t.last_resource
-            series: Mapping[float, float] | None = None
-            for level in self.rungs:
-                if level > top:
-                    break
-                key = (t.trial_id, level)
-                if key in rows:
-                    continue
-                if series is None:
-                    series = self._series(t, scal)
-                upto = [v for r, v in series.items() if r <= level]
-                if not upto:
-                    continue
-                if self.multi is not None and scal is not None:
-                    vectors = [v for r, v in t.vectors.items() if r <= level]
-                    loss = scal(self.multi.minimized(self.multi.summary_vector(vectors)))
-                else:
-                    value = study.objective.summary(upto)
-                    loss = -value if self.maximize else value
-                rows[key] = _Row(
+            if series is None:
+                series = self._series(t, scal)
+            upto = [v for r, v in series.items() if r <= level]
+            if not upto:
+                continue
+            if self.multi is not None and scal is not None:
+                vectors = [v for r, v in t.vectors.items() if r <= level]
+                loss = scal(self.multi.minimized(self.multi.summary_vector(vectors)))
+            else:
+                value = study.objective.summary(upto)
+                loss = -value if self.maximize else value
+            below = {r: v for r, v in series.items() if r < level}
+            rows.add(
+                key,
+                _Row(
                     self.space.encode(_config_of(t)),
                     level,
-                    {r: v for r, v in series.items() if r < level},
+                    below,
                     loss,
-                )
-        return [rows[k] for k in sorted(rows)]
+                    self._raw(below, level),
+                ),
+            )
 
     def _series(self, t: TrialView, scal: _Scalarization | None) -> Mapping[float, float]:
         """The curve the model learns: the objective's, or the scalarized metrics (a loss)."""
@@ -345,20 +506,29 @@ class DyHPOScheduler:
         hi = max(finite, default=1.0)
         return lo, max(hi - lo, 1e-12)
 
+    def _raw(self, curve: Mapping[float, float], below: float) -> Array:
+        # A scalarized curve is a loss already.
+        maximize = self.maximize and self.multi is None
+        return raw_curve(curve, below, self.max_resource, maximize)
+
     def wants_fit(self, study: StudyView) -> FitRequest | None:
         scal: _Scalarization | None = None
         if self.multi is not None and self._scal is None:
             # No model yet: the rows are counted under a first draw (they are as many).
             self._scal = self._draw(study, 0)
-        rows = self._training_rows(study)
-        n = len(rows)
+        store = self._update(study)
+        n = len(store)
         if n < self.min_points or not refit_due(n, self._asked):
             return None
         self._asked = n
         if self.multi is not None:
             scal = self._draw(study, n)
-            rows = self._training_rows(study, scal, {})
-        x, budget, curve, y = self._inputs(rows, *self._scale(rows))
+            store = _Rows()
+            self._training_rows(study, scal, store)
+        # At most max_rows of them (_Rows.select): a fit's cost stays bounded as the study grows;
+        # normalized by the range of all.
+        rows = [store.rows[k] for k in store.select(self.max_rows)]
+        x, budget, curve, y = self._inputs(rows, *store.scale())
         return FitRequest(
             "hpod.fit.dyhpo_torch:fit_deep_kernel",
             owner=Owner.SCHEDULER,
@@ -382,7 +552,7 @@ class DyHPOScheduler:
         return (
             np.stack([r.x for r in rows]),
             np.array([self._budget(r.level) for r in rows]),
-            np.stack([self._curve(r.curve, r.level, lo, span) for r in rows]),
+            normalize_curves(np.stack([r.raw for r in rows]), lo, span),
             np.array([(r.loss - lo) / span if math.isfinite(r.loss) else 1.0 for r in rows]),
         )
 
@@ -393,7 +563,9 @@ class DyHPOScheduler:
         if scal is not None and scal != self._scal:
             # The model learnt this scalarization: decide under it, rows rebuilt to match.
             self._scal = scal
-            self._rows = {}
+            self._store = _Rows()
+            self._full = True
+            self._paused_raw.clear()
             self._conditioned = None
 
     def _budget(self, level: float) -> float:
@@ -430,19 +602,14 @@ class DyHPOScheduler:
         """The plan with the largest expected improvement: a paused trial at its next rung or a
         new configuration at the first rung."""
         assert self.model is not None
-        rows = self._training_rows(study)
-        lo, span = self._scale(rows)
-        model = self._posterior(self.model, rows, lo, span)
-        paused: list[tuple[TrialView, float]] = []
-        for t in study.trials:
-            if t.state is TrialState.PAUSED:
-                nxt = self._next_rung(t.max_resource)
-                if nxt is not None:
-                    paused.append((t, nxt))
+        store = self._update(study)
+        lo, span = store.scale()
+        model = self._posterior(self.model, store, lo, span)
+        paused = self._paused(study)
         first = self.rungs[0]
         cands = self.space.balanced_choices(self.space.sample_encoded(rng, self.n_candidates), rng)
         if self.n_local > 0:
-            cands = np.concatenate([cands, self._local_moves(rows, rng)])
+            cands = np.concatenate([cands, self._local_moves(store, rng)])
         m = len(paused) + len(cands)
         x = np.empty((m, self.space.dim))
         budget = np.empty(m)
@@ -450,14 +617,14 @@ class DyHPOScheduler:
         for i, (t, nxt) in enumerate(paused):
             x[i] = self.space.encode(_config_of(t))
             budget[i] = self._budget(nxt)
-            curve[i] = self._curve(self._series(t, self._scal), nxt, lo, span)
+        if paused:
+            raw = np.stack([self._paused_curve(t, nxt) for t, nxt in paused])
+            curve[: len(paused)] = normalize_curves(raw, lo, span)
         x[len(paused) :] = cands
         budget[len(paused) :] = self._budget(first)
         mu, var = model.predict(x, budget, curve)
-        best = np.array(
-            [self._best_at(nxt, rows) for _, nxt in paused]
-            + [self._best_at(first, rows)] * len(cands)
-        )
+        best_at = {level: store.best_at(level) for level in {first, *(n for _, n in paused)}}
+        best = np.array([best_at[nxt] for _, nxt in paused] + [best_at[first]] * len(cands))
         # The best seen, in the model's units: normalized by the study's range, then standardized.
         # (The lowest posterior mean at the level instead, as Syne Tune does, was measured too:
         # better on curves-noisy, worse on the other four; docs/models.md.)
@@ -541,34 +708,56 @@ class DyHPOScheduler:
         self._seen_upto = len(trials)
         return self._seen
 
-    def _local_moves(self, rows: Sequence[_Row], rng: np.random.Generator) -> Array:
+    def _paused(self, study: StudyView) -> list[tuple[TrialView, float]]:
+        """The paused trials to score, each with its next rung: from the rung index, each rung's
+        best ``paused_per_rung`` by their value there (the others, the model would hardly pick
+        first: the cost of a decision stays bounded), in trial order; without one, all."""
+        index = self.asha._index_for(study)
+        if index is None:
+            out: list[tuple[TrialView, float]] = []
+            for t in study.trials:
+                if t.state is TrialState.PAUSED:
+                    nxt = self._next_rung(t.max_resource)
+                    if nxt is not None:
+                        out.append((t, nxt))
+            return out
+        trials = study.trials
+        picked = [
+            (trials[tid], self.rungs[k + 1])
+            for k in range(len(self.rungs) - 1)
+            for _, tid in index.promotable[0][k].keys[: self.paused_per_rung]
+        ]
+        return sorted(picked, key=lambda p: p[0].trial_id)
+
+    def _paused_curve(self, t: TrialView, nxt: float) -> Array:
+        """A paused trial's curve below its next rung (raw_curve), kept until it is touched."""
+        kept = self._paused_raw.get(t.trial_id)
+        if kept is not None and kept[0] == nxt:
+            return kept[1]
+        raw = self._raw(self._series(t, self._scal), nxt)
+        self._paused_raw[t.trial_id] = (nxt, raw)
+        return raw
+
+    def _local_moves(self, store: _Rows, rng: np.random.Generator) -> Array:
         """Candidates near the best five configurations at the highest rung that has three."""
-        levels = sorted({r.level for r in rows}, reverse=True)
-        top = next((lv for lv in levels if sum(r.level == lv for r in rows) >= 3), levels[-1])
-        at = sorted(
-            (r for r in rows if r.level == top and math.isfinite(r.loss)), key=lambda r: r.loss
-        )
-        best = np.stack([r.x for r in at[:5]] or [rows[0].x])
+        levels = sorted(store.by_trial, reverse=True)
+        top = next((lv for lv in levels if len(store.by_trial[lv]) >= 3), levels[-1])
+        at = [tid for loss, tid in store.by_loss[top][:5] if loss < math.inf]
+        best = np.stack([store.rows[(tid, top)].x for tid in at] or [store.rows[min(store.rows)].x])
         return self.space.neighbours(best, self.n_local, LOCAL_SD, rng, flip=self.local_flip)
 
-    def _posterior(
-        self, model: Surrogate, rows: Sequence[_Row], lo: float, span: float
-    ) -> Surrogate:
-        """The installed model conditioned on every row seen so far, not only those of its fit:
-        a refit waits for 10 % more rows, a posterior costs one Cholesky factor (a few ms at a
-        few hundred rows), so each decision knows the latest rung results."""
-        key = (self._installed, len(rows), lo, span)
+    def _posterior(self, model: Surrogate, store: _Rows, lo: float, span: float) -> Surrogate:
+        """The installed model conditioned on the rows seen so far, not only those of its fit:
+        a refit waits for 10 % more rows, a posterior costs one Cholesky factor, so each decision
+        knows the latest rung results. At most ``condition_rows`` of them (_Rows.select: each
+        level's best and newest), so that factor's cost stays bounded as the study grows."""
+        key = (self._installed, store.version, lo, span)
         if self._conditioned is not None and self._conditioned[0] == key:
             return self._conditioned[1]
+        rows = [store.rows[k] for k in store.select(self.condition_rows)]
         posterior = model.condition(*self._inputs(rows, lo, span))
         self._conditioned = (key, posterior)
         return posterior
-
-    def _best_at(self, level: float, rows: Sequence[_Row]) -> float:
-        at = [r.loss for r in rows if r.level == level and math.isfinite(r.loss)]
-        if not at:
-            at = [r.loss for r in rows if math.isfinite(r.loss)]
-        return min(at, default=0.0)
 
 
 def _config_of(t: TrialView) -> Mapping[str, Any]:
