@@ -63,8 +63,8 @@ LOCAL_FLIP = 0.25
 CHOICE_EXPLORE = 0.5
 # Bounds on the work of a fit and of a decision as the study grows (measured: docs/models.md).
 MAX_ROWS = 384
-CONDITION_ROWS = 384
-PAUSED_PER_RUNG = 64
+CONDITION_ROWS = 256
+PAUSED_PER_RUNG = 32
 
 
 class Surrogate(Protocol):
@@ -367,7 +367,12 @@ class DyHPOScheduler:
         self._attached: StudyView | None = None
         self._full = True
         self._dirty: set[int] = set()
-        self._paused_raw: dict[int, tuple[float, Array]] = {}  # trial: (its next rung, raw_curve)
+        # A paused trial: (its next rung, its encoded configuration, raw_curve below the rung).
+        self._paused_raw: dict[int, tuple[float, Array, Array]] = {}
+        # Each trial's max_resource in thousandths, and their sum: what a decision's draws are
+        # seeded with (kept from the touched trials, not summed over every trial each time).
+        self._launched: dict[int, int] = {}
+        self._launched_total = 0
         self._asked = 0  # training rows in the last request
         self._installed = 0  # models installed so far: the posterior cache's key
         self._conditioned: tuple[tuple[int, int, float, float], Surrogate] | None = None
@@ -399,11 +404,17 @@ class DyHPOScheduler:
         self._full = True
         self._dirty.clear()
         self._paused_raw.clear()
+        self._launched = {t.trial_id: _milli(t.max_resource) for t in study.trials}
+        self._launched_total = sum(self._launched.values())
+        self._seen_configs(study)
 
     def touched(self, trial: TrialView, since: float | None = None) -> None:
         self.asha.touched(trial, since)
         self._dirty.add(trial.trial_id)
         self._paused_raw.pop(trial.trial_id, None)
+        milli = _milli(trial.max_resource)
+        self._launched_total += milli - self._launched.get(trial.trial_id, 0)
+        self._launched[trial.trial_id] = milli
 
     def forget(self, trial_id: int, resource: float) -> None:
         # A row at a level holds the curve up to that level: those at or above the retracted
@@ -587,8 +598,11 @@ class DyHPOScheduler:
     def next(self, study: StudyView, *, can_start_new: bool) -> Plan | None:
         if self.model is None or not can_start_new:
             return self.asha.next(study, can_start_new=can_start_new)
-        launched = sum(t.max_resource for t in study.trials)
-        rng = np.random.default_rng([self.seed, len(study.trials), round(launched * 1000)])
+        if self._attached is study:
+            launched = self._launched_total
+        else:
+            launched = sum(_milli(t.max_resource) for t in study.trials)
+        rng = np.random.default_rng([self.seed, len(study.trials), launched])
         if rng.random() < self.probability_sh:
             plan = self.asha.next(study, can_start_new=False)
             if plan is not None:
@@ -614,12 +628,11 @@ class DyHPOScheduler:
         x = np.empty((m, self.space.dim))
         budget = np.empty(m)
         curve = np.zeros((m, 2, CURVE_LEN))
-        for i, (t, nxt) in enumerate(paused):
-            x[i] = self.space.encode(_config_of(t))
-            budget[i] = self._budget(nxt)
         if paused:
-            raw = np.stack([self._paused_curve(t, nxt) for t, nxt in paused])
-            curve[: len(paused)] = normalize_curves(raw, lo, span)
+            kept = [self._paused_inputs(t, nxt) for t, nxt in paused]
+            x[: len(paused)] = np.stack([k[1] for k in kept])
+            budget[: len(paused)] = [self._budget(nxt) for _, nxt in paused]
+            curve[: len(paused)] = normalize_curves(np.stack([k[2] for k in kept]), lo, span)
         x[len(paused) :] = cands
         budget[len(paused) :] = self._budget(first)
         mu, var = model.predict(x, budget, curve)
@@ -729,14 +742,15 @@ class DyHPOScheduler:
         ]
         return sorted(picked, key=lambda p: p[0].trial_id)
 
-    def _paused_curve(self, t: TrialView, nxt: float) -> Array:
-        """A paused trial's curve below its next rung (raw_curve), kept until it is touched."""
+    def _paused_inputs(self, t: TrialView, nxt: float) -> tuple[float, Array, Array]:
+        """A paused trial's encoded configuration and curve below its next rung (raw_curve),
+        kept until the trial is touched."""
         kept = self._paused_raw.get(t.trial_id)
         if kept is not None and kept[0] == nxt:
-            return kept[1]
-        raw = self._raw(self._series(t, self._scal), nxt)
-        self._paused_raw[t.trial_id] = (nxt, raw)
-        return raw
+            return kept
+        fresh = (nxt, self.space.encode(_config_of(t)), self._raw(self._series(t, self._scal), nxt))
+        self._paused_raw[t.trial_id] = fresh
+        return fresh
 
     def _local_moves(self, store: _Rows, rng: np.random.Generator) -> Array:
         """Candidates near the best five configurations at the highest rung that has three."""
@@ -758,6 +772,10 @@ class DyHPOScheduler:
         posterior = model.condition(*self._inputs(rows, lo, span))
         self._conditioned = (key, posterior)
         return posterior
+
+
+def _milli(resource: float) -> int:
+    return round(resource * 1000)
 
 
 def _config_of(t: TrialView) -> Mapping[str, Any]:
