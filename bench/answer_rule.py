@@ -55,6 +55,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from quality import DEFAULT, ETA, HPOD_METHODS, HPOD_SEARCHERS, WORKERS  # noqa: E402
 
 from hpod.benchmarks import BUILTIN  # noqa: E402
+from hpod.benchmarks_suite import ALL  # noqa: E402
 from hpod.core import answer  # noqa: E402
 from hpod.core.objective import Objective, ObjectiveMode  # noqa: E402
 from hpod.core.spec import StudySpec  # noqa: E402
@@ -77,7 +78,7 @@ def fingerprint(method: str) -> str:
     root = HERE.parent / "hpod"
     for path in sorted([*root.joinpath("core").glob("*.py"), *root.joinpath("fit").glob("*.py")]):
         h.update(path.read_bytes())
-    for name in ("sim.py", "benchmarks.py"):
+    for name in ("sim.py", "benchmarks.py", "benchmarks_suite.py"):
         h.update((root / name).read_bytes())
     extra = [RUN_VERSION, method, HPOD_METHODS[method], HPOD_SEARCHERS.get(method), WORKERS, ETA]
     h.update(json.dumps(extra, sort_keys=True).encode())
@@ -114,7 +115,7 @@ def _snapshots(
 
 def run(name: str, method: str, seed: int) -> dict[str, Any]:
     """One simulation; the regret of every kept W at every fraction of the budget."""
-    bench = BUILTIN[name]
+    bench = ALL[name]
     assert bench.true_value is not None
     assert bench.optimum is not None
     raw = bench.spec_mapping(HPOD_METHODS[method])
@@ -330,7 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--choose-seeds", default="0-4", help="seeds that choose W (default 0-4)")
     p.add_argument("--held-out-seeds", default="5-14", help="seeds that check it (default 5-14)")
-    p.add_argument("--benchmarks", nargs="*", default=sorted(BUILTIN))
+    p.add_argument(
+        "--benchmarks",
+        nargs="*",
+        default=sorted(BUILTIN),
+        choices=sorted(ALL),
+        help="default: the five built-ins (hpod.benchmarks); the suite's (hpod.benchmarks_suite) "
+        "were not used to choose W",
+    )
     p.add_argument("--methods", nargs="*", default=METHODS, choices=list(HPOD_METHODS))
     p.add_argument(
         "--choose-methods",
