@@ -419,7 +419,7 @@ def _one_daemon(kind: str, n: int) -> str:
                 "--cpu-slots",
                 str(SLOTS),
                 "--log-level",
-                "warning",
+                "info",
             ],
             env=env,
             stdout=log,

@@ -103,6 +103,9 @@ class Studies:
         self._changing = anyio.Lock()
         # Studies whose report images are being drawn: one drawing at a time per study.
         self._plotting: set[str] = set()
+        # Each drawing's scope: a shutdown cancels them (hpod.plots killed, its images skipped)
+        # rather than wait for a drawing that takes seconds, minutes under load.
+        self._plot_scopes: set[anyio.CancelScope] = set()
         trials.hooks = self
         # A full disk holds the studies (hpod.daemon.disk): their clocks stop meanwhile.
         self.disk = trials.disk
@@ -563,6 +566,8 @@ class Studies:
         """Stop every run as interrupted, wait until each is recorded, then the studies."""
         self.accepting = False
         self.trials.close()
+        for scope in list(self._plot_scopes):
+            scope.cancel()
         log.info("shutting_down", running=sum(len(s.runs) for s in self.studies.values()))
         # What each run is told is stored first: a daemon killed during this shutdown leaves
         # the next one runs it knows to resume once they exit, not to count as ended.
@@ -699,6 +704,7 @@ class Studies:
             self.config.report_plots
             and plotting.available()
             and study.id not in self._plotting
+            and self.accepting
             and self.trials.tg is not None
             and report.get("total_trials")
         ):
@@ -708,6 +714,16 @@ class Studies:
 
     async def _write_plots(self, study: StudyRuntime, report: Mapping[str, Any]) -> None:
         """The report's PNGs beside report.json (hpod.daemon.plotting); a failure is logged."""
+        with anyio.CancelScope() as scope:
+            self._plot_scopes.add(scope)
+            try:
+                await self._draw_plots(study, report)
+            finally:
+                self._plot_scopes.discard(scope)
+        if scope.cancelled_caught:
+            log.info("report_plots_skipped", study=study.id, reason="the daemon is stopping")
+
+    async def _draw_plots(self, study: StudyRuntime, report: Mapping[str, Any]) -> None:
         try:
             # Read on the loop (it changes there): the rest, every stored report turned into
             # points and encoded, runs in a thread.
