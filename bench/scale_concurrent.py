@@ -16,7 +16,9 @@ reports every ``--interval`` seconds (1 s). It prints:
 ``--warm`` runs the study with ``[executor] warm_start = true`` (warm_imports = ["hpod.trial"]):
 each trial is forked from the study's pre-started interpreter instead of starting its own
 (docs/warm-start.md). ``--before PATH`` runs the daemon from another checkout (a worktree of an
-older commit) for a before/after.
+older commit) for a before/after. ``HPOD_BENCH_PROFILE=FILE`` runs the daemon under cProfile;
+``HPOD_BENCH_LOOP_PROBE=FILE`` times every callback of its loop (bench/loopprobe) and writes the
+ones over 2 ms there, with the loop thread's CPU time beside the wall time.
 
 Limits: the daemon needs ``RLIMIT_NOFILE`` over 64 + 4 per slot (for 5,000: over 20,064; this
 script raises its own soft limit to the hard one, and the daemon inherits it), and
@@ -125,6 +127,10 @@ def daemon(root: Path, n: int, pythonpath: Path) -> Iterator[subprocess.Popen[by
     env = dict(os.environ, NOTIFY_SOCKET=str(notify), PYTHONPATH=str(pythonpath))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.pop("HPOD_SOCKET", None)
+    if "HPOD_BENCH_LOOP_PROBE" in env:
+        # HPOD_BENCH_LOOP_PROBE=FILE: every callback of the daemon's loop timed, the stalls over
+        # 2 ms written there (bench/loopprobe; the trials do not inherit it).
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE / "loopprobe"), str(pythonpath)])
     # HPOD_BENCH_PROFILE=FILE: the daemon runs under cProfile, its profile written there.
     prof = os.environ.get("HPOD_BENCH_PROFILE")
     profile = ["-m", "cProfile", "-o", prof] if prof else []
