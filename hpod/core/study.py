@@ -274,6 +274,10 @@ class Study:
         # ``best`` as of a ``_version``: it moves only with a counted report or a launch, and
         # the status answers ask for it on every call (a walk of every trial at 10,000 trials).
         self._best_at: tuple[int, Best | None] | None = None
+        # Every state move counted, and ``rung_occupancy`` as of (``_version``, ``_moves``): a
+        # walk of every trial that ``show`` asked for on every call.
+        self._moves = 0
+        self._occupancy_at: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
         # Each trial's answer estimate and the best of them (a single objective), kept with
         # every change of a curve, so that best() walks no list of trials.
         self._answers = None if self.objective.is_multi else AnswerIndex(self.objective)
@@ -375,6 +379,7 @@ class Study:
     def _move(self, t: _Trial, new: TrialState) -> None:
         old = t.state
         t.move(new)
+        self._moves += 1
         self._in[old].discard(t.trial_id)
         self._in[t.state].add(t.trial_id)
 
@@ -898,8 +903,12 @@ class Study:
         return {st.value: len(self._in[st]) for st in TrialState}
 
     def rung_occupancy(self) -> list[dict[str, Any]]:
-        """Each rung's trials (reached, running toward it, paused at it, promoted past it)."""
-        return occupancy(self.spec, self._trials)
+        """Each rung's trials (reached, running toward it, paused at it, promoted past it),
+        counted again only after a report, a launch or a trial's move changed them."""
+        key = (self._version, self._moves)
+        if self._occupancy_at is None or self._occupancy_at[0] != key:
+            self._occupancy_at = (key, occupancy(self.spec, self._trials))
+        return [dict(r) for r in self._occupancy_at[1]]
 
     def value_of(self, trial_id: int) -> float:
         """The value a trial ranks by for the answer, its estimate (:mod:`hpod.core.answer`;

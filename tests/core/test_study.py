@@ -264,3 +264,18 @@ def test_best_follows_every_report_and_retraction_though_it_is_kept() -> None:
     assert back.trial_id == 0
     failed = study.on_exit(1, 1, 0.0)
     assert [r.trial_id for r in study.records_in(failed)] == [1]
+
+
+def test_rung_occupancy_follows_reports_and_moves_though_it_is_kept() -> None:
+    text = SPEC.format(mode="min", max_trials=10).replace(
+        'type = "fifo"', 'type = "asha"\nmin_resource = 1\nreduction_factor = 3'
+    )
+    study = Study.new(StudySpec.from_toml(text, base_dir=Path("/tmp")))
+    launch = study.next_launch(0.0)
+    assert launch is not None
+    before = study.rung_occupancy()
+    assert before[0]["reached"] == 0
+    study.on_report(launch.trial_id, {"step": 1, "loss": 1.0}, 0.0)
+    after = study.rung_occupancy()
+    assert after[0]["reached"] == 1
+    assert after is not study.rung_occupancy()  # a copy each call: an answer may change it
