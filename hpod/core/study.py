@@ -30,7 +30,7 @@ from hpod.core.plans import (
     Scheduler,
     Searcher,
 )
-from hpod.core.preview import occupancy
+from hpod.core.preview import Occupancy
 from hpod.core.problems import is_number
 from hpod.core.rungs import max_brackets, rung_levels
 from hpod.core.schedulers import FifoScheduler
@@ -274,10 +274,8 @@ class Study:
         # ``best`` as of a ``_version``: it moves only with a counted report or a launch, and
         # the status answers ask for it on every call (a walk of every trial at 10,000 trials).
         self._best_at: tuple[int, Best | None] | None = None
-        # Every state move counted, and ``rung_occupancy`` as of (``_version``, ``_moves``): a
-        # walk of every trial that ``show`` asked for on every call.
-        self._moves = 0
-        self._occupancy_at: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
+        # Each rung's counts, kept as the trials change (``show`` asks on every call).
+        self._occupancy = Occupancy(spec)
         # Each trial's answer estimate and the best of them (a single objective), kept with
         # every change of a curve, so that best() walks no list of trials.
         self._answers = None if self.objective.is_multi else AnswerIndex(self.objective)
@@ -341,6 +339,7 @@ class Study:
             study._in[t.state].add(t.trial_id)
             study._curved += bool(t.curve)
             study._curve_changed(t)
+            study._occupancy.update(t)
         if study._indexed is not None:
             study._indexed.attach(study)
         return study
@@ -379,7 +378,7 @@ class Study:
     def _move(self, t: _Trial, new: TrialState) -> None:
         old = t.state
         t.move(new)
-        self._moves += 1
+        self._occupancy.update(t)
         self._in[old].discard(t.trial_id)
         self._in[t.state].add(t.trial_id)
 
@@ -389,6 +388,7 @@ class Study:
             self._answers.update(t.trial_id, t.curve, since)
 
     def _touched(self, t: _Trial, since: float | None = None) -> None:
+        self._occupancy.update(t)
         if self._indexed is not None:
             self._indexed.touched(t, since)
 
@@ -904,11 +904,8 @@ class Study:
 
     def rung_occupancy(self) -> list[dict[str, Any]]:
         """Each rung's trials (reached, running toward it, paused at it, promoted past it),
-        counted again only after a report, a launch or a trial's move changed them."""
-        key = (self._version, self._moves)
-        if self._occupancy_at is None or self._occupancy_at[0] != key:
-            self._occupancy_at = (key, occupancy(self.spec, self._trials))
-        return [dict(r) for r in self._occupancy_at[1]]
+        kept as each trial reports, moves or is promoted (:class:`Occupancy`)."""
+        return self._occupancy.view()
 
     def value_of(self, trial_id: int) -> float:
         """The value a trial ranks by for the answer, its estimate (:mod:`hpod.core.answer`;
