@@ -171,7 +171,13 @@ _STORE_DECODER = json.JSONDecoder(object_hook=_untag_hook, parse_constant=_rejec
 
 def dumps(obj: Any) -> bytes:
     """One wire line (with its newline) for a JSON-able object."""
-    return json.dumps(tag(obj), separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    try:
+        # Nearly every answer holds no NaN or infinity: encoded as it is, without the walk
+        # that tags them (half the encoding of a page of trials).
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(tag(obj), separators=(",", ":"), allow_nan=False)
+    return text.encode() + b"\n"
 
 
 def loads(line: bytes, *, max_depth: int = MAX_DEPTH) -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 
 from hpod import wire
@@ -30,3 +33,15 @@ def test_the_protocol_errors_are_leaves_a_caller_can_catch():
     with pytest.raises(ParseError) as bad:
         wire.loads(b"{nope")
     assert bad.value.code is ErrorCode.PARSE_ERROR
+
+
+def test_a_wire_line_tags_non_finite_floats_and_leaves_the_rest_as_json() -> None:
+    plain = wire.result_line(1, {"trials": [{"objective": 0.5, "curve": [[1.0, 2]]}]})
+    assert json.loads(plain) == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {"trials": [{"objective": 0.5, "curve": [[1.0, 2]]}]},
+    }
+    odd = wire.loads(wire.result_line(2, {"a": [float("nan"), float("inf")], "b": 1}))
+    assert math.isnan(odd["result"]["a"][0])
+    assert odd["result"]["a"][1] == math.inf
