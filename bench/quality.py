@@ -482,7 +482,8 @@ def summary(
     results: Results, budget_of: Mapping[str, float], reference: str = DEFAULT
 ) -> list[str]:
     """Per benchmark, at 100 % of the budget: the reference, hpod's best method, the best peer
-    (lowest mean regret) and the reference against that peer."""
+    (lowest mean regret) and the reference against that peer, among the rows over every seed the
+    reference has."""
     head = ["benchmark", reference, "hpod's best", "best peer", "default vs best peer (-: ahead)"]
     rows = []
     for name in dict.fromkeys(n for n, _ in results):
@@ -497,8 +498,10 @@ def summary(
                     means[method] = statistics.fmean(regret[method].values())
         if reference not in means:
             continue
-        hpod = {m: v for m, v in means.items() if m.startswith("hpod ") and m != reference}
-        peers = {m: v for m, v in means.items() if not m.startswith("hpod ")}
+        # Only rows over every seed the reference has: a mean over fewer is another sample.
+        full = {m: v for m, v in means.items() if set(regret[reference]) <= set(regret[m])}
+        hpod = {m: v for m, v in full.items() if m.startswith("hpod ") and m != reference}
+        peers = {m: v for m, v in full.items() if not m.startswith("hpod ")}
         best_hpod = min(hpod, key=hpod.__getitem__, default=None)
         best_peer = min(peers, key=peers.__getitem__, default=None)
         rows.append(
@@ -535,6 +538,7 @@ def run_syne(
     cached: dict[str, int] = {}
     seconds: dict[str, float] = {}
     missing: dict[tuple[str, str], list[int]] = {}
+    early: dict[tuple[str, str, float], list[tuple[int, float]]] = {}
     configs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     if shared:
         # Syne Tune's ASHAs get the stream hpod's methods get (budget + workers covers it).
@@ -599,11 +603,8 @@ def run_syne(
                     cached[m] = cached.get(m, 0) + int(row["cached"])
                     seconds[m] = seconds.get(m, 0.0) + float(row["seconds"])
                     if float(row["epochs_used"]) < float(row["budget"]):
-                        short = f"{m} on {row['benchmark']}"
-                        notes.append(
-                            f"{short} seed {row['seed']}: ended after {row['epochs_used']:g} of "
-                            f"{row['budget']:g} epochs ({row['trials']} trials: its searcher "
-                            "had no new configuration left)"
+                        early.setdefault((m, row["benchmark"], row["budget"]), []).append(
+                            (int(row["seed"]), float(row["epochs_used"]))
                         )
     notes[:0] = [
         f"{m}: {seconds[m]:.0f} s of Syne Tune runs, "
@@ -615,6 +616,12 @@ def run_syne(
         for m in sorted(seconds)
     ]
     notes.extend(
+        f"{m} on {name}: ended early on seeds {', '.join(str(s) for s, _ in sorted(runs))}, after "
+        f"{min(e for _, e in runs):g} to {max(e for _, e in runs):g} of {budget:g} epochs (its "
+        "searcher had no new configuration left)"
+        for (m, name, budget), runs in sorted(early.items())
+    )
+    notes.extend(
         f"{m} on {name}: seeds {', '.join(map(str, sorted(s)))} not in the cache, left out "
         "(--syne-cached-only); its row is over the other seeds"
         for (m, name), s in sorted(missing.items())
@@ -622,8 +629,8 @@ def run_syne(
     return out, notes
 
 
-def save_curves(path: Path, results: Results) -> None:
-    with path.open("w") as f:
+def save_curves(path: Path, results: Results, append: bool = False) -> None:
+    with path.open("a" if append else "w") as f:
         for (name, method), curves in results.items():
             for seed, c in sorted(curves.items()):
                 row = {"benchmark": name, "method": method, "seed": seed, "points": c.points}
@@ -694,6 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="curves of an earlier --save: the runs they have are not run again",
     )
+    p.add_argument(
+        "--only-loaded",
+        action="store_true",
+        help="run nothing of hpod's and Optuna's: the rows are what --load has (over its seeds)",
+    )
     p.add_argument("--no-syne", action="store_true", help="leave out Syne Tune's rows")
     p.add_argument(
         "--syne-refresh", action="store_true", help="run Syne Tune again, not from its cache"
@@ -716,16 +728,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, seed, curve in load_curves(path):
             if key in results and seed < args.seeds:
                 results[key][seed] = curve
+    # Seed by seed: a run cut short has every method on its first seeds (--save keeps each run as
+    # it ends, and --load takes them up again).
     jobs = [
         (name, method, seed, budget_of[name], not args.own_samplers, args.optuna_best_trial)
+        for seed in range(args.seeds)
         for name in benchmarks
         for method in methods
-        for seed in range(args.seeds)
-        if seed not in results[(name, method)]
+        if seed not in results[(name, method)] and not args.only_loaded
     ]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for name, method, seed, curve, _secs in pool.map(_job, jobs):
+        for name, method, seed, curve, secs in pool.map(_job, jobs):
+            print(f"{method} {name} seed {seed}: {secs:.1f} s", file=sys.stderr, flush=True)
             results[(name, method)][seed] = curve
+            if args.save is not None:
+                save_curves(args.save, {(name, method): {seed: curve}}, append=True)
     syne_notes = ["Syne Tune rows left out (--no-syne)"]
     syne_methods = [m for m in chosen if m in SYNE_METHODS]
     if not args.no_syne and syne_methods:
@@ -742,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if key in results:
                 results[key] = curves
     if args.save is not None:
-        save_curves(args.save, results)
+        save_curves(args.save, {k: v for k, v in results.items() if k[1] in SYNE_METHODS}, True)
     print(
         f"mean regret ± standard error over {args.seeds} seeds; budget 20 x max_resource "
         f"epochs; {WORKERS} workers; eta {ETA}; "
