@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from hpod import wire
-from hpod.core.study import Best, Study, TrialRecord
+from hpod.core.states import TrialState
+from hpod.core.study import Best, OomRetry, Study
 
 # A page of ``trials`` stops once its views hold this many bytes of JSON, whatever ``limit``
 # says: it leaves room for the largest configuration, and a page costs the loop a bounded time
@@ -54,21 +55,54 @@ def objective_view(study: Study) -> dict[str, Any]:
     return out
 
 
-def trial_view(
-    study: Study, rec: TrialRecord, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    curve = rec.curve
+class Viewed(Protocol):
+    """What a trial's view reads: a :class:`TrialRecord`, or the study's own trial (a page of
+    ``trials`` reads those, without a record's copies)."""
+
+    @property
+    def trial_id(self) -> int: ...
+    @property
+    def state(self) -> TrialState: ...
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+    @property
+    def bracket(self) -> int: ...
+    @property
+    def resume_from(self) -> float: ...
+    @property
+    def max_resource(self) -> float: ...
+    @property
+    def runs(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def retries(self) -> Sequence[OomRetry]: ...
+
+
+def _last_point(curve: Any) -> tuple[float, float] | None:
+    """The highest-level point of a curve: a record's pairs, or a trial's dict (both in order)."""
+    if not curve:
+        return None
+    if isinstance(curve, dict):
+        top = next(reversed(curve))
+        return top, curve[top]
+    last: tuple[float, float] = curve[-1]
+    return last
+
+
+def trial_view(study: Study, rec: Viewed, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    point = _last_point(getattr(rec, "curve", None))
     out: dict[str, Any] = {
         "trial": rec.trial_id,
         "state": rec.state.value,
-        "config": rec.config,
+        "config": dict(rec.config),
         "bracket": rec.bracket,
         "resume_from": rec.resume_from,
         "max_resource": rec.max_resource,
-        "resource": curve[-1][0] if curve else None,
+        "resource": point[0] if point else None,
         # The estimate it ranks by for the answer, and its last counted report (hpod.core.answer).
-        "objective": study.value_of(rec.trial_id) if curve else None,
-        "last": curve[-1][1] if curve else None,
+        "objective": study.value_of(rec.trial_id) if point else None,
+        "last": point[1] if point else None,
         "runs": rec.runs,
         "error": rec.error,
         # Out-of-memory retries, oldest first: {run, key, from, to, at, error} (docs/oom.md).
@@ -77,7 +111,7 @@ def trial_view(
     if study.objective.is_multi:
         # Each metric's value the trial ranks by (``objective`` is the first one's).
         vector = study.vector_of(rec.trial_id)
-        out["values"] = dict(zip(study.objective.names, vector, strict=True)) if curve else None
+        out["values"] = dict(zip(study.objective.names, vector, strict=True)) if point else None
     if extra:
         out.update(extra)
     return out
@@ -121,9 +155,13 @@ def trials_page(study: Study, after: int, limit: int) -> dict[str, Any]:
     size = 0
     at = after
     end = min(total, after + limit)
+    trials = study.trials
     while at < end and size < PAGE_BYTES:
-        view = trial_view(study, study.record(at))
-        size += len(json.dumps(view, default=str))
+        t = trials[at]
+        view = trial_view(study, t)
+        # About the view's JSON size (its repr, without encoding it twice): a config of
+        # non-ASCII text is up to 6 times longer in JSON, which 16 pages of this still hold.
+        size += 200 + len(repr(view["config"])) + len(repr(view["retries"])) + len(t.error or "")
         views.append(view)
         at += 1
     return {"trials": views, "next": at if at < total else None}
