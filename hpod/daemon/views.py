@@ -11,8 +11,9 @@ from hpod.core.study import Best, OomRetry, Study
 
 # A page of ``trials`` stops once its views hold this many bytes of JSON, whatever ``limit``
 # says: it leaves room for the largest configuration, and a page costs the loop a bounded time
-# to build (a quarter of the line cap, about 1,000 trials, held the loop 30-40 ms a page).
-PAGE_BYTES = wire.MAX_LINE // 16
+# to build and encode (a quarter of the line cap, about 1,000 trials, held the loop 30-40 ms a
+# page; 32 KiB, about 125 trials, a few ms).
+PAGE_BYTES = wire.MAX_LINE // 32
 
 
 def best_view(study_id: str, best: Best | None) -> dict[str, Any] | None:
@@ -160,7 +161,7 @@ def trials_page(study: Study, after: int, limit: int) -> dict[str, Any]:
         t = trials[at]
         view = trial_view(study, t)
         # About the view's JSON size (its repr, without encoding it twice): a config of
-        # non-ASCII text is up to 6 times longer in JSON, which 16 pages of this still hold.
+        # non-ASCII text is up to 6 times longer in JSON, which 32 pages of this still hold.
         size += 200 + len(repr(view["config"])) + len(repr(view["retries"])) + len(t.error or "")
         views.append(view)
         at += 1
