@@ -49,7 +49,7 @@ workers, rung levels and answer rule; Syne Tune's ASHAs are handed the same conf
 (``points_to_evaluate``; 0.13.0 skips a configuration it has started, so on a finite space it gets
 the stream's distinct ones and its search ends when they are used up: the output says so). Without
 an environment its rows are left out, and the output says so. DyHPO takes minutes a run, so the
-Syne Tune rows are cached (``bench/results/syne-baselines.jsonl``, keyed by seed, benchmark and a
+Syne Tune rows are cached (``bench/results/syne-baselines.jsonl.gz``, keyed by seed, benchmark and a
 hash of the code that makes them); the output says which rows came from the cache.
 ``--methods`` and ``--skip`` choose the rows.
 
@@ -132,7 +132,7 @@ SYNE_ENVS: dict[str, tuple[str, ...]] = {
     ".venv-syne16": ("syne-tune 0.16 ASHA stopping",),
 }
 SYNE_METHODS = tuple(m for ms in SYNE_ENVS.values() for m in ms)
-SYNE_CACHE = HERE / "results" / "syne-baselines.jsonl"
+SYNE_CACHE = HERE / "results" / "syne-baselines.jsonl.gz"
 GROUPS = {"builtin": sorted(BUILTIN), "suite": sorted(SUITE), "all": sorted(ALL)}
 
 

@@ -43,11 +43,11 @@ the benchmark's true objective of its configuration minus the optimum. ``--confi
 configurations, in the same order, as hpod's random-search-based methods get
 (``points_to_evaluate``): common random numbers. DyHPO always proposes its own.
 
-``--cache FILE`` keeps each run's JSON line, keyed by method, benchmark, seed and a fingerprint
-(``RUN_VERSION``, the source file that defines the benchmark (``hpod/benchmarks.py`` or
-``hpod/benchmarks_suite.py`` and its data file), Syne Tune's version, the budget and the
-configurations handed over), and answers from it when the key matches: a DyHPO run takes
-minutes.
+``--cache FILE`` keeps each run's JSON line (gzip'd when FILE ends in .gz), keyed by method,
+benchmark, seed and a fingerprint (``RUN_VERSION``, the source file that defines the benchmark
+(``hpod/benchmarks.py`` or ``hpod/benchmarks_suite.py`` and its data file), Syne Tune's version,
+the budget and the configurations handed over), and answers from it when the key matches: a
+DyHPO run takes minutes.
 
 Decision times: the wall time of each ``scheduler.suggest`` call the tuner makes (a launch
 decision: which trial to resume or which new configuration to start) and of each
@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import inspect
 import json
@@ -420,7 +421,10 @@ def fingerprint(
 def _read_cache(path: Path) -> dict[tuple[str, str, int, str], dict[str, Any]]:
     out: dict[tuple[str, str, int, str], dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
+        raw = path.read_bytes()
+        # A cache named .gz is gzip: one member per appended row, which gzip reads as one.
+        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode()
+        for line in text.splitlines():
             if line.strip():
                 row = json.loads(line)
                 out[(row["method"], row["benchmark"], row["seed"], row["fingerprint"])] = row
@@ -429,9 +433,10 @@ def _read_cache(path: Path) -> dict[tuple[str, str, int, str], dict[str, Any]]:
 
 def _append_cache(path: Path, row: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
+    line = (json.dumps(row) + "\n").encode()
+    with path.open("ab") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # two of these may append at once
-        f.write(json.dumps(row) + "\n")
+        f.write(gzip.compress(line) if path.suffix == ".gz" else line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
