@@ -365,6 +365,10 @@ class Study:
     def trials(self) -> Sequence[_Trial]:
         return self._trials
 
+    def trial(self, trial_id: int) -> _Trial:
+        """The study's own trial (read it, never change it); NotFound for an unknown one."""
+        return self._get(trial_id)
+
     def record(self, trial_id: int) -> TrialRecord:
         return self._get(trial_id).record()
 

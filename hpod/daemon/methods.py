@@ -362,7 +362,7 @@ class Methods:
         if "after" in params or "limit" in params:
             after = _param_cursor(params, what="the 'next' of the page before")
             return trials_page(study.engine, after, _param_limit(params))
-        return [trial_view(study.engine, rec) for rec in study.engine.records()]
+        return [trial_view(study.engine, t) for t in study.engine.trials]
 
     async def _best(self, peer: Peer, params: dict[str, Any]) -> Any:
         """The best trial; with ``front``, the Pareto front as a list (a multi-objective
@@ -635,12 +635,12 @@ class Methods:
         """One trial, with every metric it reported: last, min, max (and the curve)."""
         study = self._read_study(peer, params)
         trial_id = _param_int(params, "trial")
-        rec = study.engine.record(trial_id)  # NOT_FOUND for an unknown trial
+        # As it is now (NOT_FOUND for an unknown trial), before the reports are read.
+        out = trial_view(study.engine, study.engine.trial(trial_id))
         curve = _param_flag(params, "curve")
         reports = await anyio.to_thread.run_sync(
             self.studies.store.load_reports, study.id, trial_id
         )
-        out = trial_view(study.engine, rec)
         out["reports"] = len(reports)
         out["metrics"] = metric_summary(reports, curve=curve)
         return out

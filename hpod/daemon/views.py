@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from hpod import wire
-from hpod.core.states import TrialState
+from hpod.core.plans import TrialView
 from hpod.core.study import Best, OomRetry, Study
 
 # A page of ``trials`` stops once its views hold this many bytes of JSON, whatever ``limit``
@@ -56,22 +56,9 @@ def objective_view(study: Study) -> dict[str, Any]:
     return out
 
 
-class Viewed(Protocol):
-    """What a trial's view reads: a :class:`TrialRecord`, or the study's own trial (a page of
-    ``trials`` reads those, without a record's copies)."""
+class Viewed(TrialView, Protocol):
+    """What a trial's view reads: the study's own trial (``Study.trial``, ``Study.trials``)."""
 
-    @property
-    def trial_id(self) -> int: ...
-    @property
-    def state(self) -> TrialState: ...
-    @property
-    def config(self) -> Mapping[str, Any]: ...
-    @property
-    def bracket(self) -> int: ...
-    @property
-    def resume_from(self) -> float: ...
-    @property
-    def max_resource(self) -> float: ...
     @property
     def runs(self) -> int: ...
     @property
@@ -80,19 +67,10 @@ class Viewed(Protocol):
     def retries(self) -> Sequence[OomRetry]: ...
 
 
-def _last_point(curve: Any) -> tuple[float, float] | None:
-    """The highest-level point of a curve: a record's pairs, or a trial's dict (both in order)."""
-    if not curve:
-        return None
-    if isinstance(curve, dict):
-        top = next(reversed(curve))
-        return top, curve[top]
-    last: tuple[float, float] = curve[-1]
-    return last
-
-
 def trial_view(study: Study, rec: Viewed, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    point = _last_point(getattr(rec, "curve", None))
+    curve = rec.curve
+    # The curve is in resource order: its last key is its highest level.
+    top = next(reversed(curve)) if curve else None
     out: dict[str, Any] = {
         "trial": rec.trial_id,
         "state": rec.state.value,
@@ -100,10 +78,10 @@ def trial_view(study: Study, rec: Viewed, extra: dict[str, Any] | None = None) -
         "bracket": rec.bracket,
         "resume_from": rec.resume_from,
         "max_resource": rec.max_resource,
-        "resource": point[0] if point else None,
+        "resource": top,
         # The estimate it ranks by for the answer, and its last counted report (hpod.core.answer).
-        "objective": study.value_of(rec.trial_id) if point else None,
-        "last": point[1] if point else None,
+        "objective": study.value_of(rec.trial_id) if curve else None,
+        "last": curve[top] if top is not None else None,
         "runs": rec.runs,
         "error": rec.error,
         # Out-of-memory retries, oldest first: {run, key, from, to, at, error} (docs/oom.md).
@@ -112,7 +90,7 @@ def trial_view(study: Study, rec: Viewed, extra: dict[str, Any] | None = None) -
     if study.objective.is_multi:
         # Each metric's value the trial ranks by (``objective`` is the first one's).
         vector = study.vector_of(rec.trial_id)
-        out["values"] = dict(zip(study.objective.names, vector, strict=True)) if point else None
+        out["values"] = dict(zip(study.objective.names, vector, strict=True)) if curve else None
     if extra:
         out.update(extra)
     return out
