@@ -68,7 +68,7 @@ DISTINCT_DRAWS = 32
 DISTINCT_WALK = 100_000
 
 
-class DistinctSearcher:
+class DistinctSearcher(RandomSearcher):
     """Random draws that skip every configuration an earlier trial already has: DyHPO's
     searcher, so a study never trains the same configuration twice (it resumes the trial that
     has it instead). ``points_to_evaluate`` first, as given; then trial ``n``'s draw from
@@ -80,29 +80,19 @@ class DistinctSearcher:
 
     needs_history = True
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int = 0,
-        points_to_evaluate: Sequence[Mapping[str, ParamValue]] = (),
-    ) -> None:
-        self.space = space
-        self.seed = seed
-        self.points = tuple(space.normalize(p) for p in points_to_evaluate)
-
     def suggest(self, number: int, history: Sequence[Observation]) -> Suggestion | None:
-        if number < 0:
-            raise ValueError(f"trial numbers start at 0, got {number}")
-        if number < len(self.points):
-            return Suggestion(dict(self.points[number]))
+        # points_to_evaluate, the check of ``number`` and the draw from (seed, n): RandomSearcher's.
+        first = super().suggest(number, history)
+        if number < len(self.points) or first is None:
+            return first
         seen = {config_key(o.config) for o in history}
         size = self.space.finite_size
         if size is not None and len(seen) >= size:
             return None
-        config: Config = {}
+        config: Config = first.config
         for attempt in range(DISTINCT_DRAWS):
-            key = [self.seed, number] if attempt == 0 else [self.seed, number, attempt]
-            config = self.space.sample(np.random.default_rng(key))
+            if attempt:
+                config = self.space.sample(np.random.default_rng([self.seed, number, attempt]))
             if config_key(config) not in seen:
                 return Suggestion(config)
         if size is None or size > DISTINCT_WALK:
