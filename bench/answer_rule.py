@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -53,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from quality import DEFAULT, ETA, HPOD_METHODS, HPOD_SEARCHERS, WORKERS  # noqa: E402
+from runcache import append_cache, read_cache  # noqa: E402
 
 from hpod.benchmarks import BUILTIN  # noqa: E402
 from hpod.benchmarks_suite import ALL  # noqa: E402
@@ -172,23 +172,6 @@ def _job(args: tuple[str, str, int, str]) -> dict[str, Any]:
     row = run(name, method, seed)
     row["fingerprint"] = fp
     return row
-
-
-def _read_cache(path: Path) -> dict[tuple[str, str, int, str], dict[str, Any]]:
-    out: dict[tuple[str, str, int, str], dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out[(row["method"], row["benchmark"], row["seed"], row["fingerprint"])] = row
-    return out
-
-
-def _append_cache(path: Path, row: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # two of these may append at once
-        f.write(json.dumps(row) + "\n")
 
 
 Rows = dict[tuple[str, str, int], dict[str, Any]]
@@ -365,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out = parse_seeds(args.held_out_seeds)
     choose_methods = args.choose_methods or args.methods
     fps = {m: fingerprint(m) for m in HPOD_METHODS}
-    cache = {} if args.refresh else _read_cache(args.cache)
+    cache = {} if args.refresh else read_cache(args.cache)
     if args.any_code:
         cache = {(m, n, s, fps[m]): row for (m, n, s, _), row in cache.items()}
     wanted = {
@@ -392,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(rows)} runs from {args.cache}, {len(todo)} to run", file=sys.stderr, flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for row in pool.map(_job, todo):
-            _append_cache(args.cache, row)
+            append_cache(args.cache, row)
             rows[(row["method"], row["benchmark"], row["seed"])] = row
             print(
                 f"{row['method']} {row['benchmark']} seed {row['seed']}: {row['seconds']:.0f} s",

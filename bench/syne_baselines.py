@@ -58,8 +58,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import gzip
 import hashlib
 import inspect
 import json
@@ -83,6 +81,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+from runcache import append_cache, read_cache  # noqa: E402
 
 from hpod.benchmarks import Benchmark  # noqa: E402
 from hpod.benchmarks_suite import ALL, LCDB_FILE  # noqa: E402
@@ -418,27 +417,6 @@ def fingerprint(
     return h.hexdigest()[:16]
 
 
-def _read_cache(path: Path) -> dict[tuple[str, str, int, str], dict[str, Any]]:
-    out: dict[tuple[str, str, int, str], dict[str, Any]] = {}
-    if path.exists():
-        raw = path.read_bytes()
-        # A cache named .gz is gzip: one member per appended row, which gzip reads as one.
-        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode()
-        for line in text.splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out[(row["method"], row["benchmark"], row["seed"], row["fingerprint"])] = row
-    return out
-
-
-def _append_cache(path: Path, row: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row) + "\n").encode()
-    with path.open("ab") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # two of these may append at once
-        f.write(gzip.compress(line) if path.suffix == ".gz" else line)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=5)
@@ -477,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     streams: dict[str, dict[str, list[dict[str, Any]]]] = {}
     if args.configs is not None:
         streams = json.loads(args.configs.read_text())
-    cache = _read_cache(args.cache) if args.cache is not None and not args.refresh else {}
+    cache = read_cache(args.cache) if args.cache is not None and not args.refresh else {}
     out_stream = sys.stdout
     # Syne Tune prints (import notices, a summary per run): stdout carries only the JSON lines.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -503,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             row[kind] = [round(t, 4) for t in row[kind]]
                         row["fingerprint"] = fp
                         if args.cache is not None:
-                            _append_cache(args.cache, row)
+                            append_cache(args.cache, row)
                         row["cached"] = False
                         print(
                             f"{method} {name} seed {seed}: {row['seconds']:.0f} s",
