@@ -51,8 +51,7 @@ def _num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def maximizes(report: Mapping[str, Any]) -> bool:
-    """Whether the report's objective (its first metric's, for several) is maximized."""
+def _maximize(report: Mapping[str, Any]) -> bool:
     objective = report.get("objective") or {}
     mode = objective.get("mode")
     if mode is None and objective.get("metrics"):
@@ -70,7 +69,7 @@ def _metric(report: Mapping[str, Any]) -> str:
 
 def _ranks(report: Mapping[str, Any]) -> dict[int, int]:
     """Each trial's rank (0: the best) among those with an objective value."""
-    maximize = maximizes(report)
+    maximize = _maximize(report)
     rows = [
         (r["trial"], v)
         for r in report.get("per_trial") or []
@@ -99,7 +98,7 @@ def render(
     name = report.get("name") or report.get("study") or "study"
     metric = _metric(report)
     resource = str((report.get("objective") or {}).get("resource") or "resource")
-    maximize = maximizes(report)
+    maximize = _maximize(report)
     ranks = _ranks(report)
     # viridis without its palest yellow, which a white background swallows.
     cmap = matplotlib.colors.ListedColormap(

@@ -26,9 +26,10 @@ import anyio
 from hpod import wire
 from hpod.core.objective import Objective
 from hpod.daemon.reads import objective_number
+from hpod.daemon.reports import best_rows
 from hpod.daemon.statetree import Ids, open_dir, replace_file
 from hpod.daemon.store import ReportRow
-from hpod.plots import NAMES, maximizes
+from hpod.plots import NAMES
 
 __all__ = ["PLOT_NAMES", "PLOT_TIMEOUT", "available", "draw", "write_images"]
 
@@ -75,15 +76,13 @@ def drawn_trials(
     total = sum(counts.values())
     if total <= cap:
         return None
-    maximize = maximizes(report)
-    ranked = sorted(
-        (
-            (-v if maximize else v, int(r["trial"]))
-            for r in report.get("per_trial") or []
-            if isinstance(v := r.get("objective"), int | float) and v == v
-        ),
-    )
-    best = [tid for _, tid in ranked[:PLOT_BEST_TRIALS] if tid in counts]
+    valued = [
+        r
+        for r in report.get("per_trial") or []
+        if isinstance(v := r.get("objective"), int | float) and v == v
+    ]
+    top = best_rows(report.get("objective") or {}, valued, PLOT_BEST_TRIALS)
+    best = [tid for r in top if (tid := int(r["trial"])) in counts]
     room = cap - sum(counts[t] for t in best)
     rest = sorted(set(counts) - set(best))
     mean = total / len(counts)
