@@ -56,30 +56,20 @@ class MedianStoppingScheduler:
             self._build(study)
 
     def _build(self, study: StudyView) -> None:
-        """A restored study's levels, all at once, in one pass over each trial's curve: built
+        """A restored study's levels, all at once, each trial's up to the last it reached: built
         at each level's first decision, each walked every trial (120 ms of the daemon's loop a
         level, 27 times, at 10,000 trials). Only where the levels are few (epochs, not seconds):
         otherwise each is still built at its first decision."""
         levels = sorted({r for t in study.trials for r in t.curve if r >= self.grace_period})
         if not levels or len(levels) > EAGER_LEVELS:
             return
-        objective = study.objective
         keys: dict[float, list[Key]] = {level: [] for level in levels}
         for t in study.trials:
-            if not t.curve:
-                continue
-            points = list(t.curve.items())
-            top = t.last_resource
-            upto = 0
             for level in levels:
-                if level > top:
-                    break
-                while upto < len(points) and points[upto][0] <= level:
-                    upto += 1
-                values = [v for _, v in points[:upto]]
-                # As _average_key: the mean of the counted reports up to the level (fsum).
-                mean = math.fsum(values) / len(values) if values else math.nan
-                keys[level].append((objective.sort_key(mean), t.trial_id))
+                key = self._key(t, level)
+                if key is None:
+                    break  # not reached: nor any level above (they are in order)
+                keys[level].append(key)
         for level in levels:
             ranks = Ranks()
             ranks.keys = sorted(keys[level])

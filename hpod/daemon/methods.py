@@ -349,7 +349,6 @@ class Methods:
         out["oom_retries"] = [
             {"trial": t.trial_id, **r.to_dict()}
             for t in study.engine.trials
-            if t.retries
             for r in t.retries
         ]
         return out
