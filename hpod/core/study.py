@@ -823,9 +823,15 @@ class Study:
         self._touched(t)
         self._check_hopeless()
 
-    def on_interrupted(self, trial_id: int) -> None:
-        """The daemon shut down under this trial: it runs again at the next start."""
+    def on_interrupted(self, trial_id: int, *, ran: bool = True) -> None:
+        """The daemon shut down under this trial: it runs again at the next start. ``ran``
+        False: its last launch never reached a process or a job, so it is not counted as a run
+        (the next launch takes its number)."""
         t = self._get(trial_id)
+        if not ran and t.runs > 0:
+            t.runs -= 1
+            # Retried after an OOM and not run since: the retry still starts from scratch.
+            t.restart = bool(t.retries) and t.retries[-1].run == t.runs
         self._move(t, self._interrupted(t) if t.ending is None else self._end(t, t.ending))
         t.ending = None
         self._touched(t)

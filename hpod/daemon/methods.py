@@ -347,9 +347,7 @@ class Methods:
         ]
         # Each out-of-memory retry (not a failure): {trial, run, key, from, to, at, error}.
         out["oom_retries"] = [
-            {"trial": t.trial_id, **r.to_dict()}
-            for t in study.engine.trials
-            for r in t.retries
+            {"trial": t.trial_id, **r.to_dict()} for t in study.engine.trials for r in t.retries
         ]
         return out
 

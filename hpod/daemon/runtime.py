@@ -111,6 +111,9 @@ class TrialRun:
     # or for a run adopted after a restart the last time the study's clocks were saved.
     compute_from: float = math.nan
     adopted: bool = False  # started by an earlier daemon (or this one before a re-exec)
+    # Launched on record only: the daemon died before the run reached its executor (a Slurm job
+    # never submitted). Its trial gets the run back: it was not one.
+    never_ran: bool = False
     # An adopted run that ended while no daemon watched: the returncode its shim wrote, and
     # its process identity (its cgroup to remove and status file to forget once recorded).
     away: int | None = None
@@ -261,6 +264,9 @@ class StudyRuntime:
     budget: BudgetState | None = None
     # Each trial's runs' executor handles (Slurm jobs), as trials.handles keeps them.
     handles: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # Trials whose row is stored but no run has used it (their first launch never ran): the
+    # next launch updates that row instead of making one.
+    unrun: set[int] = field(default_factory=set)
 
     def summary(self) -> dict[str, Any]:
         return summary_view(

@@ -335,8 +335,16 @@ class SlurmRuns:
                 job = None if run.handle is None else str(run.handle.get("job") or "") or None
                 if job is None:
                     # Killed between its launch and storing its job id: its job, if sbatch
-                    # got through, is found by name and cancelled; the trial is resumed.
-                    await self._cancel_named(study, run)
+                    # got through, is found by name and cancelled; the trial is resumed. If
+                    # Slurm knows no job by that name, the run never was one.
+                    if not await self._cancel_named(study, run):
+                        run.never_ran = True
+                        log.info(
+                            "slurm_never_submitted",
+                            study=study.id,
+                            trial=run.trial_id,
+                            run=self._run_number(study, run),
+                        )
                     outcome = "lost"
             else:
                 try:
@@ -601,10 +609,19 @@ class SlurmRuns:
             return int(run.handle["run"])
         return study.engine.trials[run.trial_id].runs
 
-    async def _cancel_named(self, study: StudyRuntime, run: TrialRun) -> None:
+    async def _cancel_named(self, study: StudyRuntime, run: TrialRun) -> bool:
+        """Cancel the run's job by its name; False only if Slurm surely has none by it."""
         name = job_name(study.id, run.trial_id, self._run_number(study, run))
+        try:
+            # Ended jobs too (until MinJobAge): one that ran and ended was a run.
+            known = await _run(
+                ["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"]
+            )
+        except SlurmError:
+            known = "?"  # the controller is away: assume it was submitted
         with contextlib.suppress(SlurmError):
             await _run(["scancel", f"--name={name}"])
+        return bool(known.strip())
 
     async def _store_handle(self, study: StudyRuntime, run: TrialRun, ended: bool = False) -> None:
         """The run's handle into live_runs and its trial's list (trials.handles)."""

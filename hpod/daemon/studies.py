@@ -352,6 +352,7 @@ class Studies:
             study.run_seconds = {t.trial_id: t.run_seconds for t in trial_rows}
             study.compute_seconds = {t.trial_id: t.compute_seconds for t in trial_rows}
             study.handles = {t.trial_id: list(t.handles) for t in trial_rows if t.handles}
+            study.unrun = {t.trial_id for t in trial_rows if t.runs == 0}
             for tid in sorted(live):
                 if spec.executor.slurm is not None:
                     self.trials.slurm.adopt(

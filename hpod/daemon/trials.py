@@ -338,7 +338,7 @@ class Trials:
         # The decisions that made it and its trial_started / trial_resumed, in its commit.
         told = self.events.launch_ops(study, launch, rec.runs, now)
         ops: list[Op]
-        if launch.fresh and rec.runs == 1:
+        if launch.fresh and rec.runs == 1 and rec.trial_id not in study.unrun:
             ops = [
                 insert_trial_op(
                     TrialRow(
@@ -364,6 +364,7 @@ class Trials:
                 *told,
             ]
         else:
+            study.unrun.discard(rec.trial_id)
             ops = [
                 update_trial_op(
                     study.id,
@@ -740,12 +741,14 @@ class Trials:
             study.budget.end(time.monotonic() - run.mark_time)
             self.revise_budget(study, force=True)
         if run.interrupted:
-            engine.on_interrupted(run.trial_id)
+            engine.on_interrupted(run.trial_id, ran=not run.never_ran)
         elif returncode is None:
             engine.on_start_failed(run.trial_id, error or "could not start")
         else:
             engine.on_exit(run.trial_id, returncode, now, error, oom=run.oom)
         rec = engine.record(run.trial_id)
+        if rec.runs == 0:
+            study.unrun.add(rec.trial_id)
         retried = rec.state is TrialState.PENDING and bool(rec.retries)
         study.runs.pop(run.trial_id, None)
         if not study.runs and engine.state is not StudyState.RUNNING:
@@ -772,6 +775,7 @@ class Trials:
                 run_seconds=study.run_seconds[tid],
                 compute_seconds=study.compute_seconds[tid],
                 error=rec.error,
+                runs=rec.runs,  # one fewer where the run never ran
                 # An out-of-memory retry changes the configuration (the batch key halved).
                 **(
                     {"config": rec.config, "retries": [r.to_dict() for r in rec.retries]}

@@ -233,3 +233,46 @@ def test_an_interrupted_run_that_reached_its_rung_is_paused_not_relaunched_to_it
     assert promo is not None
     # The best of the three at rung 1 is promoted to rung 3, from its checkpoint at 1.
     assert (promo.trial_id, promo.resume_from, promo.max_resource, promo.fresh) == (2, 1, 3, False)
+
+
+def test_a_launch_that_never_ran_gives_its_run_back() -> None:
+    """The daemon died between storing a launch and handing it to its executor (a Slurm job
+    never submitted): the trial is interrupted with its run count as before the launch, and
+    its next launch is what that one would have been, under the same run number."""
+    live = Study.new(spec(ASHA))
+    first = live.next_launch(0.0)
+    assert first is not None
+    assert first.fresh
+    live.on_interrupted(first.trial_id, ran=False)
+    rec = live.record(first.trial_id)
+    assert (rec.state, rec.runs) == (TrialState.INTERRUPTED, 0)
+    restored = Study.restore(live.spec, live.records())
+    again = restored.next_launch(0.0)
+    assert again is not None
+    assert (again.trial_id, again.resume_from, again.max_resource, again.fresh) == (0, 0, 1, True)
+    assert restored.record(0).runs == 1
+    # A promotion that never ran: the trial resumes from its rung, its runs those that ran.
+    decision = report_to_the_end(restored, again)
+    assert decision is Decision.PAUSE
+    restored.on_exit(0, 0, 1.0, None)
+    for _tid in range(1, 12):
+        lv = restored.next_launch(0.0)
+        assert lv is not None
+        report_to_the_end(restored, lv)
+        restored.on_exit(lv.trial_id, 0, 1.0, None)
+        promoted = restored.next_launch(0.0)
+        if promoted is not None and not promoted.fresh:
+            break
+    assert promoted is not None
+    assert not promoted.fresh
+    runs = restored.record(promoted.trial_id).runs
+    restored.on_interrupted(promoted.trial_id, ran=False)
+    assert restored.record(promoted.trial_id).runs == runs - 1
+    back = restored.next_launch(0.0)
+    assert back is not None
+    assert (back.trial_id, back.resume_from, back.max_resource) == (
+        promoted.trial_id,
+        promoted.resume_from,
+        promoted.max_resource,
+    )
+    assert restored.record(promoted.trial_id).runs == runs

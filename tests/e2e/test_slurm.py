@@ -4,6 +4,7 @@ daemon still the one scheduler (docs/slurm.md)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -163,6 +164,51 @@ def test_asha_runs_its_trials_as_slurm_jobs(
     for e in adopted:
         runs = [j for j in jobs if j["trial"] == e["trial"] and j["run"] == e["run"]]
         assert len(runs) == 1
+
+
+def test_a_run_killed_before_its_job_was_submitted_is_not_counted_as_run(
+    daemon_factory: Any, slurm_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed inside sbatch (its launch stored, no job submitted): after the restart the trial
+    runs again under the same run number, so its runs are the jobs that started, no more."""
+    d = daemon(daemon_factory, slurm_cluster, monkeypatch)
+    (d.root / "shared").mkdir()
+    # sbatch as the submitter's PATH finds it: the real one, until the hold file appears; then
+    # one that never returns (and submits nothing), as an sbatch the daemon died inside.
+    real = shutil.which("sbatch")
+    assert real is not None
+    bin_dir = d.root / "bin"
+    bin_dir.mkdir()
+    hold, held = d.root / "hold", d.root / "sbatch.pid"
+    wrapper = bin_dir / "sbatch"
+    wrapper.write_text(
+        f"#!/bin/sh\nif [ -e {hold} ]; then echo $$ >> {held}; exec sleep 600; fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    d.env["PATH"] = f"{bin_dir}{os.pathsep}{d.env['PATH']}"
+    sid = str(d.ctl_json("submit", str(write(d, "lost", trials=4, concurrent=2)))["study"])
+    wait_for(
+        "a job running",
+        lambda: any(j.get("state") == "RUNNING" for j in d.ctl_json("show", sid).get("jobs", [])),
+    )
+    hold.touch()
+    wait_for("the daemon inside sbatch", lambda: held.exists() and held.read_text().strip())
+    d.stop(signal.SIGKILL)
+    for pid in held.read_text().split():
+        os.kill(int(pid), signal.SIGKILL)
+    hold.unlink()
+    d.start()
+    done = d.ctl_json("wait", sid, timeout=180)
+    assert done["state"] == "completed", d.output()
+    trials = d.ctl_json("trials", sid)
+    jobs = d.ctl_json("show", sid)["jobs"]
+    for t in trials:
+        starts = [e for e in events(d, sid, t["trial"]) if e["event"] == "start"]
+        # Every run the trial shows is a job that started: the one never submitted is not one.
+        assert len(starts) == t["runs"], (t, starts)
+        assert len([j for j in jobs if j["trial"] == t["trial"]]) == t["runs"], (t, jobs)
+    assert logged(d, "slurm_never_submitted"), d.output()
 
 
 def test_stop_is_scancel_with_sigterm_then_the_grace_period(
