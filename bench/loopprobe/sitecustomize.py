@@ -30,11 +30,30 @@ if _OUT:
             return owner.get_name()
         return getattr(cb, "__qualname__", repr(cb)[:60])
 
+    # HPOD_BENCH_PROFILE=NAME: callbacks whose name holds NAME run under cProfile, and the
+    # slowest one's profile is written beside FILE (FILE.prof): where a stall's time went.
+    _PROFILE = os.environ.pop("HPOD_BENCH_PROFILE", None)
+    _slowest = [0.0]
+
     def _run(self: asyncio.events.Handle) -> None:
         t0, c0 = time.perf_counter(), time.thread_time()
+        prof = None
+        if _PROFILE:
+            # Every callback profiled: a task's name may change inside the step (a request's
+            # task is named for its method once it has read the line).
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         try:
             _orig(self)
         finally:
+            if prof is not None:
+                prof.disable()
+                took = time.thread_time() - c0
+                if _PROFILE in _name(self._callback) and took > _slowest[0]:
+                    _slowest[0] = took
+                    prof.dump_stats(_OUT + ".prof")
             dt = time.perf_counter() - t0
             _count[0] += 1
             _count[1] += dt

@@ -175,10 +175,22 @@ class AnswerIndex:
 
     def best(self) -> int | None:
         """The trial id with the best key, or None when no trial has a finite estimate."""
+        key = self.best_key()
+        return None if key is None else key[2]
+
+    def top(self, k: int) -> list[Key]:
+        """The ``k`` best keys, best first, those with a finite estimate only: O(n log k) in C
+        over the kept keys, no estimate computed again."""
+        if k <= 0:
+            return []
+        return [key for key in heapq.nsmallest(k, self._keys.values()) if not math.isinf(key[0])]
+
+    def best_key(self) -> Key | None:
+        """The best key (its trial id last), or None when no trial has a finite estimate."""
         heap, keys = self._heap, self._keys
         while heap:
             key = heap[0]
             if keys.get(key[2]) == key:
-                return None if math.isinf(key[0]) else key[2]
+                return None if math.isinf(key[0]) else key
             heapq.heappop(heap)
         return None

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from hpod.core.answer import AnswerIndex, Estimate
+from hpod.core.answer import AnswerIndex, Estimate, Key
 from hpod.core.asha import RungScheduler
 from hpod.core.median import MedianStoppingScheduler
 from hpod.core.models import FitRequest, Owner
@@ -989,6 +989,19 @@ class Study:
         points = [self.objective.minimized(b.values) for b in ranked]
         first = set(non_dominated_sort(points)[0]) if points else set()
         return [b for i, b in enumerate(ranked) if i in first]
+
+    def best_key(self) -> Key | None:
+        """Where the best trial stands (:func:`hpod.core.answer.rank_key`: its estimate's sort
+        key, minus its level, its id), in O(log n) amortized; None with no finite estimate or
+        with several objectives (their answer is a front, not a key)."""
+        return None if self._answers is None else self._answers.best_key()
+
+    def top(self, k: int) -> list[int]:
+        """The ids of the ``k`` trials the answer ranks first (best first; only those with a
+        finite estimate). A single objective's only: several have a front (:meth:`pareto`)."""
+        if self._answers is None:
+            raise ValueError("several objectives are ranked by Pareto front: use pareto()")
+        return [key[2] for key in self._answers.top(k)]
 
     def best(self) -> Best | None:
         """The trial with the best estimate (:meth:`find_best`), found again only after a counted

@@ -26,11 +26,10 @@ from typing import Any
 
 import anyio
 
-from hpod.core import answer
+from hpod.core.answer import Key
 from hpod.core.pareto import dominates
-from hpod.core.plans import TrialView as _TrialView
 from hpod.core.states import TrialState
-from hpod.core.study import DecisionRecord, Launch, ReportOutcome, Study, TrialRecord
+from hpod.core.study import DecisionRecord, Launch, ReportOutcome, TrialRecord
 from hpod.daemon.runtime import StudyRuntime
 from hpod.daemon.store import EventRow, Op, Store, event_op
 
@@ -72,29 +71,19 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _rank(engine: Study, t: _TrialView, without: float | None) -> tuple[float, float, int] | None:
-    """A trial's key as ``Study.best`` orders them (smaller first), from its curve; ``without``:
-    leaving out the point at that resource (what it was before that report). None: no point."""
-    curve = t.curve if without is None else {r: v for r, v in t.curve.items() if r != without}
-    return answer.rank_key(engine.objective, t.trial_id, curve)
-
-
 class EventLog:
     """Builds the ops of each event and decision record; wakes the long polls once committed.
 
-    One per daemon (the trials service makes it). It keeps, per study, the best so far (for
-    ``new_best``) and, per trial, when its last ``trial_reported`` was, all in memory: the report
-    path reads nothing from the store."""
+    One per daemon (the trials service makes it). It keeps, per trial, when its last
+    ``trial_reported`` was, and for several objectives each trial's values (for ``new_best``),
+    all in memory: the report path reads nothing from the store. A single objective's best is
+    the study's own (``Study.best_key``), compared with what it was before the report."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._changed = anyio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting = 0
-        # study id -> (sort key, -resource, trial id) of its best, or None: none yet.
-        self._best: dict[str, tuple[float, float, int] | None] = {}
-        # study id -> trial id -> its rank as Study.best orders them (see _new_best).
-        self._keys: dict[str, dict[int, tuple[float, float, int]]] = {}
         # Several objectives: study id -> trial id -> its minimized value vector, so a report
         # is checked against the others in O(trials), never a whole non-dominated sort.
         self._vectors: dict[str, dict[int, tuple[float, ...]]] = {}
@@ -162,6 +151,7 @@ class EventLog:
         outcome: ReportOutcome,
         now: float,
         mono: float,
+        best_before: Key | None,
     ) -> list[Op]:
         """What a report adds to its commit: the decision records (a PAUSE or STOP), a
         ``trial_reported`` (rate-limited), a ``new_best``. Nothing when nothing is due; no read
@@ -188,66 +178,23 @@ class EventLog:
             objective.is_multi and any(n in metrics for n in objective.names)
         )
         if outcome.counted and carries:
-            best = self._new_best(study, trial_id, outcome.resource)
+            best = self._new_best(study, best_before)
             if best is not None:
                 ops.append(self.op(study.id, trial_id, "new_best", best, now))
         return ops
 
-    def _new_best(
-        self, study: StudyRuntime, trial_id: int, resource: float
-    ) -> dict[str, Any] | None:
-        """The study's best as ``new_best`` says it, if this trial's report (at ``resource``)
-        changed it.
-
-        Each trial's rank (``Study.best``'s key) is kept here and updated from the report
-        alone: its estimate (the study keeps it: hpod.core.answer), or for ``*_global`` the
-        better of the kept one and the new point. The best changes to this trial when it now
-        ranks first; only when the best trial itself fell behind are the kept ranks looked
-        through (never the curves)."""
+    def _new_best(self, study: StudyRuntime, before: Key | None) -> dict[str, Any] | None:
+        """The study's best as ``new_best`` says it, if it moved from ``before`` (its key before
+        the report): the study's answer index knows it in O(log n), never a walk of the
+        trials (a 10,000-trial study's first report walked them all: 45 ms on the loop)."""
         engine = study.engine
-        if engine.objective.is_multi:
-            return self._new_on_front(study, trial_id)
-        sid = study.id
-        t = engine.trials[trial_id]
-        if not t.curve:
-            return None
-        objective = engine.objective
-        keys = self._keys.get(sid)
-        if keys is None:
-            # The first report this daemon sees: every trial's rank from its curve, this one's
-            # as it was before the report (once per study and daemon).
-            keys = self._keys[sid] = {
-                u.trial_id: key
-                for u in engine.trials
-                if (key := _rank(engine, u, resource if u.trial_id == trial_id else None))
-                is not None
-            }
-            self._best[sid] = min(keys.values(), default=None)
-        point = objective.sort_key(t.curve.get(resource, math.nan))
-        old = keys.get(trial_id)
-        if objective.is_global:
-            first = point if old is None else min(old[0], point)
-        else:
-            first = objective.sort_key(engine.value_of(trial_id))
-        mine = (first, -t.last_resource, trial_id)
-        keys[trial_id] = mine
-        before = self._best.get(sid)
-        if before is not None and before[2] == trial_id:
-            # The best trial itself reported: still first if no worse, else look again.
-            now: tuple[float, float, int] | None = mine if mine <= before else min(keys.values())
-        elif before is None or mine < before:
-            now = mine
-        else:
-            return None
-        if now is not None and math.isinf(now[0]):
-            now = None  # nothing but NaN: no best (as Study.best)
-        self._best[sid] = now
+        now = engine.best_key()
         if now is None or now == before:
             return None
         best = engine.trials[now[2]]
         return {
             "trial": now[2],
-            "objective": -now[0] if objective.maximize else now[0],
+            "objective": -now[0] if engine.objective.maximize else now[0],
             "last": next(reversed(best.curve.values())),
             "resource": best.last_resource,
             "config": dict(best.config),
@@ -303,8 +250,6 @@ class EventLog:
                 "config": best.config,
             },
         }
-        self._best.pop(study.id, None)
-        self._keys.pop(study.id, None)
         return [self.op(study.id, None, "study_ended", data, at)]
 
     # -- waking the long polls ------------------------------------------------------------------

@@ -473,6 +473,7 @@ class Methods:
         shutdown = not run.remote and (not self.studies.accepting or run.interrupted)
         stop = run.forces_stop and not (run.remote and run.interrupted)
         force = Decision.PAUSE if shutdown else (Decision.STOP if stop else None)
+        best_before = engine.best_key()  # new_best: whether the report moves it
         outcome = engine.on_report(run.trial_id, metrics, now, force=force)
         answer.prepare({"decision": outcome.decision.value})
         last = (run.last_sender, run.last_seq, run.last_answer)
@@ -491,7 +492,7 @@ class Methods:
         decided = outcome.decision is not Decision.CONTINUE and not outcome.forced
         # Its decision record, trial_reported (rate-limited) and new_best, in its commit.
         told = self.trials.events.report_ops(
-            study, run.trial_id, metrics, outcome, now, time.monotonic()
+            study, run.trial_id, metrics, outcome, now, time.monotonic(), best_before
         )
         # The writer thread sends the answer the moment the report is committed (acknowledged
         # only once durable, as the trial contract says), without a detour through this loop.

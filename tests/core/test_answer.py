@@ -89,6 +89,12 @@ def test_the_index_names_what_best_of_names(objective: Objective) -> None:
                 c[next(reversed(c))] = rng.random()
             index.update(tid, c)
         assert index.best() == answer.best_of(objective, curves, 3)
+        if step % 50 == 0:
+            # The top of the order, as a sort of every trial's key from scratch has it.
+            keys = [answer.rank_key(objective, t, cv, 3) for t, cv in curves.items()]
+            ranked = sorted(k for k in keys if k is not None and not math.isinf(k[0]))
+            assert index.top(5) == ranked[:5]
+            assert index.best_key() == (ranked[0] if ranked else None)
         for t in (tid, *(curves if step % 100 == 0 else ())):
             cv = curves[t]
             assert _same(index.get(t), answer.estimate(objective, cv, 3))

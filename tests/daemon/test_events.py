@@ -91,8 +91,9 @@ async def test_a_reports_events_trial_reported_at_most_every_half_second_and_new
 
     def report(run_id: int, epoch: int, loss: float, mono: float) -> list[str]:
         metrics = {"epoch": epoch, "loss": loss}
+        before = engine.best_key()
         outcome = engine.on_report(run_id, metrics, time.time())
-        ops = log.report_ops(study, run_id, metrics, outcome, time.time(), mono)
+        ops = log.report_ops(study, run_id, metrics, outcome, time.time(), mono, before)
         return [str(op.params[3]) for op in ops if op.sql.startswith("INSERT INTO events")]
 
     assert report(a.trial_id, 1, 0.5, 100.0) == ["trial_reported", "new_best"]
@@ -103,9 +104,10 @@ async def test_a_reports_events_trial_reported_at_most_every_half_second_and_new
     # The best trial falls behind the other one, 0.5 s on: trial_reported, and trial a is the
     # best again.
     metrics = {"epoch": 2.5, "loss": 0.8}
+    before = engine.best_key()
     outcome = engine.on_report(b.trial_id, metrics, time.time())
     ops = log.report_ops(
-        study, b.trial_id, metrics, outcome, time.time(), 100.1 + REPORT_EVENT_SECONDS
+        study, b.trial_id, metrics, outcome, time.time(), 100.1 + REPORT_EVENT_SECONDS, before
     )
     kinds = [op.params[3] for op in ops if op.sql.startswith("INSERT INTO events")]
     assert kinds == ["trial_reported", "new_best"]
@@ -179,3 +181,27 @@ async def test_every_event_op_wakes_the_long_polls_also_the_stores_own(store: St
         await store.add_event("s-1", 0, "oom", {}, time.time())
     assert [r.kind for r in got] == ["oom"]
     assert time.monotonic() - started < 5.0
+
+
+async def test_a_new_daemons_first_report_says_new_best_only_if_the_best_moved(
+    tmp_path: Path,
+) -> None:
+    """The event log of a daemon that just started knows nothing of the study: the best before
+    a report is the study's own, so a report that leaves it where it was says nothing."""
+    study = make_study(tmp_path)
+    a, b = start_run(study), start_run(study)
+    engine = study.engine
+    engine.on_report(a.trial_id, {"epoch": 1, "loss": 0.2}, time.time())
+    engine.on_report(b.trial_id, {"epoch": 1, "loss": 0.6}, time.time())
+
+    def report(run_id: int, epoch: int, loss: float) -> list[str]:
+        log = EventLog(None)  # type: ignore[arg-type]  # a new daemon's, every time
+        metrics = {"epoch": epoch, "loss": loss}
+        before = engine.best_key()
+        outcome = engine.on_report(run_id, metrics, time.time())
+        ops = log.report_ops(study, run_id, metrics, outcome, time.time(), 0.0, before)
+        return [str(op.params[3]) for op in ops if op.sql.startswith("INSERT INTO events")]
+
+    assert report(b.trial_id, 2, 0.5) == ["trial_reported"]  # still behind a
+    assert report(a.trial_id, 2, 0.1) == ["trial_reported", "new_best"]  # a, better
+    assert report(b.trial_id, 3, -2.0) == ["trial_reported", "new_best"]  # b goes first
