@@ -483,10 +483,14 @@ def _one_daemon(kind: str, n: int) -> str:
         cpu_max = by_cpu[0][1] if by_cpu else 0.0
         cpu_over = sum(1 for _, cpu, _ in served if cpu > 20)
         top = ", ".join(f"{cpu:.0f}ms {what}" for _, cpu, what in by_cpu[:3])
+        # The collector's longest pause once serving (inside some callback's time above).
+        pauses = [(ms, gen) for at, ms, gen in probe.get("gc", []) if at >= ready_at]
+        gc_max = max(pauses, default=(0.0, -1))
         return (
             f"{kind:10} {n:6}  {wall:7.1f} {over:4}  {cpu_max:7.1f} {cpu_over:4}"
             f"  {rss_loaded / 1024:7.1f}MB {rss_end / 1024:6.1f}MB  {listing}"
-            f"  (up in {started_s:.1f}s; most CPU: {top})"
+            f"  (up in {started_s:.1f}s; most CPU: {top}; longest gc {gc_max[0]:.0f}ms"
+            f" gen {gc_max[1]}, {len(pauses)} over 2 ms)"
         )
     finally:
         if not os.environ.get("HPOD_BENCH_KEEP"):

@@ -63,6 +63,23 @@ if _OUT:
 
     asyncio.events.Handle._run = _run  # type: ignore[method-assign]
 
+    # The collector's pauses (the loop thread's CPU time), by generation: a loop stall may be one (it runs inside whatever
+    # callback allocated), which no profile of the callback's own code shows.
+    import gc
+
+    _gc: list[tuple[float, float, int]] = []
+    _gc_start = [0.0]
+
+    def _on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            _gc_start[0] = time.thread_time()
+        else:
+            took = (time.thread_time() - _gc_start[0]) * 1e3
+            if took > 2.0:
+                _gc.append((time.time(), took, info.get("generation", -1)))
+
+    gc.callbacks.append(_on_gc)
+
     _PID = os.getpid()
 
     def _dump() -> None:
@@ -70,6 +87,8 @@ if _OUT:
         if os.getpid() != _PID:
             return
         with open(_OUT, "w") as f:
-            json.dump({"callbacks": _count[0], "busy_s": _count[1], "stalls": _stalls}, f)
+            json.dump(
+                {"callbacks": _count[0], "busy_s": _count[1], "stalls": _stalls, "gc": _gc}, f
+            )
 
     atexit.register(_dump)
