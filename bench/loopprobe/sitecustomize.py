@@ -63,8 +63,8 @@ if _OUT:
 
     asyncio.events.Handle._run = _run  # type: ignore[method-assign]
 
-    # The collector's pauses (the loop thread's CPU time), by generation: a loop stall may be one (it runs inside whatever
-    # callback allocated), which no profile of the callback's own code shows.
+    # The collector's pauses (the loop thread's CPU time), by generation: a loop stall may be
+    # one (it runs inside whatever callback allocated), which no profile of its code shows.
     import gc
 
     _gc: list[tuple[float, float, int]] = []
