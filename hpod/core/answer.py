@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from hpod.core.objective import Objective
+from hpod.core.tracked import TrackedDict
 
 # The reports averaged (bench/answer_rule.py chose it on the built-in benchmarks, seeds 0-4, and
 # confirmed it against the last report on seeds 5-14: docs/answer.md).
@@ -119,8 +120,10 @@ class AnswerIndex:
         self._global = objective.is_global
         self._sign = -1.0 if objective.maximize else 1.0
         # trial id -> (value, last, window): an Estimate's fields, built on demand (get).
-        self._estimates: dict[int, tuple[float, float, int]] = {}
-        self._keys: dict[int, Key] = {}
+        # TrackedDict: a plain one went back to the collector's youngest generation at each
+        # new entry, and every gen-0 collection walked all of it (hpod.core.tracked).
+        self._estimates: dict[int, tuple[float, float, int]] = TrackedDict()
+        self._keys: dict[int, Key] = TrackedDict()
         self._heap: list[Key] = []
 
     def update(

@@ -36,6 +36,7 @@ from hpod.core.rungs import (
     rung_value,
 )
 from hpod.core.states import Decision, TrialState
+from hpod.core.tracked import TrackedDict
 
 # A trial's place at a rung: its ranking value's sort key (smaller is better, NaN as +inf), then
 # its id (ties to the older trial), exactly the order of hpod.core.rungs.ranked.
@@ -51,7 +52,7 @@ class Ranks:
 
     def __init__(self) -> None:
         self.keys: list[Key] = []
-        self.of: dict[int, Key] = {}
+        self.of: dict[int, Key] = TrackedDict()  # never untracked (hpod.core.tracked)
 
     def __len__(self) -> int:
         return len(self.keys)

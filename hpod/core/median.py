@@ -30,6 +30,7 @@ from hpod.core.pareto import dominates
 from hpod.core.plans import NewTrial, Plan, StudyView, TrialView
 from hpod.core.rungs import reached
 from hpod.core.states import Decision
+from hpod.core.tracked import TrackedDict
 
 # The most distinct report levels a restored study's index is built for at once.
 EAGER_LEVELS = 256
@@ -73,7 +74,7 @@ class MedianStoppingScheduler:
         for level in levels:
             ranks = Ranks()
             ranks.keys = sorted(keys[level])
-            ranks.of = {key[1]: key for key in ranks.keys}
+            ranks.of = TrackedDict((key[1], key) for key in ranks.keys)
             self._at[level] = ranks
         self._levels = levels
 

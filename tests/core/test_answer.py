@@ -167,3 +167,31 @@ def test_a_retracted_report_is_taken_out_of_the_estimate() -> None:
     assert best.trial_id == launch.trial_id  # 0.45, one report
     assert (best.objective, best.last, best.window) == (0.45, 0.45, 1)
     assert study.value_of(first) == 0.5
+
+
+def test_the_index_maps_stay_tracked_so_young_collections_do_not_walk_them() -> None:
+    """A plain dict of atomic tuples is untracked by a collection and tracked again (young) at
+    its next new entry: every gen-0 collection then walked all 10,000 entries (17-32 ms of the
+    daemon's loop, bench/scale.py). The index's maps, and the rung index's, stay tracked."""
+    import gc
+
+    from hpod.core.asha import Ranks
+
+    index = AnswerIndex(MIN)
+    ranks = Ranks()
+    for tid in range(100):
+        index.update(tid, {1.0: tid / 100})
+        ranks.put(tid, (tid / 100, tid))
+    gc.collect()
+    assert gc.is_tracked(index._keys)
+    assert gc.is_tracked(index._estimates)
+    assert gc.is_tracked(ranks.of)
+    gc.freeze()
+    try:
+        index.update(100, {1.0: 0.5})
+        ranks.put(100, (0.5, 100))
+        young = {id(o) for o in gc.get_objects(0)}
+        assert id(index._keys) not in young
+        assert id(ranks.of) not in young
+    finally:
+        gc.unfreeze()
