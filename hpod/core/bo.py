@@ -70,10 +70,16 @@ def level_data(
     launched (see :class:`~hpod.core.plans.Observation`)."""
     by_config: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
     configs: dict[tuple[Any, ...], Mapping[str, ParamValue]] = {}
+    # A trial's observations share one config object (Study._observations): its key is made
+    # once, not once a report (27 times a trial; 1.5 s of the loop at 10,000 trials).
+    last_config: Mapping[str, ParamValue] | None = None
+    points: list[tuple[float, float]] = []
     for obs in history:
-        key = config_key(obs.config)
-        configs.setdefault(key, obs.config)
-        points = by_config.setdefault(key, [])
+        if obs.config is not last_config:
+            last_config = obs.config
+            key = config_key(obs.config)
+            configs.setdefault(key, obs.config)
+            points = by_config.setdefault(key, [])
         if obs.resource > 0 or not math.isnan(obs.value):
             points.append((obs.resource, obs.value))
     if level is None:

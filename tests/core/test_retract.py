@@ -125,3 +125,37 @@ def test_dyhpo_forgets_the_training_rows_of_a_retracted_point() -> None:
     study.retract_report(1, out)
     assert rows() == before
     assert study.record(1).state is TrialState.RUNNING
+
+
+def test_a_model_searchers_history_follows_every_change_of_a_curve() -> None:
+    """The history a model-based searcher sees is kept per trial between decisions: after
+    reports in and out of order, a retraction and new trials it is what a walk of the trials
+    would make now."""
+    import math
+
+    study = launched(ASHA, 3)
+
+    def walked() -> list[tuple[int, float, float]]:
+        out = []
+        for rec in study.records():
+            if not rec.curve:
+                out.append((rec.config["x"], 0.0, math.nan))
+            out.extend((rec.config["x"], r, v) for r, v in rec.curve)
+        return out
+
+    def seen() -> list[tuple[int, float, float]]:
+        return [(o.config["x"], o.resource, o.value) for o in study._observations()]
+
+    assert repr(seen()) == repr(walked())
+    report(study, 0, step=1, loss=0.5)
+    assert repr(seen()) == repr(walked())
+    report(study, 1, step=3, loss=0.4)
+    report(study, 1, step=2, loss=0.45)  # out of order
+    assert repr(seen()) == repr(walked())
+    out = report(study, 0, step=2, loss=0.1)
+    assert repr(seen()) == repr(walked())
+    study.retract_report(0, out)
+    assert repr(seen()) == repr(walked())
+    study.on_exit(2, 0, 0.0)
+    assert study.next_launch(0.0) is not None
+    assert repr(seen()) == repr(walked())
