@@ -434,7 +434,17 @@ def _one_daemon(kind: str, n: int) -> str:
                     raise RuntimeError(f"daemon did not start: {(tmp / 'daemon.log').read_text()}")
                 time.sleep(0.05)
             client = Client(str(sock))
-            client.ping()
+            # The socket file is there a moment before the daemon listens on it.
+            from hpod.errors import DaemonUnavailable
+
+            while True:
+                try:
+                    client.ping()
+                    break
+                except DaemonUnavailable:
+                    if daemon.poll() is not None or time.monotonic() - t0 > 120:
+                        raise
+                    time.sleep(0.05)
             ready_at = time.time()
             started_s = time.monotonic() - t0
             rss_loaded = _rss_kb(daemon.pid)

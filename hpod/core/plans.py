@@ -18,7 +18,7 @@ trial that was pending when the daemon died is not silently replaced by a differ
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hpod.core.models import FitRequest, Modeled
@@ -157,6 +157,14 @@ class Observation:
     # A multi-objective study's values there, one per metric, as losses (smaller is better;
     # Objective.minimized), for a searcher that scalarizes them; None for a single objective.
     vector: tuple[float, ...] | None = None
+    # config_key(config), where the maker had it (the study makes it once a trial): a searcher
+    # that dedupes the history reads it instead of making it again (observed_key).
+    key: tuple[tuple[str, str, object], ...] | None = field(default=None, compare=False)
+
+
+def observed_key(obs: Observation) -> tuple[tuple[str, str, object], ...]:
+    """``config_key`` of an observation's configuration, made once by its study."""
+    return obs.key if obs.key is not None else config_key(obs.config)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from hpod.core.plans import (
     Promote,
     Scheduler,
     Searcher,
+    config_key,
 )
 from hpod.core.preview import Occupancy
 from hpod.core.problems import is_number
@@ -528,15 +529,16 @@ class Study:
 
     def _observed(self, t: _Trial) -> tuple[Observation, ...]:
         config = dict(t.config)  # one copy per trial, shared by its observations
+        key = config_key(config)  # and its key (plans.observed_key)
         # Launched, nothing counted yet: a model-based searcher treats it as pending.
-        first = () if t.curve else (Observation(config, 0.0, math.nan),)
+        first = () if t.curve else (Observation(config, 0.0, math.nan, key=key),)
         if self.objective.is_multi:
             minimized = self.objective.minimized
             return first + tuple(
-                Observation(config, r, t.curve.get(r, math.nan), minimized(v))
+                Observation(config, r, t.curve.get(r, math.nan), minimized(v), key)
                 for r, v in t.vectors.items()
             )
-        return first + tuple(Observation(config, r, v) for r, v in t.curve.items())
+        return first + tuple(Observation(config, r, v, key=key) for r, v in t.curve.items())
 
     # -- reports and exits ---------------------------------------------------------------------
 
