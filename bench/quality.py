@@ -13,13 +13,14 @@ runs out are not counted, for either), the same 4 workers on a virtual clock, an
 (``--seeds``, 10 by default), paired: seed s of every method sees the same benchmark noise and,
 for the random-search-based ones, the same configurations. hpod runs its default (``hpod
 default``: the spec names no scheduler type and no searcher, so it is whatever a user who names
-neither gets), random search to max_resource (fifo), ASHA with promotion, ASHA with stopping,
-Hyperband (every bracket), BO + ASHA and DyHPO. Optuna runs SuccessiveHalvingPruner and
-HyperbandPruner with its RandomSampler and the pruners' documented defaults but min_resource 1 and
-reduction_factor 3 (as hpod's), TPESampler (its defaults, ``seed=s``) with the same
-HyperbandPruner and with MedianPruner (its defaults), asked and told on the same virtual clock with
-the same 4 workers. A NaN report (a diverged run of ``cost-aware-7d``) goes to Optuna as it is
-(its pruners prune it); a trial that ends on one is told FAIL.
+neither gets: Hyperband with BO since issue 19), random search to max_resource (fifo), ASHA with
+promotion, ASHA with stopping, Hyperband (every bracket), BO + ASHA, BO + Hyperband and DyHPO.
+Optuna runs SuccessiveHalvingPruner and HyperbandPruner with its RandomSampler and the pruners'
+documented defaults but min_resource 1 and reduction_factor 3 (as hpod's), TPESampler (its
+defaults, ``seed=s``) with the same HyperbandPruner and with MedianPruner (its defaults), asked and
+told on the same virtual clock with the same 4 workers. A NaN report (a diverged run of
+``cost-aware-7d``) goes to Optuna as it is (its pruners prune it); a trial that ends on one is told
+FAIL.
 
 The same configurations for every method (common random numbers): on seed s, the i-th trial any
 method starts is the i-th configuration Optuna's ``RandomSampler(seed=s)`` draws (hpod is handed
@@ -111,12 +112,14 @@ HPOD_METHODS: dict[str, dict[str, Any]] = {
     },
     "hpod Hyperband": {"type": "hyperband", "min_resource": 1, "reduction_factor": ETA},
     "hpod BO + ASHA": {"type": "asha", "min_resource": 1, "reduction_factor": ETA},
+    "hpod BO + Hyperband": {"type": "hyperband", "min_resource": 1, "reduction_factor": ETA},
     "hpod DyHPO": {"type": "dyhpo", "min_resource": 1, "reduction_factor": ETA},
 }
 # The model-based ones propose their own configurations (the shared stream is random draws); their
 # fits run synchronously in the simulator and are not counted in the decision times.
 HPOD_SEARCHERS: dict[str, dict[str, Any]] = {
     "hpod BO + ASHA": {"type": "bo"},
+    "hpod BO + Hyperband": {"type": "bo"},
     "hpod DyHPO": {"type": "dyhpo"},
 }
 OPTUNA_METHODS = (

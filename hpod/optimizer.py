@@ -93,6 +93,8 @@ class Optimizer:
     a tuple ``("loguniform", a, b)`` (the type, then the range), or a list (a ``choice``).
     ``scheduler`` and ``searcher`` are a type name or the whole table (``{"type": "asha",
     "max_resource": 27}``); ``min_resource``/``max_resource`` go into the scheduler's table.
+    Left out (None), the spec's default: Hyperband with BO where ``max_resource`` is given, fifo
+    with random search where it is not (docs/spec.md).
     """
 
     def __init__(
@@ -104,8 +106,8 @@ class Optimizer:
         mode: str = "min",
         resource: str = "epoch",
         name: str = "optimizer",
-        scheduler: str | Mapping[str, Any] = "fifo",
-        searcher: str | Mapping[str, Any] = "random",
+        scheduler: str | Mapping[str, Any] | None = None,
+        searcher: str | Mapping[str, Any] | None = None,
         min_resource: float | None = None,
         max_resource: float | None = None,
         max_trials: int | None = None,
@@ -746,8 +748,8 @@ def build_spec(
     mode: str,
     resource: str,
     name: str,
-    scheduler: str | Mapping[str, Any],
-    searcher: str | Mapping[str, Any],
+    scheduler: str | Mapping[str, Any] | None,
+    searcher: str | Mapping[str, Any] | None,
     min_resource: float | None,
     max_resource: float | None,
     max_trials: int | None,
@@ -762,7 +764,10 @@ def build_spec(
     extra: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The study spec (as the TOML file would hold it) that the keyword arguments describe."""
-    sched: dict[str, Any] = {"type": scheduler} if isinstance(scheduler, str) else dict(scheduler)
+    # None: the spec's default (docs/spec.md: Hyperband with BO where max_resource is given).
+    sched: dict[str, Any] = (
+        {"type": scheduler} if isinstance(scheduler, str) else dict(scheduler or {})
+    )
     for key, value in (("min_resource", min_resource), ("max_resource", max_resource)):
         if value is not None:
             sched[key] = value
@@ -772,7 +777,7 @@ def build_spec(
         "objective": {"metric": metric, "mode": mode, "resource": resource},
         "space": {key: _param(key, value) for key, value in space.items()},
         "scheduler": sched,
-        "searcher": {"type": searcher} if isinstance(searcher, str) else dict(searcher),
+        "searcher": {"type": searcher} if isinstance(searcher, str) else dict(searcher or {}),
         "resources": {"gpus_per_trial": gpus_per_trial},
     }
     limits = {

@@ -922,7 +922,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         return 0
     unit = out["resource"]
     print(f"study     {out['name']}")
-    print(f"scheduler {out['scheduler']} to {out['max_resource']} {unit}(s)")
+    default = " (the default: the spec names no scheduler type)" if out.get("default") else ""
+    print(f"scheduler {out['scheduler']} to {out['max_resource']} {unit}(s){default}")
+    print(f"searcher  {out['searcher']}")
     if out["rung_levels"]:
         levels = ", ".join(str(v) for v in out["rung_levels"])
         print(f"rungs     {levels} (eta {out['reduction_factor']:g}, {out['rung_type']})")

@@ -102,7 +102,11 @@ def level_data(
         if math.isfinite(loss):
             worst = max(worst, loss)
         chosen.append((configs[key], loss))
-    # A diverged run (NaN, inf) counts as the worst seen, not as a hole in the data.
+    # A diverged run (NaN, inf) counts as the worst seen, not as a hole in the data; where every
+    # run at the level diverged (cost-aware-7d's top level, early in a Hyperband study), they
+    # are all as bad: one constant (the GP fit failed on -inf).
+    if worst == -math.inf:
+        worst = 0.0
     fixed = [(c, v if math.isfinite(v) else worst) for c, v in chosen]
     fixed = fixed[-MAX_POINTS:]
     return LevelData(

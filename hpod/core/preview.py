@@ -191,6 +191,9 @@ def preview(spec: StudySpec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": spec.name,
         "scheduler": s.type.value,
+        "searcher": spec.searcher.type.value,
+        # The spec named no scheduler type and got the default (hpod.core.spec.DEFAULT_SCHEDULER)
+        "default": "scheduler.type" in spec.derived and spec.limits.time_ratio is None,
         "max_resource": _num(max_r),
         "max_trials": limit,
         "resource": spec.objective.resource,

@@ -112,6 +112,13 @@ class Acquisition(enum.StrEnum):
 # A fifo study needs no rungs, so max_resource may be left out there; trials then get this as
 # HPOD_MAX_RESOURCE. Every other scheduler needs it written down.
 DEFAULT_FIFO_MAX_RESOURCE = 10
+# What a spec that names no scheduler type gets where it writes down scheduler.max_resource (so
+# there are rungs): the method with the best worst case over the quality suite (issue 19,
+# bench/results/quality.md, docs/schedulers.md "The default"). Without max_resource there is no
+# rung to stop at: fifo and random search, as before. A spec that names a type keeps its own
+# searcher default (random; dyhpo's with dyhpo).
+DEFAULT_SCHEDULER = SchedulerType.HYPERBAND
+DEFAULT_SEARCHER = SearcherType.BO
 # [report] log_limit: a trial's log past this is cut to its last half by the daemon (a 64 MiB
 # default keeps any traceback and hours of progress lines, and a printing loop cannot fill a disk).
 DEFAULT_LOG_LIMIT = 64 * 1024**2
@@ -512,7 +519,21 @@ class StudySpec:
         scheduler = _read_scheduler(sched_sec, problems, limits, derived)
         if space is not None and limits.time_ratio is not None:
             space = _budget_space(space, scheduler, limits, derived)
-        searcher = _read_searcher(top.table("searcher"), space, scheduler, problems)
+        # The default pair: a spec that named no scheduler type and got the default scheduler
+        # gets the default searcher too.
+        default_pair = (
+            sched_sec is not None
+            and not sched_sec.has("type")
+            and scheduler.type is DEFAULT_SCHEDULER
+            and limits.time_ratio is None
+        )
+        searcher = _read_searcher(
+            top.table("searcher"), space, scheduler, problems, default_pair=default_pair
+        )
+        if default_pair:
+            derived.append("scheduler.type")
+            if searcher.type is DEFAULT_SEARCHER:
+                derived.append("searcher.type")
         resources = _read_resources(top.table("resources"), problems)
         report = _read_report(top.table("report"), problems)
         oom = _read_oom(top.table("oom"), space, problems)
@@ -864,7 +885,13 @@ def _read_scheduler(
     budget = limits is not None and limits.time_ratio is not None
     full = limits.full_resource if limits is not None else None
     filled = derived if derived is not None else []
-    stype = sec.choice("type", SchedulerType, SchedulerType.ASHA if budget else SchedulerType.FIFO)
+    if budget:
+        default_type = SchedulerType.ASHA
+    elif sec.has("max_resource"):
+        default_type = DEFAULT_SCHEDULER
+    else:
+        default_type = SchedulerType.FIFO
+    stype = sec.choice("type", SchedulerType, default_type)
     if budget and not sec.has("type"):
         filled.append("scheduler.type")
     if stype is not SchedulerType.FIFO and not sec.has("max_resource") and not budget:
@@ -983,14 +1010,19 @@ def _read_searcher(
     space: SearchSpace | None,
     scheduler: SchedulerSpec,
     problems: list[str],
+    *,
+    default_pair: bool = False,
 ) -> SearcherSpec:
-    if sec is None:
-        return SearcherSpec()
-    sec.keys = _SEARCHER_KEYS
     # DyHPO is one method with two halves; naming it once, on the scheduler, is enough.
-    default_type = (
-        SearcherType.DYHPO if scheduler.type is SchedulerType.DYHPO else SearcherType.RANDOM
-    )
+    if scheduler.type is SchedulerType.DYHPO:
+        default_type = SearcherType.DYHPO
+    elif default_pair:
+        default_type = DEFAULT_SEARCHER
+    else:
+        default_type = SearcherType.RANDOM
+    if sec is None:
+        return SearcherSpec(type=default_type)
+    sec.keys = _SEARCHER_KEYS
     stype = sec.choice("type", SearcherType, default_type)
     if (stype is SearcherType.DYHPO) != (scheduler.type is SchedulerType.DYHPO):
         sec.problem(

@@ -177,6 +177,27 @@ def test_bo_models_the_highest_rung_with_enough_observations() -> None:
     assert res.decisions["random_starts"] >= 4
 
 
+def test_bo_fits_a_level_where_every_run_diverged() -> None:
+    # Every configuration at the level reported NaN: a constant, not -inf (the fit failed).
+    from hpod.core.bo import fit_level_gp, level_data
+    from hpod.core.plans import Observation
+
+    history = [Observation({"x": x}, 1.0, 0.5 - x) for x in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    history += [Observation({"x": x}, 3.0, float("nan")) for x in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    data = level_data(history, maximize=False, min_points=5)
+    assert data is not None
+    assert data.level == 3.0
+    assert all(np.isfinite(data.losses))
+    request = FitRequest(
+        "hpod.core.bo:fit_level_gp",
+        owner=Owner.SEARCHER,
+        key=("bo", 3.0, 5),
+        seed=0,
+        data={"x": np.array([[c["x"]] for c in data.configs]), "y": np.array(data.losses)},
+    )
+    fit_level_gp(request)
+
+
 def test_bo_kappa_decays_as_otx_hpopt() -> None:
     b = BUILTIN["curves-parallel"]
     space = _spec("curves-parallel", ASHA, {"type": "bo"}).space

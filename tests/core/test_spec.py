@@ -469,3 +469,37 @@ def test_the_reporter_waits_as_long_as_the_spec_says_by_default() -> None:
     from hpod.core.spec import DEFAULT_RECONNECT_TIMEOUT
 
     assert trial.DEFAULT_RECONNECT_TIMEOUT == DEFAULT_RECONNECT_TIMEOUT
+
+
+def _defaults_spec(
+    scheduler: dict[str, object] | None, searcher: dict[str, object] | None = None
+) -> StudySpec:
+    raw: dict[str, object] = {
+        "name": "d",
+        "command": ["true"],
+        "objective": {"metric": "loss", "mode": "min", "resource": "epoch"},
+        "space": {"x": {"param_type": "uniform", "range": [0.0, 1.0]}},
+    }
+    if scheduler is not None:
+        raw["scheduler"] = scheduler
+    if searcher is not None:
+        raw["searcher"] = searcher
+    return StudySpec.from_mapping(raw, base_dir=Path("."))
+
+
+def test_a_spec_that_names_no_scheduler_type_gets_hyperband_with_bo() -> None:
+    from hpod.core.preview import preview
+
+    spec = _defaults_spec({"max_resource": 27})
+    assert (spec.scheduler.type.value, spec.searcher.type.value) == ("hyperband", "bo")
+    assert spec.scheduler.brackets == 4  # every bracket: rungs 1, 3, 9, and one from 27
+    assert preview(spec)["default"] is True
+    assert preview(spec)["searcher"] == "bo"
+    # a searcher named keeps it; a scheduler type named keeps random search as before
+    assert _defaults_spec({"max_resource": 27}, {"type": "random"}).searcher.type.value == "random"
+    named = _defaults_spec({"type": "hyperband", "max_resource": 27})
+    assert named.searcher.type.value == "random"
+    assert preview(named)["default"] is False
+    # without max_resource there are no rungs: fifo and random search
+    bare = _defaults_spec(None)
+    assert (bare.scheduler.type.value, bare.searcher.type.value) == ("fifo", "random")
