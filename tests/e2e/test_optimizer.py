@@ -255,6 +255,9 @@ def _local_optimizer(folder: Path, delay: float = 0.0) -> Optimizer:
         mode="min",
         resource="step",
         max_resource=3,
+        # Every trial to the end, so each ends with a callback (the default, Hyperband, leaves
+        # the ones it did not promote paused).
+        scheduler="fifo",
         searcher="grid",
         max_concurrent=2,
         extra={"stop_grace_period": "1s"},
