@@ -10,6 +10,7 @@ runs the same generators for 10^5+ lines.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -236,7 +237,12 @@ def test_a_burst_of_bad_requests_leaves_rss_and_descriptors_flat(
     send_all(wire, burst)
     grown = target.rss_kib() - rss
     assert grown < 16 * 1024, f"RSS grew {grown} KiB over {2 * len(burst)} bad lines"
-    assert target.fds() <= fds + 1, (fds, target.fds())
+    # A descriptor held for a moment (the periodic report's file and folder being written) is
+    # not a leak: one that stays is. Looked at again until it is gone, for at most 10 s.
+    deadline = time.monotonic() + 10.0
+    while (now := target.fds()) > fds + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert now <= fds + 1, (fds, now, sorted(os.listdir(f"/proc/{target.pid}/fd")))
     # One line at most per bad request, and far fewer under a flood (rate-limited).
     logged = target.log_since(log_before).count("\n")
     assert logged <= 2 * len(burst), logged
