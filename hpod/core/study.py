@@ -223,6 +223,12 @@ class _Trial:
     observed: tuple[Observation, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
+    def retry_unrun(self) -> bool:
+        """Retried after running out of memory and not run since: the retry still starts from
+        scratch (``restart``)."""
+        return bool(self.retries) and self.retries[-1].run == self.runs
+
+    @property
     def last_resource(self) -> float:
         # The curve is kept in resource order, so its last key is its highest level.
         return next(reversed(self.curve), 0.0)
@@ -333,8 +339,7 @@ class Study:
                 vectors=dict(rec.vectors),
                 retries=list(rec.retries),
             )
-            # Retried and not run since: the retry still starts from scratch.
-            t.restart = bool(rec.retries) and rec.retries[-1].run == rec.runs
+            t.restart = t.retry_unrun
             if rec.trial_id in live and rec.state is TrialState.RUNNING:
                 if rec.last_decision is not Decision.CONTINUE and not rec.interrupting:
                     t.ending = rec.last_decision
@@ -845,8 +850,7 @@ class Study:
         t = self._get(trial_id)
         if not ran and t.runs > 0:
             t.runs -= 1
-            # Retried after an OOM and not run since: the retry still starts from scratch.
-            t.restart = bool(t.retries) and t.retries[-1].run == t.runs
+            t.restart = t.retry_unrun
         self._move(t, self._interrupted(t) if t.ending is None else self._end(t, t.ending))
         t.ending = None
         self._touched(t)

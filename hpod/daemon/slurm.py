@@ -617,11 +617,12 @@ class SlurmRuns:
             known = await _run(
                 ["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"]
             )
+            submitted = bool(known.strip())
         except SlurmError:
-            known = "?"  # the controller is away: assume it was submitted
+            submitted = True  # the controller is away: assume it was
         with contextlib.suppress(SlurmError):
             await _run(["scancel", f"--name={name}"])
-        return bool(known.strip())
+        return submitted
 
     async def _store_handle(self, study: StudyRuntime, run: TrialRun, ended: bool = False) -> None:
         """The run's handle into live_runs and its trial's list (trials.handles)."""
