@@ -92,3 +92,35 @@ if _OUT:
             )
 
     atexit.register(_dump)
+
+# HPOD_BENCH_TRACEMALLOC=FILE: where the daemon's memory is, as allocated by line (the innermost
+# frame of hpod's own code), written at its exit: what a study's size costs, by the line that
+# made it. Slows the daemon several times over: read its sizes, not its times.
+_MEM_OUT = os.environ.pop("HPOD_BENCH_TRACEMALLOC", None)
+
+if _MEM_OUT:
+    import atexit as _atexit
+    import tracemalloc
+
+    tracemalloc.start(6)
+    _MEM_PID = os.getpid()
+
+    def _mem_dump() -> None:
+        if os.getpid() != _MEM_PID:
+            return
+        snap = tracemalloc.take_snapshot()
+        by_line: dict[str, list[int]] = {}
+        for stat in snap.statistics("traceback"):
+            frames = [f for f in stat.traceback if "/hpod/" in f.filename] or list(stat.traceback)
+            inner = frames[-1]
+            key = f"{inner.filename.rsplit('/hpod/', 1)[-1]}:{inner.lineno}"
+            entry = by_line.setdefault(key, [0, 0])
+            entry[0] += stat.size
+            entry[1] += stat.count
+        with open(_MEM_OUT, "w") as f:
+            total = sum(size for size, _ in by_line.values())
+            f.write(f"traced {total / 2**20:.1f} MiB\n")
+            for key, (size, count) in sorted(by_line.items(), key=lambda kv: -kv[1][0])[:60]:
+                f.write(f"{size / 2**20:8.2f} MiB {count:9d}  {key}\n")
+
+    _atexit.register(_mem_dump)
