@@ -47,14 +47,17 @@ class Averages:
 
     __slots__ = ("by_trial", "ordered")
 
-    def __init__(
-        self, ordered: array[float] | None = None, by_trial: array[float] | None = None
-    ) -> None:
-        self.ordered = array("d") if ordered is None else ordered
-        self.by_trial = array("d") if by_trial is None else by_trial
+    def __init__(self) -> None:
+        self.ordered = array("d")
+        self.by_trial = array("d")
 
-    def __len__(self) -> int:
-        return len(self.ordered)
+    @classmethod
+    def of(cls, by_trial: array[float]) -> Averages:
+        """Each trial's key by its id (NaN: not reached), put in order once."""
+        averages = cls()
+        averages.by_trial = by_trial
+        averages.ordered = array("d", sorted(v for v in by_trial if not math.isnan(v)))
+        return averages
 
     def get(self, trial_id: int) -> float | None:
         if trial_id >= len(self.by_trial):
@@ -73,9 +76,13 @@ class Averages:
             return
         missing = trial_id + 1 - len(self.by_trial)
         if missing > 0:
-            self.by_trial.extend(array("d", [math.nan]) * missing)
+            self.by_trial.extend(_unreached(missing))
         self.by_trial[trial_id] = value
         bisect.insort(self.ordered, value)
+
+
+def _unreached(n: int) -> array[float]:
+    return array("d", [math.nan]) * n
 
 
 class MedianStoppingScheduler:
@@ -107,16 +114,14 @@ class MedianStoppingScheduler:
         if not levels or len(levels) > EAGER_LEVELS:
             return
         size = max((t.trial_id for t in study.trials), default=-1) + 1
-        at = {level: Averages(by_trial=array("d", [math.nan]) * size) for level in levels}
+        by_trial = {level: _unreached(size) for level in levels}
         for t in study.trials:
             for level in levels:
                 key = self._key(t, level)
                 if key is None:
                     break  # not reached: nor any level above (they are in order)
-                at[level].by_trial[t.trial_id] = key
-        for averages in at.values():
-            averages.ordered = array("d", sorted(v for v in averages.by_trial if not math.isnan(v)))
-        self._at = at
+                by_trial[level][t.trial_id] = key
+        self._at = {level: Averages.of(keys) for level, keys in by_trial.items()}
         self._levels = levels
 
     def touched(self, trial: TrialView, since: float | None = None) -> None:
