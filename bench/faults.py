@@ -657,22 +657,32 @@ class Campaign:
                 self.kinds["random"] += 1
                 self.missed["checkpoint"] += 1
         elif kind == "sigterm":
+            self.sigterm_kill()
+        else:
+            raise ValueError(kind)
+
+    def sigterm_kill(self, tries: int = 3) -> None:
+        """SIGKILL during a SIGTERM shutdown; one that ends first is a clean stop, tried again
+        sooner, and after ``tries`` the slot's kill is a random one."""
+        rng = self.rng
+        late = 0.25
+        for _ in range(tries):
             time.sleep(rng.uniform(0.2, 1.0))
             assert self.daemon.proc is not None
             self.daemon.proc.send_signal(signal.SIGTERM)
-            time.sleep(rng.uniform(0.01, 0.25))
+            time.sleep(rng.uniform(0.01, late))
             t0 = time.monotonic()
             if self.daemon.alive():
                 self.kinds["sigterm"] += 1
                 self.daemon.kill()
-            else:
-                # It finished its shutdown before the kill: a clean stop, not a kill.
-                self.daemon.proc.wait()
-                self.missed["sigterm"] += 1
-                self.clean += 1
+                self.restarts.append(self.daemon.start(since=t0))
+                return
+            self.daemon.proc.wait()
+            self.missed["sigterm"] += 1
+            self.clean += 1
             self.restarts.append(self.daemon.start(since=t0))
-        else:
-            raise ValueError(kind)
+            late /= 3
+        self.one_kill("random")
 
     def _logged(self, log: Path, offset: int, needle: str, timeout: float) -> bool:
         """Whether ``needle`` shows up in the daemon's log past ``offset`` within ``timeout``."""
