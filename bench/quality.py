@@ -10,11 +10,14 @@ The benchmarks (``--benchmarks``): ``builtin``, the five of ``hpod/benchmarks.py
 Every method gets the same total budget, 20 x max_resource epochs (resource units actually
 trained: a promoted hpod trial trains only from its checkpoint; the steps in flight when the budget
 runs out are not counted, for either), the same 4 workers on a virtual clock, and the same seeds
-(``--seeds``, 10 by default), paired: seed s of every method sees the same benchmark noise and,
+(``--seeds``, 10 by default, from ``--first-seed``, 0 by default: 10 gives held-out seeds 10 to
+19 for hpod's and Optuna's rows), paired: seed s of every method sees the same benchmark noise and,
 for the random-search-based ones, the same configurations. hpod runs its default (``hpod
 default``: the spec names no scheduler type and no searcher, so it is whatever a user who names
 neither gets: Hyperband with BO since issue 19), random search to max_resource (fifo), ASHA with
-promotion, ASHA with stopping, Hyperband (every bracket), BO + ASHA, BO + Hyperband and DyHPO.
+promotion, ASHA with stopping, Hyperband (every bracket), BO + ASHA, BO + Hyperband and DyHPO,
+and a variant of the default: BO with 20 random configurations before its model (not 5) +
+Hyperband.
 Optuna runs SuccessiveHalvingPruner and HyperbandPruner with its RandomSampler and the pruners'
 documented defaults but min_resource 1 and reduction_factor 3 (as hpod's), TPESampler (its
 defaults, ``seed=s``) with the same HyperbandPruner and with MedianPruner (its defaults), asked and
@@ -114,6 +117,12 @@ HPOD_METHODS: dict[str, dict[str, Any]] = {
     "hpod BO + ASHA": {"type": "asha", "min_resource": 1, "reduction_factor": ETA},
     "hpod BO + Hyperband": {"type": "hyperband", "min_resource": 1, "reduction_factor": ETA},
     "hpod DyHPO": {"type": "dyhpo", "min_resource": 1, "reduction_factor": ETA},
+    # Variants of the default (issue 19), rows of their own so the default's stay comparable.
+    "hpod BO(20 random) + Hyperband": {
+        "type": "hyperband",
+        "min_resource": 1,
+        "reduction_factor": ETA,
+    },
 }
 # The model-based ones propose their own configurations (the shared stream is random draws); their
 # fits run synchronously in the simulator and are not counted in the decision times.
@@ -121,6 +130,9 @@ HPOD_SEARCHERS: dict[str, dict[str, Any]] = {
     "hpod BO + ASHA": {"type": "bo"},
     "hpod BO + Hyperband": {"type": "bo"},
     "hpod DyHPO": {"type": "dyhpo"},
+    # 20 random configurations before the model is used, not 5: the model is then also of a
+    # level 20 configurations reached (BOSearcher's min_points), a lower one under Hyperband.
+    "hpod BO(20 random) + Hyperband": {"type": "bo", "num_init_trials": 20},
 }
 OPTUNA_METHODS = (
     "optuna SuccessiveHalving",
@@ -662,7 +674,14 @@ def _benchmarks(names: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=10, help="how many seeds (default 10)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="the first of them (default 0; e.g. 10 for held-out seeds 10 to 19); hpod's and "
+        "Optuna's rows only: Syne Tune's runs and cache are of seeds 0 up",
+    )
     p.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     p.add_argument(
         "--benchmarks",
@@ -720,7 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     benchmarks = _benchmarks(args.benchmarks)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     chosen = [m for m in args.methods if m not in args.skip]
+    if args.first_seed and not args.no_syne:
+        chosen = [m for m in chosen if m not in SYNE_METHODS]
     if args.reference not in chosen:
         chosen.insert(0, args.reference)
     methods = [m for m in chosen if m not in SYNE_METHODS]
@@ -729,13 +751,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: Results = {(name, method): {} for name in benchmarks for method in chosen}
     for path in args.load:
         for key, seed, curve in load_curves(path):
-            if key in results and seed < args.seeds:
+            if key in results and seed in seeds:
                 results[key][seed] = curve
     # Seed by seed: a run cut short has every method on its first seeds (--save keeps each run as
     # it ends, and --load takes them up again).
     jobs = [
         (name, method, seed, budget_of[name], not args.own_samplers, args.optuna_best_trial)
-        for seed in range(args.seeds)
+        for seed in seeds
         for name in benchmarks
         for method in methods
         if seed not in results[(name, method)] and not args.only_loaded
@@ -747,6 +769,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.save is not None:
                 save_curves(args.save, {(name, method): {seed: curve}}, append=True)
     syne_notes = ["Syne Tune rows left out (--no-syne)"]
+    if args.first_seed and not args.no_syne:
+        syne_notes = [f"Syne Tune rows left out (--first-seed {args.first_seed})"]
     syne_methods = [m for m in chosen if m in SYNE_METHODS]
     if not args.no_syne and syne_methods:
         syne, syne_notes = run_syne(
@@ -764,7 +788,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.save is not None:
         save_curves(args.save, {k: v for k, v in results.items() if k[1] in SYNE_METHODS}, True)
     print(
-        f"mean regret ± standard error over {args.seeds} seeds; budget 20 x max_resource "
+        f"mean regret ± standard error over {args.seeds} seeds"
+        + (f" ({seeds.start} to {seeds.stop - 1})" if args.first_seed else "")
+        + "; budget 20 x max_resource "
         f"epochs; {WORKERS} workers; eta {ETA}; "
         + ("each its own sampler" if args.own_samplers else "the same configurations for all")
         + ("; Optuna answers best_trial" if args.optuna_best_trial else "")
