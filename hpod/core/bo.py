@@ -35,8 +35,9 @@ import numpy as np
 from scipy import linalg
 
 from hpod.core.gp import GP, Array, fit_gp, log_expected_improvement, matern52
+from hpod.core.history import points_by_config
 from hpod.core.models import FitRequest, Owner, refit_due
-from hpod.core.plans import Observation, Suggestion, observed_key
+from hpod.core.plans import Observation, Suggestion
 from hpod.core.space import Config, ParamValue, SearchSpace
 from hpod.core.spec import Acquisition
 
@@ -68,20 +69,7 @@ def level_data(
     each one's value there is its last report at or below the level, from those whose curve
     reached it. An observation at resource 0 with a NaN value only says the configuration was
     launched (see :class:`~hpod.core.plans.Observation`)."""
-    by_config: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
-    configs: dict[tuple[Any, ...], Mapping[str, ParamValue]] = {}
-    # A trial's observations share one config object and its key (Study._observations): read
-    # once a trial, not made once a report (27 times a trial; 1.5 s of the loop at 10,000).
-    last_config: Mapping[str, ParamValue] | None = None
-    points: list[tuple[float, float]] = []
-    for obs in history:
-        if obs.config is not last_config:
-            last_config = obs.config
-            key = observed_key(obs)
-            configs.setdefault(key, obs.config)
-            points = by_config.setdefault(key, [])
-        if obs.resource > 0 or not math.isnan(obs.value):
-            points.append((obs.resource, obs.value))
+    by_config, configs = points_by_config(history)
     if level is None:
         tops = sorted(
             (max((r for r, _ in pts), default=0.0) for pts in by_config.values()), reverse=True

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hpod.core.plans import Observation, Suggestion, config_key, observed_key
+from hpod.core.history import config_keys
+from hpod.core.plans import Observation, Suggestion, config_key
 from hpod.core.space import Config, ParamValue, SearchSpace
 
 # numpy's first Generator in a process sets up its bit generators (12 ms measured): made here, at
@@ -85,8 +86,8 @@ class DistinctSearcher(RandomSearcher):
         first = super().suggest(number, history)
         if number < len(self.points) or first is None:
             return first
-        # Each key made once a trial by the study (observed_key), not once a report here.
-        seen = {observed_key(o) for o in history}
+        # Each key made once a trial by the study (history.TrialHistory), not once a report here.
+        seen = config_keys(history)
         size = self.space.finite_size
         if size is not None and len(seen) >= size:
             return None

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from hpod.core.answer import AnswerIndex, Estimate, Key
 from hpod.core.asha import RungScheduler
+from hpod.core.history import History, TrialHistory
 from hpod.core.median import MedianStoppingScheduler
 from hpod.core.models import FitRequest, Owner
 from hpod.core.objective import Objective
@@ -25,11 +26,9 @@ from hpod.core.plans import (
     ModeledScheduler,
     ModeledSearcher,
     NewTrial,
-    Observation,
     Promote,
     Scheduler,
     Searcher,
-    config_key,
 )
 from hpod.core.preview import Occupancy
 from hpod.core.problems import is_number
@@ -217,10 +216,11 @@ class _Trial:
     retries: list[OomRetry] = field(default_factory=list)
     # Retried after running out of memory: its next run starts from scratch (resume_from 0).
     restart: bool = False
-    # Its observations for a model-based searcher (Study._observations), made again only
-    # once its curve or configuration changed: made for every trial at every decision, they
-    # held the loop 87 ms a free slot at 1,000 trials (bench/scale.py, bo).
-    observed: tuple[Observation, ...] | None = field(default=None, repr=False, compare=False)
+    # Its part of the history for a searcher that reads it (Study._observations): its curve
+    # live, its configuration copied and keyed once, made again only once that changed (an
+    # OOM retry); made for every trial at every decision, the history held the loop 87 ms a
+    # free slot at 1,000 trials (bench/scale.py, bo).
+    observed: TrialHistory | None = field(default=None, repr=False, compare=False)
 
     @property
     def retry_unrun(self) -> bool:
@@ -402,7 +402,6 @@ class Study:
 
     def _curve_changed(self, t: _Trial, since: float | None = None) -> None:
         """``t``'s curve changed (``since``: only above that level): its answer estimate too."""
-        t.observed = None
         if self._answers is not None:
             self._answers.update(t.trial_id, t.curve, since)
 
@@ -528,26 +527,26 @@ class Study:
         t.restart = False
         return Launch(t.trial_id, dict(t.config), t.resume_from, t.max_resource, fresh)
 
-    def _observations(self) -> list[Observation]:
-        out: list[Observation] = []
+    def _observations(self) -> History:
+        parts: list[TrialHistory] = []
         for t in self._trials:
-            if t.observed is None:
-                t.observed = self._observed(t)
-            out.extend(t.observed)
-        return out
+            part = t.observed
+            # A curve put back in order is a new dict: the part reads the one it was made on.
+            if (
+                part is None
+                or part.curve is not t.curve
+                or (part.vectors is not None and part.vectors is not t.vectors)
+            ):
+                part = t.observed = self._observed(t)
+            parts.append(part)
+        return History(parts)
 
-    def _observed(self, t: _Trial) -> tuple[Observation, ...]:
-        config = dict(t.config)  # one copy per trial, shared by its observations
-        key = config_key(config)  # and its key (plans.observed_key)
-        # Launched, nothing counted yet: a model-based searcher treats it as pending.
-        first = () if t.curve else (Observation(config, 0.0, math.nan, key=key),)
+    def _observed(self, t: _Trial) -> TrialHistory:
+        # A copy of its configuration: the searcher may keep the configurations it reads.
+        config = dict(t.config)
         if self.objective.is_multi:
-            minimized = self.objective.minimized
-            return first + tuple(
-                Observation(config, r, t.curve.get(r, math.nan), minimized(v), key)
-                for r, v in t.vectors.items()
-            )
-        return first + tuple(Observation(config, r, v, key=key) for r, v in t.curve.items())
+            return TrialHistory.of(config, t.curve, t.vectors, self.objective.minimized)
+        return TrialHistory.of(config, t.curve)
 
     # -- reports and exits ---------------------------------------------------------------------
 
