@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import linalg, optimize
+from scipy import linalg
 
 Array = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -146,6 +146,10 @@ def fit_gp(x: Array, y: Array, *, seed: int = 0, restarts: int = 2) -> GP:
                 ]
             )
         )
+    # Here, not at the top: the daemon only evaluates fitted models (the fits run in the worker
+    # process), and scipy.optimize is 17 MB of its memory (bench/scale.py, bo).
+    from scipy import optimize
+
     best: tuple[float, Array] | None = None
     for theta0 in starts:
         res = optimize.minimize(
