@@ -149,3 +149,14 @@ def test_a_choice_without_one_at_half_takes_the_next_smaller() -> None:
     launch = study.next_launch(1.0)
     assert launch is not None
     assert launch.config["bs"] == 96
+
+
+def test_a_searchers_history_shows_the_halved_batch_after_a_retry() -> None:
+    study = _study()
+    assert study.next_launch(0.0) is not None
+    before = [o.config["bs"] for o in study._observations()]
+    kept = study._observations().parts[0].config  # what a searcher may have kept of it
+    study.on_exit(0, 1, 1.0, "exited with status 1 (out of memory)", oom=True)
+    after = [o.config["bs"] for o in study._observations()]
+    assert (before, after) == ([128], [64])
+    assert kept["bs"] == 128  # the configuration that ran is not changed under its reader
