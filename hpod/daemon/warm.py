@@ -43,7 +43,9 @@ log = structlog.get_logger("hpod.daemon")
 FORKSERVER = Path(__file__).resolve().with_name("forkserver.py")
 # How long a server may take over its imports (torch takes seconds, a cold disk more).
 READY_SECONDS = 300.0
-# How long one fork request may take before the run starts cold instead.
+# How long the server may take over its next answer (or to take the next request) before the
+# run starts cold instead. Not a limit on one request: behind a burst of 1,000 starts the last
+# one waits for every fork before its own, and a limit on that put them all on cold starts.
 FORK_SECONDS = 10.0
 
 
@@ -117,9 +119,8 @@ class WarmServer:
         """Fork a shim for one run, handing it ``fds`` (stdout, stderr, the argument pipe's read
         end, the report pipe's write end, the status file); its pid."""
         try:
-            with anyio.fail_after(FORK_SECONDS):
-                answer = await self._ask(fds)
-        except (OSError, TimeoutError, ValueError) as exc:
+            answer = await self._ask(fds)
+        except (OSError, ValueError) as exc:
             self.close()
             raise WarmUnavailable(f"the study's fork server did not answer: {exc}") from exc
         pid = answer.get("pid")
@@ -137,7 +138,9 @@ class WarmServer:
                     socket.send_fds(self.control, [b'{"fork": true}'], fds)
                     break
                 except BlockingIOError:
-                    await anyio.wait_writable(self.control)  # requests queued: room soon
+                    # Requests queued: room once the server takes the next one.
+                    with anyio.fail_after(FORK_SECONDS):
+                        await anyio.wait_writable(self.control)
             # Sent: whatever becomes of this caller, the answer is this future's (a shim
             # forked for a caller gone meanwhile reads the end of its pipe and starts nothing).
             self._waiting.append(future)
@@ -151,7 +154,10 @@ class WarmServer:
                     if self.closed:
                         raise ValueError("its socket is closed")
                     try:
-                        answer = await self._receive()
+                        # The oldest request's answer: the server has had every earlier one
+                        # answered, so the limit is on its work for this one alone.
+                        with anyio.fail_after(FORK_SECONDS):
+                            answer = await self._receive()
                     except (OSError, ValueError, anyio.ClosedResourceError) as exc:
                         self._fail(exc)
                         raise ValueError(str(exc) or type(exc).__name__) from exc

@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from hpod.core.spec import StudySpec, warm_command_problem
+from hpod.daemon import warm
 from hpod.daemon.containment import Containment
 from hpod.daemon.procid import ProcessIdentity, parent_pid
 from hpod.daemon.runner import TrialLaunch, TrialProcess, trial_environment
@@ -251,6 +252,39 @@ async def test_runs_started_at_once_each_get_their_own_shim(
         for i in range(12):
             tg.start_soon(start, i)
     assert len({p.pid for p in procs.values()}) == 12
+    await assert_own_shims(folder, list(procs.values()))
+
+
+@pytest.mark.anyio
+async def test_a_start_queued_behind_others_is_not_timed_out_by_their_wait(
+    folder: Path, server: WarmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of starts (1,000 trials at once) queues at the server: the last request waits for
+    all the forks before its own. The time limit is on the server's answers, not on that queue:
+    starts waiting behind longer than it still start warm (they fell back to cold ones, all of
+    them, once the first had waited 10 s)."""
+    monkeypatch.setattr(warm, "FORK_SECONDS", 1.0)
+    procs: dict[int, TrialProcess] = {}
+
+    async def start(i: int) -> None:
+        procs[i] = await TrialProcess.start(numbered(folder, i), base_env=system_env(), warm=server)
+
+    # Answers are read by one caller at a time: held here, the queue waits past the limit.
+    await server._read_lock.acquire()
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(start, i)
+            with anyio.fail_after(10):
+                while len(server._waiting) < 6:
+                    await anyio.sleep(0.005)
+            await anyio.sleep(1.5)  # the wait this test is about, not a wait for readiness
+            server._read_lock.release()
+    finally:
+        if server._read_lock.locked():
+            server._read_lock.release()
+    assert not server.closed
+    assert len({p.pid for p in procs.values()}) == 6
     await assert_own_shims(folder, list(procs.values()))
 
 
