@@ -10,7 +10,9 @@ reports every ``--interval`` seconds (1 s). It prints:
 - launch: from the submit's answer to the N-th trial's first report, and N divided by it;
 - reports/s over the ``--after`` seconds that follow the launch (N per second is what the
   trials send);
-- the report round trip p50/p99/max as the trials measured it, during the launch and after it;
+- the report round trip p50/p99/max as the trials measured it, during the launch and after it
+  (the reports answered before the bench stops the trials: the ones in flight then wait behind
+  N exits);
 - the daemon's RSS (largest sampled) and CPU (its user+system seconds over each phase).
 
 ``--warm`` runs the study with ``[executor] warm_start = true`` (warm_imports = ["hpod.trial"]):
@@ -201,6 +203,7 @@ def one_size(
                 time.sleep(0.2)
             cpu2 = _cpu_seconds(proc.pid)
             window = time.monotonic() - t1
+            stopped = time.time()
             (folder / "stop").touch()
             _ctl(root, pythonpath, "wait", sid)
         during: list[float] = []
@@ -210,7 +213,11 @@ def one_size(
             for line in timings.read_text().splitlines():
                 sent_ns, rtt_ns = (int(x) for x in line.split())
                 sent = sent_ns / 1e9
-                (during if sent <= launched else later).append(rtt_ns / 1e6)
+                if sent <= launched:
+                    during.append(rtt_ns / 1e6)
+                elif sent + rtt_ns / 1e9 <= stopped:
+                    # Not the reports in flight at the stop: their answers wait behind N exits.
+                    later.append(rtt_ns / 1e6)
                 if launched < sent <= launched + window:
                     counted += 1
         during.sort()
