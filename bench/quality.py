@@ -14,10 +14,11 @@ runs out are not counted, for either), the same 4 workers on a virtual clock, an
 19 for hpod's and Optuna's rows), paired: seed s of every method sees the same benchmark noise and,
 for the random-search-based ones, the same configurations. hpod runs its default (``hpod
 default``: the spec names no scheduler type and no searcher, so it is whatever a user who names
-neither gets: Hyperband with BO since issue 19), random search to max_resource (fifo), ASHA with
-promotion, ASHA with stopping, Hyperband (every bracket), BO + ASHA, BO + Hyperband and DyHPO,
-and a variant of the default: BO with 20 random configurations before its model (not 5) +
-Hyperband.
+neither gets: Hyperband with BO since issue 19, BO starting from 20 random configurations),
+random search to max_resource (fifo), ASHA with promotion, ASHA with stopping, Hyperband (every
+bracket), BO + ASHA, BO + Hyperband (BO with its 5 random configurations, the default before) and
+DyHPO, and variants of the default: BO with 20 (the default's, a row of its own) or 40 random
+configurations before its model + Hyperband.
 Optuna runs SuccessiveHalvingPruner and HyperbandPruner with its RandomSampler and the pruners'
 documented defaults but min_resource 1 and reduction_factor 3 (as hpod's), TPESampler (its
 defaults, ``seed=s``) with the same HyperbandPruner and with MedianPruner (its defaults), asked and
@@ -123,6 +124,11 @@ HPOD_METHODS: dict[str, dict[str, Any]] = {
         "min_resource": 1,
         "reduction_factor": ETA,
     },
+    "hpod BO(40 random) + Hyperband": {
+        "type": "hyperband",
+        "min_resource": 1,
+        "reduction_factor": ETA,
+    },
 }
 # The model-based ones propose their own configurations (the shared stream is random draws); their
 # fits run synchronously in the simulator and are not counted in the decision times.
@@ -133,6 +139,7 @@ HPOD_SEARCHERS: dict[str, dict[str, Any]] = {
     # 20 random configurations before the model is used, not 5: the model is then also of a
     # level 20 configurations reached (BOSearcher's min_points), a lower one under Hyperband.
     "hpod BO(20 random) + Hyperband": {"type": "bo", "num_init_trials": 20},
+    "hpod BO(40 random) + Hyperband": {"type": "bo", "num_init_trials": 40},  # how sensitive
 }
 OPTUNA_METHODS = (
     "optuna SuccessiveHalving",

@@ -924,7 +924,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     print(f"study     {out['name']}")
     default = " (the default: the spec names no scheduler type)" if out.get("default") else ""
     print(f"scheduler {out['scheduler']} to {out['max_resource']} {unit}(s){default}")
-    print(f"searcher  {out['searcher']}")
+    init = out.get("num_init_trials")
+    before = "" if init is None else f" ({init} random configurations before its model)"
+    print(f"searcher  {out['searcher']}{before}")
     if out["rung_levels"]:
         levels = ", ".join(str(v) for v in out["rung_levels"])
         print(f"rungs     {levels} (eta {out['reduction_factor']:g}, {out['rung_type']})")

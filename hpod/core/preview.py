@@ -192,6 +192,10 @@ def preview(spec: StudySpec) -> dict[str, Any]:
         "name": spec.name,
         "scheduler": s.type.value,
         "searcher": spec.searcher.type.value,
+        # bo: random configurations before its model (20 with the default, 5 where bo is named)
+        "num_init_trials": (
+            spec.searcher.num_init_trials if spec.searcher.type is SearcherType.BO else None
+        ),
         # The spec named no scheduler type and got the default (hpod.core.spec.DEFAULT_SCHEDULER)
         "default": "scheduler.type" in spec.derived and spec.limits.time_ratio is None,
         "max_resource": _num(max_r),

@@ -493,8 +493,19 @@ def test_a_spec_that_names_no_scheduler_type_gets_hyperband_with_bo() -> None:
     spec = _defaults_spec({"max_resource": 27})
     assert (spec.scheduler.type.value, spec.searcher.type.value) == ("hyperband", "bo")
     assert spec.scheduler.brackets == 4  # every bracket: rungs 1, 3, 9, and one from 27
+    # its BO starts from 20 random configurations (bench/results/quality.md), also where the
+    # spec names bo or gives other [searcher] keys; a number given is kept, and a named
+    # scheduler type keeps bo's 5
+    assert spec.searcher.num_init_trials == 20
+    assert _defaults_spec({"max_resource": 27}, {"type": "bo"}).searcher.num_init_trials == 20
+    assert _defaults_spec({"max_resource": 27}, {"seed": 3}).searcher.num_init_trials == 20
+    given = _defaults_spec({"max_resource": 27}, {"num_init_trials": 7})
+    assert given.searcher.num_init_trials == 7
+    named_bo = _defaults_spec({"type": "hyperband", "max_resource": 27}, {"type": "bo"})
+    assert named_bo.searcher.num_init_trials == 5
     assert preview(spec)["default"] is True
     assert preview(spec)["searcher"] == "bo"
+    assert preview(spec)["num_init_trials"] == 20
     # a searcher named keeps it; a scheduler type named keeps random search as before
     assert _defaults_spec({"max_resource": 27}, {"type": "random"}).searcher.type.value == "random"
     named = _defaults_spec({"type": "hyperband", "max_resource": 27})
