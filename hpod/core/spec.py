@@ -122,7 +122,7 @@ DEFAULT_SEARCHER = SearcherType.BO
 # The default pair's BO starts from this many random configurations (searcher.num_init_trials,
 # where the spec leaves it out), not a named bo's 5: its model is then also of a level that many
 # configurations reached, a lower rung under Hyperband, and it stops chasing the one that was best
-# early (bench/results/quality.md: ahead of 5 on every benchmark, held-out seeds too).
+# early (bench/results/quality.md: ahead of 5 or level on every benchmark, held-out seeds too).
 DEFAULT_PAIR_NUM_INIT_TRIALS = 20
 # [report] log_limit: a trial's log past this is cut to its last half by the daemon (a 64 MiB
 # default keeps any traceback and hours of progress lines, and a printing loop cannot fill a disk).
