@@ -323,7 +323,10 @@ class TrialProcess:
 
         # The trial writes its checkpoints as its owner, who also reads its logs.
         ids = Ids(user_args["user"], user_args["group"]) if user_args else None
-        stdout, stderr = prepare_folders(launch, ids)
+        # In a thread: a folder walked without following links and two logs opened are a dozen
+        # syscalls, 1.5 ms of the loop a launch when 1,000 start at once (py-spy,
+        # bench/scale_concurrent.py --warm). Not abandoned if cancelled: the logs are closed.
+        stdout, stderr = await anyio.to_thread.run_sync(prepare_folders, launch, ids)
         try:
             if not launch.workdir.is_dir():
                 message = _missing_workdir(launch)
