@@ -129,6 +129,11 @@ HPOD_METHODS: dict[str, dict[str, Any]] = {
         "min_resource": 1,
         "reduction_factor": ETA,
     },
+    "hpod BO(20 random, 1/4 random) + Hyperband": {
+        "type": "hyperband",
+        "min_resource": 1,
+        "reduction_factor": ETA,
+    },
 }
 # The model-based ones propose their own configurations (the shared stream is random draws); their
 # fits run synchronously in the simulator and are not counted in the decision times.
@@ -140,6 +145,12 @@ HPOD_SEARCHERS: dict[str, dict[str, Any]] = {
     # level 20 configurations reached (BOSearcher's min_points), a lower one under Hyperband.
     "hpod BO(20 random) + Hyperband": {"type": "bo", "num_init_trials": 20},
     "hpod BO(40 random) + Hyperband": {"type": "bo", "num_init_trials": 40},  # how sensitive
+    # A quarter of the model's turns drawn at random (searcher.random_fraction, BOHB's idea).
+    "hpod BO(20 random, 1/4 random) + Hyperband": {
+        "type": "bo",
+        "num_init_trials": 20,
+        "random_fraction": 0.25,
+    },
 }
 OPTUNA_METHODS = (
     "optuna SuccessiveHalving",

@@ -925,7 +925,10 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     default = " (the default: the spec names no scheduler type)" if out.get("default") else ""
     print(f"scheduler {out['scheduler']} to {out['max_resource']} {unit}(s){default}")
     init = out.get("num_init_trials")
-    before = "" if init is None else f" ({init} random configurations before its model)"
+    before = "" if init is None else f" ({init} random configurations before its model"
+    fraction = out.get("random_fraction")
+    if init is not None:
+        before += f", then 1 in {1 / fraction:.3g} at random)" if fraction else ")"
     print(f"searcher  {out['searcher']}{before}")
     if out["rung_levels"]:
         levels = ", ".join(str(v) for v in out["rung_levels"])

@@ -129,7 +129,10 @@ class BOSearcher:
         kappa_decay: float = 1.0,
         kappa_decay_delay: int = 0,
         scalarize: bool = False,
+        random_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= random_fraction < 1.0:
+            raise ValueError(f"random_fraction must be in [0, 1), got {random_fraction}")
         self.space = space
         self.seed = seed
         self.points = tuple(space.normalize(p) for p in points_to_evaluate)
@@ -143,6 +146,7 @@ class BOSearcher:
         self.model: GP | None = None
         self.model_level: float | None = None
         self.scalarize = scalarize
+        self.random_fraction = random_fraction
         self.weights: tuple[float, ...] | None = None  # the installed model's (scalarize)
         self._asked: tuple[float, int] = (-1.0, 0)  # (level, points) of the last request
 
@@ -187,7 +191,12 @@ class BOSearcher:
         if number < len(self.points):
             return Suggestion(dict(self.points[number]), how="random")
         rng = np.random.default_rng([self.seed, number])
-        if self.model is None or number < len(self.points) + self.num_init:
+        start = len(self.points) + self.num_init
+        if (
+            self.model is None
+            or number < start
+            or _random_turn(number - start, self.random_fraction)
+        ):
             return Suggestion(self.space.sample(rng), how="random")
         return Suggestion(self._propose(number, history, rng), how="model")
 
@@ -227,6 +236,15 @@ class BOSearcher:
         # proper acquisition optimizer for a fraction of its cost.
         top = gp.x[np.argsort(gp.y, kind="stable")[:8]]
         return np.concatenate([rand, self.space.neighbours(top, N_LOCAL, 0.08, rng)])
+
+
+def _random_turn(k: int, fraction: float) -> bool:
+    """Whether the k-th suggestion after the random start is drawn at random as well: evenly
+    spread, ``fraction`` of them (0.25: the 4th, 8th, ...), a function of k only, so a restored
+    study draws the same. As BOHB's random fraction: a model fitted to a few levels' data keeps
+    proposing near what it has seen, and the random ones keep the search as wide as random
+    search's where the low rungs rank right (bench/results/quality.md, powerlaw)."""
+    return math.floor((k + 1) * fraction + 1e-9) > math.floor(k * fraction + 1e-9)
 
 
 def parego_weights(history: Sequence[Observation], seed: int) -> tuple[float, ...]:

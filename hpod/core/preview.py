@@ -196,6 +196,10 @@ def preview(spec: StudySpec) -> dict[str, Any]:
         "num_init_trials": (
             spec.searcher.num_init_trials if spec.searcher.type is SearcherType.BO else None
         ),
+        # bo: the share of its turns after those drawn at random (0.25 with the default)
+        "random_fraction": (
+            spec.searcher.random_fraction if spec.searcher.type is SearcherType.BO else None
+        ),
         # The spec named no scheduler type and got the default (hpod.core.spec.DEFAULT_SCHEDULER)
         "default": "scheduler.type" in spec.derived and spec.limits.time_ratio is None,
         "max_resource": _num(max_r),

@@ -168,6 +168,7 @@ class Section:
         above: float | None = None,
         at_least: float | None = None,
         at_most: float | None = None,
+        below: float | None = None,
     ) -> float:
         if key not in self.raw:
             return default
@@ -182,6 +183,8 @@ class Section:
             self.problem(key, f"must be >= {at_least:g}, got {value!r}")
         elif at_most is not None and v > at_most:
             self.problem(key, f"must be <= {at_most:g}, got {value!r}")
+        elif below is not None and not v < below:
+            self.problem(key, f"must be < {below:g}, got {value!r}")
         else:
             return v
         return default

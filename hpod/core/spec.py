@@ -124,6 +124,11 @@ DEFAULT_SEARCHER = SearcherType.BO
 # configurations reached, a lower rung under Hyperband, and it stops chasing the one that was best
 # early (bench/results/quality.md: ahead of 5 or level on every benchmark, held-out seeds too).
 DEFAULT_PAIR_NUM_INIT_TRIALS = 20
+# And a quarter of its turns after those are drawn at random too (searcher.random_fraction, where
+# the spec leaves it out; a named bo's is 0): its model, of the level 20 configurations reached,
+# proposes near what it has seen, and on powerlaw, whose low rungs rank right, the wider search
+# of random draws was what every ASHA had over it (bench/results/quality.md).
+DEFAULT_PAIR_RANDOM_FRACTION = 0.25
 # [report] log_limit: a trial's log past this is cut to its last half by the daemon (a 64 MiB
 # default keeps any traceback and hours of progress lines, and a printing loop cannot fill a disk).
 DEFAULT_LOG_LIMIT = 64 * 1024**2
@@ -182,6 +187,7 @@ class SearcherSpec:
     kappa: float = 2.0  # ucb exploration weight
     kappa_decay: float = 1.0  # kappa *= kappa_decay per suggestion after the delay
     kappa_decay_delay: int = 0
+    random_fraction: float = 0.0  # of the suggestions after num_init_trials, drawn at random
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +201,7 @@ class SearcherSpec:
             "kappa": self.kappa,
             "kappa_decay": self.kappa_decay,
             "kappa_decay_delay": self.kappa_decay_delay,
+            "random_fraction": self.random_fraction,
         }
 
 
@@ -1007,6 +1014,7 @@ _SEARCHER_KEYS = (
     "kappa",
     "kappa_decay",
     "kappa_decay_delay",
+    "random_fraction",
 )
 
 
@@ -1027,7 +1035,11 @@ def _read_searcher(
         default_type = SearcherType.RANDOM
     if sec is None:
         if default_pair and default_type is SearcherType.BO:
-            return SearcherSpec(type=default_type, num_init_trials=DEFAULT_PAIR_NUM_INIT_TRIALS)
+            return SearcherSpec(
+                type=default_type,
+                num_init_trials=DEFAULT_PAIR_NUM_INIT_TRIALS,
+                random_fraction=DEFAULT_PAIR_RANDOM_FRACTION,
+            )
         return SearcherSpec(type=default_type)
     sec.keys = _SEARCHER_KEYS
     stype = sec.choice("type", SearcherType, default_type)
@@ -1046,6 +1058,12 @@ def _read_searcher(
     kappa = sec.number("kappa", default=2.0, at_least=0.0)
     kappa_decay = sec.number("kappa_decay", default=1.0, above=0.0, at_most=1.0)
     kappa_delay = sec.integer("kappa_decay_delay", default=0, minimum=0)
+    fraction_default = (
+        DEFAULT_PAIR_RANDOM_FRACTION if default_pair and stype is SearcherType.BO else 0.0
+    )
+    random_fraction = sec.number(
+        "random_fraction", default=fraction_default, at_least=0.0, below=1.0
+    )
 
     points: list[Config] = []
     raw_points = sec.get("points_to_evaluate")
@@ -1074,6 +1092,7 @@ def _read_searcher(
         kappa=kappa,
         kappa_decay=kappa_decay,
         kappa_decay_delay=kappa_delay,
+        random_fraction=random_fraction,
     )
 
 

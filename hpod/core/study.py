@@ -1135,6 +1135,7 @@ def make_searcher(spec: StudySpec) -> Searcher:
             kappa_decay=s.kappa_decay,
             kappa_decay_delay=s.kappa_decay_delay,
             scalarize=spec.objective.is_multi,
+            random_fraction=s.random_fraction,
         )
     if s.type is SearcherType.DYHPO:
         # The DyHPO scheduler picks its new configurations itself and hands them over with its

@@ -19,6 +19,7 @@ from hpod.core.models import FitRequest, Owner, fit
 from hpod.core.plans import ModeledScheduler, ModeledSearcher, NewTrial, Promote
 from hpod.core.spec import StudySpec
 from hpod.core.study import Study, make_scheduler, make_searcher
+from hpod.errors import SpecError
 from hpod.sim import simulate
 
 Array = np.ndarray[Any, Any]
@@ -175,6 +176,37 @@ def test_bo_models_the_highest_rung_with_enough_observations() -> None:
     assert res.decisions["model_starts"] > 0
     # Four at least: with four workers a few more start before four have reached the rung.
     assert res.decisions["random_starts"] >= 4
+
+
+def test_bo_random_fraction_draws_that_share_of_its_model_turns_at_random() -> None:
+    space = _spec("curves-parallel", ASHA, {"type": "bo"}).space
+    rng = np.random.default_rng(0)
+    x = np.stack([space.encode(space.sample(rng)) for _ in range(8)])
+    model = fit_gp(x, x.sum(axis=1), seed=0)
+    hows: dict[float, list[str]] = {}
+    for fraction in (0.0, 0.25):
+        s = BOSearcher(space, num_init_trials=4, random_fraction=fraction)
+        request = FitRequest(
+            "hpod.core.bo:fit_level_gp",
+            owner=Owner.SEARCHER,
+            key=("bo", 1.0, 8),
+            seed=0,
+            data={"level": 1.0},
+        )
+        s.install(request, model)
+        hows[fraction] = [s.suggest(n, []).how for n in range(24)]  # type: ignore[union-attr]
+    assert hows[0.0] == ["random"] * 4 + ["model"] * 20
+    # After the four random starts, every fourth of the model's turns is drawn at random.
+    assert hows[0.25] == ["random"] * 4 + ["model", "model", "model", "random"] * 5
+    with pytest.raises(ValueError, match="random_fraction"):
+        BOSearcher(space, random_fraction=1.0)
+
+
+def test_bo_random_fraction_is_checked_in_the_spec() -> None:
+    with pytest.raises(SpecError, match="random_fraction: must be < 1"):
+        _spec("curves-parallel", ASHA, {"type": "bo", "random_fraction": 1.0})
+    with pytest.raises(SpecError, match="random_fraction: must be >= 0"):
+        _spec("curves-parallel", ASHA, {"type": "bo", "random_fraction": -0.5})
 
 
 def test_bo_fits_a_level_where_every_run_diverged() -> None:

@@ -506,6 +506,12 @@ def test_a_spec_that_names_no_scheduler_type_gets_hyperband_with_bo() -> None:
     assert preview(spec)["default"] is True
     assert preview(spec)["searcher"] == "bo"
     assert preview(spec)["num_init_trials"] == 20
+    # and a quarter of its turns after those at random; a named bo draws none, a value given stays
+    assert spec.searcher.random_fraction == 0.25
+    assert preview(spec)["random_fraction"] == 0.25
+    assert named_bo.searcher.random_fraction == 0.0
+    given_fraction = _defaults_spec({"max_resource": 27}, {"random_fraction": 0.0})
+    assert given_fraction.searcher.random_fraction == 0.0
     # a searcher named keeps it; a scheduler type named keeps random search as before
     assert _defaults_spec({"max_resource": 27}, {"type": "random"}).searcher.type.value == "random"
     named = _defaults_spec({"type": "hyperband", "max_resource": 27})
