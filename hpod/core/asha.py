@@ -23,15 +23,21 @@ ASHA, a caller's own view) is decided by walking its trials, the same rule writt
 from __future__ import annotations
 
 import bisect
+import heapq
+import math
 from collections.abc import Sequence
 
 from hpod.core.plans import NewTrial, Plan, Promote, StudyView, TrialView
 from hpod.core.rungs import (
+    AGREEMENT_MIN_TRIALS,
+    AGREEMENT_TRIALS,
+    agreement_weights,
     bracket_levels,
     bracket_weights,
     continue_quota,
     pick_bracket,
     promotion_quota,
+    rank_agreement,
     ranked,
     rung_value,
 )
@@ -86,6 +92,11 @@ class RungIndex:
         self.promotable = [[Ranks() for _ in r[:-1]] for r in self.rungs]
         self.counts = [0] * n
         self.seen: set[int] = set()
+        # Every level (the rungs, then max_resource): the trials that reached it, for the
+        # adaptive brackets' agreement, and that agreement's weights with what they were made of.
+        self.levels = (*scheduler.levels, scheduler.max_resource)
+        self.reached: list[set[int]] = [set() for _ in self.levels]
+        self._agreed: tuple[tuple[int, int], list[float]] | None = None
         for t in study.trials:
             self.touched(t)
 
@@ -100,6 +111,11 @@ class RungIndex:
         objective = self.study.objective
         rungs = self.rungs[b]
         last = t.last_resource if t.curve else None
+        for i, level in enumerate(self.levels):
+            if last is not None and last >= level:
+                self.reached[i].add(tid)
+            else:
+                self.reached[i].discard(tid)  # a report retracted
         for k in range(len(rungs) - 1):
             level = rungs[k]
             if since is not None and level <= since:
@@ -117,6 +133,47 @@ class RungIndex:
             can = t.state is TrialState.PAUSED and t.max_resource < nxt and last < nxt
             self.promotable[b][k].put(tid, key if can else None)
 
+    def bracket_weights(self) -> list[float]:
+        """The adaptive brackets' weights now (hpod.core.rungs.agreement_weights): Hyperband's
+        until AGREEMENT_MIN_TRIALS trials have reached the second level; made again only when
+        another trial reaches the level compared with, so a free slot costs a lookup."""
+        scheduler = self.scheduler
+        top = next(
+            (
+                i
+                for i in reversed(range(len(self.levels)))
+                if len(self.reached[i]) >= AGREEMENT_MIN_TRIALS
+            ),
+            0,
+        )
+        if top == 0:
+            return scheduler.weights
+        key = (top, len(self.reached[top]))
+        if self._agreed is not None and self._agreed[0] == key:
+            return self._agreed[1]
+        by_id = self.study.trials
+        objective = self.study.objective
+        newest = [by_id[i] for i in heapq.nlargest(AGREEMENT_TRIALS, self.reached[top])]
+
+        def values(level: float) -> list[float]:
+            return [objective.sort_key(rung_value(objective, t, level)) for t in newest]
+
+        high = values(self.levels[top])
+        agreements: list[float | None] = []
+        for b in range(scheduler.brackets):
+            if b >= top:  # it starts at or above the level compared with (the last: at the top)
+                agreements.append(None)
+                continue
+            agreements.append(rank_agreement(_finite(values(self.levels[b])), _finite(high)))
+        weights = agreement_weights(scheduler.weights, agreements)
+        self._agreed = (key, weights)
+        return weights
+
+
+def _finite(values: list[float]) -> list[float]:
+    """Sort keys with NaN (a diverged run, the worst) as +inf, which compares."""
+    return [math.inf if math.isnan(v) else v for v in values]
+
 
 class RungScheduler:
     """ASHA (``brackets = 1``) or asynchronous Hyperband (``brackets > 1``)."""
@@ -129,6 +186,7 @@ class RungScheduler:
         *,
         promotion: bool = True,
         brackets: int = 1,
+        adaptive: bool = False,
     ) -> None:
         if brackets < 1 or brackets > len(levels) + 1:
             raise ValueError(f"brackets must be in 1..{len(levels) + 1}, got {brackets}")
@@ -137,6 +195,9 @@ class RungScheduler:
         self.eta = eta
         self.promotion = promotion
         self.brackets = brackets
+        # Weighted by the study's own rank agreement (RungIndex.bracket_weights); a study it is
+        # not attached to keeps Hyperband's.
+        self.adaptive = adaptive and brackets > 1
         self.weights = bracket_weights(len(self.levels), brackets, eta)
         # Every (level, bracket, k) rung, highest level first: the trials nearest the top go first.
         every = [(lv, b, k) for b in range(brackets) for k, lv in enumerate(self.rungs_of(b)[:-1])]
@@ -200,14 +261,17 @@ class RungScheduler:
         if not can_start_new:
             return None
         index = self._index_for(study)
+        weights = self.weights
         if index is not None:
             counts = index.counts
+            if self.adaptive:
+                weights = index.bracket_weights()
         else:
             counts = [0] * self.brackets
             for t in study.trials:
                 if 0 <= t.bracket < self.brackets:
                     counts[t.bracket] += 1
-        bracket = pick_bracket(counts, self.weights)
+        bracket = pick_bracket(counts, weights)
         first = self.rungs_of(bracket)[0] if self.promotion else self.max_resource
         return NewTrial(max_resource=first, bracket=bracket)
 

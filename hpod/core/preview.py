@@ -200,6 +200,8 @@ def preview(spec: StudySpec) -> dict[str, Any]:
         "random_fraction": (
             spec.searcher.random_fraction if spec.searcher.type is SearcherType.BO else None
         ),
+        # hyperband: brackets weighted by the study's rank agreement (on with the default)
+        "adaptive_brackets": s.adaptive_brackets and s.type is SchedulerType.HYPERBAND,
         # The spec named no scheduler type and got the default (hpod.core.spec.DEFAULT_SCHEDULER)
         "default": "scheduler.type" in spec.derived and spec.limits.time_ratio is None,
         "max_resource": _num(max_r),

@@ -87,6 +87,44 @@ def bracket_weights(n_levels: int, brackets: int, eta: float) -> list[float]:
     return [(s_max + 1) / (s_max - b + 1) * eta ** (s_max - b) for b in range(brackets)]
 
 
+# Adaptive brackets (the default's Hyperband): a bracket's budget share is Hyperband's times
+# max(0, tau)**AGREEMENT_POWER, tau being Kendall's rank correlation, over the AGREEMENT_TRIALS
+# newest trials that reached the highest level AGREEMENT_MIN_TRIALS have reached, between their
+# values at the bracket's first rung and at that level (bench/results/quality.md).
+AGREEMENT_POWER = 2.0
+AGREEMENT_TRIALS = 40
+AGREEMENT_MIN_TRIALS = 6
+# A bracket whose rung ranks the wrong way round still gets a trial now and then, so that its
+# agreement goes on being measured (and a share is never 0, which pick_bracket cannot take).
+AGREEMENT_FLOOR = 1e-6
+
+
+def rank_agreement(low: Sequence[float], high: Sequence[float]) -> float:
+    """Kendall's tau (tau-a) of two rankings of the same trials: 1 when the order at the low
+    level is the order at the high one, about 0 when it says nothing, -1 when it is reversed."""
+    n = len(low)
+    if n < 2:
+        return 0.0
+    total = 0
+    for i in range(n):
+        li, hi = low[i], high[i]
+        for j in range(i + 1, n):
+            a, b = li - low[j], hi - high[j]
+            if a and b:
+                total += 1 if (a > 0) == (b > 0) else -1
+    return total / (n * (n - 1) / 2)
+
+
+def agreement_weights(weights: Sequence[float], agreements: Sequence[float | None]) -> list[float]:
+    """Hyperband's bracket weights, each times ``max(0, tau)**AGREEMENT_POWER`` for the brackets
+    with an agreement (None: a bracket that starts at or above the level compared with, kept)."""
+    out: list[float] = []
+    for w, tau in zip(weights, agreements, strict=True):
+        trust = 1.0 if tau is None else max(tau, 0.0) ** AGREEMENT_POWER
+        out.append(max(w * trust, AGREEMENT_FLOOR))
+    return out
+
+
 def pick_bracket(counts: Sequence[int], weights: Sequence[float]) -> int:
     """The bracket of the next new trial: the one furthest behind its share (smooth weighted round
     robin on the counts so far), lowest bracket on ties. A function of the counts only, so a

@@ -151,6 +151,9 @@ class SchedulerSpec:
     grace_period: int = 1  # median: no stopping before this resource level
     min_trials: int = 3  # median: reports needed at a level before the median counts
     probability_sh: float = 0.25  # dyhpo: the chance of a successive-halving promotion
+    # hyperband: each bracket's share weighted by how well its first rung's ranks agree with the
+    # top's in the study's own trials (hpod.core.rungs.rank_agreement); on with the default
+    adaptive_brackets: bool = False
     # [scheduler.options]: free-form knobs passed to an experimental scheduler as they are.
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -165,6 +168,7 @@ class SchedulerSpec:
             "grace_period": self.grace_period,
             "min_trials": self.min_trials,
             "probability_sh": self.probability_sh,
+            "adaptive_brackets": self.adaptive_brackets,
         }
         if self.rung_levels is not None:
             out["rung_levels"] = list(self.rung_levels)
@@ -878,6 +882,7 @@ _SCHEDULER_KEYS = (
     "grace_period",
     "min_trials",
     "probability_sh",
+    "adaptive_brackets",
     "options",
 )
 
@@ -931,6 +936,9 @@ def _read_scheduler(
     grace = sec.integer("grace_period", default=1, minimum=1)
     min_trials = sec.integer("min_trials", default=3, minimum=1)
     p_sh = sec.number("probability_sh", default=0.25, at_least=0.0, at_most=1.0)
+    # The default (no type named, no time budget) weights its brackets by the study's own data.
+    default_pair = stype is DEFAULT_SCHEDULER and not sec.has("type") and not budget
+    adaptive = sec.boolean("adaptive_brackets", default=default_pair)
     if grace > max_r:
         sec.problem("grace_period", f"{grace} is more than max_resource {max_r}")
 
@@ -975,6 +983,7 @@ def _read_scheduler(
         grace_period=grace,
         min_trials=min_trials,
         probability_sh=p_sh,
+        adaptive_brackets=adaptive,
         options=options,
     )
 

@@ -1094,6 +1094,7 @@ def make_scheduler(spec: StudySpec) -> Scheduler:
             s.reduction_factor,
             promotion=s.rung_type is RungType.PROMOTION,
             brackets=brackets,
+            adaptive=s.adaptive_brackets and brackets > 1,
         )
     if kind is SchedulerType.MEDIAN:
         return MedianStoppingScheduler(s.max_resource, s.grace_period, s.min_trials)

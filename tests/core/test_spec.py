@@ -509,6 +509,8 @@ def test_a_spec_that_names_no_scheduler_type_gets_hyperband_with_bo() -> None:
     # and a quarter of its turns after those at random; a named bo draws none, a value given stays
     assert spec.searcher.random_fraction == 0.25
     assert preview(spec)["random_fraction"] == 0.25
+    assert spec.scheduler.adaptive_brackets
+    assert preview(spec)["adaptive_brackets"] is True
     assert named_bo.searcher.random_fraction == 0.0
     given_fraction = _defaults_spec({"max_resource": 27}, {"random_fraction": 0.0})
     assert given_fraction.searcher.random_fraction == 0.0
