@@ -20,7 +20,7 @@ on each loaded study (a 10,000-trial one did not fit in a line before).
 round trips, RSS and CPU), when it is there.
 
     .venv/bin/python bench/scale.py [--sizes 1000 10000] [--part decisions daemon concurrent]
-        [--schedulers fifo asha asha_stop hyperband median bo dyhpo]
+        [--schedulers fifo asha asha_stop hyperband hyperband_adaptive median bo dyhpo]
 
 Targets (issue 20): at 10,000 trials, decisions under 0.5 ms median and 5 ms max for fifo, ASHA
 (both types) and Hyperband; no loop stall over 20 ms; daemon RSS under 150 MB with a 10,000-trial
@@ -62,13 +62,17 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
     "asha": {"scheduler": {"type": "asha", "rung_type": "promotion"}},
     "asha_stop": {"scheduler": {"type": "asha", "rung_type": "stopping"}},
     "hyperband": {"scheduler": {"type": "hyperband", "brackets": 3}},
+    # The default's Hyperband: brackets weighted by the study's rank agreement.
+    "hyperband_adaptive": {
+        "scheduler": {"type": "hyperband", "brackets": 3, "adaptive_brackets": True}
+    },
     "bo": {"scheduler": {"type": "fifo"}, "searcher": {"type": "bo"}},
     "dyhpo": {
         "scheduler": {"type": "dyhpo", "options": {"fit_iterations": 20}},
         "searcher": {"type": "dyhpo"},
     },
 }
-TARGETED = ("fifo", "asha", "asha_stop", "hyperband")
+TARGETED = ("fifo", "asha", "asha_stop", "hyperband", "hyperband_adaptive")
 
 
 def spec_mapping(kind: str, max_trials: int, command: list[str] | None = None) -> dict[str, Any]:
@@ -101,9 +105,9 @@ def loss(q: float, epoch: float) -> float:
 def shaped(kind: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """N finished trials as the scheduler would have left them (see the module's docstring)."""
     rng = random.Random(seed)
-    brackets = 3 if kind == "hyperband" else 1
-    promotion = kind in ("asha", "hyperband", "dyhpo")
-    rungs = kind in ("asha", "asha_stop", "hyperband", "dyhpo")
+    brackets = 3 if kind.startswith("hyperband") else 1
+    promotion = kind in ("asha", "hyperband", "hyperband_adaptive", "dyhpo")
+    rungs = kind in ("asha", "asha_stop", "hyperband", "hyperband_adaptive", "dyhpo")
     out = []
     for i in range(n):
         q = rng.random()
