@@ -29,6 +29,7 @@ import pwd
 import shutil
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,9 @@ class Ids:
 
     uid: int
     gid: int
+
+
+_WALKS = threading.Lock()
 
 
 def owner_ids(uid: int) -> Ids | None:
@@ -204,6 +208,16 @@ def walk_dir(
         raise ValueError(f"{path} is not a plain path below {top}")
     if claim is None:
         claim = create
+    # One walk at a time (runs make their folders in worker threads): a folder another walk
+    # has just made is root's until that walk hands it over, and not empty once it has gone on
+    # below it; seen in between it would be refused as someone else's.
+    with _WALKS:
+        return _walk(top, rel, ids, create=create, claim=claim)
+
+
+def _walk(
+    top: Path, rel: tuple[str, ...], ids: Ids | None, *, create: bool, claim: bool
+) -> tuple[int, bool]:
     if create:
         with contextlib.suppress(FileExistsError):  # a file there: the open says so
             top.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,39 @@ def test_open_dir_claims_an_older_hpods_root_folders_below_its_own(tmp_path: Pat
     fd, trusted = walk_dir(top, trial, NOBODY, create=False)
     os.close(fd)
     assert not trusted  # the owner's now
+
+
+@needs_root
+def test_trials_started_at_once_each_get_their_folder(tmp_path: Path) -> None:
+    # Runs make their folders in worker threads (hpod.daemon.runner). A walk that found
+    # trials/ just made by another (root's until handed over) and already holding that one's
+    # trial folder refused it: a study's trials failed at random, "could not start: .../trials
+    # belongs to uid 0" (tests/daemon/test_hostile_users.py, one run in three).
+    top = tmp_path / "studies"
+    top.mkdir(mode=0o700)
+    failures: list[str] = []
+    for study in range(40):
+        folder = top / f"s-{study}"
+        folder.mkdir(mode=0o700)
+        os.chown(folder, NOBODY.uid, NOBODY.gid)  # made the owner's at submit
+        barrier = threading.Barrier(6)
+
+        def launch(trial: int, folder: Path = folder, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                path = folder / "trials" / str(trial) / "ckpt"
+                os.close(open_dir(top, path, NOBODY, create=True))
+            except UnsafePath as exc:
+                failures.append(exc.message)
+
+        threads = [threading.Thread(target=launch, args=(t,)) for t in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == [], f"study {study}"
+        for trial in range(6):
+            assert (folder / "trials" / str(trial) / "ckpt").stat().st_uid == NOBODY.uid
 
 
 # --- files -----------------------------------------------------------------------------------
