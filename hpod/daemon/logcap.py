@@ -120,9 +120,11 @@ def cut_logs(
     out: list[dict[str, int]] = []
     for top, trial_dir, ids, limit in runs:
         over = False
+        # A string join, not a Path one: this thread holds the GIL the loop wants meanwhile.
+        folder = os.fspath(trial_dir)
         for stream in streams:
             try:
-                over = over or os.lstat(trial_dir / f"{stream}.log").st_size > limit
+                over = over or os.lstat(f"{folder}/{stream}.log").st_size > limit
             except OSError:
                 continue
         out.append(cut_trial_logs(top, trial_dir, ids, limit, streams) if over else {})
