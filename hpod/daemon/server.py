@@ -37,7 +37,6 @@ from hpod.errors import (
 log = structlog.get_logger("hpod.daemon.server")
 
 _CHUNK = 65536
-_EAGER_READS = 8  # reads in a row without yielding to the event loop
 # Methods that end when their client hangs up: a wait is answered only when its study ends, and
 # one abandoned by its client kept its task and descriptor until then (200 waits held 200 fds).
 _ENDS_ON_HANGUP = frozenset({"wait"})
@@ -66,15 +65,24 @@ AnsweringHandler = Callable[[Peer, dict[str, Any], Answer], None]
 
 
 class LineReader:
-    """Splits a byte stream into lines of at most ``cap`` bytes, discarding over-long ones."""
+    """Splits a byte stream into lines of at most ``cap`` bytes, discarding over-long ones.
+
+    The socket stays watched by the event loop while the connection lives, and the loop's
+    callback reads what arrives into the buffer: a report costs one ``recv``, not a failed one,
+    an ``epoll_ctl`` to watch and another to stop (what waiting with ``anyio.wait_readable``
+    did each time). Each is a system call that lets the store's writer thread take the GIL from
+    the loop in the middle of a report (bench/report_latency.py).
+    """
 
     def __init__(self, raw: socket.socket, cap: int = wire.MAX_LINE) -> None:
         self._raw = raw
+        self._fd = raw.fileno()
         self._cap = cap
         self._buf = bytearray()
         self._discarding = False
-        self._eager = 0
         self._eof = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # while the socket is watched
+        self._waiter: asyncio.Future[None] | None = None
 
     async def next(self) -> bytes | None:
         """The next line (without its newline), ``b""``-free; None at end of stream.
@@ -101,10 +109,9 @@ class LineReader:
                     self._buf.clear()
                     raise _too_long(None, self._cap)
                 self._buf.clear()
-            chunk = await self._receive()
-            if not chunk:
+            if self._eof:
                 return None
-            self._buf += chunk
+            await self._more()
 
     async def wait_hangup(self) -> None:
         """Return once the peer has closed its end for good (run while a call is in progress).
@@ -119,47 +126,46 @@ class LineReader:
                     return
                 await anyio.sleep(_HANGUP_POLL)
                 continue
-            try:
-                chunk = self._raw.recv(_CHUNK)
-            except BlockingIOError:
-                try:
-                    await anyio.wait_readable(self._raw)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                continue
-            except OSError:
-                return
-            if chunk:
-                self._buf += chunk
-            else:
-                self._eof = True
+            await self._more()
 
-    async def _receive(self) -> bytes:
-        """The next bytes from the socket, b"" at its end.
+    def close(self) -> None:
+        """Stop watching the socket (before it is closed: the loop must not keep its number)."""
+        if self._loop is not None:
+            with contextlib.suppress(Exception):  # the loop may be closing already
+                self._loop.remove_reader(self._fd)
+            self._loop = None
 
-        Reads before it waits: anyio's receive yields to the event loop first, every time, and
-        on the report path that loop turn cost more than the read. A connection whose bytes are
-        always there already still yields every few reads, so it cannot starve the others.
-        """
-        while True:
-            if self._eager >= _EAGER_READS:
-                self._eager = 0
-                await anyio.lowlevel.checkpoint()
-            if self._eof:  # seen by wait_hangup
-                return b""
-            try:
-                chunk = self._raw.recv(_CHUNK)
-            except BlockingIOError:
-                self._eager = 0
-                try:
-                    await anyio.wait_readable(self._raw)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return b""
-                continue
-            except OSError:
-                return b""
-            self._eager += 1
-            return chunk
+    async def _more(self) -> None:
+        """Wait until the buffer has grown or the stream has ended."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            loop.add_reader(self._fd, self._on_readable)
+            self._loop = loop
+        waiter = self._waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_readable(self) -> None:
+        # The loop's callback: it must not raise.
+        try:
+            chunk = self._raw.recv(_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._buf += chunk
+        else:
+            self._eof = True
+        if self._eof or len(self._buf) > self._cap:
+            # Nothing more to take now: an end, or a line over the cap that its reader has yet
+            # to skip (it watches again when it waits).
+            self.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 def _unix_peer(raw: socket.socket) -> Peer:
@@ -278,7 +284,11 @@ class Server:
             self.gate.closed(peer.uid)
 
     async def _serve(self, stream: anyio.abc.SocketStream, peer: Peer) -> None:
-        await self._serve_lines(_Connection(stream, peer))
+        conn = _Connection(stream, peer)
+        try:
+            await self._serve_lines(conn)
+        finally:
+            conn.reader.close()
 
     async def _serve_lines(self, conn: _Connection) -> None:
         while True:
