@@ -23,6 +23,7 @@ import anyio
 import structlog
 
 from hpod import wire
+from hpod.daemon import wakeups
 from hpod.errors import HpodError
 
 log = structlog.get_logger("hpod.daemon.server")
@@ -67,8 +68,7 @@ class Answer:
             self._done, self._ok = True, ok
             waiter = self._waiter
         if waiter is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                self._loop.call_soon_threadsafe(_resolve, waiter)
+            wakeups.call_soon(self._loop, _resolve, waiter)
 
     @property
     def done(self) -> bool:

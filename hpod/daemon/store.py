@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from hpod.core.states import Decision, StudyState, TrialState
+from hpod.daemon import wakeups
 from hpod.errors import HpodError, InvalidParams, NotFound, ShuttingDown, StoreFull
 from hpod.wire import ENCODER, loads_json, tag
 
@@ -776,14 +777,18 @@ class Store:
                         with contextlib.suppress(Exception):
                             self.on_full()
                     # One wake-up per event loop for the whole batch, not one per waiter: each
-                    # costs the loop a self-pipe write and read.
+                    # costs the loop a self-pipe write and read. So do the answers' own
+                    # (hpod.daemon.wakeups): their sends are the batch's only other syscalls.
                     by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-                    for job, outcome in zip(jobs, outcomes, strict=True):
-                        if job.fut is not None:
-                            by_loop.setdefault(job.fut.get_loop(), []).append((job.fut, outcome))
-                        elif job.done is not None:
-                            with contextlib.suppress(Exception):
-                                job.done(outcome)
+                    with wakeups.batch():
+                        for job, outcome in zip(jobs, outcomes, strict=True):
+                            if job.fut is not None:
+                                by_loop.setdefault(job.fut.get_loop(), []).append(
+                                    (job.fut, outcome)
+                                )
+                            elif job.done is not None:
+                                with contextlib.suppress(Exception):
+                                    job.done(outcome)
                     for loop, settled in by_loop.items():
                         # A waiter's event loop may be gone; the others still wait for theirs.
                         with contextlib.suppress(RuntimeError):

@@ -188,3 +188,53 @@ async def test_a_cancelled_wait_still_waits_until_the_answer_is_out(
     finally:
         release.set()
         thread.join(10)
+
+
+@pytest.mark.anyio
+async def test_a_batch_of_answers_wakes_the_loop_once(tmp_path: Path) -> None:
+    # Each wake-up is a self-pipe write on the writer thread, where the loop takes the GIL; one
+    # per answer made the writer wait for it back once per answer (hpod.daemon.wakeups).
+    import asyncio
+
+    store = Store.open(tmp_path)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(5)]
+    loop = asyncio.get_running_loop()
+    wakeups = 0
+    real = loop.call_soon_threadsafe
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal wakeups
+        if threading.current_thread() is not threading.main_thread():
+            wakeups += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        await store.write(insert_study_op(study_row("s1")))
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        sent: list[bool] = []
+        answers_ = [Answer(server, i) for i, (server, _) in enumerate(pairs)]
+        async with anyio.create_task_group() as tg:
+            with store._writer_gate:  # the five commits make one batch
+                for i, answer in enumerate(answers_):
+                    answer.prepare({"decision": "CONTINUE"})
+                    store.post(
+                        report_op("s1", i, 1, 1.0, {"loss": 0.5}, Decision.CONTINUE, 1.0),
+                        then=answer.settle,
+                    )
+
+                    async def wait(answer: Answer = answer) -> None:
+                        sent.append(await answer.sent())
+
+                    tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+        assert sent == [True] * 5
+        assert wakeups == 1
+        for i, (_, client) in enumerate(pairs):
+            client.settimeout(10)
+            assert _read_line(client)["id"] == i
+    finally:
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+        store.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
