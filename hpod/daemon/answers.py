@@ -1,12 +1,13 @@
-"""An answer that the store's writer thread sends the moment a report is committed.
+"""An answer that is sent the moment a report is committed.
 
 A report is acknowledged only once it is durable. Sending that acknowledgement from the event loop
 meant waking the loop after every commit and waiting for it to be scheduled before the trial heard
 anything; on a 2-core machine with 8 trials reporting, those hand-offs were most of a round trip.
-So the handler prepares the answer line, hands :meth:`Answer.settle` to the writer with the
-report; the writer sends the line (or, if the commit failed, an error line) right after the
-commit, before it wakes the loop. The connection waits (:meth:`Answer.sent`) until the answer
-is out before it reads its next line, which keeps answers in order.
+So the handler prepares the answer line and hands :meth:`Answer.settle` to the store with the
+report; whoever commits it sends the line (or, if the commit failed, an error line) right after
+the commit: the writer thread, before it wakes the loop, or, when the writer is idle, the loop
+itself inside ``Store.post`` (hpod.daemon.store). The connection waits (:meth:`Answer.sent`)
+until the answer is out before it reads its next line, which keeps answers in order.
 """
 
 from __future__ import annotations

@@ -494,8 +494,9 @@ class Methods:
         told = self.trials.events.report_ops(
             study, run.trial_id, metrics, outcome, now, time.monotonic(), best_before
         )
-        # The writer thread sends the answer the moment the report is committed (acknowledged
-        # only once durable, as the trial contract says), without a detour through this loop.
+        # The answer goes out the moment the report is committed (acknowledged only once
+        # durable, as the trial contract says): from the writer thread without a detour
+        # through this loop, or, the writer idle, committed and sent here before post returns.
         self.studies.store.post(
             report_op(
                 study.id,

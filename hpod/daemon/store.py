@@ -590,10 +590,23 @@ def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) ->
 _T = TypeVar("_T")
 
 
+def _check_ops(ops: Sequence[Op]) -> None:
+    for op in ops:
+        if not isinstance(op, Op):
+            raise TypeError(f"Store writes take Op values, not {type(op).__name__}")
+
+
 class Store:
     """The daemon's SQLite store. Open with :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        *,
+        inline: bool = False,
+    ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
@@ -603,6 +616,15 @@ class Store:
         self._state_lock = threading.Lock()
         self._closed = False
         self._commits = 0
+        # Jobs submitted and not yet settled by the writer; a post may commit on its caller's
+        # thread (``inline``) only when there are none, so commits keep the order of the posts.
+        self._unfinished = 0
+        # A commit of synchronous=NORMAL is a write to the WAL, tens of microseconds: a post to an
+        # idle writer commits at once on its caller's thread. Handing it to the writer thread
+        # cost more than the commit: the two threads' GIL hand-offs, and at 1,000 trials
+        # batches of a hundred answers let out at once (bench/results/scale.md). Never with
+        # fsync, whose commit would hold the loop for a disk's flush.
+        self._inline = inline
         # Called on the writer thread (it must neither block nor raise) after a batch in which a
         # write failed for want of disk space: the daemon's hold on launching (hpod.daemon.disk).
         self.on_full: Callable[[], None] | None = None
@@ -650,7 +672,7 @@ class Store:
             reader.close()
             writer.close()
             raise
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, inline=durability == "normal")
 
     # ------------------------------------------------------------------------------ writes
 
@@ -664,12 +686,11 @@ class Store:
         return self._closed
 
     def _submit(self, job: _Job) -> None:
-        for op in job.ops:
-            if not isinstance(op, Op):
-                raise TypeError(f"Store writes take Op values, not {type(op).__name__}")
+        _check_ops(job.ops)
         with self._state_lock:
             if self._closed:
                 raise ShuttingDown(f"the store {self.path} is closed: nothing more can be written")
+            self._unfinished += 1
             self._queue.put(job)
 
     async def write(self, *ops: Op) -> None:
@@ -683,13 +704,40 @@ class Store:
     def post(self, *ops: Op, then: Callable[[BaseException | None], None]) -> None:
         """Queue ``ops`` for one atomic commit and return at once.
 
-        ``then`` gets the outcome (None once durable, else the error) on the writer thread,
-        right after the commit and before any awaiting caller is woken; it must neither block
-        nor raise. The daemon answers reports this way (see hpod.daemon.answers).
+        ``then`` gets the outcome (None once durable, else the error) right after the commit
+        and before any awaiting caller is woken; it must neither block nor raise. It is called
+        on the writer thread, or, when the writer is idle with nothing queued and the store's
+        durability is "normal", at once on the caller's, before this returns. The daemon
+        answers reports this way (see hpod.daemon.answers).
         """
         if not ops:
             raise ValueError("post() needs at least one op")
-        self._submit(_Job(ops, done=then))
+        job = _Job(ops, done=then)
+        if self._inline and self._writer_gate.acquire(blocking=False):
+            try:
+                with self._state_lock:
+                    idle = not self._closed and self._unfinished == 0
+                if idle:
+                    _check_ops(ops)
+                    self._settle_alone(job)
+                    return
+            finally:
+                self._writer_gate.release()
+        self._submit(job)
+
+    def _settle_alone(self, job: _Job) -> None:
+        """Commit ``job`` on this thread (the writer gate held) and settle it, as the writer
+        would a batch of one."""
+        outcome = self._full_error(self._run_batch([job])[0])
+        if isinstance(outcome, StoreFull) and self.on_full is not None:
+            with contextlib.suppress(Exception):
+                self.on_full()
+        if job.done is not None:
+            with contextlib.suppress(Exception):
+                job.done(outcome)
+        if self.on_events is not None and outcome is None and any(op.wakes for op in job.ops):
+            with contextlib.suppress(Exception):
+                self.on_events()
 
     def write_sync(self, *ops: Op) -> None:
         """Commit ``ops`` atomically and block until they are durable (no event loop needed)."""
@@ -799,6 +847,8 @@ class Store:
                     ):
                         with contextlib.suppress(Exception):
                             self.on_events()
+                    with self._state_lock:
+                        self._unfinished -= len(jobs)
             if any(item is _STOP for item in items):
                 return
 

@@ -712,3 +712,66 @@ def test_reports_read_a_page_at_a_time_and_by_trial_are_the_ones_stored(store: S
         *((3, float(e)) for e in range(1, 8)),
         *((1, float(e)) for e in range(1, 8)),
     ]
+
+
+# --- a post to an idle writer ------------------------------------------------------------------
+
+
+def test_a_post_to_an_idle_store_is_committed_and_settled_before_it_returns(
+    tmp_path: Path,
+) -> None:
+    # Handing a report to the writer thread cost more than its commit (bench/results/scale.md):
+    # with nothing queued, the caller's thread commits it and settles it at once.
+    store = Store.open(tmp_path)
+    try:
+        store.write_sync(insert_study_op(study_row("s1")))
+        settled: list[tuple[BaseException | None, str]] = []
+        store.post(
+            report_op("s1", 0, 1, 1.0, {"loss": 0.5}, Decision.CONTINUE, 1.0),
+            then=lambda exc: settled.append((exc, threading.current_thread().name)),
+        )
+        assert settled == [(None, threading.current_thread().name)]
+        assert len(store.load_reports("s1")) == 1
+    finally:
+        store.close()
+
+
+def test_posts_commit_in_their_order_whichever_thread_commits_them(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    try:
+        store.write_sync(insert_study_op(study_row("s1")))
+        order: list[int] = []
+        for round_ in range(30):
+            with store._writer_gate:  # the writer busy: the first post waits in the queue
+                store.post(
+                    report_op("s1", 0, 1, 2.0 * round_, {"i": 0}, Decision.CONTINUE, 1.0),
+                    then=lambda exc: order.append(0),
+                )
+            # The writer may not have settled it yet: this one must not go before it.
+            store.post(
+                report_op("s1", 0, 1, 2.0 * round_ + 1, {"i": 1}, Decision.CONTINUE, 1.0),
+                then=lambda exc: order.append(1),
+            )
+            store.write_sync(event_op("s1", None, "sync", None, 1.0))  # both done now
+        assert order == [0, 1] * 30
+    finally:
+        store.close()
+
+
+def test_with_fsync_durability_the_writer_thread_commits_every_post(tmp_path: Path) -> None:
+    # A commit that flushes the disk would hold the daemon's loop: never on the caller's thread.
+    store = Store.open(tmp_path, durability="fsync")
+    try:
+        store.write_sync(insert_study_op(study_row("s1")))
+        done = threading.Event()
+        threads: list[str] = []
+
+        def then(exc: BaseException | None) -> None:
+            threads.append(threading.current_thread().name)
+            done.set()
+
+        store.post(report_op("s1", 0, 1, 1.0, {"loss": 0.5}, Decision.CONTINUE, 1.0), then=then)
+        assert done.wait(10)
+        assert threads == ["hpod-store-writer"]
+    finally:
+        store.close()
