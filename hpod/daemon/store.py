@@ -576,15 +576,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    for fut, exc in settled:
-        # The awaiting task may have been cancelled meanwhile; its write still happened (or not).
-        if fut.done():
-            continue
-        if exc is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(exc)
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    # The awaiting task may have been cancelled meanwhile; its write still happened (or not).
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
 
 
 _T = TypeVar("_T")
@@ -719,25 +718,11 @@ class Store:
                     idle = not self._closed and self._unfinished == 0
                 if idle:
                     _check_ops(ops)
-                    self._settle_alone(job)
+                    self._commit_and_settle([job])  # as the writer would, a batch of one
                     return
             finally:
                 self._writer_gate.release()
         self._submit(job)
-
-    def _settle_alone(self, job: _Job) -> None:
-        """Commit ``job`` on this thread (the writer gate held) and settle it, as the writer
-        would a batch of one."""
-        outcome = self._full_error(self._run_batch([job])[0])
-        if isinstance(outcome, StoreFull) and self.on_full is not None:
-            with contextlib.suppress(Exception):
-                self.on_full()
-        if job.done is not None:
-            with contextlib.suppress(Exception):
-                job.done(outcome)
-        if self.on_events is not None and outcome is None and any(op.wakes for op in job.ops):
-            with contextlib.suppress(Exception):
-                self.on_events()
 
     def write_sync(self, *ops: Op) -> None:
         """Commit ``ops`` atomically and block until they are durable (no event loop needed)."""
@@ -818,39 +803,34 @@ class Store:
                         break
                 jobs = [item for item in items if isinstance(item, _Job)]
                 if jobs:
-                    outcomes = [self._full_error(exc) for exc in self._run_batch(jobs)]
-                    if self.on_full is not None and any(
-                        isinstance(exc, StoreFull) for exc in outcomes
-                    ):
-                        with contextlib.suppress(Exception):
-                            self.on_full()
-                    # One wake-up per event loop for the whole batch, not one per waiter: each
-                    # costs the loop a self-pipe write and read. So do the answers' own
-                    # (hpod.daemon.wakeups): their sends are the batch's only other syscalls.
-                    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-                    with wakeups.batch():
-                        for job, outcome in zip(jobs, outcomes, strict=True):
-                            if job.fut is not None:
-                                by_loop.setdefault(job.fut.get_loop(), []).append(
-                                    (job.fut, outcome)
-                                )
-                            elif job.done is not None:
-                                with contextlib.suppress(Exception):
-                                    job.done(outcome)
-                    for loop, settled in by_loop.items():
-                        # A waiter's event loop may be gone; the others still wait for theirs.
-                        with contextlib.suppress(RuntimeError):
-                            loop.call_soon_threadsafe(_settle, settled)
-                    if self.on_events is not None and any(
-                        outcome is None and any(op.wakes for op in job.ops)
-                        for job, outcome in zip(jobs, outcomes, strict=True)
-                    ):
-                        with contextlib.suppress(Exception):
-                            self.on_events()
+                    self._commit_and_settle(jobs)
                     with self._state_lock:
                         self._unfinished -= len(jobs)
             if any(item is _STOP for item in items):
                 return
+
+    def _commit_and_settle(self, jobs: list[_Job]) -> None:
+        """Commit ``jobs`` as one batch (the writer gate held) and settle each: its ``done``
+        called here, its future woken on its loop."""
+        outcomes = [self._full_error(exc) for exc in self._run_batch(jobs)]
+        if self.on_full is not None and any(isinstance(exc, StoreFull) for exc in outcomes):
+            with contextlib.suppress(Exception):
+                self.on_full()
+        # One wake-up per event loop for the whole batch, not one per waiter or answer: each
+        # costs the loop a self-pipe write and read (hpod.daemon.wakeups).
+        with wakeups.batch():
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if job.fut is not None:
+                    wakeups.call_soon(job.fut.get_loop(), _settle, job.fut, outcome)
+                elif job.done is not None:
+                    with contextlib.suppress(Exception):
+                        job.done(outcome)
+        if self.on_events is not None and any(
+            outcome is None and any(op.wakes for op in job.ops)
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        ):
+            with contextlib.suppress(Exception):
+                self.on_events()
 
     def _run_batch(self, jobs: list[_Job]) -> list[BaseException | None]:
         """Run ``jobs`` in one transaction, each in its own savepoint; commit once."""

@@ -1,4 +1,4 @@
-"""Wake-ups of an event loop from the store's writer thread, made once for a whole batch.
+"""Wake-ups of an event loop after a batch of the store's commits, made once for the batch.
 
 Each ``loop.call_soon_threadsafe`` writes the loop's self-pipe: a system call, during which the
 loop thread takes the GIL, and the writer then waits for it back. Settling a batch of answers
