@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sqlite3
@@ -194,8 +195,6 @@ async def test_a_cancelled_wait_still_waits_until_the_answer_is_out(
 async def test_a_batch_of_answers_wakes_the_loop_once(tmp_path: Path) -> None:
     # Each wake-up is a self-pipe write on the writer thread, where the loop takes the GIL; one
     # per answer made the writer wait for it back once per answer (hpod.daemon.wakeups).
-    import asyncio
-
     store = Store.open(tmp_path)
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(5)]
     loop = asyncio.get_running_loop()
